@@ -1,0 +1,92 @@
+"""Server counters, rendered in the Prometheus text format. Pure: the adapter increments."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class LeaveReason(StrEnum):
+    """Why a joined peer left: the ``reason`` label of ``meshpeer_leaves_total``."""
+
+    CLOSED = "closed"  # the client sent a close frame
+    DROPPED = "dropped"  # the TCP connection ended without a close frame
+    HEARTBEAT = "heartbeat"  # no pong within the heartbeat timeout
+    UNRESPONSIVE = "unresponsive"  # failed a liveness probe when its ID was asked for
+    SLOW = "slow"  # its outgoing queue overflowed
+    TOO_BIG = "too-big"  # sent a frame over the hard transport limit
+    REPLACED = "replaced"  # the same peer resumed on a new connection
+    SHUTDOWN = "shutdown"  # the server is stopping
+
+
+@dataclass
+class Metrics:
+    connections_total: int = 0
+    connections_open: int = 0
+    joins_total: int = 0
+    slow_clients_dropped_total: int = 0
+    leaves: Counter[str] = field(default_factory=Counter)
+    routed: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def render(self, rooms: int, peers: int, uptime: float) -> str:
+        """The /metrics page (Prometheus text exposition format 0.0.4)."""
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float]]) -> None:
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in samples:
+                lines.append(f"{name}{labels} {value:g}")
+
+        def labelled(label: str, counts: Counter[str]) -> list[tuple[str, float]]:
+            return [(f'{{{label}="{key}"}}', n) for key, n in sorted(counts.items())]
+
+        metric(
+            "meshpeer_connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            [("", self.connections_total)],
+        )
+        metric(
+            "meshpeer_connections",
+            "gauge",
+            "WebSocket connections open now.",
+            [("", self.connections_open)],
+        )
+        metric("meshpeer_joins_total", "counter", "Joins accepted.", [("", self.joins_total)])
+        metric(
+            "meshpeer_leaves_total",
+            "counter",
+            "Joined peers that left, by reason.",
+            labelled("reason", self.leaves),
+        )
+        metric(
+            "meshpeer_messages_routed_total",
+            "counter",
+            "Messages relayed, by type.",
+            labelled("type", self.routed),
+        )
+        metric(
+            "meshpeer_errors_total",
+            "counter",
+            "Error frames sent, by code.",
+            labelled("code", self.errors),
+        )
+        metric(
+            "meshpeer_slow_clients_dropped_total",
+            "counter",
+            "Clients disconnected because their send queue overflowed.",
+            [("", self.slow_clients_dropped_total)],
+        )
+        metric("meshpeer_rooms", "gauge", "Rooms with at least one peer.", [("", rooms)])
+        metric("meshpeer_peers", "gauge", "Joined peers.", [("", peers)])
+        metric(
+            "meshpeer_uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
+            [("", round(uptime, 3))],
+        )
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""Room membership and delivery behind one small interface.
+
+The adapter talks only to :class:`Registry`; :class:`LocalRegistry` keeps everything in
+this process. A Redis-backed registry (several server processes sharing rooms) implements
+the same four calls, with no change to the protocol core or the adapter.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Protocol
+
+from signaling.protocol import Join, PeerId, PeerJoined, PeerLeft, PeerList, RoomId, serialize
+from signaling.rooms import Accepted, Refused, RoomTable
+
+
+class Outbox(Protocol):
+    """Where a registry delivers text for one connection. Never blocks."""
+
+    def push(self, data: str) -> None:
+        """Queue ``data``; a full queue makes the outbox drop its own client."""
+
+    def probe(self) -> None:
+        """Someone asked for this peer's ID: check it is still alive, drop it if not."""
+
+    def replace(self) -> None:
+        """This peer resumed on another connection: close this one."""
+
+
+class Registry(Protocol):
+    async def join(
+        self, room: RoomId, join: Join, outbox: Outbox
+    ) -> Accepted[Outbox] | Refused[Outbox]:
+        """Admit ``outbox`` as ``join.peer_id``: its ``peer-list`` first, then ``peer-joined``."""
+
+    async def leave(self, room: RoomId, peer: PeerId, outbox: Outbox) -> None:
+        """End ``outbox``'s membership; ``peer-left`` to the rest, exactly once per join."""
+
+    def send(self, room: RoomId, to: PeerId, data: str) -> bool:
+        """Deliver to one peer; False when no such peer is in the room."""
+
+    def broadcast(self, room: RoomId, sender: PeerId, data: str) -> None:
+        """Deliver to everyone in the room but ``sender``."""
+
+    def counts(self) -> tuple[int, int]:
+        """(rooms, peers), for health and metrics."""
+
+
+class LocalRegistry:
+    """All rooms in this process' memory; every call completes without awaiting."""
+
+    def __init__(self, max_peers: int) -> None:
+        self.table: RoomTable[Outbox] = RoomTable(max_peers)
+
+    async def join(
+        self, room: RoomId, join: Join, outbox: Outbox
+    ) -> Accepted[Outbox] | Refused[Outbox]:
+        outcome = self.table.join(
+            room, join.peer_id, outbox, join.resume_token, secrets.token_urlsafe(18)
+        )
+        if isinstance(outcome, Refused):
+            if outcome.holder is not None:
+                outcome.holder.probe()
+            return outcome
+        members = self.table.room_members(room)
+        others = [members[p].conn for p in outcome.peers]
+        if outcome.replaced is not None:
+            left = serialize(PeerLeft(join.peer_id))
+            for other in others:
+                other.push(left)
+            outcome.replaced.conn.replace()
+        outbox.push(serialize(PeerList(outcome.peers, outcome.member.resume_token, room)))
+        joined = serialize(PeerJoined(join.peer_id))
+        for other in others:
+            other.push(joined)
+        return outcome
+
+    async def leave(self, room: RoomId, peer: PeerId, outbox: Outbox) -> None:
+        remaining = self.table.leave(room, peer, outbox)
+        if not remaining:
+            return
+        members = self.table.room_members(room)
+        left = serialize(PeerLeft(peer))
+        for other in remaining:
+            members[other].conn.push(left)
+
+    def send(self, room: RoomId, to: PeerId, data: str) -> bool:
+        member = self.table.room_members(room).get(to)
+        if member is None:
+            return False
+        member.conn.push(data)
+        return True
+
+    def broadcast(self, room: RoomId, sender: PeerId, data: str) -> None:
+        for peer, member in self.table.room_members(room).items():
+            if peer != sender:
+                member.conn.push(data)
+
+    def counts(self) -> tuple[int, int]:
+        return self.table.room_count, self.table.peer_count

@@ -1,0 +1,198 @@
+"""One client connection as a pure state machine: frames in, decisions out.
+
+The adapter feeds each received frame with the current time; the session answers
+with what to do (ask the registry for a join, forward, reply with an error, close).
+Size and rate limits live here so they are tested without sockets or clocks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+
+from signaling.protocol import (
+    DEFAULT_ROOM,
+    SERVER_ONLY_TYPES,
+    CloseCode,
+    Error,
+    ErrorCode,
+    Join,
+    PeerId,
+    ProtocolError,
+    RoomId,
+    Routed,
+    parse,
+    stamp_sender,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Server limits; defaults documented in README and docs/PROTOCOL.md."""
+
+    #: Largest frame accepted, in bytes. A 6-peer browser offer is 10+ KB.
+    max_frame_bytes: int = 64 * 1024
+    #: Peers per room.
+    max_peers: int = 32
+    #: Seconds a new connection has to send ``join``.
+    join_timeout: float = 10.0
+    #: Seconds between server pings; a connection silent for 2x this is dropped.
+    heartbeat: float = 5.0
+    #: Seconds an ID's holder has to answer a ping when someone else asks for its ID.
+    probe_timeout: float = 2.0
+    #: Sustained messages per second per connection, and the burst above it.
+    rate: float = 100.0
+    burst: int = 200
+    #: Messages waiting to be sent to one client before it is dropped as too slow.
+    send_queue: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("max_frame_bytes", "max_peers", "burst", "send_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("join_timeout", "heartbeat", "probe_timeout", "rate"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+class Phase(Enum):
+    AWAITING_JOIN = "awaiting-join"
+    JOINED = "joined"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    join: Join
+    room: RoomId
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Relay ``data`` to ``to``, or to everyone else in the room when ``to`` is None."""
+
+    type: str
+    to: PeerId | None
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``error`` to this client; close it afterwards when ``close`` is set."""
+
+    error: Error
+    close: CloseCode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """Nothing to do (a repeated rate-limit error is suppressed)."""
+
+
+Decision = JoinRequest | Forward | Reply | Ignore
+
+
+def error_reply(code: ErrorCode, message: str, close: CloseCode | None = None) -> Reply:
+    return Reply(Error(code, message), close)
+
+
+class Session:
+    def __init__(self, limits: Limits, now: float, room: RoomId | None = None) -> None:
+        self.limits = limits
+        self.phase = Phase.AWAITING_JOIN
+        self.url_room = room
+        self.peer_id: PeerId | None = None
+        self.room: RoomId | None = None
+        self._tokens = float(limits.burst)
+        self._last = now
+        self._throttled = False
+
+    def joined(self, peer: PeerId, room: RoomId) -> None:
+        self.phase = Phase.JOINED
+        self.peer_id = peer
+        self.room = room
+
+    def closed(self) -> None:
+        self.phase = Phase.CLOSED
+
+    def receive_binary(self) -> Reply:
+        return error_reply(ErrorCode.BINARY_FRAME, "binary frames are not part of the protocol")
+
+    def _admit(self, now: float) -> bool:
+        limits = self.limits
+        self._tokens = min(float(limits.burst), self._tokens + (now - self._last) * limits.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._throttled = False
+            return True
+        return False
+
+    def receive(self, text: str, now: float) -> Decision:
+        if len(text) > self.limits.max_frame_bytes and (
+            len(text.encode()) > self.limits.max_frame_bytes
+        ):
+            return error_reply(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {len(text.encode())} bytes is over the {self.limits.max_frame_bytes}"
+                " byte limit",
+            )
+        if not self._admit(now):
+            if self._throttled:
+                return Ignore()
+            self._throttled = True
+            return error_reply(
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.limits.rate:g} messages/s: dropping messages until you slow down",
+            )
+        try:
+            message = parse(text)
+        except ProtocolError as exc:
+            close = CloseCode.BAD_JOIN if self._is_bad_join(text) else None
+            return error_reply(exc.code, exc.message, close)
+        if self.phase is Phase.AWAITING_JOIN:
+            if isinstance(message, Join):
+                return JoinRequest(message, message.room or self.url_room or DEFAULT_ROOM)
+            return error_reply(ErrorCode.NOT_JOINED, "send 'join' before any other message")
+        if isinstance(message, Join):
+            return error_reply(ErrorCode.ALREADY_JOINED, f"already joined as '{self.peer_id}'")
+        if not isinstance(message, Routed) or message.type in SERVER_ONLY_TYPES:
+            return error_reply(
+                ErrorCode.RESERVED_TYPE, f"'{_type_of(text)}' messages come from the server only"
+            )
+        sender = self.peer_id
+        if sender is None:  # pragma: no cover - JOINED always sets it
+            raise RuntimeError("session joined without a peer id")
+        if message.sender is None:
+            data = _with_sender(text, sender)
+        elif message.sender != sender:
+            return error_reply(
+                ErrorCode.FORGED_FROM,
+                f"'from' is '{message.sender}' but you joined as '{sender}'",
+            )
+        else:
+            data = text
+        return Forward(message.type, message.to, data)
+
+    def _is_bad_join(self, text: str) -> bool:
+        """An invalid frame that was meant as a join ends the connection, as a failed join."""
+        return self.phase is Phase.AWAITING_JOIN and _type_of(text) == "join"
+
+
+def _type_of(text: str) -> str:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return ""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else ""
+
+
+def _with_sender(text: str, sender: PeerId) -> str:
+    if '"from"' not in text:
+        return stamp_sender(text, sender)
+    # An explicit empty or null "from": rewrite it rather than add a second key.
+    obj = json.loads(text)
+    obj["from"] = sender
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
