@@ -1,0 +1,59 @@
+"""Helpers shared by every test layer: scaled timeouts and a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from signaling.server import ServerConfig, SignalingServer
+
+#: Every timeout in the tests is a multiple of this unit: MESHPEER_TEST_SCALE=3 on a slow box.
+TIME_SCALE = float(os.environ.get("MESHPEER_TEST_SCALE", "1"))
+
+
+def seconds(value: float) -> float:
+    """``value`` seconds, stretched by MESHPEER_TEST_SCALE."""
+    return value * TIME_SCALE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningServer:
+    server: SignalingServer
+    runner: web.AppRunner
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+
+@asynccontextmanager
+async def running_server(config: ServerConfig | None = None) -> AsyncIterator[RunningServer]:
+    """A real SignalingServer on an ephemeral 127.0.0.1 port, shut down gracefully after."""
+    server = SignalingServer(config)
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=seconds(2))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
+    port = sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(server, runner, port)
+    finally:
+        await runner.cleanup()
