@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from signaling.ice import parse_ice_server
 from signaling.server import ServerConfig, SignalingServer
 from signaling.session import Limits
 
@@ -106,7 +107,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         burst=args.burst,
         send_queue=args.send_queue,
     )
-    return ServerConfig(limits=limits, ice_servers=tuple(args.ice_server))
+    ice_servers = tuple(parse_ice_server(url) for url in args.ice_server)
+    return ServerConfig(limits=limits, ice_servers=ice_servers)
 
 
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:

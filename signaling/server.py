@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
+from signaling.ice import IceServer
 from signaling.metrics import LeaveReason, Metrics
 from signaling.protocol import CloseCode, Error, ErrorCode, PeerId, RoomId, serialize
 from signaling.registry import LocalRegistry, Registry
@@ -36,7 +37,7 @@ HARD_LIMIT_FACTOR = 4
 class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     #: ICE servers handed to browser pages (``/config.json``); none by default.
-    ice_servers: Sequence[str] = ()
+    ice_servers: Sequence[IceServer] = ()
 
 
 class Connection:
@@ -199,7 +200,7 @@ class SignalingServer:
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def handle_config(self, request: web.Request) -> web.Response:
-        return web.json_response({"iceServers": [{"urls": url} for url in self.config.ice_servers]})
+        return web.json_response({"iceServers": [s.to_json() for s in self.config.ice_servers]})
 
     async def handle_index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
