@@ -205,10 +205,16 @@ def _optional_peer(obj: dict[str, Any], key: str, kind: str) -> PeerId | None:
 
 def parse_candidate(value: Any) -> IceCandidate | None:
     """Accept a browser's candidate object, a bare candidate string, or null/"" (the end)."""
+    fields = _candidate_fields(value)
+    return IceCandidate(*fields) if fields is not None else None
+
+
+def _candidate_fields(value: Any) -> tuple[str, str | None, int | None, str | None] | None:
+    """The checks of :func:`parse_candidate`, building no object (the relay only checks)."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        return IceCandidate(candidate=value)
+        return value, None, None, None
     if not isinstance(value, dict):
         raise _bad("'candidate' must be an object, a string or null")
     text = value.get("candidate")
@@ -225,18 +231,48 @@ def parse_candidate(value: Any) -> IceCandidate | None:
         raise _bad("'candidate.sdpMLineIndex' must be an integer or null")
     if ufrag is not None and not isinstance(ufrag, str):
         raise _bad("'candidate.usernameFragment' must be a string or null")
-    return IceCandidate(text, mid, index, ufrag)
+    return text, mid, index, ufrag
 
 
 def parse(text: str | bytes) -> Message:
     """Parse and validate one frame. Raises :class:`ProtocolError` with the code to send."""
     try:
         obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: Recursion
         raise ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise _bad("a message must be a JSON object")
     return parse_object(obj, text if isinstance(text, str) else text.decode())
+
+
+#: Relayed types whose payload :func:`parse` checks; the relay's common case.
+_CHECKED_ROUTED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.CANDIDATE})
+
+
+def peek_route(text: str) -> tuple[str, PeerId | None, PeerId | None] | None:
+    """``(type, from, to)`` of a valid offer, answer or candidate, else None.
+
+    The relay's hot path: the same checks as :func:`parse` (which calls the same helpers),
+    without building message objects. None means "ask :func:`parse`": it is never a
+    different verdict, only a slower road to the same one (and to the error to send).
+    """
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if type(obj) is not dict:
+        return None
+    kind = obj.get("type")
+    if type(kind) is not str or kind not in _CHECKED_ROUTED_TYPES:
+        return None
+    try:
+        if kind == MessageType.CANDIDATE:
+            _candidate_fields(obj.get("candidate"))
+        elif not isinstance(obj.get("sdp"), str):
+            return None
+        return kind, _optional_peer(obj, "from", kind), _optional_peer(obj, "to", kind)
+    except ProtocolError:
+        return None
 
 
 def parse_object(obj: dict[str, Any], raw: str = "") -> Message:

@@ -23,6 +23,7 @@ from signaling.protocol import (
     RoomId,
     Routed,
     parse,
+    peek_route,
     stamp_sender,
 )
 
@@ -37,7 +38,7 @@ class Limits:
     max_peers: int = 32
     #: Seconds a new connection has to send ``join``.
     join_timeout: float = 10.0
-    #: Seconds between server pings; a connection silent for 2x this is dropped.
+    #: Seconds of silence before the server pings; no pong within half of it drops the client.
     heartbeat: float = 5.0
     #: Seconds an ID's holder has to answer a ping when someone else asks for its ID.
     probe_timeout: float = 2.0
@@ -130,9 +131,11 @@ class Session:
         return False
 
     def receive(self, text: str, now: float) -> Decision:
-        if len(text) > self.limits.max_frame_bytes and (
-            len(text.encode()) > self.limits.max_frame_bytes
-        ):
+        if self.phase is Phase.CLOSED:
+            return Ignore()  # closing: nothing the client still sends is acted on
+        size, limit = len(text), self.limits.max_frame_bytes
+        # A character is 1 to 4 UTF-8 bytes: encode only when the answer depends on it.
+        if size > limit or (size * 4 > limit and len(text.encode()) > limit):
             return error_reply(
                 ErrorCode.FRAME_TOO_LARGE,
                 f"frame of {len(text.encode())} bytes is over the {self.limits.max_frame_bytes}"
@@ -146,11 +149,18 @@ class Session:
                 ErrorCode.RATE_LIMITED,
                 f"more than {self.limits.rate:g} messages/s: dropping messages until you slow down",
             )
+        # The common case (a valid offer, answer or candidate) skips building message objects;
+        # everything else, errors included, takes the full parse.
+        route = peek_route(text) if self.phase is Phase.JOINED else None
+        if route is not None:
+            return self._forward(*route, text)
         try:
             message = parse(text)
         except ProtocolError as exc:
-            close = CloseCode.BAD_JOIN if self._is_bad_join(text) else None
-            return error_reply(exc.code, exc.message, close)
+            if self._is_bad_join(text):
+                self.phase = Phase.CLOSED
+                return error_reply(exc.code, exc.message, CloseCode.BAD_JOIN)
+            return error_reply(exc.code, exc.message)
         if self.phase is Phase.AWAITING_JOIN:
             if isinstance(message, Join):
                 return JoinRequest(message, message.room or self.url_room or DEFAULT_ROOM)
@@ -161,19 +171,24 @@ class Session:
             return error_reply(
                 ErrorCode.RESERVED_TYPE, f"'{_type_of(text)}' messages come from the server only"
             )
+        return self._forward(message.type, message.sender, message.to, text)
+
+    def _forward(
+        self, kind: str, claimed: PeerId | None, to: PeerId | None, text: str
+    ) -> Forward | Reply:
+        """Relay ``text`` from this joined peer: add a missing ``from``, refuse a forged one."""
         sender = self.peer_id
         if sender is None:  # pragma: no cover - JOINED always sets it
             raise RuntimeError("session joined without a peer id")
-        if message.sender is None:
+        if claimed is None:
             data = _with_sender(text, sender)
-        elif message.sender != sender:
+        elif claimed != sender:
             return error_reply(
-                ErrorCode.FORGED_FROM,
-                f"'from' is '{message.sender}' but you joined as '{sender}'",
+                ErrorCode.FORGED_FROM, f"'from' is '{claimed}' but you joined as '{sender}'"
             )
         else:
             data = text
-        return Forward(message.type, message.to, data)
+        return Forward(kind, to, data)
 
     def _is_bad_join(self, text: str) -> bool:
         """An invalid frame that was meant as a join ends the connection, as a failed join."""
@@ -183,7 +198,7 @@ class Session:
 def _type_of(text: str) -> str:
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     kind = obj.get("type") if isinstance(obj, dict) else None
     return kind if isinstance(kind, str) else ""

@@ -1,0 +1,322 @@
+// The room page: wires the camera, the signaling connection, one PeerLink per remote peer
+// and the view together. Loaded as an ES module; no build step, no third-party code.
+
+import { openLocalMedia } from "./media.js";
+import { closeText, serverErrorText } from "./messages.js";
+import { pageUrl, readParams, signalingUrl } from "./params.js";
+import { PeerLink } from "./peer.js";
+import { SignalingClient } from "./signaling.js";
+import { View } from "./ui.js";
+
+/** Codes after which this page cannot be in the room under this name: ask for another one. */
+const REFUSALS = new Set(["id-taken", "room-full", "bad-resume-token"]);
+/** A failed connection we offered is offered again (new RTCPeerConnection) this many times. */
+const MAX_REOFFERS = 3;
+
+function inviteUrl(href, room) {
+  const url = new URL(href);
+  url.search = room ? `?${new URLSearchParams({ room })}` : "";
+  url.hash = "";
+  return url.toString();
+}
+
+async function loadIceServers() {
+  // None by default: on a LAN or offline, host candidates are all there is.
+  try {
+    const response = await fetch("config.json", { cache: "no-store" });
+    if (!response.ok) return [];
+    const config = await response.json();
+    return Array.isArray(config.iceServers) ? config.iceServers : [];
+  } catch {
+    return [];
+  }
+}
+
+class RoomPage {
+  constructor(params, view) {
+    this.params = params;
+    this.peerId = params.peerId;
+    this.room = params.room;
+    this.view = view;
+    this.links = new Map(); // peerId -> PeerLink
+    this.reoffers = new Map(); // peerId -> attempts since the last working connection
+    this.local = null;
+    this.iceServers = [];
+    this.signaling = null;
+    this.joined = false;
+    this.left = false;
+    this.refusal = null; // plain-words reason the server refused us
+  }
+
+  async start() {
+    const { view } = this;
+    view.setIdentity(this.peerId, this.room);
+    view.setStatus("starting", this.params.watch ? "Joining to watch…" : "Starting camera…");
+    const [local, iceServers] = await Promise.all([
+      openLocalMedia({ watch: this.params.watch }),
+      loadIceServers(),
+    ]);
+    this.local = local;
+    this.iceServers = iceServers;
+    view.showLocal(local);
+    if (local.problem) view.notice("camera", local.problem, { level: "warning" });
+    this.#setupControls();
+    if (this.left) return;
+
+    const signaling = new SignalingClient(signalingUrl(location.href), {
+      peerId: this.peerId,
+      room: this.room,
+    });
+    this.signaling = signaling;
+    signaling.addEventListener("joined", (e) => this.#joined(e.detail));
+    signaling.addEventListener("message", (e) => this.#message(e.detail));
+    signaling.addEventListener("server-error", (e) => this.#serverError(e.detail));
+    signaling.addEventListener("disconnected", (e) => this.#disconnected(e.detail));
+    view.setStatus("joining", "Joining…");
+    signaling.connect();
+  }
+
+  leave() {
+    if (this.left) return;
+    this.left = true;
+    this.signaling?.close();
+    this.#closeAllLinks();
+    this.local?.stop();
+    this.view.stopLocal("you left");
+    this.view.setStatus("left", "You left the room");
+    this.view.clearNotice("connection");
+    this.#askToJoin("You left the room.", "Join again");
+  }
+
+  // -- signaling events -----------------------------------------------------------
+  #joined({ peers, room, resumed }) {
+    this.joined = true;
+    this.room = room;
+    this.view.setIdentity(this.peerId, room);
+    this.view.setInvite(inviteUrl(location.href, this.params.room));
+    this.view.setStatus("joined", "In the room");
+    this.view.clearNotice("connection");
+    // A rejoin is a new arrival for the others (they saw us leave): start every link afresh.
+    this.#closeAllLinks();
+    if (resumed) console.info("meshpeer: rejoined; renegotiating with", peers);
+    for (const peerId of peers) {
+      if (typeof peerId !== "string" || peerId === this.peerId) continue;
+      this.#link(peerId).startOffer(); // the newcomer offers to everyone already there
+    }
+  }
+
+  #message(message) {
+    const from = typeof message.from === "string" ? message.from : null;
+    switch (message.type) {
+      case "peer-joined":
+        if (typeof message.peerId !== "string") return;
+        this.#closeLink(message.peerId); // a stale link from a previous visit
+        this.view.addPeer(message.peerId); // it will offer to us
+        break;
+      case "peer-left":
+        if (typeof message.peerId !== "string") return;
+        this.#closeLink(message.peerId);
+        break;
+      case "offer":
+      case "answer":
+        if (!from || typeof message.sdp !== "string") return;
+        if (message.type === "answer" && !this.links.has(from)) return;
+        if (message.type === "offer" && this.links.get(from)?.isFromNewConnection(message.sdp)) {
+          // The peer started over (its connection failed, or it restarted): so do we.
+          this.#dropLink(from);
+        }
+        this.#link(from).receiveDescription(message.type, message.sdp);
+        break;
+      case "candidate":
+        if (from) this.links.get(from)?.receiveCandidate(message.candidate);
+        break;
+      default:
+        break; // other applications' messages (chat, ...): not ours
+    }
+  }
+
+  #serverError({ code, message }) {
+    const text = serverErrorText(code, message, { peerId: this.peerId, room: this.room });
+    if (!text) return;
+    if (REFUSALS.has(code)) {
+      this.refusal = text;
+    } else {
+      this.view.notice(`server-${code}`, text);
+    }
+  }
+
+  #disconnected({ code, final, everJoined, nameCheck }) {
+    this.joined = false;
+    if (this.left) return;
+    if (nameCheck) {
+      this.view.setStatus("joining", "Checking the name…");
+      this.view.notice(
+        "connection",
+        `The name “${this.peerId}” is in use right now; asking again in a moment in case it was this page's own earlier visit…`,
+        { level: "info" },
+      );
+      return;
+    }
+    if (final) {
+      this.#closeAllLinks();
+      this.local?.stop(); // no camera light while not in a room
+      this.view.stopLocal("not in the room");
+      this.view.setStatus("refused", "Not in the room");
+      const reason = this.refusal ?? closeText(code);
+      this.view.notice("connection", reason);
+      this.#askToJoin(reason, "Join");
+      return;
+    }
+    const text = everJoined ? closeText(code) : "Cannot reach the meshpeer server. Retrying…";
+    this.view.setStatus("reconnecting", "Reconnecting…");
+    this.view.notice("connection", text, { level: "warning" });
+  }
+
+  // -- peer links ----------------------------------------------------------------
+  #link(peerId) {
+    let link = this.links.get(peerId);
+    if (link) return link;
+    link = new PeerLink({
+      selfId: this.peerId,
+      peerId,
+      iceServers: this.iceServers,
+      local: this.local,
+      // `from` as the reference client writes it (our server would add it anyway).
+      send: (msg) => this.signaling.send({ type: msg.type, from: this.peerId, ...msg }),
+    });
+    this.links.set(peerId, link);
+    this.view.addPeer(peerId);
+    this.view.setPeerState(peerId, link.state);
+    link.addEventListener("state", (e) => this.#linkState(peerId, link, e.detail.state));
+    link.addEventListener("stream", (e) => this.view.setPeerStream(peerId, e.detail.stream));
+    return link;
+  }
+
+  /** Start a new connection to `peerId`, offered by us (also the "Retry" button). */
+  restartLink(peerId) {
+    if (!this.joined || !this.links.has(peerId)) return;
+    this.#dropLink(peerId);
+    this.#link(peerId).startOffer();
+  }
+
+  #linkState(peerId, link, state) {
+    if (this.links.get(peerId) !== link) return; // a connection we already replaced
+    this.view.setPeerState(peerId, state);
+    if (state === "connected") {
+      this.reoffers.delete(peerId);
+      return;
+    }
+    // As in the agent: the side that offered a failed connection offers a new one; the
+    // other side waits for it (its new certificate tells us it is a new connection).
+    if (state !== "failed" || link.role !== "offerer") return;
+    const attempt = this.reoffers.get(peerId) ?? 0;
+    if (attempt >= MAX_REOFFERS) return;
+    this.reoffers.set(peerId, attempt + 1);
+    const delay = 1000 * 2 ** attempt * (0.5 + Math.random());
+    setTimeout(() => {
+      if (this.links.get(peerId) === link) this.restartLink(peerId);
+    }, delay);
+  }
+
+  /** Close the connection to `peerId` but keep the person on screen (a new one follows). */
+  #dropLink(peerId) {
+    this.links.get(peerId)?.close();
+    this.links.delete(peerId);
+  }
+
+  #closeLink(peerId) {
+    this.#dropLink(peerId);
+    this.reoffers.delete(peerId);
+    this.view.removePeer(peerId);
+  }
+
+  #closeAllLinks() {
+    for (const peerId of [...this.links.keys()]) this.#closeLink(peerId);
+    this.view.removeAllPeers();
+  }
+
+  // -- controls --------------------------------------------------------------------
+  #setupControls() {
+    const doc = document;
+    const bind = (id, kind, onText, offText) => {
+      const button = doc.getElementById(id);
+      const track = this.local.track(kind);
+      button.disabled = !track;
+      if (!track) {
+        button.textContent = kind === "video" ? "No camera" : "No mic";
+        return;
+      }
+      button.addEventListener("click", () => {
+        track.enabled = !track.enabled;
+        const muted = !track.enabled;
+        button.setAttribute("aria-pressed", String(muted));
+        button.textContent = muted ? onText : offText;
+        this.view.setLocalMuted(kind, muted);
+      });
+    };
+    bind("toggle-camera", "video", "Start camera", "Stop camera");
+    bind("toggle-mic", "audio", "Unmute mic", "Mute mic");
+    doc.getElementById("leave").addEventListener("click", () => this.leave());
+    doc.addEventListener("click", () => {
+      if (this.view.soundBlocked) this.view.enableSound();
+    });
+  }
+
+  #askToJoin(reason, buttonText) {
+    const dialog = document.getElementById("join-dialog");
+    const form = document.getElementById("join-form");
+    document.getElementById("join-title").textContent = this.left ? "Left the room" : "Could not join";
+    document.getElementById("join-reason").textContent = reason;
+    document.getElementById("join-id").value = this.peerId;
+    document.getElementById("join-room").value = this.room ?? "";
+    form.querySelector("button[type=submit]").textContent = buttonText;
+    form.onsubmit = (event) => {
+      event.preventDefault();
+      const peerId = document.getElementById("join-id").value.trim();
+      const room = document.getElementById("join-room").value.trim();
+      location.assign(pageUrl(location.href, { room, peerId }));
+    };
+    for (const id of ["leave", "toggle-camera", "toggle-mic"]) {
+      document.getElementById(id).disabled = true;
+    }
+    if (!dialog.open) dialog.showModal();
+  }
+
+  // -- introspection (browser console, tests, benchmarks) -------------------------------
+  snapshot() {
+    const peers = {};
+    const times = {};
+    for (const [peerId, link] of this.links) {
+      peers[peerId] = link.state;
+      times[peerId] = link.times;
+    }
+    return {
+      peerId: this.peerId,
+      room: this.room,
+      joined: this.joined,
+      peers,
+      sending: { audio: Boolean(this.local?.audio), video: Boolean(this.local?.video) },
+      iceServers: this.iceServers,
+      joinSentAt: this.signaling?.joinSentAt ?? null,
+      firstFrameAt: Object.fromEntries(this.view.firstFrameAt),
+      times,
+    };
+  }
+}
+
+const view = new View(document);
+const page = new RoomPage(readParams(location.search), view);
+view.onRetry = (peerId) => page.restartLink(peerId);
+/** For the browser console and automated checks: `meshpeer.snapshot()`. */
+window.meshpeer = {
+  page,
+  snapshot: () => page.snapshot(),
+  inbound: (peerId, kind = "video") => page.links.get(peerId)?.inbound(kind) ?? null,
+  leave: () => page.leave(),
+};
+addEventListener("pagehide", () => page.signaling?.close());
+page.start().catch((error) => {
+  console.error(error);
+  view.setStatus("refused", "Something went wrong");
+  view.notice("crash", `The page stopped because of an unexpected error: ${error.message}`);
+});

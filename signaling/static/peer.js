@@ -1,0 +1,220 @@
+// One RTCPeerConnection to one remote peer, negotiated with the "perfect negotiation" pattern:
+// either side may (re)offer at any time; on glare the peer whose ID sorts lower is polite
+// and rolls its own offer back.
+
+const KINDS = ["audio", "video"];
+
+function now() {
+  return performance.timeOrigin + performance.now();
+}
+
+/**
+ * The DTLS certificate fingerprint of an SDP. Each RTCPeerConnection has its own
+ * certificate, so a new fingerprint means the other side started a new connection
+ * (after a failure, or a restart) rather than renegotiating this one.
+ */
+export function fingerprint(sdp) {
+  const match = /^a=fingerprint:(\S+ \S+)/m.exec(sdp ?? "");
+  return match ? match[1].toLowerCase() : null;
+}
+
+/** What the page shows for an RTCPeerConnection.connectionState. */
+function linkState(connectionState) {
+  switch (connectionState) {
+    case "connected":
+      return "connected";
+    case "failed":
+      return "failed";
+    case "disconnected":
+      return "disconnected";
+    case "closed":
+      return "closed";
+    default:
+      return "connecting";
+  }
+}
+
+/**
+ * Events (CustomEvent): "state" {state}, "stream" {stream} when a remote track arrives.
+ */
+export class PeerLink extends EventTarget {
+  /**
+   * @param {{selfId: string, peerId: string, iceServers: RTCIceServer[],
+   *          local: import("./media.js").LocalMedia, send: (msg: object) => void}} options
+   */
+  constructor({ selfId, peerId, iceServers, local, send }) {
+    super();
+    this.peerId = peerId;
+    this.polite = selfId < peerId;
+    this.local = local;
+    this.send = send;
+    this.state = "connecting";
+    this.stream = new MediaStream();
+    this.mediaAttached = false;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.settingRemoteAnswer = false;
+    this.pendingCandidates = [];
+    this.closed = false;
+    this.role = null; // "offerer" or "answerer": who started this connection
+    /** Epoch ms of each step (created, offer, answer, connected), to see where time goes. */
+    this.times = { created: now() };
+
+    const pc = new RTCPeerConnection({ iceServers });
+    this.pc = pc;
+    pc.addEventListener("icecandidate", ({ candidate }) => {
+      // The browser trickles: one message per candidate, then null at the end.
+      this.send({ type: "candidate", to: peerId, candidate: candidate ? candidate.toJSON() : null });
+    });
+    pc.addEventListener("negotiationneeded", () => this.#offer());
+    pc.addEventListener("track", ({ track }) => {
+      if (!this.stream.getTracks().includes(track)) this.stream.addTrack(track);
+      this.dispatchEvent(new CustomEvent("stream", { detail: { stream: this.stream, track } }));
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      const state = linkState(pc.connectionState);
+      if (state === "connected") this.times.connected ??= now();
+      this.#setState(state);
+    });
+  }
+
+  /** As the newcomer: attach media, which fires negotiationneeded and sends the offer. */
+  startOffer() {
+    this.role ??= "offerer";
+    this.#attachMedia(true);
+  }
+
+  /** True when `sdp` comes from another RTCPeerConnection than the one we talk to. */
+  isFromNewConnection(sdp) {
+    const current = this.pc.remoteDescription?.sdp;
+    return Boolean(current) && fingerprint(current) !== fingerprint(sdp);
+  }
+
+  /** An `offer` or `answer` from this peer. */
+  async receiveDescription(type, sdp) {
+    if (this.closed) return;
+    const pc = this.pc;
+    if (type === "offer") this.role ??= "answerer";
+    const readyForOffer =
+      !this.makingOffer && (pc.signalingState === "stable" || this.settingRemoteAnswer);
+    const collision = type === "offer" && !readyForOffer;
+    this.ignoreOffer = !this.polite && collision;
+    if (this.ignoreOffer) {
+      console.debug(`meshpeer: ignoring ${this.peerId}'s offer (glare, we are impolite)`);
+      return;
+    }
+    try {
+      this.settingRemoteAnswer = type === "answer";
+      await pc.setRemoteDescription({ type, sdp }); // rolls our own offer back if polite
+      this.settingRemoteAnswer = false;
+      if (type === "offer") {
+        this.#attachMedia(false); // reuses the offer's transceivers: no second round trip
+        await pc.setLocalDescription();
+        this.send({ type: "answer", to: this.peerId, sdp: pc.localDescription.sdp });
+        this.times.answer ??= now();
+      }
+    } catch (error) {
+      this.settingRemoteAnswer = false;
+      if (!this.closed) console.error(`meshpeer: negotiation with ${this.peerId} failed`, error);
+      return;
+    }
+    const queued = this.pendingCandidates.splice(0);
+    for (const candidate of queued) await this.#addCandidate(candidate);
+  }
+
+  /** A trickled `candidate` from this peer (null or "" = end of candidates). */
+  async receiveCandidate(candidate) {
+    if (this.closed || !candidate || !candidate.candidate) return;
+    if (!this.pc.remoteDescription) {
+      this.pendingCandidates.push(candidate); // added once the description is set
+      return;
+    }
+    await this.#addCandidate(candidate);
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.pc.close();
+    for (const track of this.stream.getTracks()) track.stop();
+    this.#setState("closed");
+  }
+
+  /** Inbound RTP totals for one kind, from getStats (for the page's own checks and tests). */
+  async inbound(kind) {
+    const totals = {
+      framesDecoded: 0,
+      frameWidth: 0,
+      bytesReceived: 0,
+      packetsReceived: 0,
+      totalAudioEnergy: 0,
+    };
+    if (this.closed) return totals;
+    const report = await this.pc.getStats();
+    report.forEach((stat) => {
+      if (stat.type !== "inbound-rtp" || stat.kind !== kind) return;
+      totals.framesDecoded += stat.framesDecoded ?? 0;
+      totals.frameWidth = Math.max(totals.frameWidth, stat.frameWidth ?? 0);
+      totals.bytesReceived += stat.bytesReceived ?? 0;
+      totals.packetsReceived += stat.packetsReceived ?? 0;
+      totals.totalAudioEnergy += stat.totalAudioEnergy ?? 0;
+    });
+    return totals;
+  }
+
+  async #offer() {
+    if (this.closed) return;
+    try {
+      this.makingOffer = true;
+      await this.pc.setLocalDescription();
+      if (this.pc.localDescription?.type === "offer") {
+        this.send({ type: "offer", to: this.peerId, sdp: this.pc.localDescription.sdp });
+        this.times.offer ??= now();
+      }
+    } catch (error) {
+      if (!this.closed) console.error(`meshpeer: could not offer to ${this.peerId}`, error);
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  async #addCandidate(candidate) {
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (error) {
+      if (!this.ignoreOffer && !this.closed) {
+        console.warn(`meshpeer: bad candidate from ${this.peerId}`, error);
+      }
+    }
+  }
+
+  /**
+   * Send our tracks. As the offerer, also ask to receive the kinds we do not send (a viewer
+   * page offers recvonly); as the answerer, fill the transceivers the offer made.
+   */
+  #attachMedia(asOfferer) {
+    if (this.mediaAttached) return;
+    this.mediaAttached = true;
+    const transceivers = this.pc.getTransceivers();
+    for (const kind of KINDS) {
+      const track = this.local.track(kind);
+      const offered = transceivers.find(
+        (t) => t.receiver.track.kind === kind && !t.sender.track && !t.stopped,
+      );
+      if (track && (asOfferer || offered)) {
+        this.pc.addTrack(track, this.local.stream); // takes over `offered` if there is one
+      } else if (!track && asOfferer) {
+        this.pc.addTransceiver(kind, { direction: "recvonly" });
+      }
+      // As the answerer, a kind the offer has no room for is not sent: adding it would need
+      // a second offer, and peers that do not renegotiate (bots, the reference client)
+      // would break on it.
+    }
+  }
+
+  #setState(state) {
+    if (state === this.state || (this.closed && state !== "closed")) return;
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state } }));
+  }
+}

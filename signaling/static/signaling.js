@@ -1,0 +1,112 @@
+// The WebSocket side: join, hand every frame to the page, rejoin with the resume token
+// after a dropped connection.
+
+import { FINAL_CLOSE_CODES } from "./messages.js";
+
+const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
+/** The server probes a taken ID's holder and frees it within ~2 s if it is dead (e.g. our
+ * own previous page after a crash): ask once more after that before giving up. */
+const TAKEN_RETRY_MS = 2500;
+const ID_TAKEN_CLOSE = 4409;
+
+/**
+ * Events (all CustomEvent, the payload in `detail`):
+ *   "joined"     {peers, room, resumed}   after every accepted join (peer-list)
+ *   "message"    the parsed frame          offer/answer/candidate/peer-joined/peer-left/...
+ *   "server-error" {code, message}         an `error` frame
+ *   "disconnected" {code, final, everJoined, nameCheck}
+ *                                          the socket closed; final: no retry will follow;
+ *                                          nameCheck: our ID was taken, asking again once
+ */
+export class SignalingClient extends EventTarget {
+  constructor(url, { peerId, room }) {
+    super();
+    this.url = url;
+    this.peerId = peerId;
+    this.room = room;
+    this.resumeToken = null;
+    this.joinedOnce = false;
+    this.ws = null;
+    this.stopped = false;
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.takenRetried = false;
+    this.joinSentAt = null; // epoch ms of the latest join, for timing first frames
+  }
+
+  connect() {
+    if (this.stopped) return;
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.addEventListener("open", () => {
+      const join = { type: "join", peerId: this.peerId };
+      if (this.room) join.room = this.room;
+      if (this.resumeToken) join.resumeToken = this.resumeToken;
+      this.joinSentAt = performance.timeOrigin + performance.now();
+      ws.send(JSON.stringify(join));
+    });
+    ws.addEventListener("message", (event) => this.#receive(event.data));
+    ws.addEventListener("close", (event) => this.#closed(ws, event.code));
+  }
+
+  /** Send one message; dropped while disconnected (a rejoin renegotiates everything). */
+  send(message) {
+    if (this.ws?.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(message));
+    }
+  }
+
+  /** Leave for good: the server tells the others `peer-left` at once. */
+  close() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this.ws?.close(1000, "leaving");
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #receive(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      console.warn("meshpeer: ignoring a frame that is not JSON", data);
+      return;
+    }
+    if (typeof message !== "object" || message === null) return;
+    if (message.type === "peer-list") {
+      this.attempt = 0;
+      if (typeof message.resumeToken === "string") this.resumeToken = message.resumeToken;
+      if (typeof message.room === "string") this.room = message.room;
+      const resumed = this.joinedOnce;
+      this.joinedOnce = true;
+      const peers = Array.isArray(message.peers) ? message.peers : []; // the Go server omits []
+      this.#emit("joined", { peers, room: this.room, resumed });
+    } else if (message.type === "error") {
+      this.#emit("server-error", { code: message.code, message: message.message });
+    } else {
+      this.#emit("message", message);
+    }
+  }
+
+  #closed(ws, code) {
+    if (ws !== this.ws) return;
+    const nameCheck =
+      code === ID_TAKEN_CLOSE && !this.stopped && !this.joinedOnce && !this.takenRetried;
+    const final = !nameCheck && (this.stopped || FINAL_CLOSE_CODES.has(code));
+    this.#emit("disconnected", { code, final, everJoined: this.joinedOnce, nameCheck });
+    if (final) {
+      this.stopped = true;
+      return;
+    }
+    let delay = RETRY_DELAYS_MS[Math.min(this.attempt, RETRY_DELAYS_MS.length - 1)];
+    if (nameCheck) {
+      this.takenRetried = true;
+      delay = TAKEN_RETRY_MS;
+    }
+    this.attempt += 1;
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+}

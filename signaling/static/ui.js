@@ -1,0 +1,236 @@
+// Everything the page shows: the status line, notices, the peer list and the video tiles.
+// No networking here; app.js decides, this module draws.
+
+const STATE_TEXT = {
+  connecting: "connecting…",
+  connected: "connected",
+  disconnected: "connection interrupted",
+  failed: "connection failed",
+};
+/** The same, short enough for the people list. */
+const STATE_WORD = {
+  connecting: "connecting…",
+  connected: "connected",
+  disconnected: "interrupted",
+  failed: "failed",
+};
+
+function now() {
+  return performance.timeOrigin + performance.now();
+}
+
+function element(tag, props = {}, children = []) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+export class View {
+  constructor(doc) {
+    this.doc = doc;
+    this.tilesEl = doc.getElementById("tiles");
+    this.listEl = doc.getElementById("peer-list");
+    this.countEl = doc.getElementById("peer-count");
+    this.emptyEl = doc.getElementById("empty");
+    this.noticesEl = doc.getElementById("notices");
+    this.statusEl = doc.getElementById("status");
+    this.localTile = doc.getElementById("local-tile");
+    this.localVideo = doc.getElementById("local-video");
+    this.peers = new Map(); // peerId -> {tile, video, badge, item, stateEl}
+    /** Called with a peer ID when the person asks to retry a failed connection. */
+    this.onRetry = null;
+    this.soundBlocked = false;
+    /** Epoch ms of the first video frame shown per peer (read by tests and the benchmark). */
+    this.firstFrameAt = new Map();
+  }
+
+  setIdentity(peerId, room) {
+    this.doc.getElementById("self-name").textContent = peerId;
+    this.doc.getElementById("room-name").textContent = room ?? "default";
+    this.localTile.querySelector(".name").textContent = `You (${peerId})`;
+    this.doc.title = `${room ?? "default"} · meshpeer`;
+  }
+
+  /** The address others open to join this room (without our ID: theirs must differ). */
+  setInvite(url) {
+    const link = element("a", { href: url, textContent: url });
+    this.emptyEl.replaceChildren("Nobody else is here yet. Invite others with this address: ", link);
+  }
+
+  setStatus(state, text) {
+    this.statusEl.dataset.state = state;
+    this.statusEl.textContent = text;
+  }
+
+  /** A notice stays until replaced (same key) or dismissed. */
+  notice(key, text, { level = "error", action = null } = {}) {
+    this.clearNotice(key);
+    if (!text) return;
+    const box = element("div", { className: `notice ${level}` });
+    box.dataset.key = key;
+    box.setAttribute("role", level === "error" ? "alert" : "status");
+    box.append(element("p", { textContent: text }));
+    if (action) {
+      const button = element("button", { type: "button", textContent: action.label });
+      button.addEventListener("click", () => action.run());
+      box.append(button);
+    }
+    const close = element("button", {
+      type: "button",
+      className: "dismiss",
+      textContent: "×",
+      title: "Dismiss",
+    });
+    close.setAttribute("aria-label", "Dismiss");
+    close.addEventListener("click", () => box.remove());
+    box.append(close);
+    this.noticesEl.append(box);
+  }
+
+  clearNotice(key) {
+    for (const old of this.noticesEl.querySelectorAll(".notice")) {
+      if (old.dataset.key === key) old.remove();
+    }
+  }
+
+  showLocal(local) {
+    const hasVideo = Boolean(local.video);
+    this.localTile.classList.toggle("no-video", !hasVideo);
+    if (!hasVideo) {
+      this.localTile.querySelector(".placeholder span").textContent = local.audio
+        ? "microphone only"
+        : "watching only";
+      this.localTile.querySelector(".badge").textContent = "not sending video";
+    }
+    this.localVideo.srcObject = local.stream;
+    this.localVideo.play().catch(() => {});
+  }
+
+  /** Our camera is off for good (left, refused): say so instead of a black picture. */
+  stopLocal(text) {
+    this.localVideo.srcObject = null;
+    this.localTile.classList.add("no-video");
+    this.localTile.querySelector(".placeholder span").textContent = text;
+    this.localTile.querySelector(".badge").textContent = "not in the room";
+  }
+
+  setLocalMuted(kind, muted) {
+    this.localTile.classList.toggle(kind === "video" ? "camera-off" : "mic-off", muted);
+    if (kind === "video") {
+      this.localTile.querySelector(".placeholder span").textContent = "camera off";
+    }
+  }
+
+  // -- remote peers -------------------------------------------------------------
+  addPeer(peerId) {
+    if (this.peers.has(peerId)) return;
+    const video = element("video", { playsInline: true, autoplay: false });
+    const badge = element("span", { className: "badge", textContent: STATE_TEXT.connecting });
+    const tile = element("figure", { className: "tile remote no-video" }, [
+      video,
+      element("div", { className: "placeholder" }, [element("span", { textContent: peerId })]),
+      element("figcaption", {}, [element("span", { className: "name", textContent: peerId }), badge]),
+    ]);
+    tile.dataset.peer = peerId;
+    tile.dataset.state = "connecting";
+    const stateEl = element("span", { className: "state", textContent: STATE_TEXT.connecting });
+    const retry = element("button", { type: "button", className: "retry", textContent: "Retry" });
+    retry.addEventListener("click", () => this.onRetry?.(peerId));
+    const item = element("li", {}, [
+      element("span", { className: "name", textContent: peerId }),
+      stateEl,
+      retry,
+    ]);
+    item.dataset.peer = peerId;
+    item.dataset.state = "connecting";
+    this.tilesEl.append(tile);
+    this.listEl.append(item);
+    this.peers.set(peerId, { tile, video, badge, item, stateEl });
+    this.#updateCount();
+  }
+
+  setPeerState(peerId, state) {
+    const peer = this.peers.get(peerId);
+    if (!peer || !(state in STATE_TEXT)) return;
+    for (const node of [peer.tile, peer.item]) node.dataset.state = state;
+    peer.badge.textContent = STATE_TEXT[state];
+    peer.stateEl.textContent = STATE_WORD[state];
+  }
+
+  setPeerStream(peerId, stream) {
+    const peer = this.peers.get(peerId);
+    if (!peer) return;
+    const { video, tile } = peer;
+    const showVideo = () => {
+      const live = stream.getVideoTracks().some((t) => t.readyState === "live" && !t.muted);
+      tile.classList.toggle("no-video", !live);
+    };
+    for (const track of stream.getVideoTracks()) {
+      track.onmute = showVideo;
+      track.onunmute = showVideo;
+      track.onended = showVideo;
+    }
+    if (video.srcObject !== stream) {
+      video.srcObject = stream;
+      const firstFrame = () => {
+        if (video.videoWidth > 0 && !this.firstFrameAt.has(peerId)) {
+          this.firstFrameAt.set(peerId, now());
+          tile.classList.add("playing");
+          showVideo();
+        }
+      };
+      video.addEventListener("loadeddata", firstFrame);
+      video.addEventListener("resize", firstFrame);
+    }
+    showVideo();
+    this.#play(video);
+  }
+
+  removePeer(peerId) {
+    const peer = this.peers.get(peerId);
+    if (!peer) return;
+    peer.video.srcObject = null;
+    peer.tile.remove();
+    peer.item.remove();
+    this.peers.delete(peerId);
+    this.firstFrameAt.delete(peerId);
+    this.#updateCount();
+  }
+
+  removeAllPeers() {
+    for (const peerId of [...this.peers.keys()]) this.removePeer(peerId);
+  }
+
+  // -- sound --------------------------------------------------------------------
+  #play(video) {
+    video.muted = this.soundBlocked;
+    video.play().catch((error) => {
+      if (error.name !== "NotAllowedError") return; // e.g. interrupted by a new srcObject
+      // The browser allows sound only after a click on the page: play muted until then.
+      this.soundBlocked = true;
+      video.muted = true;
+      video.play().catch(() => {});
+      this.notice("sound", "The browser held the sound back until you click.", {
+        level: "info",
+        action: { label: "Turn sound on", run: () => this.enableSound() },
+      });
+    });
+  }
+
+  enableSound() {
+    this.soundBlocked = false;
+    this.clearNotice("sound");
+    for (const { video } of this.peers.values()) {
+      video.muted = false;
+      video.play().catch(() => {});
+    }
+  }
+
+  #updateCount() {
+    const count = this.peers.size;
+    this.countEl.textContent = String(count);
+    this.emptyEl.hidden = count > 0;
+    this.tilesEl.dataset.count = String(count + 1);
+  }
+}

@@ -1,0 +1,162 @@
+"""/healthz, /metrics and the log lines, checked after real traffic."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.signaling.clients import Clients, eventually
+from tests.support import RunningServer
+
+SAMPLE = re.compile(r'^(?P<name>[a-z_]+)(?:\{(?P<label>[a-z]+)="(?P<value>[^"]*)"\})? (?P<n>\S+)$')
+
+
+async def get_json(server: RunningServer, path: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + path) as response:
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        return await response.json()
+
+
+async def get_metrics(server: RunningServer) -> dict[str, float]:
+    """Samples by name, with labels as name{label="value"}; checks the text format."""
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        text = await response.text()
+    assert text.endswith("\n")
+    samples: dict[str, float] = {}
+    described: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            parts = line.split(" ", 3)
+            described.add(parts[2])
+            if parts[1] == "TYPE":
+                assert parts[3] in ("counter", "gauge"), line
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not a Prometheus sample: {line!r}"
+        assert match["name"] in described, f"{match['name']} has no HELP/TYPE"
+        key = match["name"] + (f'{{{match["label"]}="{match["value"]}"}}' if match["label"] else "")
+        samples[key] = float(match["n"])
+    return samples
+
+
+async def test_healthz_reports_rooms_peers_and_uptime(
+    fast_server: RunningServer, peers: Clients
+) -> None:
+    health = await get_json(fast_server, "/healthz")
+    assert health["status"] == "ok"
+    assert (health["rooms"], health["peers"]) == (0, 0)
+    assert isinstance(health["uptime"], float | int) and health["uptime"] >= 0
+    # Keep references: a client that is garbage collected closes its connection.
+    opened = [
+        await peers.join("a", room="one"),
+        await peers.join("b", room="one"),
+        await peers.join("c", room="two"),
+        await peers.connect("not-joined"),
+    ]
+    health = await get_json(fast_server, "/healthz")
+    assert (health["rooms"], health["peers"], health["connections"]) == (2, 3, 4)
+    assert health["uptime"] > 0
+    assert len(opened) == 4
+
+
+async def test_metrics_count_connections_joins_leaves_routing_and_errors(
+    fast_server: RunningServer, peers: Clients
+) -> None:
+    empty = await get_metrics(fast_server)
+    for name in (
+        "meshpeer_connections_total",
+        "meshpeer_connections",
+        "meshpeer_joins_total",
+        "meshpeer_slow_clients_dropped_total",
+        "meshpeer_rooms",
+        "meshpeer_peers",
+        "meshpeer_uptime_seconds",
+    ):
+        assert name in empty
+    assert empty["meshpeer_joins_total"] == 0
+
+    alice, bob = await peers.join("alice"), await peers.join("bob")
+    carol = await peers.join("carol", room="elsewhere")
+    await alice.recv_type("peer-joined")
+    await alice.send(type="offer", to="bob", sdp="o")
+    await bob.recv_type("offer")
+    await bob.send(type="answer", to="alice", sdp="a")
+    await alice.recv_type("answer")
+    for _ in range(3):
+        await alice.send(type="candidate", to="bob", candidate=None)
+        await bob.recv_type("candidate")
+    await alice.send(type="chat", text="all")
+    await bob.recv_type("chat")
+    await alice.send(type="offer", to="nobody", sdp="o")
+    await alice.recv_error("unknown-peer")
+    await alice.send_raw("{")
+    await alice.recv_error("invalid-json")
+    thief = await peers.connect("thief")
+    await thief.send(type="join", peerId="alice")
+    await thief.recv_error("id-taken")
+    await bob.ws.close()
+    await alice.recv_type("peer-left")
+    await carol.ws.close()
+
+    async def settled() -> bool:
+        health = await get_json(fast_server, "/healthz")
+        return bool(health["peers"] == 1 and health["connections"] == 1)
+
+    await eventually(settled)
+    m = await get_metrics(fast_server)
+    assert m["meshpeer_connections_total"] == 4
+    assert m["meshpeer_connections"] == 1
+    assert m["meshpeer_joins_total"] == 3
+    assert m['meshpeer_leaves_total{reason="closed"}'] == 2
+    assert m['meshpeer_messages_routed_total{type="offer"}'] == 1
+    assert m['meshpeer_messages_routed_total{type="answer"}'] == 1
+    assert m['meshpeer_messages_routed_total{type="candidate"}'] == 3
+    assert m['meshpeer_messages_routed_total{type="chat"}'] == 1
+    assert m['meshpeer_errors_total{code="unknown-peer"}'] == 1
+    assert m['meshpeer_errors_total{code="invalid-json"}'] == 1
+    assert m['meshpeer_errors_total{code="id-taken"}'] == 1
+    assert m["meshpeer_slow_clients_dropped_total"] == 0
+    assert (m["meshpeer_rooms"], m["meshpeer_peers"]) == (1, 1)
+    assert m["meshpeer_uptime_seconds"] > 0
+    # Refused or failed messages are not counted as routed.
+    assert sum(v for k, v in m.items() if k.startswith("meshpeer_messages_routed")) == 6
+
+
+async def test_one_info_line_per_join_and_leave_and_no_traffic_above_debug(
+    fast_server: RunningServer, peers: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="signaling")
+    alice, bob = await peers.join("alice"), await peers.join("bob")
+    await alice.recv_type("peer-joined")
+    secret = "v=0 SECRET-SDP-MARKER"
+    for _ in range(5):
+        await alice.send(type="offer", to="bob", sdp=secret)
+        await bob.recv_type("offer")
+    thief = await peers.connect("thief")
+    await thief.send(type="join", peerId="alice")
+    await thief.recv_error("id-taken")
+    await bob.ws.close()
+    await alice.recv_type("peer-left")
+    await alice.ws.close()
+
+    async def both_left() -> bool:
+        return fast_server.server.registry.counts() == (0, 0)
+
+    await eventually(both_left)
+    info = [
+        r for r in caplog.records if r.name.startswith("signaling") and r.levelno >= logging.INFO
+    ]
+    messages = [r.getMessage() for r in info]
+    assert len([m for m in messages if " joined room " in m]) == 2, messages
+    assert len([m for m in messages if " left room " in m]) == 2, messages
+    assert len([m for m in messages if m.startswith("refused alice")]) == 1, messages
+    assert len(messages) == 5, messages
+    assert all(r.levelno == logging.INFO for r in info)
+    assert not any(secret in m for m in messages)
