@@ -1,31 +1,162 @@
-"""The ``meshpeer`` command: ``serve`` runs the signaling server."""
+"""The ``meshpeer`` command: ``serve`` runs the signaling server, ``join`` a peer, ``demo`` both."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from signaling.cli import add_serve_arguments, serve
+
+#: Libraries whose INFO logging is per packet or per candidate pair: quiet unless --log-level DEBUG.
+_NOISY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def add_media_arguments(
+    parser: argparse.ArgumentParser, *, width: int, height: int, fps: int
+) -> None:
+    media = parser.add_argument_group("media")
+    media.add_argument(
+        "--video",
+        default="synthetic",
+        help="video to send: synthetic, webcam[:/dev/videoN], file:PATH or a URL, none "
+        "(default synthetic)",
+    )
+    media.add_argument(
+        "--audio",
+        default="tone",
+        help="audio to send: tone, file:PATH or a URL, none (default tone)",
+    )
+    media.add_argument(
+        "--width", type=_positive_int, default=width, help="video width (default %(default)s)"
+    )
+    media.add_argument(
+        "--height", type=_positive_int, default=height, help="video height (default %(default)s)"
+    )
+    media.add_argument(
+        "--fps", type=_positive_int, default=fps, help="frames per second (default %(default)s)"
+    )
+    media.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="stun:host:port, turn:user:pass@host:port or turns:... (repeatable; default none, "
+        "host candidates only)",
+    )
+
+
+def add_join_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "url",
+        nargs="?",
+        default="ws://127.0.0.1:8080/ws",
+        help="signaling server, ws://host:port/ws (default %(default)s)",
+    )
+    parser.add_argument("--room", help="room to join (default: the server's default room)")
+    parser.add_argument("--id", dest="peer_id", help="peer ID (default: a random peer-xxxxxx)")
+    add_media_arguments(parser, width=640, height=480, fps=30)
+    out = parser.add_argument_group("output")
+    out.add_argument("--display", action="store_true", help="show everyone in a window (q closes)")
+    out.add_argument("--record", type=Path, metavar="DIR", help="record every remote peer to DIR")
+    out.add_argument(
+        "--snapshot", type=Path, metavar="FILE", help="write a PNG mosaic of everyone to FILE"
+    )
+    out.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="S",
+        help="leave after S seconds (default: run until Ctrl-C)",
+    )
+    out.add_argument(
+        "--stats-interval",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="seconds between status lines (default %(default)s)",
+    )
+    out.add_argument(
+        "--stats-json", type=Path, metavar="FILE", help="append stats as JSON lines to FILE"
+    )
+    out.add_argument("--quiet", action="store_true", help="no status lines")
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bots", type=_positive_int, default=3, help="bots in the room (default 3)"
+    )
+    parser.add_argument(
+        "--duration", type=_positive_float, default=8.0, help="seconds to run (default %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder for recordings and the snapshot (default ./meshpeer-demo-<timestamp>/)",
+    )
+    add_media_arguments(parser, width=320, height=240, fps=15)
+
+
+def _join(args: argparse.Namespace) -> int:
+    from peer.runner import run_join
+
+    return run_join(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from peer.demo import run_demo
+
+    return run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshpeer", description="Multi-peer WebRTC rooms.")
     parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+        "--log-level",
+        help="DEBUG, INFO, WARNING or ERROR (default INFO for serve, WARNING otherwise)",
     )
+    # Also accepted after the subcommand (`meshpeer join URL --log-level INFO`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve_parser = sub.add_parser("serve", help="run the signaling server")
+    serve_parser = sub.add_parser("serve", help="run the signaling server", parents=[common])
     add_serve_arguments(serve_parser)
-    serve_parser.set_defaults(run=serve)
+    serve_parser.set_defaults(run=serve, default_level="INFO")
+    join_parser = sub.add_parser("join", help="join a room as a headless peer", parents=[common])
+    add_join_arguments(join_parser)
+    join_parser.set_defaults(run=_join)
+    demo_parser = sub.add_parser(
+        "demo",
+        help="run a server and a few bots on loopback, print what they saw",
+        parents=[common],
+    )
+    add_demo_arguments(demo_parser)
+    demo_parser.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = (args.log_level or getattr(args, "default_level", "WARNING")).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     result: int = args.run(args)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import ssl
 from collections.abc import Sequence
 
@@ -19,6 +20,34 @@ log = logging.getLogger(__name__)
 _DEFAULTS = Limits()
 
 
+def _number(text: str, kind: type[int] | type[float], low: float, inclusive: bool) -> float:
+    """Parse a flag value; a bad one becomes argparse's usage error (exit code 2)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        bound = f"at least {low:g}" if inclusive else f"more than {low:g}"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    return int(_number(text, int, 1, inclusive=True))
+
+
+def _seconds(text: str) -> float:
+    return _number(text, float, 0, inclusive=False)
+
+
+def _port(text: str) -> int:
+    port = int(_number(text, int, 0, inclusive=True))
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {text}")
+    return port
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     net = parser.add_argument_group("network")
     net.add_argument(
@@ -26,7 +55,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the server)",
     )
-    net.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    net.add_argument("--port", type=_port, default=8080, help="port to bind (default 8080)")
     net.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
     net.add_argument("--keyfile", help="TLS private key (PEM), with --certfile")
     net.add_argument(
@@ -40,51 +69,51 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     lim = parser.add_argument_group("limits")
     lim.add_argument(
         "--max-frame-bytes",
-        type=int,
+        type=_count,
         default=_DEFAULTS.max_frame_bytes,
         help="largest frame accepted (default %(default)s)",
     )
     lim.add_argument(
         "--max-peers",
-        type=int,
+        type=_count,
         default=_DEFAULTS.max_peers,
         help="peers per room (default %(default)s)",
     )
     lim.add_argument(
         "--join-timeout",
-        type=float,
+        type=_seconds,
         default=_DEFAULTS.join_timeout,
         help="seconds a new connection has to send join (default %(default)s)",
     )
     lim.add_argument(
         "--heartbeat",
-        type=float,
+        type=_seconds,
         default=_DEFAULTS.heartbeat,
         help="seconds between pings; no pong within half of it drops the client "
         "(default %(default)s)",
     )
     lim.add_argument(
         "--probe-timeout",
-        type=float,
+        type=_seconds,
         default=_DEFAULTS.probe_timeout,
         help="seconds an ID's holder has to answer a ping when the ID is asked "
         "for again (default %(default)s)",
     )
     lim.add_argument(
         "--rate",
-        type=float,
+        type=_seconds,
         default=_DEFAULTS.rate,
         help="messages per second per connection, sustained (default %(default)s)",
     )
     lim.add_argument(
         "--burst",
-        type=int,
+        type=_count,
         default=_DEFAULTS.burst,
         help="messages per connection allowed above --rate in a burst (default %(default)s)",
     )
     lim.add_argument(
         "--send-queue",
-        type=int,
+        type=_count,
         default=_DEFAULTS.send_queue,
         help="messages queued for one client before it is dropped as too slow "
         "(default %(default)s)",

@@ -1,16 +1,15 @@
 """ICE server URLs as users type them, for both the peer agent and the browser page.
 
-``stun:host:port``, ``turn:user:pass@host:port`` and ``turns:...``: credentials ride in the
-URL on the command line but travel as separate fields (RTCIceServer) everywhere else.
+``stun:host:port``, ``turn:user:pass@host:port[?transport=tcp]`` and ``turns:...``:
+credentials ride in the URL on the command line but travel as separate fields
+(RTCIceServer) everywhere else. Pure: the peer turns these into aiortc objects itself.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
-
-SCHEMES = ("stun", "stuns", "turn", "turns")
 
 
 class IceServerError(ValueError):
@@ -19,7 +18,7 @@ class IceServerError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class IceServer:
-    url: str  # without credentials
+    url: str  # without credentials: stun:host:port, turn:host:port?transport=tcp
     username: str | None = None
     credential: str | None = None
 
@@ -33,25 +32,29 @@ class IceServer:
         return obj
 
 
+_URL = re.compile(
+    r"^(?P<scheme>stun|stuns|turn|turns):"
+    r"(?:(?P<user>[^:@/]+):(?P<password>[^@/]*)@)?"
+    r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)"
+    r"(?::(?P<port>\d{1,5}))?"
+    r"(?P<query>\?transport=(?:udp|tcp))?$"
+)
+
+
 def parse_ice_server(text: str) -> IceServer:
-    scheme, sep, rest = text.partition(":")
-    if not sep or scheme.lower() not in SCHEMES or not rest:
+    """``stun:host[:port]``, ``turn:user:pass@host[:port][?transport=tcp]`` or ``turns:``."""
+    match = _URL.match(text.strip())
+    if match is None:
         raise IceServerError(
-            f"ICE server {text!r} must look like stun:host:port or turn:user:pass@host:port"
+            f"bad ICE server {text!r}: expected stun:host:port or turn:user:pass@host:port"
         )
-    scheme = scheme.lower()
-    rest = rest.removeprefix("//")
-    username = credential = None
-    if "@" in rest:
-        if scheme.startswith("stun"):
-            raise IceServerError(f"STUN server {text!r} takes no credentials")
-        userinfo, _, rest = rest.rpartition("@")
-        user, colon, password = userinfo.partition(":")
-        if not user or not colon:
-            raise IceServerError(f"TURN server {text!r}: credentials must be user:pass@")
-        username, credential = unquote(user), unquote(password)
-    elif scheme.startswith("turn"):
-        raise IceServerError(f"TURN server {text!r} needs credentials: turn:user:pass@host:port")
-    if not rest or rest.startswith(":"):
-        raise IceServerError(f"ICE server {text!r} has no host")
-    return IceServer(f"{scheme}:{rest}", username, credential)
+    scheme, user, password = match["scheme"], match["user"], match["password"]
+    if scheme.startswith("turn") and user is None:
+        raise IceServerError(f"TURN server {match['host']!r} needs user:pass@ before the host")
+    if scheme.startswith("stun") and user is not None:
+        raise IceServerError(f"STUN server {match['host']!r} takes no credentials")
+    port = match["port"]
+    if port is not None and not 0 < int(port) < 65536:
+        raise IceServerError(f"bad port {port} in ICE server {match['host']!r}")
+    url = f"{scheme}:{match['host']}" + (f":{port}" if port else "") + (match["query"] or "")
+    return IceServer(url, user, password)

@@ -7,6 +7,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+#: Message types are chosen by clients: past this many distinct ``type`` labels, the rest
+#: are counted under ``OTHER_TYPE_LABEL`` so a client cannot grow /metrics without bound.
+MAX_TYPE_LABELS = 32
+OTHER_TYPE_LABEL = "(other)"
+
 
 class LeaveReason(StrEnum):
     """Why a joined peer left: the ``reason`` label of ``meshpeer_leaves_total``."""
@@ -42,7 +47,7 @@ class Metrics:
                 lines.append(f"{name}{labels} {value:g}")
 
         def labelled(label: str, counts: Counter[str]) -> list[tuple[str, float]]:
-            return [(f'{{{label}="{key}"}}', n) for key, n in sorted(counts.items())]
+            return [(f'{{{label}="{_escape(key)}"}}', n) for key, n in sorted(counts.items())]
 
         metric(
             "meshpeer_connections_total",
@@ -90,3 +95,8 @@ class Metrics:
             [("", round(uptime, 3))],
         )
         return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format wants it (message types come from clients)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

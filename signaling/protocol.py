@@ -8,9 +8,17 @@ server sends to the client. See ``docs/PROTOCOL.md``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, NewType, TypeAlias
+
+try:  # optional ("fast" extra): halves the relay's JSON decoding, its largest cost per message
+    import orjson
+
+    _fast_loads: Callable[[str], Any] = orjson.loads
+except ImportError:  # pragma: no cover - depends on what is installed
+    _fast_loads = json.loads
 
 PeerId = NewType("PeerId", str)
 RoomId = NewType("RoomId", str)
@@ -247,6 +255,7 @@ def parse(text: str | bytes) -> Message:
 
 #: Relayed types whose payload :func:`parse` checks; the relay's common case.
 _CHECKED_ROUTED_TYPES = frozenset({MessageType.OFFER, MessageType.ANSWER, MessageType.CANDIDATE})
+_CANDIDATE = MessageType.CANDIDATE  # an enum member lookup costs ~0.1 us on Python 3.11
 
 
 def peek_route(text: str) -> tuple[str, PeerId | None, PeerId | None] | None:
@@ -255,9 +264,11 @@ def peek_route(text: str) -> tuple[str, PeerId | None, PeerId | None] | None:
     The relay's hot path: the same checks as :func:`parse` (which calls the same helpers),
     without building message objects. None means "ask :func:`parse`": it is never a
     different verdict, only a slower road to the same one (and to the error to send).
+    orjson, where installed, decodes; it is stricter than :mod:`json` (NaN, lone surrogates,
+    huge integers) and a frame it refuses goes to :func:`parse` too.
     """
     try:
-        obj = json.loads(text)
+        obj = _fast_loads(text)
     except (ValueError, RecursionError):
         return None
     if type(obj) is not dict:
@@ -266,7 +277,7 @@ def peek_route(text: str) -> tuple[str, PeerId | None, PeerId | None] | None:
     if type(kind) is not str or kind not in _CHECKED_ROUTED_TYPES:
         return None
     try:
-        if kind == MessageType.CANDIDATE:
+        if kind == _CANDIDATE:
             _candidate_fields(obj.get("candidate"))
         elif not isinstance(obj.get("sdp"), str):
             return None

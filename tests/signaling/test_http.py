@@ -12,7 +12,9 @@ import pytest
 from tests.signaling.clients import Clients, eventually
 from tests.support import RunningServer
 
-SAMPLE = re.compile(r'^(?P<name>[a-z_]+)(?:\{(?P<label>[a-z]+)="(?P<value>[^"]*)"\})? (?P<n>\S+)$')
+SAMPLE = re.compile(
+    r'^(?P<name>[a-z_]+)(?:\{(?P<label>[a-z]+)="(?P<value>(?:[^"\\\n]|\\[\\"n])*)"\})? (?P<n>\S+)$'
+)
 
 
 async def get_json(server: RunningServer, path: str) -> Any:
@@ -160,3 +162,23 @@ async def test_one_info_line_per_join_and_leave_and_no_traffic_above_debug(
     assert len(messages) == 5, messages
     assert all(r.levelno == logging.INFO for r in info)
     assert not any(secret in m for m in messages)
+
+
+async def test_client_chosen_types_cannot_grow_or_break_the_metrics(
+    fast_server: RunningServer, peers: Clients
+) -> None:
+    from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL
+
+    alice, bob = await peers.join("alice"), await peers.join("bob")
+    await alice.recv_type("peer-joined")
+    odd = 'quote" back\\slash\nnewline'
+    kinds = [odd] + [f"app-{i}" for i in range(MAX_TYPE_LABELS + 10)]
+    for kind in kinds:
+        await alice.send(type=kind, to="bob")
+        assert (await bob.recv())["type"] == kind  # still relayed as is
+    m = await get_metrics(fast_server)  # parses: the odd label is escaped
+    assert m['meshpeer_messages_routed_total{type="quote\\" back\\\\slash\\nnewline"}'] == 1
+    routed = {k: v for k, v in m.items() if k.startswith("meshpeer_messages_routed_total")}
+    assert len(routed) == MAX_TYPE_LABELS + 1
+    assert sum(routed.values()) == len(kinds)
+    assert routed[f'meshpeer_messages_routed_total{{type="{OTHER_TYPE_LABEL}"}}'] == 11

@@ -226,6 +226,7 @@ async def drain_until_close(peer: Peer) -> tuple[list[dict[str, Any]], int | Non
         if msg.type is aiohttp.WSMsgType.TEXT:
             frames.append(json.loads(msg.data))
         elif msg.type is aiohttp.WSMsgType.CLOSE:
+            assert peer.ws.close_code == msg.data  # what the peer agent reads
             return frames, int(msg.data)
         else:
             return frames, None
@@ -247,11 +248,14 @@ async def test_graceful_shutdown_closes_1001_and_keeps_peer_left_semantics() -> 
                 for _ in names[i + 1 :]:
                     await joined[name].recv_type("peer-joined")
             lurker = await peers.connect("lurker")  # connected, never joined
+            # Keep reading while the server stops, as real clients do (they answer its close).
+            draining = {n: asyncio.create_task(drain_until_close(p)) for n, p in joined.items()}
+            lurking = asyncio.create_task(lurker.expect_close())
             stopped = True
             await context.__aexit__(None, None, None)  # what SIGINT/SIGTERM run
-            for name, peer in joined.items():
-                got[name], codes[name] = await drain_until_close(peer)
-            assert await lurker.expect_close() == 1001
+            for name, task in draining.items():
+                got[name], codes[name] = await task
+            assert await lurking == 1001
     finally:
         if not stopped:
             await context.__aexit__(None, None, None)

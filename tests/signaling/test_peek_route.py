@@ -21,7 +21,7 @@ from signaling.protocol import (
     parse,
     peek_route,
 )
-from signaling.session import Limits, Session
+from signaling.session import Forward, Limits, Session
 
 ABSENT = object()
 
@@ -81,6 +81,26 @@ def test_peek_route_cases(text: str, expected: tuple[str, str | None, str | None
     assert full_parse_route(text) == expected
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Valid for the stdlib json, refused by orjson where installed: both must relay them.
+        '{"type":"offer","to":"bob","sdp":"","x":NaN}',
+        '{"type":"offer","to":"bob","sdp":"\\ud800"}',
+        '{"type":"candidate","to":"bob","candidate":{"candidate":"c","sdpMLineIndex":1%s}}'
+        % ("0" * 30),
+    ],
+)
+def test_frames_only_the_stdlib_accepts_still_relay(text: str) -> None:
+    expected = full_parse_route(text)
+    assert expected is not None and expected[2] == "bob"
+    assert peek_route(text) in (None, expected)
+    session = Session(Limits(), 0.0)
+    session.joined(PeerId("alice"), RoomId("default"))
+    decision = session.receive(text, 0.0)
+    assert isinstance(decision, Forward) and decision.to == "bob"
+
+
 def test_deeply_nested_json_is_invalid_json_not_a_crash() -> None:
     with pytest.raises(ProtocolError) as info:
         parse('{"type":"chat","x":' + "[" * 70000)
@@ -129,8 +149,11 @@ def test_peek_route_agrees_with_parse(
 ) -> None:
     text = render(frame, compact, cut)
     expected = full_parse_route(text)
-    # Same verdict, and the fast path is really taken whenever the parse relays a checked type.
-    assert peek_route(text) == expected
+    route = peek_route(text)
+    assert route in (None, expected)
+    if "ud800" not in text and "\ud800" not in text:  # orjson refuses lone surrogates
+        # Same verdict, and the fast path is really taken whenever the parse relays.
+        assert route == expected
 
 
 @settings(max_examples=300, deadline=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -57,8 +58,9 @@ def test_integer_limits_must_be_at_least_one(field: str) -> None:
 @pytest.mark.parametrize("field", ["join_timeout", "heartbeat", "probe_timeout", "rate"])
 @pytest.mark.parametrize("value", [0.0, -1.0])
 def test_durations_and_rate_must_be_positive(field: str, value: float) -> None:
+    changes: dict[str, Any] = {field: value}
     with pytest.raises(ValueError, match=field):
-        replace(Limits(), **{field: value})
+        replace(Limits(), **changes)
 
 
 # ---------------------------------------------------------------------------
@@ -84,7 +86,7 @@ def test_phases_move_from_awaiting_join_to_joined_to_closed() -> None:
     session.joined(PeerId("a"), RoomId("r"))
     assert (session.phase, session.peer_id, session.room) == (Phase.JOINED, "a", "r")
     session.closed()
-    assert session.phase is Phase.CLOSED
+    assert session.phase.value == "closed"
     assert isinstance(session.receive('{"type":"chat"}', 0.0), Ignore)
 
 
@@ -146,8 +148,21 @@ def test_server_only_types_are_reserved(kind: str) -> None:
 
 
 def test_binary_frames_are_refused_without_closing() -> None:
-    assert error_code(joined().receive_binary()) == (ErrorCode.BINARY_FRAME, None)
-    assert error_code(Session(LIMITS, 0.0).receive_binary()) == (ErrorCode.BINARY_FRAME, None)
+    assert error_code(joined().receive_binary(0.0)) == (ErrorCode.BINARY_FRAME, None)
+    assert error_code(Session(LIMITS, 0.0).receive_binary(0.0)) == (ErrorCode.BINARY_FRAME, None)
+    closing = Session(LIMITS, 0.0)
+    closing.closed()
+    assert isinstance(closing.receive_binary(0.0), Ignore)
+
+
+def test_binary_frames_count_against_the_rate_like_text() -> None:
+    session = joined()  # burst 5
+    for _ in range(4):
+        assert error_code(session.receive_binary(0.0))[0] == ErrorCode.BINARY_FRAME
+    assert isinstance(session.receive('{"type":"chat"}', 0.0), Forward)
+    assert error_code(session.receive_binary(0.0))[0] == ErrorCode.RATE_LIMITED
+    assert isinstance(session.receive_binary(0.0), Ignore)
+    assert isinstance(session.receive('{"type":"chat"}', 0.0), Ignore)
 
 
 # ---------------------------------------------------------------------------

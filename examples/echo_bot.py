@@ -1,0 +1,24 @@
+"""Echo bot: sends each peer its own video and audio back (a mirror to test a camera and mic).
+
+python examples/echo_bot.py ws://127.0.0.1:8080/ws lobby
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from peer.agent import Agent
+from peer.events import TrackReceived
+
+
+async def main(url: str, room: str) -> None:
+    # always_send: negotiate a sending slot per kind although the bot has no media of its own
+    async with Agent(url, room=room, peer_id="echo", always_send=True) as agent:
+        async for event in agent.events():
+            if isinstance(event, TrackReceived):
+                agent.send_track(event.peer, event.kind, event.track.subscribe())
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:3]))

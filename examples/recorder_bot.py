@@ -1,0 +1,29 @@
+"""Recorder bot: joins a room without sending anything and records every peer to its own file.
+
+python examples/recorder_bot.py ws://127.0.0.1:8080/ws lobby recordings/
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from peer.agent import Agent
+from peer.events import PeerJoined, PeerLeft
+from peer.media.recorder import Recorder
+
+
+async def main(url: str, room: str, folder: str) -> None:
+    recorder = Recorder(Path(folder))
+    try:
+        async with Agent(url, room=room, peer_id="recorder", recorder=recorder) as agent:
+            async for event in agent.events():
+                if isinstance(event, PeerJoined | PeerLeft):
+                    print(event)
+    finally:
+        print("recorded:", *await recorder.close())
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))

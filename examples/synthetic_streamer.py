@@ -1,0 +1,30 @@
+"""Synthetic streamer: sends a 1280x720 test pattern and a tone to everyone in the room.
+
+python examples/synthetic_streamer.py ws://127.0.0.1:8080/ws lobby
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from peer.agent import Agent
+from peer.events import StatsReport
+from peer.media.sources import VideoSettings, open_local_media
+
+
+async def main(url: str, room: str) -> None:
+    media = open_local_media(
+        "synthetic", "tone", label="streamer", settings=VideoSettings(1280, 720, 30)
+    )
+    try:
+        async with Agent(url, room=room, peer_id="streamer", media=media) as agent:
+            async for event in agent.events():
+                if isinstance(event, StatsReport):
+                    print(" | ".join(s.line() for s in event.peers) or "waiting for viewers")
+    finally:
+        media.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:3]))

@@ -1,0 +1,171 @@
+"""What an :class:`peer.agent.Agent` tells its user, and the bounded queue that carries it.
+
+Events are frozen dataclasses; match on their type. The queue never grows without bound:
+when the consumer is slow the oldest event is dropped and counted (``dropped``), so a bot
+that stops reading costs memory for at most ``maxsize`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from peer.mesh import LinkState
+from signaling.protocol import PeerId
+
+if TYPE_CHECKING:
+    from peer.stats import PeerStats
+
+Kind = Literal["audio", "video"]
+
+
+class RemoteTrack:
+    """A track a remote peer sends. The agent already reads it (its TrackTap keeps aiortc's
+    receive queue drained); call :meth:`subscribe` for a copy of your own, e.g. to send it
+    back (echo) or to analyse it. Copies skip frames when you read slower than they come.
+    """
+
+    def __init__(self, peer: PeerId, kind: Kind, subscribe: Callable[[], Any]) -> None:
+        self.peer = peer
+        self.kind = kind
+        self._subscribe = subscribe
+
+    def subscribe(self) -> Any:
+        """A new ``MediaStreamTrack`` with this track's frames (unbuffered relay proxy)."""
+        return self._subscribe()
+
+    def __repr__(self) -> str:
+        return f"RemoteTrack({self.peer!r}, {self.kind!r})"
+
+
+@dataclass(frozen=True)
+class Joined:
+    """We are in the room (again, when ``rejoin``); ``peers`` were there before us."""
+
+    peers: tuple[PeerId, ...]
+    rejoin: bool
+
+
+@dataclass(frozen=True)
+class SignalingLost:
+    """The signaling connection dropped; the agent is reconnecting. Media keeps flowing."""
+
+    close_code: int | None
+
+
+@dataclass(frozen=True)
+class PeerJoined:
+    peer: PeerId
+
+
+@dataclass(frozen=True)
+class PeerLeft:
+    peer: PeerId
+
+
+@dataclass(frozen=True)
+class ConnectionStateChanged:
+    peer: PeerId
+    state: LinkState
+
+
+@dataclass(frozen=True)
+class TrackReceived:
+    peer: PeerId
+    kind: Kind
+    track: RemoteTrack
+
+
+@dataclass(frozen=True)
+class FirstFrame:
+    """The first decoded frame of ``kind`` from ``peer``; ``seconds`` since our join began."""
+
+    peer: PeerId
+    kind: Kind
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StatsReport:
+    peers: tuple[PeerStats, ...]
+
+
+@dataclass(frozen=True)
+class RoomMessage:
+    """An application message another peer sent (any type the protocol does not define)."""
+
+    sender: PeerId | None
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The agent gave up (e.g. a rejoin refused for good); it leaves the room."""
+
+    reason: str
+
+
+Event: TypeAlias = (
+    Joined
+    | SignalingLost
+    | PeerJoined
+    | PeerLeft
+    | ConnectionStateChanged
+    | TrackReceived
+    | FirstFrame
+    | StatsReport
+    | RoomMessage
+    | Failed
+)
+
+
+class EventQueue:
+    """Bounded: a full queue drops its oldest event and counts it in ``dropped``."""
+
+    def __init__(self, maxsize: int = 256) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize}")
+        self._items: deque[Event] = deque(maxlen=maxsize)
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: Event) -> None:
+        if self._closed:
+            return
+        if len(self._items) == self._items.maxlen:
+            self.dropped += 1
+        self._items.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        """End iteration once the queued events are consumed."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Event | None:
+        """The next event, or None once closed and empty."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while (event := await self.get()) is not None:
+            yield event

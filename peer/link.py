@@ -1,0 +1,303 @@
+"""One RTCPeerConnection to one remote peer, with its remote tracks, taps and candidates.
+
+The aiortc glue of the agent: it makes and takes descriptions, queues candidates that
+arrive before the remote description (aiortc would drop them silently), reads every
+remote track through a :class:`peer.media.tap.TrackTap` and releases all of it on
+:meth:`PeerLink.close`. It decides nothing: :mod:`peer.mesh` does, in :mod:`peer.agent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceCandidate,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+
+from peer.candidates import CandidateError, parse_remote_candidate
+from peer.events import Kind
+from peer.media.tap import FrameConsumer, TrackTap
+from peer.mesh import LinkState, Role
+from peer.stats import Counters, PeerStats, counters_from_report, rates
+from signaling.protocol import IceCandidate, PeerId
+
+log = logging.getLogger(__name__)
+
+#: Candidates kept per link while the remote description is not set yet.
+MAX_PENDING_CANDIDATES = 64
+
+#: Bitrates are measured over at least this many seconds between two stats samples.
+MIN_RATE_INTERVAL = 0.5
+
+_PC_STATES = {
+    "connecting": LinkState.CONNECTING,
+    "connected": LinkState.CONNECTED,
+    "failed": LinkState.FAILED,
+    "closed": LinkState.CLOSED,
+}
+
+
+class PeerLink:
+    """The connection to ``remote``; ``local_tracks`` are sent (each one a relay subscription)."""
+
+    def __init__(
+        self,
+        remote: PeerId,
+        role: Role,
+        config: RTCConfiguration,
+        local_tracks: Sequence[MediaStreamTrack],
+        consumers: Sequence[FrameConsumer],
+        *,
+        on_state: Callable[[PeerLink], None],
+        on_track: Callable[[PeerLink, Kind, MediaRelay, MediaStreamTrack], None],
+        always_send: bool = False,
+    ) -> None:
+        self.remote = remote
+        self.role = role
+        self.state = LinkState.OFFERING if role is Role.OFFERER else LinkState.ANSWERING
+        self.created_at = time.monotonic()
+        self.connected_at: float | None = None
+        #: When each negotiation step finished (time.monotonic()), for the timing breakdown.
+        self.steps: dict[str, float] = {"created": self.created_at}
+        self.pc = RTCPeerConnection(configuration=config)
+        self.taps: list[TrackTap] = []
+        self.relays: dict[Kind, tuple[MediaRelay, MediaStreamTrack]] = {}
+        self._consumers = list(consumers)
+        self._pending: list[IceCandidate | None] = []
+        self._resolving: set[asyncio.Task[None]] = set()
+        self._on_state = on_state
+        self._on_track = on_track
+        self._last_counters: Counters | None = None
+        self._last_rates = (0.0, 0.0)
+        self._closed = False
+        self._sent_tracks = list(local_tracks)
+        self._always_send = always_send
+        if role is Role.OFFERER:
+            # Offer both kinds: what we have sendrecv, the rest recvonly (a receive-only bot
+            # still gets everyone's media).
+            kinds = {track.kind for track in local_tracks}
+            for track in local_tracks:
+                self.pc.addTrack(track)
+            for kind in ("audio", "video"):
+                if kind not in kinds:
+                    self.pc.addTransceiver(
+                        kind, direction="sendrecv" if always_send else "recvonly"
+                    )
+        self.pc.on("connectionstatechange", self._connection_state_changed)
+        self.pc.on("track", self._track)
+
+    @property
+    def has_remote_description(self) -> bool:
+        return self.pc.remoteDescription is not None
+
+    @property
+    def kinds_received(self) -> set[Kind]:
+        return set(self.relays)
+
+    # -- negotiation -------------------------------------------------------------
+
+    async def make_offer(self) -> str:
+        """Our offer, with every local candidate in it (aiortc gathers before returning)."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._mark("local-description")
+        return str(self.pc.localDescription.sdp)
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Apply the remote offer and return our answer."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self._mark("remote-description")
+        self._attach_to_offer()
+        await self._flush_candidates()
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._mark("local-description")
+        self._set_state(self._from_pc(LinkState.CONNECTING))
+        return str(self.pc.localDescription.sdp)
+
+    def _attach_to_offer(self) -> None:
+        """Send our tracks on the offer's m-lines of their kind; never add m-lines.
+
+        aiortc cannot answer with a transceiver the offer did not have, so a track whose
+        kind the offer lacks (say, audio to a video-only peer) is not sent.
+        """
+        offered = [t for t in self.pc.getTransceivers() if t.sender.track is None]
+        for track in self._sent_tracks:
+            slot = next((t for t in offered if t.kind == track.kind), None)
+            if slot is None:
+                log.info("%s offered no %s: not sending ours", self.remote, track.kind)
+                continue
+            offered.remove(slot)
+            self.pc.addTrack(track)
+        if self._always_send:
+            for slot in offered:
+                slot.direction = "sendrecv"  # a sender with no track yet: see send_track()
+
+    def send_track(self, kind: Kind, track: MediaStreamTrack) -> bool:
+        """Send ``track`` as our ``kind`` from now on, without renegotiating.
+
+        Works where the connection has a sending slot of that kind: a local track, or
+        ``always_send``. False when there is none.
+        """
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == kind and transceiver.direction in ("sendrecv", "sendonly"):
+                old = transceiver.sender.track
+                transceiver.sender.replaceTrack(track)
+                self._sent_tracks.append(track)
+                if old is not None and old is not track:
+                    old.stop()
+                return True
+        return False
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._mark("remote-description")
+        await self._flush_candidates()
+        self._set_state(self._from_pc(LinkState.CONNECTING))
+
+    async def add_candidate(self, candidate: IceCandidate | None) -> None:
+        """Apply a trickled candidate now, or keep it until the remote description is set."""
+        if not self.has_remote_description:
+            if len(self._pending) < MAX_PENDING_CANDIDATES:
+                self._pending.append(candidate)
+            else:
+                log.warning("too many early candidates from %s: dropping one", self.remote)
+            return
+        await self._apply_candidate(candidate)
+
+    async def _flush_candidates(self) -> None:
+        pending, self._pending = self._pending, []
+        for candidate in pending:
+            await self._apply_candidate(candidate)
+
+    async def _apply_candidate(self, candidate: IceCandidate | None) -> None:
+        try:
+            parsed = parse_remote_candidate(candidate) if candidate is not None else None
+        except CandidateError as exc:
+            log.warning("ignoring candidate from %s: %s", self.remote, exc)
+            return
+        if parsed is not None and parsed.ip.endswith(".local"):
+            # aioice resolves mDNS names inline, up to 1 s each: off the peer's message queue.
+            task = asyncio.get_running_loop().create_task(self._add(parsed))
+            self._resolving.add(task)
+            task.add_done_callback(self._resolving.discard)
+            return
+        await self._add(parsed)
+
+    async def _add(self, candidate: RTCIceCandidate | None) -> None:
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except ValueError as exc:  # e.g. after end-of-candidates
+            log.debug("candidate from %s not added: %s", self.remote, exc)
+
+    # -- events from aiortc ------------------------------------------------------
+
+    def _from_pc(self, default: LinkState) -> LinkState:
+        return _PC_STATES.get(self.pc.connectionState, default)
+
+    def _mark(self, step: str) -> None:
+        self.steps.setdefault(step, time.monotonic())
+
+    def _connection_state_changed(self) -> None:
+        state = _PC_STATES.get(self.pc.connectionState)
+        if state is not None and not self._closed:
+            self._set_state(state)
+
+    def _set_state(self, state: LinkState) -> None:
+        if state is self.state:
+            return
+        log.info("connection to %s: %s -> %s", self.remote, self.state, state)
+        self.state = state
+        if state is LinkState.CONNECTED and self.connected_at is None:
+            self.connected_at = time.monotonic()
+            self._mark("connected")
+        self._on_state(self)
+
+    def _track(self, track: MediaStreamTrack) -> None:
+        kind: Kind = "video" if track.kind == "video" else "audio"
+        if kind in self.relays:
+            log.warning("second %s track from %s ignored", kind, self.remote)
+            return
+        relay = MediaRelay()
+        self.relays[kind] = (relay, track)
+        tap = TrackTap(self.remote, relay.subscribe(track, buffered=False), self._consumers)
+        tap.start()
+        self.taps.append(tap)
+        self._on_track(self, kind, relay, track)
+
+    def subscribe(self, kind: Kind) -> MediaStreamTrack | None:
+        """A new unbuffered copy of the remote ``kind`` track, or None if none was received."""
+        entry = self.relays.get(kind)
+        if entry is None:
+            return None
+        relay, track = entry
+        proxy: MediaStreamTrack = relay.subscribe(track, buffered=False)
+        return proxy
+
+    # -- stats and end -----------------------------------------------------------
+
+    def tap(self, kind: Kind) -> TrackTap | None:
+        for tap in self.taps:
+            if tap.kind == kind:
+                return tap
+        return None
+
+    async def stats(self, joined_at: float) -> PeerStats:
+        now = time.monotonic()
+        try:
+            report: Any = await self.pc.getStats()
+            counters = counters_from_report(report.values(), now)
+        except Exception as exc:  # a closing connection may fail half-way
+            log.debug("getStats for %s failed: %s", self.remote, exc)
+            counters = Counters(now)
+        previous = self._last_counters
+        if previous is not None and now - previous.at < MIN_RATE_INTERVAL:
+            kbps_in, kbps_out = self._last_rates  # too close to the last sample to measure
+        else:
+            kbps_in, kbps_out = rates(previous, counters)
+            self._last_counters, self._last_rates = counters, (kbps_in, kbps_out)
+        video, audio = self.tap("video"), self.tap("audio")
+        first = video.first_frame_at if video is not None else None
+        steps = dict(self.steps)
+        if first is not None:
+            steps["first-video-frame"] = first
+        return PeerStats(
+            peer=self.remote,
+            state=self.state,
+            rtt_ms=counters.rtt * 1000 if counters.rtt is not None else None,
+            kbps_in=round(kbps_in, 1),
+            kbps_out=round(kbps_out, 1),
+            fps_in=round(video.fps, 1) if video is not None else 0.0,
+            frames_in=video.frames if video is not None else 0,
+            audio_frames_in=audio.frames if audio is not None else 0,
+            packets_lost=counters.packets_lost,
+            remote_packets_lost=counters.remote_packets_lost,
+            first_frame_s=round(first - joined_at, 4) if first is not None else None,
+            steps=tuple((name, round(at - joined_at, 4)) for name, at in steps.items()),
+            role=str(self.role),
+        )
+
+    async def close(self) -> None:
+        """Close the connection, stop its taps and the relay copies of our tracks."""
+        if self._closed:
+            return
+        self._closed = True
+        self.state = LinkState.CLOSED
+        for task in list(self._resolving):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            # shielded: cancelling a second close() would cancel aiortc's own close future
+            await asyncio.wait_for(asyncio.shield(self.pc.close()), 5.0)
+        for tap in self.taps:
+            await tap.stop()
+        for track in self._sent_tracks:
+            track.stop()
+        self.pc.remove_all_listeners()

@@ -1,0 +1,402 @@
+"""A labelled mosaic of every remote peer's latest video frame, for --display and --snapshot.
+
+``Mosaic.put_frame`` only keeps a reference to the newest frame and counts it: frames are
+converted to BGR at render time, for the latest frame of each peer only, with the
+mosaic's own reformatter (a frame's built-in one is shared with every other thread that
+converts it, which is how shared frames crash). Rendering and file/GUI work happen in
+threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+from av.video.reformatter import VideoReformatter
+
+from peer.media.errors import DisplayError
+from peer.media.tap import FpsMeter, FrameConsumer, Kind
+from signaling.protocol import PeerId
+
+log = logging.getLogger(__name__)
+
+Image = npt.NDArray[np.uint8]
+VideoInput = av.VideoFrame | Image  # an aiortc frame or a BGR array (H, W, 3)
+
+_BACKGROUND = (24, 24, 24)
+_EMPTY_TILE = (56, 56, 56)
+_LABEL_STRIP = (0, 0, 0)
+_TEXT = (255, 255, 255)
+_LOCAL_KEY = "\x00local"  # cannot collide with a peer ID, which is printable
+_FRAME_HEADER = struct.Struct("<II")  # as display_child.HEADER: height, width
+
+
+def grid(count: int) -> tuple[int, int]:
+    """(columns, rows) for ``count`` tiles: the squarest grid, filled row by row."""
+    if count <= 0:
+        return (1, 1)
+    columns = math.ceil(math.sqrt(count))
+    return columns, math.ceil(count / columns)
+
+
+def fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """The largest even (width, height) with ``size``'s aspect ratio inside ``box``."""
+    width, height = size
+    scale = min(box[0] / width, box[1] / height)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+@dataclass
+class _Tile:
+    label: str
+    frame: VideoInput | None = None
+    meter: FpsMeter = field(default_factory=FpsMeter)
+    has_audio: bool = False
+    cached_for: VideoInput | None = None
+    cached: Image | None = None
+
+
+class _LocalConsumer:
+    """Feeds the local preview from a TrackTap on (a relay of) the local video."""
+
+    def __init__(self, mosaic: Mosaic, label: str) -> None:
+        self._mosaic = mosaic
+        self._label = label
+
+    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if isinstance(frame, av.VideoFrame):
+            self._mosaic.put_local_frame(frame, label=self._label)
+
+    def track_ended(self, peer: PeerId, kind: Kind) -> None:
+        if kind == "video":
+            self._mosaic.clear_local()
+
+
+class Mosaic:
+    """A FrameConsumer keeping each peer's latest video frame; ``render()`` tiles them."""
+
+    def __init__(
+        self,
+        *,
+        tile: tuple[int, int] = (320, 240),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tile = tile
+        self._clock = clock
+        self._tiles: dict[str, _Tile] = {}  # insertion order = display order
+        self._lock = threading.Lock()  # guards _tiles between the loop and render threads
+        self._render_lock = threading.Lock()  # one render at a time: caches, reformatter
+        self._reformatter = VideoReformatter()
+
+    # --- FrameConsumer, on the event loop ------------------------------------------------
+
+    def put_frame(
+        self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame | Image
+    ) -> None:
+        """Keeps a reference to the newest video frame (or BGR array); converts nothing."""
+        with self._lock:
+            tile = self._tiles.get(peer)
+            if tile is None:
+                tile = self._tiles[peer] = _Tile(label=peer)
+            if kind == "audio":
+                tile.has_audio = True
+            elif not isinstance(frame, av.AudioFrame):
+                tile.frame = frame
+                tile.meter.tick(self._clock())
+
+    def track_ended(self, peer: PeerId, kind: Kind) -> None:
+        with self._lock:
+            tile = self._tiles.get(peer)
+            if tile is not None and kind == "video":
+                tile.frame = None
+
+    def remove_peer(self, peer: PeerId) -> None:
+        with self._lock:
+            self._tiles.pop(peer, None)
+
+    # --- the local preview ---------------------------------------------------------------
+
+    def put_local_frame(self, frame: VideoInput, *, label: str = "you") -> None:
+        """The newest local frame; the preview is always the first tile."""
+        with self._lock:
+            tile = self._tiles.get(_LOCAL_KEY)
+            if tile is None:
+                self._tiles = {_LOCAL_KEY: _Tile(label=label), **self._tiles}
+                tile = self._tiles[_LOCAL_KEY]
+            tile.label = label
+            tile.frame = frame
+            tile.meter.tick(self._clock())
+
+    def local_consumer(self, label: str = "you") -> FrameConsumer:
+        """A consumer for ``TrackTap(own_id, relay.subscribe(local.video), [it])``."""
+        return _LocalConsumer(self, label)
+
+    def clear_local(self) -> None:
+        with self._lock:
+            self._tiles.pop(_LOCAL_KEY, None)
+
+    def peers(self) -> list[PeerId]:
+        with self._lock:
+            return [PeerId(key) for key in self._tiles if key != _LOCAL_KEY]
+
+    # --- rendering, in any thread --------------------------------------------------------
+
+    def render(self) -> Image:
+        """The BGR mosaic: one labelled tile per peer (local preview first) with its fps."""
+        now = self._clock()
+        with self._lock:
+            tiles = list(self._tiles.items())
+            rates = {key: t.meter.rate(now) for key, t in tiles}
+        tile_w, tile_h = self.tile
+        columns, rows = grid(len(tiles))
+        canvas = np.full((rows * tile_h, columns * tile_w, 3), _BACKGROUND, dtype=np.uint8)
+        if not tiles:
+            _caption(canvas, "waiting for peers", (0, 0), self.tile)
+            return canvas
+        with self._render_lock:
+            for index, (key, tile) in enumerate(tiles):
+                x, y = (index % columns) * tile_w, (index // columns) * tile_h
+                view = canvas[y : y + tile_h, x : x + tile_w]
+                self._draw_tile(view[: tile_h - _strip_height(tile_h)], tile)
+                local = key == _LOCAL_KEY
+                label = f"{tile.label} (local)" if local else tile.label
+                audio = "" if local or not tile.has_audio else " +audio"
+                _label(view, f"{label}  {rates[key]:.0f} fps{audio}")
+        return canvas
+
+    def _draw_tile(self, view: Image, tile: _Tile) -> None:
+        frame = tile.frame
+        tile_h, tile_w = view.shape[:2]
+        if frame is None:
+            view[:] = _EMPTY_TILE
+            _caption(view, "no video", (0, 0), (tile_w, tile_h))
+            return
+        if tile.cached_for is not frame or tile.cached is None:
+            tile.cached = self._scaled(frame, (tile_w, tile_h))
+            tile.cached_for = frame
+        image = tile.cached
+        top = (tile_h - image.shape[0]) // 2
+        left = (tile_w - image.shape[1]) // 2
+        view[top : top + image.shape[0], left : left + image.shape[1]] = image
+
+    def _scaled(self, frame: VideoInput, box: tuple[int, int]) -> Image:
+        if isinstance(frame, av.VideoFrame):
+            width, height = fit((frame.width, frame.height), box)
+            bgr = self._reformatter.reformat(frame, width=width, height=height, format="bgr24")
+            return cast(Image, bgr.to_ndarray())
+        width, height = fit((frame.shape[1], frame.shape[0]), box)
+        return cast(Image, cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA))
+
+
+def _strip_height(tile_height: int) -> int:
+    """The label strip under each tile's picture (it never covers the picture)."""
+    return max(18, tile_height // 10)
+
+
+def _label(view: Image, text: str) -> None:
+    height = view.shape[0]
+    strip = _strip_height(height)
+    view[height - strip :, :] = _LABEL_STRIP
+    scale = strip / 40
+    cv2.putText(
+        view,
+        text,
+        (6, height - strip // 4 - 2),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        _TEXT,
+        1,
+        cv2.LINE_AA,
+    )
+
+
+def _caption(view: Image, text: str, origin: tuple[int, int], box: tuple[int, int]) -> None:
+    scale = box[1] / 400
+    (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x = origin[0] + (box[0] - text_w) // 2
+    y = origin[1] + (box[1] + text_h) // 2
+    cv2.putText(view, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, _TEXT, 1, cv2.LINE_AA)
+
+
+# --- --snapshot --------------------------------------------------------------------------
+
+
+def save_snapshot(mosaic: Mosaic, path: Path) -> None:
+    """Renders and writes a PNG atomically (a reader never sees half a file). Blocking."""
+    ok, encoded = cv2.imencode(".png", mosaic.render())
+    if not ok:
+        raise OSError(f"cannot encode a PNG for {path}")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(encoded.tobytes())
+    os.replace(partial, path)
+
+
+class SnapshotWriter:
+    """Writes the mosaic to ``path`` every ``interval`` seconds, and once more on stop."""
+
+    def __init__(self, mosaic: Mosaic, path: Path, *, interval: float = 5.0) -> None:
+        self.mosaic = mosaic
+        self.path = path
+        self.interval = interval
+        self.written = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"snapshots {self.path}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self._write()
+
+    async def _run(self) -> None:
+        while True:
+            await self._write()
+            await asyncio.sleep(self.interval)
+
+    async def _write(self) -> None:
+        try:
+            await asyncio.to_thread(save_snapshot, self.mosaic, self.path)
+            self.written += 1
+        except OSError as exc:
+            log.warning("cannot write the snapshot %s: %s", self.path, exc)
+
+
+# --- --display ---------------------------------------------------------------------------
+
+
+def check_display(environ: dict[str, str] | None = None) -> str:
+    """The X display to use; DisplayError when there is none (Qt would abort the process)."""
+    env = os.environ if environ is None else environ
+    display = env.get("DISPLAY", "")
+    if not display:
+        raise DisplayError("--display needs an X display, and DISPLAY is not set")
+    if display.startswith(":"):
+        number = display[1:].split(".")[0]
+        if not Path(f"/tmp/.X11-unix/X{number}").exists():
+            raise DisplayError(f"--display: no X server is running on display {display}")
+    return display
+
+
+class DisplayWindow:
+    """The ``--display`` window: the mosaic shown ``fps`` times a second.
+
+    The window lives in a child process (``display_child.py``: see there why); a thread
+    here renders the mosaic and pipes it over, another watches for the user closing the
+    window (q, Esc or the close button), which sets ``closed``: the agent leaves the room.
+    """
+
+    def __init__(self, mosaic: Mosaic, *, title: str = "meshpeer", fps: float = 10.0) -> None:
+        self.mosaic = mosaic
+        self.title = title
+        self.fps = fps
+        self.closed = asyncio.Event()
+        self.shown = threading.Event()  # set once the window has been drawn
+        self._stop = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Opens the window; DisplayError when there is no X display."""
+        check_display()
+        env = dict(os.environ)
+        fonts = Path("/usr/share/fonts/truetype/dejavu")
+        if fonts.is_dir():  # silences Qt's "Cannot find font directory" warnings
+            env.setdefault("QT_QPA_FONTDIR", str(fonts))
+        self._loop = asyncio.get_running_loop()
+        child = Path(__file__).with_name("display_child.py")
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, str(child), self.title],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            raise DisplayError(f"cannot start the display window: {exc}") from exc
+        self._threads = [
+            threading.Thread(target=self._feed, name="display feed", daemon=True),
+            threading.Thread(target=self._watch, name="display watch", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        log.info("display window %r opened", self.title)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._shut_down)
+
+    def _shut_down(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=5)
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _feed(self) -> None:
+        """Renders and sends frames until stopped or the window is gone; then ends stdin."""
+        process = self._process
+        if process is None or process.stdin is None:
+            return
+        period = 1 / self.fps
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                image = self.mosaic.render()
+                height, width = image.shape[:2]
+                process.stdin.write(_FRAME_HEADER.pack(height, width))
+                process.stdin.write(image.tobytes())
+                process.stdin.flush()
+                self._stop.wait(max(0.0, period - (time.monotonic() - started)))
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the window process is gone; _watch reports it
+        finally:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+
+    def _watch(self) -> None:
+        process = self._process
+        if process is None or process.stdout is None:
+            return
+        for line in process.stdout:
+            word = line.decode(errors="replace").strip()
+            if word == "shown":
+                self.shown.set()
+            elif word == "closed":
+                log.info("display window closed by the user")
+                break
+        if not self._stop.is_set():
+            self._stop.set()  # stop feeding a window that is gone
+            self._set_closed()
+
+    def _set_closed(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self._loop.call_soon_threadsafe(self.closed.set)

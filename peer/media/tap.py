@@ -1,0 +1,148 @@
+"""The single reader of a remote track: keeps aiortc's receive queue empty and fans frames out.
+
+aiortc queues received frames without bound, so a track nobody reads grows memory
+forever. A ``TrackTap`` reads continuously and hands each frame to its consumers, which
+must return at once (bounded queue, keep-latest); one failing consumer is logged and
+never stops the reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from signaling.protocol import PeerId
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["audio", "video"]
+
+
+class FrameConsumer(Protocol):
+    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
+        """Called on the event loop for every frame; must never block (bounded queue, drop/skip)."""
+
+    def track_ended(self, peer: PeerId, kind: Kind) -> None:
+        """No more frames of ``kind`` will come from ``peer`` through this tap."""
+
+
+class FpsMeter:
+    """Frames per second over a sliding window; reads 0 once frames stopped for a window."""
+
+    def __init__(self, window: float = 2.0, *, max_events: int = 1024) -> None:
+        self.window = window
+        self._times: collections.deque[float] = collections.deque(maxlen=max_events)
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+
+    def rate(self, now: float) -> float:
+        cutoff = now - self.window
+        while self._times and self._times[0] < cutoff:
+            self._times.popleft()
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+class TrackTap:
+    """Reads one remote track of one peer until it ends or ``stop()`` is awaited."""
+
+    def __init__(
+        self,
+        peer: PeerId,
+        track: MediaStreamTrack,
+        consumers: Sequence[FrameConsumer] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if track.kind not in ("audio", "video"):
+            raise ValueError(f"cannot tap a track of kind {track.kind!r}")
+        self.peer = peer
+        self.track = track
+        self.kind: Kind = "audio" if track.kind == "audio" else "video"
+        self.frames = 0
+        self.first_frame_at: float | None = None
+        self._consumers = list(consumers)
+        self._clock = clock
+        self._meter = FpsMeter()
+        self._task: asyncio.Task[None] | None = None
+        self._ended = False
+        self._failures = 0
+
+    @property
+    def fps(self) -> float:
+        return self._meter.rate(self._clock())
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._read(), name=f"tap {self.peer} {self.kind}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._end()
+
+    async def wait_ended(self) -> None:
+        """Returns when the track has ended (or the tap was stopped)."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
+    async def _read(self) -> None:
+        log.debug("tap %s %s started", self.peer, self.kind)
+        try:
+            while True:
+                frame = await self.track.recv()
+                self._on_frame(frame)
+        except MediaStreamError:
+            log.info("%s track of %s ended after %d frames", self.kind, self.peer, self.frames)
+        finally:
+            self._end()
+
+    def _on_frame(self, frame: object) -> None:
+        now = self._clock()
+        self.frames += 1
+        if self.first_frame_at is None:
+            self.first_frame_at = now
+        self._meter.tick(now)
+        if not isinstance(frame, av.AudioFrame | av.VideoFrame):
+            return  # an encoded packet (passthrough): nothing for frame consumers
+        for consumer in self._consumers:
+            try:
+                consumer.put_frame(self.peer, self.kind, frame)
+            except Exception:
+                self._failures += 1
+                if self._failures == 1 or self._failures % 100 == 0:
+                    log.exception(
+                        "%s consumer failed on a %s frame of %s (%d failures)",
+                        type(consumer).__name__,
+                        self.kind,
+                        self.peer,
+                        self._failures,
+                    )
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        for consumer in self._consumers:
+            try:
+                consumer.track_ended(self.peer, self.kind)
+            except Exception:
+                log.exception("%s failed on the end of a track", type(consumer).__name__)

@@ -1,0 +1,102 @@
+"""Timestamps for a recording: one clock for audio and video, always increasing. Pure.
+
+aiortc starts each received track's pts at 0 on its own first packet, so audio and video
+pts cannot be compared directly. Each kind is anchored to the wall-clock arrival of its
+first frame (relative to the first frame of either kind, which is 0), then follows its
+own media time (``frame.time``), which is smoother than arrival times. A media clock that
+jumps away from the arrival clock (a sender restart) is re-anchored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RecordingClock:
+    """Places frames of several kinds on one recording timeline, in seconds."""
+
+    max_skew: float = 2.0
+    reanchored: int = 0
+    _origin: float | None = None
+    _offsets: dict[str, float] = field(default_factory=dict)
+
+    def place(self, kind: str, media_time: float | None, arrival: float) -> float:
+        """The frame's time on the recording clock (``arrival`` is a monotonic time).
+
+        A frame without a timestamp is placed at its arrival.
+        """
+        if self._origin is None:
+            self._origin = arrival
+        wall = arrival - self._origin
+        if media_time is None:
+            return wall
+        offset = self._offsets.get(kind)
+        if offset is None or abs(media_time + offset - wall) > self.max_skew:
+            if offset is not None:
+                self.reanchored += 1
+            offset = wall - media_time
+            self._offsets[kind] = offset
+        return media_time + offset
+
+
+@dataclass
+class VideoStamper:
+    """Strictly increasing pts in ``rate`` ticks per second (1000 for Matroska).
+
+    Small steps back (jitter, duplicate timestamps) are repaired by nudging the frame one
+    tick after the last; frames more than ``max_back`` seconds in the past are dropped.
+    """
+
+    rate: int = 1000
+    max_back: float = 0.5
+    repaired: int = 0
+    dropped: int = 0
+    _last: int | None = None
+
+    def stamp(self, t: float) -> int | None:
+        pts = round(t * self.rate)
+        if self._last is not None and pts <= self._last:
+            if (self._last - pts) / self.rate > self.max_back:
+                self.dropped += 1
+                return None
+            self.repaired += 1
+            pts = self._last + 1
+        self._last = pts
+        return pts
+
+
+@dataclass
+class AudioStamper:
+    """Sample-accurate audio pts: contiguous while the input is, gaps kept, overlaps dropped.
+
+    Audio encoders want samples back to back, so pts follow a running sample count; the
+    count only jumps forward when the input skips more than ``tolerance`` seconds (lost
+    audio becomes a gap), and input that lies ``tolerance`` behind it is dropped.
+    """
+
+    rate: int = 48_000
+    tolerance: float = 0.05
+    gaps: int = 0
+    dropped: int = 0
+    _next: int | None = None
+
+    def admit(self, t: float) -> bool:
+        """Whether a frame starting at ``t`` seconds is kept; moves the cursor over gaps."""
+        target = round(t * self.rate)
+        slack = round(self.tolerance * self.rate)
+        if self._next is None:
+            self._next = max(0, target)
+        elif target > self._next + slack:
+            self.gaps += 1
+            self._next = target
+        elif target < self._next - slack:
+            self.dropped += 1
+            return False
+        return True
+
+    def take(self, samples: int) -> int:
+        """The pts of the next ``samples`` samples written (after ``admit``)."""
+        pts = self._next or 0
+        self._next = pts + samples
+        return pts

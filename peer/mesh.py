@@ -1,0 +1,193 @@
+"""The mesh decisions as pure functions: who offers, glare, hanging up, retrying.
+
+Everything the agent decides about a pair of peers or about its signaling connection is
+answered here from plain values (IDs, states, close codes), so the rules are tested as
+tables without sockets or aiortc. The glue in :mod:`peer.agent` only carries them out.
+
+The rules (docs/PROTOCOL.md "Negotiation"):
+
+- The newcomer offers to every peer in its ``peer-list``; the others wait for its offer.
+- A pair has one connection. Both sides offering at once is glare: the peer whose ID sorts
+  lower is polite and yields (drops its own offer and answers); the other ignores the
+  offer it did not ask for.
+- ``peer-left`` closes that peer's connection. A working connection is held for a short
+  grace first, because a server that shuts down sends ``peer-left`` for everyone just
+  before closing every socket (1001): that is not the peers leaving.
+- A failed connection (or one the other side closed while both are in the room) is
+  re-offered by the side that offered it; the other side closes its half and waits for the
+  new offer.
+- A lost signaling connection is retried with capped exponential backoff and the room is
+  joined again; working media connections are kept across it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+from signaling.protocol import CloseCode, ErrorCode, PeerId
+
+
+class Role(StrEnum):
+    """Which side of a pair sent the offer that made the current connection."""
+
+    OFFERER = "offerer"
+    ANSWERER = "answerer"
+
+
+class LinkState(StrEnum):
+    """The agent's view of its connection to one remote peer."""
+
+    OFFERING = "offering"  # our offer is out, no answer yet
+    ANSWERING = "answering"  # their offer is being answered
+    CONNECTING = "connecting"  # descriptions exchanged, ICE/DTLS under way
+    CONNECTED = "connected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+#: States in which a connection is (or is about to be) carrying media: worth keeping.
+LIVE = frozenset({LinkState.CONNECTING, LinkState.CONNECTED})
+
+
+class Action(StrEnum):
+    OFFER = "offer"  # open a new connection and send an offer
+    AWAIT_OFFER = "await-offer"  # nothing to do: the other side offers
+    KEEP = "keep"  # leave the connection as it is
+    ANSWER = "answer"  # open a fresh connection (closing any old one) and answer
+    IGNORE = "ignore"  # drop the message
+    APPLY = "apply"  # apply the answer or candidate now
+    QUEUE = "queue"  # keep the candidate until the remote description is set
+    CLOSE = "close"  # close the connection and forget the peer
+    CLOSE_AFTER_GRACE = "close-after-grace"  # close unless the server turns out to be going away
+    REOFFER = "reoffer"  # close and offer again (we offered it)
+    AWAIT_REOFFER = "await-reoffer"  # close our half; the offering side offers again
+    RETRY = "retry"  # try the join again after a backoff
+    FAIL = "fail"  # give up with a clear error
+
+
+def is_polite(me: PeerId, other: PeerId) -> bool:
+    """The peer whose ID sorts lower is polite: in glare it yields."""
+    return me < other
+
+
+def on_peer_list(
+    me: PeerId, peers: Iterable[PeerId], links: Mapping[PeerId, LinkState]
+) -> dict[PeerId, Action]:
+    """What to do with each peer after (re)joining.
+
+    Listed peers get an offer unless the connection to them is up (a negotiation cut by the
+    lost socket starts over: its answer may have been lost with it). Peers we hold a
+    connection to that are not listed are kept while it works (after a server restart they
+    rejoin one by one) and closed otherwise.
+    """
+    decisions: dict[PeerId, Action] = {}
+    for peer in peers:
+        if peer == me:
+            continue
+        state = links.get(peer)
+        decisions[peer] = Action.KEEP if state is LinkState.CONNECTED else Action.OFFER
+    for peer, state in links.items():
+        if peer not in decisions:
+            decisions[peer] = Action.KEEP if state in LIVE else Action.CLOSE
+    return decisions
+
+
+def on_peer_joined(state: LinkState | None) -> Action:
+    """A peer arrived: it offers, unless it only rejoined and our connection is up.
+
+    Anything short of connected is dropped: the newcomer offers to every peer it does not
+    hold a connection to (:func:`on_peer_list`), and a half-made connection here could be
+    waiting for an answer lost with its old socket.
+    """
+    return Action.KEEP if state is LinkState.CONNECTED else Action.AWAIT_OFFER
+
+
+def on_offer(me: PeerId, sender: PeerId, state: LinkState | None) -> Action:
+    """An offer replaces whatever we had, except in glare where only the polite side yields."""
+    if state is LinkState.OFFERING and not is_polite(me, sender):
+        return Action.IGNORE
+    return Action.ANSWER
+
+
+def on_answer(state: LinkState | None) -> Action:
+    """Only an outstanding offer takes an answer; anything else is stale."""
+    return Action.APPLY if state is LinkState.OFFERING else Action.IGNORE
+
+
+def on_candidate(state: LinkState | None, has_remote_description: bool) -> Action:
+    """aiortc drops candidates added before the remote description: queue those."""
+    if state is None or state is LinkState.CLOSED:
+        return Action.IGNORE
+    return Action.APPLY if has_remote_description else Action.QUEUE
+
+
+def on_peer_left(state: LinkState | None) -> Action:
+    """Close that peer's connection; a working one after a grace (see the module doc)."""
+    if state is None:
+        return Action.IGNORE
+    return Action.CLOSE_AFTER_GRACE if state is LinkState.CONNECTED else Action.CLOSE
+
+
+def keep_after_signaling_closed(close_code: int | None) -> bool:
+    """Whether ``peer-left`` received just before the socket closed should be ignored.
+
+    A server going away (1001) tells everyone ``peer-left`` on its way down; those peers
+    did not leave, and their media connections keep working while everyone rejoins.
+    """
+    return close_code == CloseCode.GOING_AWAY
+
+
+def on_connection_state(role: Role, state: LinkState, in_room: bool) -> Action:
+    """React to ICE/DTLS: a connection lost while both are in the room is made again.
+
+    Failed, or closed by the other side (which closes its half when it fails there, or
+    when it replaces the connection): the side that offered offers again, the other waits
+    for that offer. A peer no longer in the room is simply closed.
+    """
+    if state is not LinkState.FAILED and state is not LinkState.CLOSED:
+        return Action.KEEP
+    if not in_room:
+        return Action.CLOSE
+    return Action.REOFFER if role is Role.OFFERER else Action.AWAIT_REOFFER
+
+
+#: Join attempts refused with ``id-taken`` before giving up: the server drops a dead
+#: holder within its probe timeout (~2 s), so a few spaced retries cover it.
+ID_TAKEN_ATTEMPTS = 6
+
+
+def on_join_refused(code: str, attempt: int, *, rejoin: bool) -> Action:
+    """Whether a refused join is worth retrying.
+
+    ``attempt`` counts the refusals so far for this join (1 for the first). A taken ID may
+    be our own dead connection, which the server is probing: retry a few times. A full
+    room or a bad token on a first join is the user's problem; on a rejoin we keep trying,
+    since the room may free up and the media connections still work meanwhile.
+    """
+    if code in (ErrorCode.ID_TAKEN, ErrorCode.BAD_RESUME_TOKEN):
+        return Action.RETRY if rejoin or attempt < ID_TAKEN_ATTEMPTS else Action.FAIL
+    if code == ErrorCode.ROOM_FULL:
+        return Action.RETRY if rejoin else Action.FAIL
+    if code in (ErrorCode.RATE_LIMITED, ErrorCode.JOIN_TIMEOUT):
+        return Action.RETRY
+    return Action.FAIL
+
+
+#: Close codes after which the server refused us; the rest mean the connection was lost.
+REFUSAL_CLOSE_CODES: dict[int, ErrorCode] = {
+    CloseCode.BAD_JOIN: ErrorCode.BAD_MESSAGE,
+    CloseCode.BAD_RESUME_TOKEN: ErrorCode.BAD_RESUME_TOKEN,
+    CloseCode.ROOM_FULL: ErrorCode.ROOM_FULL,
+    CloseCode.ID_TAKEN: ErrorCode.ID_TAKEN,
+}
+
+
+def reconnect_delay(attempt: int, jitter: float, *, base: float = 0.25, cap: float = 5.0) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0 first): capped exponential backoff.
+
+    ``jitter`` in [0, 1) spreads a whole room reconnecting to a restarted server over
+    +-25% so they do not all arrive in the same millisecond.
+    """
+    delay: float = min(cap, base * 2.0 ** max(0, attempt))
+    return delay * (0.75 + 0.5 * jitter)

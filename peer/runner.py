@@ -1,0 +1,219 @@
+"""``meshpeer join``: one headless peer from the command line, until Ctrl-C or --duration.
+
+Prints a compact status line every few seconds (``--stats-interval``), appends stats as
+JSON lines (``--stats-json``), records (``--record``), shows (``--display``) and
+snapshots (``--snapshot``) the room. Ctrl-C, SIGTERM, ``--duration`` and closing the
+window all leave the same way: the room is left, recordings finalised, the snapshot written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from peer import events as ev
+from peer.agent import Agent, random_peer_id, run_until
+from peer.errors import MeshpeerError
+
+log = logging.getLogger(__name__)
+
+
+def say(text: str) -> None:
+    """A progress line for the user (stdout, flushed: the CLI may be piped)."""
+    print(text, flush=True)
+
+
+class StatsWriter:
+    """Status lines and JSON lines from the agent's stats reports."""
+
+    def __init__(self, agent: Agent, json_file: IO[str] | None, quiet: bool) -> None:
+        self.agent = agent
+        self.json_file = json_file
+        self.quiet = quiet
+        self.joined_unix = time.time()
+
+    def __call__(self, event: ev.Event) -> None:
+        if not isinstance(event, ev.StatsReport):
+            return
+        if not self.quiet:
+            parts = [s.line() for s in event.peers] or ["alone in the room"]
+            say(f"[{self.agent.peer_id}] " + " | ".join(parts))
+        if self.json_file is not None:
+            record: dict[str, Any] = {
+                "time": round(time.time(), 3),
+                "peer": self.agent.peer_id,
+                "joined_at": round(self.joined_unix, 3),
+                "peer_list_s": (
+                    round(self.agent.in_room_at - self.agent.joined_at, 4)
+                    if self.agent.in_room_at is not None
+                    else None
+                ),
+                "signaling": self.agent.signaling_connected,
+                "reconnects": self.agent.reconnects,
+                "events_dropped": self.agent.dropped_events,
+                "peers": [s.to_json() for s in event.peers],
+            }
+            self.json_file.write(json.dumps(record) + "\n")
+            self.json_file.flush()
+
+
+def progress(peer_id: str) -> Callable[[ev.Event], None]:
+    """One line per lifecycle event (joins, leaves, connection states, first frames)."""
+
+    def show(event: ev.Event) -> None:
+        match event:
+            case ev.Joined(peers=peers, rejoin=rejoin):
+                verb = "rejoined" if rejoin else "joined"
+                say(f"[{peer_id}] {verb}; in the room: {', '.join(peers) or 'nobody yet'}")
+            case ev.SignalingLost(close_code=code):
+                say(f"[{peer_id}] signaling lost (close code {code}); reconnecting")
+            case ev.PeerJoined(peer=peer):
+                say(f"[{peer_id}] {peer} joined")
+            case ev.PeerLeft(peer=peer):
+                say(f"[{peer_id}] {peer} left")
+            case ev.ConnectionStateChanged(peer=peer, state=state):
+                say(f"[{peer_id}] connection to {peer}: {state}")
+            case ev.FirstFrame(peer=peer, kind=kind, seconds=seconds):
+                say(f"[{peer_id}] first {kind} frame from {peer} after {seconds:.3f} s")
+            case ev.Failed(reason=reason):
+                say(f"[{peer_id}] giving up: {reason}")
+            case _:
+                pass
+
+    return show
+
+
+async def join_room(args: argparse.Namespace) -> int:
+    from peer.media.sources import VideoSettings, open_local_media
+
+    peer_id = args.peer_id or random_peer_id()
+    settings = VideoSettings(width=args.width, height=args.height, fps=args.fps)
+    media = open_local_media(args.video, args.audio, label=peer_id, settings=settings)
+    recorder: Any = None
+    mosaic: Any = None
+    window: Any = None
+    json_file: IO[str] | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    agent: Agent | None = None
+    preview: Any = None
+    snapshots: Any = None
+    watcher: asyncio.Task[None] | None = None
+    try:
+        if args.record is not None:
+            from peer.media.recorder import Recorder
+
+            recorder = Recorder(args.record, session=peer_id)
+        if args.display or args.snapshot is not None:
+            from peer.media.mosaic import Mosaic
+
+            mosaic = Mosaic()
+        if args.display:
+            from peer.media.mosaic import DisplayWindow
+
+            window = DisplayWindow(mosaic)
+            window.start()
+        if args.stats_json is not None:
+            json_file = args.stats_json.open("a", encoding="utf-8")
+        agent = Agent(
+            args.url,
+            room=args.room,
+            peer_id=peer_id,
+            media=media,
+            ice_servers=args.ice_server,
+            recorder=recorder,
+            mosaic=mosaic,
+            stats_interval=args.stats_interval,
+        )
+        if not args.quiet:
+            agent.add_listener(progress(peer_id))
+        writer = StatsWriter(agent, json_file, args.quiet)
+        agent.add_listener(writer)
+        writer.joined_unix = time.time()
+        if not await _join_unless_stopped(agent, stop):
+            return 130
+        if mosaic is not None:
+            preview = local_preview(agent, mosaic)
+        if args.snapshot is not None:
+            from peer.media.mosaic import SnapshotWriter
+
+            snapshots = SnapshotWriter(mosaic, args.snapshot)
+            snapshots.start()
+        if window is not None:
+            watcher = loop.create_task(_set_when(window.closed, stop))
+        await run_until(agent, stop, args.duration)
+        return 1 if agent.left.is_set() and not stop.is_set() else 0  # 1: the agent gave up
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
+        if snapshots is not None:
+            await snapshots.stop()  # writes the last one, with everyone still in it
+            say(f"[{peer_id}] snapshot: {args.snapshot}")
+        if agent is not None:
+            await agent.leave()
+        if preview is not None:
+            await preview.stop()
+        if window is not None:
+            await window.stop()
+        if recorder is not None:
+            for path in await recorder.close():
+                say(f"[{peer_id}] recording: {path}")
+        media.stop()
+        if json_file is not None:
+            json_file.close()
+
+
+async def _join_unless_stopped(agent: Agent, stop: asyncio.Event) -> bool:
+    """Join, or give up at Ctrl-C (the join may be retrying an ``id-taken`` for seconds)."""
+    joining = asyncio.ensure_future(agent.join())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({joining, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not joining.done():
+        joining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joining
+        return False
+    joining.result()  # raises SignalingError, JoinRefused
+    return True
+
+
+def local_preview(agent: Agent, mosaic: Any) -> Any:
+    """Our own video as the first tile of the mosaic, read through its own relay copy."""
+    from peer.media.tap import TrackTap
+
+    track = agent.subscribe_local("video")
+    if track is None:
+        return None
+    tap = TrackTap(agent.peer_id, track, [mosaic.local_consumer(agent.peer_id)])
+    tap.start()
+    return tap
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+def run_join(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(join_room(args))
+    except (MeshpeerError, OSError) as exc:  # OSError: e.g. --record DIR not writable
+        print(f"meshpeer join: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C while leaving
+        return 130

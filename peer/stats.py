@@ -1,0 +1,94 @@
+"""Per remote peer statistics: counters from ``RTCPeerConnection.getStats()`` and the taps,
+turned into rates between two samples.
+
+Pure: it reads the report entries by their ``type`` and field names (duck typing), so it
+is tested with plain objects and does not import aiortc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from peer.mesh import LinkState
+from signaling.protocol import PeerId
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Totals at one instant, from one getStats() report."""
+
+    at: float  # time.monotonic()
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    packets_received: int = 0
+    packets_lost: int = 0  # of what the peer sends us (our inbound RTP)
+    remote_packets_lost: int = 0  # of what we send, as the peer reports it (RTCP)
+    rtt: float | None = None  # seconds, from the peer's receiver reports
+
+
+def counters_from_report(entries: Iterable[Any], at: float) -> Counters:
+    """Sum the transport and RTP stream entries of a getStats() report."""
+    sent = received = packets = lost = remote_lost = 0
+    rtts: list[float] = []
+    for entry in entries:
+        kind = getattr(entry, "type", None)
+        if kind == "transport":
+            sent += int(entry.bytesSent)
+            received += int(entry.bytesReceived)
+        elif kind == "inbound-rtp":
+            packets += int(entry.packetsReceived)
+            lost += max(0, int(entry.packetsLost))
+        elif kind == "remote-inbound-rtp":
+            remote_lost += max(0, int(entry.packetsLost))
+            rtt = getattr(entry, "roundTripTime", None)
+            if rtt is not None:
+                rtts.append(float(rtt))
+    return Counters(at, sent, received, packets, lost, remote_lost, max(rtts) if rtts else None)
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    """One remote peer as seen from this agent. Rates are over the last sampling interval."""
+
+    peer: PeerId
+    state: LinkState
+    rtt_ms: float | None
+    kbps_in: float
+    kbps_out: float
+    fps_in: float  # decoded video frames per second from this peer
+    frames_in: int  # decoded video frames from this peer, total
+    audio_frames_in: int
+    packets_lost: int  # of the peer's packets to us, total
+    remote_packets_lost: int  # of our packets to the peer, as it reports
+    first_frame_s: float | None  # seconds from our join to its first video frame
+    #: Negotiation milestones of this connection (created, local-description,
+    #: remote-description, connected, first-video-frame), seconds since our join.
+    steps: tuple[tuple[str, float], ...] = ()
+    role: str = ""  # "offerer" or "answerer": who made this connection's offer
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        data["role"] = str(self.role)
+        data["steps"] = dict(self.steps)
+        return data
+
+    def line(self) -> str:
+        """Compact status text: ``bob connected 12ms 640/610kbps 30.0fps lost 0``."""
+        rtt = f"{self.rtt_ms:.0f}ms" if self.rtt_ms is not None else "-ms"
+        return (
+            f"{self.peer} {self.state} {rtt} in {self.kbps_in:.0f}/out {self.kbps_out:.0f} kbps "
+            f"{self.fps_in:.1f}fps lost {self.packets_lost}"
+        )
+
+
+def rates(previous: Counters | None, now: Counters) -> tuple[float, float]:
+    """(kbps in, kbps out) between two samples; 0 for the first one."""
+    if previous is None or now.at <= previous.at:
+        return 0.0, 0.0
+    seconds = now.at - previous.at
+    kbps_in = max(0, now.bytes_received - previous.bytes_received) * 8 / 1000 / seconds
+    kbps_out = max(0, now.bytes_sent - previous.bytes_sent) * 8 / 1000 / seconds
+    return kbps_in, kbps_out

@@ -1,0 +1,185 @@
+"""Driving the room page in headless Chromium: launching, opening pages, waiting for media.
+
+Debian's /usr/bin/chromium only (never a downloaded browser), with a fake camera and
+microphone; every wait polls a condition against a deadline scaled by MESHPEER_TEST_SCALE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from playwright.async_api import Browser, BrowserContext, Page, Playwright, ViewportSize
+
+from tests.support import seconds
+
+CHROMIUM = Path(os.environ.get("MESHPEER_CHROMIUM", "/usr/bin/chromium"))
+#: Flags that keep Chromium offline and quiet (PITFALLS.md): no background traffic, no QUIC.
+QUIET_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+]
+#: Grants camera and microphone without a prompt; without it, headless Chromium refuses them.
+GRANT_CAMERA = "--use-fake-ui-for-media-stream"
+
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+T = TypeVar("T")
+
+
+class Timeout(AssertionError):
+    pass
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], limit: float, what: str, interval: float = 0.1
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``limit`` s."""
+    deadline = time.monotonic() + limit
+    last: T | None = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise Timeout(f"timed out after {limit:.1f} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def artifacts_dir() -> Path:
+    """Where screenshots go: $MESHPEER_ARTIFACTS or tests/artifacts (gitignored)."""
+    configured = os.environ.get("MESHPEER_ARTIFACTS")
+    path = Path(configured) if configured else Path(__file__).resolve().parent.parent / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def launch(playwright: Playwright, *, camera: bool = True) -> Browser:
+    args = [*QUIET_FLAGS, GRANT_CAMERA] if camera else list(QUIET_FLAGS)
+    return await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+
+
+@asynccontextmanager
+async def persistent_browser(
+    playwright: Playwright, *, camera: bool
+) -> AsyncIterator[BrowserContext]:
+    """A Chromium of its own on a fresh profile (for a browser that must differ in flags)."""
+    args = [*QUIET_FLAGS, GRANT_CAMERA] if camera else list(QUIET_FLAGS)
+    with tempfile.TemporaryDirectory(prefix="meshpeer-chromium-") as profile:
+        context = await playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=args,
+            viewport=DESKTOP,
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+@dataclass
+class RoomPage:
+    """One person on the room page."""
+
+    page: Page
+    peer_id: str
+    console: list[str] = field(default_factory=list)
+
+    async def snapshot(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.page.evaluate("meshpeer.snapshot()")
+        return result
+
+    async def wait_joined(self) -> dict[str, Any]:
+        async def joined() -> dict[str, Any] | None:
+            snap = await self.snapshot()
+            return snap if snap["joined"] else None
+
+        return await eventually(joined, seconds(10), f"{self.peer_id} to join")
+
+    async def wait_state(self, peer: str, state: str, within: float = 20) -> None:
+        async def reached() -> bool:
+            snap = await self.snapshot()
+            return bool(snap["peers"].get(peer) == state)
+
+        await eventually(reached, seconds(within), f"{self.peer_id}: {peer} {state}")
+
+    async def inbound(self, peer: str, kind: str) -> dict[str, int]:
+        stats: dict[str, int] | None = await self.page.evaluate(
+            "([peer, kind]) => meshpeer.inbound(peer, kind)", [peer, kind]
+        )
+        return stats or {}
+
+    async def video_size(self, peer: str) -> int:
+        width: int = await self.page.evaluate(
+            "(peer) => document.querySelector(`.tile[data-peer='${CSS.escape(peer)}'] video`)"
+            "?.videoWidth ?? 0",
+            peer,
+        )
+        return width
+
+    async def wait_receiving(self, peer: str, kind: str = "video", within: float = 20) -> None:
+        """Until ``peer``'s ``kind`` plays here: a picture on the tile, decoded frames rising."""
+        counter = "framesDecoded" if kind == "video" else "packetsReceived"
+        seen: list[int] = []
+
+        async def rising() -> bool:
+            if kind == "video" and await self.video_size(peer) <= 0:
+                return False
+            value = (await self.inbound(peer, kind)).get(counter, 0)
+            seen.append(value)
+            return len(seen) >= 2 and value > 0 and value > seen[-2]
+
+        await eventually(
+            rising, seconds(within), f"{self.peer_id} receiving {kind} from {peer}", 0.25
+        )
+
+    async def tile_names(self) -> list[str]:
+        names: list[str] = await self.page.eval_on_selector_all(
+            ".tile.remote", "tiles => tiles.map(t => t.dataset.peer)"
+        )
+        return names
+
+    async def notices(self) -> list[str]:
+        texts: list[str] = await self.page.eval_on_selector_all(
+            ".notice p", "ps => ps.map(p => p.textContent)"
+        )
+        return texts
+
+    async def leave(self) -> None:
+        await self.page.click("#leave")
+
+
+async def open_room_page(
+    context: BrowserContext,
+    base_url: str,
+    *,
+    peer_id: str,
+    room: str | None = None,
+    page: Page | None = None,
+) -> RoomPage:
+    page = page or await context.new_page()
+    params = {"id": peer_id}
+    if room is not None:
+        params["room"] = room
+    room_page = RoomPage(page, peer_id)
+    page.on("console", lambda msg: room_page.console.append(f"{msg.type}: {msg.text}"))
+    page.on("pageerror", lambda exc: room_page.console.append(f"pageerror: {exc}"))
+    await page.goto(f"{base_url}/?{urlencode(params)}")
+    return room_page

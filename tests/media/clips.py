@@ -1,0 +1,82 @@
+"""Media fixtures made on the spot with PyAV, and frame builders for the media tests."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+
+def make_clip(
+    path: Path,
+    *,
+    seconds: float = 1.0,
+    fps: int = 30,
+    size: tuple[int, int] = (320, 240),
+    tone_hz: int = 440,
+) -> Path:
+    """A short Matroska clip with MPEG-4 video (a moving bar) and AAC audio (a tone)."""
+    with av.open(str(path), "w", format="matroska") as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        assert isinstance(video, av.VideoStream)
+        video.width, video.height = size
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=48_000)
+        assert isinstance(audio, av.AudioStream)
+        audio.layout = "mono"
+        for index in range(round(seconds * fps)):
+            image = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+            image[:, (index * 8) % size[0] :][:, :8] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = index
+            frame.time_base = Fraction(1, fps)
+            container.mux(video.encode(frame))
+        samples = np.arange(round(seconds * 48_000))
+        wave = (np.sin(2 * np.pi * tone_hz * samples / 48_000) * 0.3).astype(np.float32)
+        for start in range(0, len(wave), 1024):
+            chunk = wave[start : start + 1024].reshape(1, -1)
+            aframe = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+            aframe.sample_rate = 48_000
+            aframe.pts = start
+            aframe.time_base = Fraction(1, 48_000)
+            container.mux(audio.encode(aframe))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
+    return path
+
+
+def video_frame(
+    width: int, height: int, *, pts: int, time_base: Fraction, value: int = 128
+) -> av.VideoFrame:
+    """A yuv420p frame with a frame number written on it."""
+    image = np.full((height, width, 3), value, dtype=np.uint8)
+    cv2.putText(image, str(pts), (8, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255))
+    yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+    frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+    frame.pts = pts
+    frame.time_base = time_base
+    return frame
+
+
+def audio_frame(pts: int, *, samples: int = 960, rate: int = 48_000) -> av.AudioFrame:
+    """20 ms of s16 stereo, the shape aiortc's Opus decoder delivers."""
+    t = (np.arange(samples) + pts) / rate
+    mono = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), layout="stereo")
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = Fraction(1, rate)
+    return frame
+
+
+def decode_video(path: Path) -> list[av.VideoFrame]:
+    with av.open(str(path)) as container:
+        return list(container.decode(video=0))
+
+
+def decode_audio(path: Path) -> list[av.AudioFrame]:
+    with av.open(str(path)) as container:
+        return list(container.decode(audio=0))

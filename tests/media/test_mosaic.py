@@ -1,0 +1,207 @@
+"""Mosaic rendering from frames, snapshots, and the --display window under Xvfb."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from peer.media.mosaic import Mosaic, SnapshotWriter, grid, save_snapshot
+from signaling.protocol import PeerId
+from tests.media.clips import audio_frame, video_frame
+from tests.support import seconds
+
+REPO = Path(__file__).resolve().parents[2]
+TILE = (160, 120)
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200),
+           (40, 200, 200), (120, 120, 240)]  # fmt: skip
+
+
+def _solid(colour: tuple[int, int, int]) -> npt.NDArray[np.uint8]:
+    return np.full((240, 320, 3), colour, dtype=np.uint8)
+
+
+def _tiles(image: npt.NDArray[np.uint8], count: int) -> list[npt.NDArray[np.uint8]]:
+    columns, _ = grid(count)
+    width, height = TILE
+    return [
+        image[
+            (i // columns) * height : (i // columns + 1) * height,
+            (i % columns) * width : (i % columns + 1) * width,
+        ]
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("peers", range(1, 8))
+def test_layout_labels_and_content_for_1_to_7_peers(peers: int) -> None:
+    mosaic = Mosaic(tile=TILE)
+    for index in range(peers):
+        frame = _solid(COLOURS[index])
+        # a real yuv420p frame for odd peers, a BGR array for even ones: both render
+        as_frame = video_frame(320, 240, pts=0, time_base=Fraction(1, 90_000), value=0)
+        mosaic.put_frame(PeerId(f"peer-{index}"), "video", as_frame if index % 2 else frame)
+    image = mosaic.render()
+    columns, rows = grid(peers)
+    assert image.shape == (rows * TILE[1], columns * TILE[0], 3)
+    tiles = _tiles(image, peers)
+    for index, tile in enumerate(tiles):
+        body, strip = tile[: TILE[1] * 3 // 4], tile[TILE[1] - 10 :]
+        if index % 2 == 0:  # the frame fills the body of its own tile
+            assert np.abs(body[20:60, 20:140].astype(int) - COLOURS[index]).max() < 8
+        assert (strip > 200).any(), f"no label text in tile {index}"
+    labels = [tile[TILE[1] - 14 :, :80] for tile in tiles]
+    for a in range(peers):  # every label differs (peer-0, peer-1, ...)
+        for b in range(a + 1, peers):
+            assert not np.array_equal(labels[a], labels[b])
+    assert mosaic.peers() == [PeerId(f"peer-{i}") for i in range(peers)]
+
+
+def test_local_preview_comes_first_and_peers_can_leave() -> None:
+    mosaic = Mosaic(tile=TILE)
+    mosaic.put_frame(PeerId("bob"), "video", _solid(COLOURS[1]))
+    mosaic.put_frame(PeerId("carol"), "audio", audio_frame(0))
+    mosaic.put_local_frame(_solid(COLOURS[0]), label="me")
+    image = mosaic.render()
+    assert image.shape == (2 * TILE[1], 2 * TILE[0], 3)
+    local, bob, carol = _tiles(image, 3)
+    assert np.abs(local[30:60, 30:120].astype(int) - COLOURS[0]).max() < 8
+    assert np.abs(bob[30:60, 30:120].astype(int) - COLOURS[1]).max() < 8
+    body = carol[: TILE[1] * 3 // 4]
+    assert np.median(body) == 56  # the empty tile...
+    assert (body > 200).any()  # ...saying "no video"
+    mosaic.remove_peer(PeerId("bob"))
+    mosaic.remove_peer(PeerId("carol"))
+    assert mosaic.peers() == []
+    assert mosaic.render().shape == (TILE[1], TILE[0], 3)  # the preview alone
+    mosaic.clear_local()
+    empty = mosaic.render()
+    assert (empty > 200).any()  # "waiting for peers"
+
+
+def test_fps_is_shown_and_conversion_happens_at_render_time_only() -> None:
+    now = [0.0]
+    mosaic = Mosaic(tile=TILE, clock=lambda: now[0])
+    frames = [video_frame(320, 240, pts=i, time_base=Fraction(1, 30)) for i in range(60)]
+    for index, frame in enumerate(frames):
+        now[0] = index / 30
+        mosaic.put_frame(PeerId("bob"), "video", frame)
+    fast = mosaic.render()
+    first_tile = mosaic._tiles["bob"].cached
+    again = mosaic.render()
+    assert mosaic._tiles["bob"].cached is first_tile  # same frame: not converted again
+    assert np.array_equal(fast, again)
+    now[0] += 10  # no frame for 10 s: the label now reads 0 fps
+    stale = mosaic.render()
+    strip = slice(TILE[1] - 14, TILE[1]), slice(0, TILE[0])
+    assert not np.array_equal(fast[strip], stale[strip])
+
+
+def test_save_snapshot_writes_a_png(tmp_path: Path) -> None:
+    mosaic = Mosaic(tile=TILE)
+    mosaic.put_frame(PeerId("bob"), "video", _solid(COLOURS[2]))
+    path = tmp_path / "mosaic.png"
+    save_snapshot(mosaic, path)
+    image = cv2.imread(str(path))
+    assert image is not None
+    assert np.array_equal(image, mosaic.render())
+    assert [p.name for p in tmp_path.iterdir()] == ["mosaic.png"]  # no partial file left
+
+
+async def test_snapshot_writer_writes_periodically_and_on_stop(tmp_path: Path) -> None:
+    mosaic = Mosaic(tile=TILE)
+    path = tmp_path / "snap.png"
+    writer = SnapshotWriter(mosaic, path, interval=0.05)
+    writer.start()
+    deadline = time.monotonic() + seconds(10)
+    while writer.written < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    mosaic.put_frame(PeerId("late"), "video", _solid(COLOURS[3]))
+    await writer.stop()
+    image = cv2.imread(str(path))
+    assert image is not None
+    assert np.abs(image[30:60, 30:120].astype(int) - COLOURS[3]).max() < 8
+
+
+# --- the --display window ------------------------------------------------------------------
+
+
+@pytest.fixture
+def xvfb() -> Iterator[str]:
+    """A private Xvfb on a free display number (it picks one itself: -displayfd)."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (./dev setup installs xvfb)")
+    for tool in ("xwininfo", "xdotool"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (./dev setup installs x11-utils and xdotool)")
+    read_fd, write_fd = os.pipe()
+    process = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as pipe:
+            number = pipe.readline().strip()
+        assert number, "Xvfb did not report its display number"
+        yield f":{number}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=seconds(10))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _x(display: str, *command: str) -> str:
+    result = subprocess.run(
+        command,
+        env={**os.environ, "DISPLAY": display},
+        capture_output=True,
+        text=True,
+        timeout=seconds(10),
+    )
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_display_window_opens_and_q_closes_it(xvfb: str) -> None:
+    title = "meshpeer-display-test"
+    env = {**os.environ, "DISPLAY": xvfb}
+    window = subprocess.Popen(
+        [sys.executable, "-m", "tests.media.show_window", title],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + seconds(30)
+        while title not in _x(xvfb, "xwininfo", "-root", "-tree"):
+            assert window.poll() is None, window.communicate()
+            assert time.monotonic() < deadline, "no window in xwininfo -root -tree"
+            time.sleep(0.1)
+        (window_id, *_) = _x(xvfb, "xdotool", "search", "--name", title).split()
+        _x(xvfb, "xdotool", "key", "--window", window_id, "q")
+        stdout, stderr = window.communicate(timeout=seconds(30))
+    finally:
+        window.kill()
+        window.wait()
+    assert "closed" in stdout.split(), stderr
+    assert window.returncode == 0, stderr

@@ -1,0 +1,187 @@
+"""Recorder: one synchronised audio+video file per peer and visit, robust to bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from peer.media.errors import MediaError
+from peer.media.recorder import Recorder, recording_format
+from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
+from peer.media.tap import TrackTap
+from signaling.protocol import PeerId
+from tests.media.clips import audio_frame, decode_audio, decode_video, video_frame
+from tests.support import seconds
+
+REPO = Path(__file__).resolve().parents[2]
+VIDEO_90K = Fraction(1, 90_000)
+
+
+def _strictly_increasing(values: list[int]) -> bool:
+    return all(b > a for a, b in itertools.pairwise(values))
+
+
+def _duration(frames: list[av.AudioFrame] | list[av.VideoFrame], period: float) -> float:
+    times = [f.time for f in frames if f.time is not None]
+    return max(times) + period - min(times)
+
+
+def test_the_format_needs_no_external_binary() -> None:
+    fmt = recording_format()
+    assert fmt.suffix == ".mkv"
+    assert fmt.video_codec in av.codecs_available
+    assert fmt.audio_codec in av.codecs_available
+
+
+async def test_recording_of_real_tracks_through_taps(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path, session="room1")
+    peer = PeerId("bob")
+    recorder.expect(peer, {"audio", "video"})
+    video = SyntheticVideoTrack("bob", width=320, height=240, fps=30)
+    audio = ToneAudioTrack("bob")
+    taps = [TrackTap(peer, video, [recorder]), TrackTap(peer, audio, [recorder])]
+    for tap in taps:
+        tap.start()
+    deadline = time.monotonic() + seconds(20)
+    while video.frames < 45:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    for tap in taps:
+        await tap.stop()
+    path = await asyncio.wait_for(recorder.close_peer(peer), seconds(20))
+    assert path is not None
+    assert path.name.startswith("room1-bob-")
+    assert path.suffix == ".mkv"
+    assert recorder.files() == [path]
+
+    with av.open(str(path)) as container:
+        assert len(container.streams.video) == 1
+        assert len(container.streams.audio) == 1
+    frames = decode_video(path)
+    assert abs(len(frames) - taps[0].frames) <= 2  # about as many as were put
+    assert _strictly_increasing([f.pts for f in frames])
+    assert {(f.width, f.height) for f in frames} == {(320, 240)}
+    sound = decode_audio(path)
+    assert _strictly_increasing([f.pts for f in sound])
+    video_seconds = _duration(frames, 1 / 30)
+    audio_seconds = sum(f.samples for f in sound) / 48_000
+    assert video_seconds > 1.2
+    assert audio_seconds == pytest.approx(video_seconds, abs=0.25)
+    assert await recorder.close() == [path]
+    video.stop()
+    audio.stop()
+
+
+async def test_non_monotonic_timestamps_and_a_resolution_change_still_decode(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder(tmp_path, queue_size=1000)
+    peer = PeerId("chrome")
+    recorder.expect(peer, {"audio", "video"})
+    video_pts = [i * 3000 for i in range(60)]
+    video_pts[10], video_pts[11] = video_pts[11], video_pts[10]  # reordered
+    video_pts[20] = video_pts[19]  # duplicated
+    video_pts[30] = 0  # far in the past
+    sizes = [(640, 480)] * 20 + [(320, 240)] * 20 + [(480, 270)] * 20
+    for i in range(100):
+        recorder.put_frame(peer, "audio", audio_frame(i * 960 if i != 50 else 0))
+        if i < 60:
+            frame = video_frame(*sizes[i], pts=video_pts[i], time_base=VIDEO_90K)
+            recorder.put_frame(peer, "video", frame)
+    path = await asyncio.wait_for(recorder.close_peer(peer), seconds(20))
+    assert path is not None
+    frames = decode_video(path)
+    assert len(frames) >= 55  # the frame from the past is dropped, the others repaired
+    assert _strictly_increasing([f.pts for f in frames])
+    assert {(f.width, f.height) for f in frames} == {(640, 480)}  # rescaled to one size
+    sound = decode_audio(path)
+    assert _strictly_increasing([f.pts for f in sound])
+    assert sum(f.samples for f in sound) / 48_000 == pytest.approx(2.0, abs=0.1)
+
+
+async def test_a_peer_that_rejoins_gets_a_second_file(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path, queue_size=1000)
+    peer = PeerId("alice")
+    paths = []
+    for visit in range(2):
+        recorder.expect(peer, {"audio", "video"})
+        for i in range(30):
+            recorder.put_frame(
+                peer, "video", video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
+            )
+            recorder.put_frame(peer, "audio", audio_frame(i * 960))
+        if visit == 0:  # the first visit ends with its tracks, the second with peer-left
+            recorder.track_ended(peer, "video")
+            recorder.track_ended(peer, "audio")
+        paths.append(await asyncio.wait_for(recorder.close_peer(peer), seconds(20)))
+    first, second = paths
+    assert first is not None and second is not None and first != second
+    assert recorder.files() == [first, second]
+    for path in (first, second):
+        assert len(decode_video(path)) == 30
+        assert decode_audio(path)
+    assert await recorder.close() == [first, second]
+
+
+async def test_close_finalises_every_peer_and_ignores_later_frames(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path, queue_size=1000)
+    for name in ("p1", "p2"):
+        for i in range(10):
+            frame = video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
+            recorder.put_frame(PeerId(name), "video", frame)
+    files = await asyncio.wait_for(recorder.close(), seconds(20))
+    assert len(files) == 2
+    for path in files:
+        with av.open(str(path)) as container:  # video only: no audio ever came
+            assert len(container.streams.audio) == 0
+        assert len(decode_video(path)) == 10
+    recorder.put_frame(PeerId("p3"), "video", video_frame(160, 120, pts=0, time_base=VIDEO_90K))
+    assert recorder.files() == files
+
+
+def test_ctrl_c_finalises_the_file(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.media.record_until_interrupted", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "recording"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=seconds(30))
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 130, stderr
+    (path,) = tmp_path.glob("*.mkv")
+    with av.open(str(path)) as container:
+        assert container.duration is not None  # written by the finalising trailer only
+        assert container.duration > 0.5 * av.time_base
+    assert len(decode_video(path)) >= 15
+
+
+async def test_unwritable_places_fail_cleanly(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(MediaError, match="cannot create the recording directory"):
+        Recorder(blocker / "recordings")
+    directory = tmp_path / "gone"
+    recorder = Recorder(directory, queue_size=1000)
+    directory.rmdir()  # the file cannot be opened any more
+    peer = PeerId("bob")
+    for i in range(40):
+        recorder.put_frame(peer, "video", video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K))
+    assert await asyncio.wait_for(recorder.close_peer(peer), seconds(20)) is None
+    assert await recorder.close() == []

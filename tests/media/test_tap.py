@@ -1,0 +1,96 @@
+"""TrackTap: reads a real track continuously, fans frames out, survives bad consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from peer.media.synthetic import SyntheticVideoTrack
+from peer.media.tap import Kind, TrackTap
+from signaling.protocol import PeerId
+from tests.support import seconds
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.frames: list[tuple[PeerId, Kind, av.AudioFrame | av.VideoFrame]] = []
+        self.ended: list[tuple[PeerId, Kind]] = []
+
+    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
+        self.frames.append((peer, kind, frame))
+
+    def track_ended(self, peer: PeerId, kind: Kind) -> None:
+        self.ended.append((peer, kind))
+
+
+class Broken:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
+        self.calls += 1
+        raise RuntimeError("consumer bug")
+
+    def track_ended(self, peer: PeerId, kind: Kind) -> None:
+        raise RuntimeError("consumer bug")
+
+
+class FiniteTrack(MediaStreamTrack):
+    """Hands out ``count`` frames of a synthetic track at once, then ends like a remote track."""
+
+    kind = "video"
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self._source = SyntheticVideoTrack("finite", width=64, height=48, fps=120)
+        self._left = count
+
+    async def recv(self) -> av.VideoFrame:
+        if self._left == 0:
+            self.stop()
+            raise MediaStreamError
+        self._left -= 1
+        return await self._source.recv()
+
+
+async def _until(condition: Callable[[], bool], limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_tap_reads_until_the_track_ends_and_tells_every_consumer() -> None:
+    collector, broken = Collector(), Broken()
+    tap = TrackTap(PeerId("bob"), FiniteTrack(20), [broken, collector])
+    assert tap.kind == "video"
+    tap.start()
+    await asyncio.wait_for(tap.wait_ended(), seconds(10))
+    assert tap.ended
+    assert tap.frames == 20
+    assert broken.calls == 20  # a failing consumer is called again, and does not stop others
+    assert len(collector.frames) == 20
+    assert {(p, k) for p, k, _ in collector.frames} == {(PeerId("bob"), "video")}
+    assert collector.ended == [(PeerId("bob"), "video")]
+    await tap.stop()
+    assert collector.ended == [(PeerId("bob"), "video")]  # told once
+
+
+async def test_tap_measures_fps_and_stop_ends_the_track_for_consumers() -> None:
+    collector = Collector()
+    track = SyntheticVideoTrack("alice", width=64, height=48, fps=30)
+    tap = TrackTap(PeerId("alice"), track, [collector])
+    tap.start()
+    await _until(lambda: tap.frames >= 20, seconds(10))
+    assert tap.first_frame_at is not None
+    assert 5 < tap.fps < 60  # about 30; loose, the machine is shared
+    await tap.stop()
+    assert collector.ended == [(PeerId("alice"), "video")]
+    frames = tap.frames
+    await asyncio.sleep(0.1)
+    assert tap.frames == frames  # no reader left
+    track.stop()

@@ -1,0 +1,121 @@
+"""The `meshpeer join` and `meshpeer demo` commands, and recordings that decode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import av
+import pytest
+
+from peer.agent import Agent
+from peer.cli import main
+from peer.media.recorder import Recorder
+from signaling.protocol import PeerId
+from tests.peer.helpers import agents, frames_from, small_media, wait_for
+from tests.peer.test_resilience import REPO, join_command
+from tests.support import RunningServer, free_port, seconds
+
+pytestmark = pytest.mark.slow
+
+
+def decoded_frames(path: Path) -> dict[str, int]:
+    counts = {"video": 0, "audio": 0}
+    with av.open(str(path)) as container:
+        for frame in container.decode(*container.streams):
+            counts["video" if isinstance(frame, av.VideoFrame) else "audio"] += 1
+    return counts
+
+
+async def test_recording_holds_what_was_received(server: RunningServer, tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path)
+    async with agents(server.ws_url, ["sender"]) as (_sender,):
+        media = small_media("listener", audio="none")
+        listener = Agent(
+            server.ws_url, room="test", peer_id="listener", media=media, recorder=recorder
+        )
+        await listener.join()
+        try:
+            await wait_for(
+                lambda: frames_from(listener, "sender") >= 45, 15, "three seconds of video"
+            )
+        finally:
+            received = frames_from(listener, "sender")
+            audio = frames_from(listener, "sender", "audio")
+            await listener.leave()  # closes the connection: the recorder finalises the file
+            media.stop()
+    files = await recorder.close()
+    assert len(files) == 1 and "sender" in files[0].name
+    counts = decoded_frames(files[0])
+    assert received * 0.8 <= counts["video"] <= received + 1, (counts, received)
+    assert counts["audio"] > 0 and audio > 0
+
+
+def test_join_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["join", f"ws://127.0.0.1:{free_port()}/ws", "--duration", "1", "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cannot reach signaling server" in err
+
+
+def test_join_rejects_bad_ice_server(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["join", "--ice-server", "turn:nocredentials.example:3478", "--duration", "1"])
+    assert code == 1
+    assert "needs user:pass@" in capsys.readouterr().err
+
+
+async def test_join_ctrl_c_leaves_cleanly(server: RunningServer, tmp_path: Path) -> None:
+    """SIGINT: the process leaves the room, finalises its recording and its stats file."""
+    stats = tmp_path / "stats.jsonl"
+    stderr = tmp_path / "stderr.txt"
+    command = join_command(
+        server.ws_url, "cli", "--record", str(tmp_path / "rec"), "--stats-json", str(stats),
+        "--stats-interval", "0.5", "--snapshot", str(tmp_path / "snap.png"),
+        "--log-level", "INFO",
+    )  # fmt: skip
+    with stderr.open("w") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
+        )
+    try:
+        async with agents(server.ws_url, ["alice"]) as (alice,):
+            await wait_for(lambda: frames_from(alice, "cli") >= 10, 30, "frames from the CLI peer")
+            await wait_for(
+                lambda: (
+                    stats.exists() and '"frames_in": 0' not in stats.read_text().splitlines()[-1]
+                ),
+                10,
+                "the CLI peer to receive",
+            )
+            proc.send_signal(signal.SIGINT)
+            code = await asyncio.wait_for(proc.wait(), seconds(20))
+            assert code == 0, stderr.read_text()
+            await wait_for(
+                lambda: PeerId("cli") not in alice.members, 5, "peer-left for the CLI peer"
+            )
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    (recording,) = (tmp_path / "rec").iterdir()
+    counts = decoded_frames(recording)
+    assert counts["video"] > 0 and counts["audio"] > 0
+    assert (tmp_path / "snap.png").stat().st_size > 1000
+    last = json.loads(stats.read_text().splitlines()[-1])
+    assert last["peer"] == "cli" and last["peers"][0]["peer"] == "alice"
+
+
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    code = main(["demo", "--bots", "2", "--duration", "2", "--out", str(out), "--width", "160",
+                 "--height", "120"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "bot1       bot2       yes" in text
+    assert "bot2       bot1       yes" in text
+    assert (out / "mosaic.png").stat().st_size > 1000
+    (recording,) = (out / "recordings").iterdir()
+    assert decoded_frames(recording)["video"] > 0

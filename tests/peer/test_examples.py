@@ -1,0 +1,98 @@
+"""The example bots do what their one-line descriptions say."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+
+import av
+import pytest
+
+from peer.agent import Agent
+from peer.media.sources import VideoSettings, open_local_media
+from signaling.protocol import PeerId
+from tests.peer.helpers import frames_from, wait_for
+from tests.support import RunningServer, seconds
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def receiving(agent: Agent, peer: str) -> bool:
+    return frames_from(agent, peer) > 3
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, seconds(10))
+
+
+async def test_echo_bot_sends_each_peer_its_own_video(server: RunningServer) -> None:
+    """Told apart by size: alice sends 160x120, bob 320x240, each must get its own back.
+
+    The bot joins between them: it offers to alice and answers bob.
+    """
+    echo: asyncio.Task[None] | None = None
+    sizes = {"alice": (160, 120), "bob": (320, 240)}
+    medias = {
+        name: open_local_media("synthetic", "none", label=name, settings=VideoSettings(w, h, 15))
+        for name, (w, h) in sizes.items()
+    }
+    peers = [Agent(server.ws_url, room="test", peer_id=n, media=m) for n, m in medias.items()]
+    try:
+        alice, bob = peers
+        await alice.join()
+        echo = asyncio.create_task(load("echo_bot").main(server.ws_url, "test"))
+        await wait_for(lambda: PeerId("echo") in alice.members, 10, "the bot's join")
+        await bob.join()
+        for agent in peers:
+            await wait_for(partial(receiving, agent, "echo"), 15, f"echo to {agent.peer_id}")
+            track = agent.subscribe(PeerId("echo"), "video")
+            assert track is not None
+            frame = await asyncio.wait_for(track.recv(), seconds(5))
+            track.stop()
+            assert isinstance(frame, av.VideoFrame)
+            assert (frame.width, frame.height) == sizes[agent.peer_id]
+    finally:
+        await asyncio.gather(*(a.leave() for a in peers))
+        for media in medias.values():
+            media.stop()
+        if echo is not None:
+            await stop(echo)
+
+
+async def test_recorder_bot_records_everyone(server: RunningServer, tmp_path: Path) -> None:
+    bot = asyncio.create_task(load("recorder_bot").main(server.ws_url, "test", str(tmp_path)))
+    media = open_local_media(
+        "synthetic", "tone", label="alice", settings=VideoSettings(160, 120, 15)
+    )
+    alice = Agent(server.ws_url, room="test", peer_id="alice", media=media)
+    try:
+        await wait_for(lambda: server.server.registry.counts()[1] == 1, 10, "the bot's join")
+        await alice.join()
+        await wait_for(lambda: PeerId("recorder") in alice.links, 10, "the bot's connection")
+        await asyncio.sleep(seconds(1.5))
+    finally:
+        await alice.leave()
+        media.stop()
+        await stop(bot)
+    (recording,) = files_in(tmp_path)
+    assert "alice" in recording.name and recording.stat().st_size > 1000
+
+
+def files_in(folder: Path) -> list[Path]:
+    return list(folder.iterdir())

@@ -1,0 +1,179 @@
+"""The mesh decisions as tables: no sockets, no aiortc."""
+
+from __future__ import annotations
+
+import pytest
+
+from peer import mesh
+from peer.mesh import Action, LinkState, Role
+from signaling.protocol import CloseCode, ErrorCode, PeerId
+
+A, B, C = PeerId("alice"), PeerId("bob"), PeerId("carol")
+S = LinkState
+
+
+def test_lower_id_is_polite() -> None:
+    assert mesh.is_polite(A, B)
+    assert not mesh.is_polite(B, A)
+
+
+@pytest.mark.parametrize(
+    ("peers", "links", "expected"),
+    [
+        # first join: offer to everyone already there
+        ((A, C), {}, {A: Action.OFFER, C: Action.OFFER}),
+        # the reference server's empty peer-list
+        ((), {}, {}),
+        # our own ID in the list is skipped
+        ((B, A), {}, {A: Action.OFFER}),
+        # rejoin: working connections are kept, broken ones offered again
+        ((A, C), {A: S.CONNECTED, C: S.FAILED}, {A: Action.KEEP, C: Action.OFFER}),
+        # half-made connections start over: an answer may have been lost with the socket
+        ((A,), {A: S.CONNECTING}, {A: Action.OFFER}),
+        # a negotiation cut by the lost socket starts over
+        ((A, C), {A: S.OFFERING, C: S.ANSWERING}, {A: Action.OFFER, C: Action.OFFER}),
+        # not listed (yet): kept while it works (the server restarted), else closed
+        ((), {A: S.CONNECTED, C: S.OFFERING}, {A: Action.KEEP, C: Action.CLOSE}),
+        ((), {A: S.FAILED}, {A: Action.CLOSE}),
+    ],
+)
+def test_on_peer_list(
+    peers: tuple[PeerId, ...], links: dict[PeerId, LinkState], expected: dict[PeerId, Action]
+) -> None:
+    assert mesh.on_peer_list(B, peers, links) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (None, Action.AWAIT_OFFER),
+        (S.CONNECTED, Action.KEEP),
+        (S.CONNECTING, Action.AWAIT_OFFER),
+        (S.OFFERING, Action.AWAIT_OFFER),
+        (S.ANSWERING, Action.AWAIT_OFFER),
+        (S.FAILED, Action.AWAIT_OFFER),
+        (S.CLOSED, Action.AWAIT_OFFER),
+    ],
+)
+def test_on_peer_joined(state: LinkState | None, expected: Action) -> None:
+    assert mesh.on_peer_joined(state) is expected
+
+
+@pytest.mark.parametrize(
+    ("me", "sender", "state", "expected"),
+    [
+        (B, A, None, Action.ANSWER),
+        # glare: the lower ID (alice) yields, the higher (bob) ignores the offer
+        (A, B, S.OFFERING, Action.ANSWER),
+        (B, A, S.OFFERING, Action.IGNORE),
+        # a new offer replaces a connection in any other state (the peer restarted)
+        (B, A, S.CONNECTED, Action.ANSWER),
+        (B, A, S.ANSWERING, Action.ANSWER),
+        (B, A, S.FAILED, Action.ANSWER),
+        (B, A, S.CONNECTING, Action.ANSWER),
+    ],
+)
+def test_on_offer(me: PeerId, sender: PeerId, state: LinkState | None, expected: Action) -> None:
+    assert mesh.on_offer(me, sender, state) is expected
+
+
+def test_glare_resolves_to_one_connection() -> None:
+    """Both offer at once: exactly one side answers, whichever order the IDs come in."""
+    for me, other in ((A, B), (B, A), (B, C)):
+        mine = mesh.on_offer(me, other, S.OFFERING)
+        theirs = mesh.on_offer(other, me, S.OFFERING)
+        assert {mine, theirs} == {Action.ANSWER, Action.IGNORE}
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (S.OFFERING, Action.APPLY),
+        (None, Action.IGNORE),
+        (S.CONNECTED, Action.IGNORE),
+        (S.ANSWERING, Action.IGNORE),
+    ],
+)
+def test_on_answer(state: LinkState | None, expected: Action) -> None:
+    assert mesh.on_answer(state) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "has_remote", "expected"),
+    [
+        (None, False, Action.IGNORE),
+        (S.CLOSED, True, Action.IGNORE),
+        (S.OFFERING, False, Action.QUEUE),
+        (S.ANSWERING, False, Action.QUEUE),
+        (S.CONNECTING, True, Action.APPLY),
+        (S.CONNECTED, True, Action.APPLY),
+    ],
+)
+def test_on_candidate(state: LinkState | None, has_remote: bool, expected: Action) -> None:
+    assert mesh.on_candidate(state, has_remote) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (None, Action.IGNORE),
+        (S.CONNECTED, Action.CLOSE_AFTER_GRACE),
+        (S.CONNECTING, Action.CLOSE),
+        (S.OFFERING, Action.CLOSE),
+        (S.FAILED, Action.CLOSE),
+    ],
+)
+def test_on_peer_left(state: LinkState | None, expected: Action) -> None:
+    assert mesh.on_peer_left(state) is expected
+
+
+def test_only_a_server_going_away_cancels_peer_left() -> None:
+    assert mesh.keep_after_signaling_closed(CloseCode.GOING_AWAY)
+    for code in (None, 1000, 1006, CloseCode.REPLACED, CloseCode.SLOW_CONSUMER):
+        assert not mesh.keep_after_signaling_closed(code)
+
+
+@pytest.mark.parametrize(
+    ("role", "state", "in_room", "expected"),
+    [
+        (Role.OFFERER, S.FAILED, True, Action.REOFFER),
+        (Role.ANSWERER, S.FAILED, True, Action.AWAIT_REOFFER),
+        (Role.OFFERER, S.FAILED, False, Action.CLOSE),
+        (Role.ANSWERER, S.FAILED, False, Action.CLOSE),
+        # the other side closed its half (it failed there, or it is replacing the connection)
+        (Role.OFFERER, S.CLOSED, True, Action.REOFFER),
+        (Role.ANSWERER, S.CLOSED, True, Action.AWAIT_REOFFER),
+        (Role.OFFERER, S.CLOSED, False, Action.CLOSE),
+        (Role.OFFERER, S.CONNECTED, True, Action.KEEP),
+        (Role.ANSWERER, S.CONNECTING, False, Action.KEEP),
+    ],
+)
+def test_on_connection_state(role: Role, state: LinkState, in_room: bool, expected: Action) -> None:
+    assert mesh.on_connection_state(role, state, in_room) is expected
+
+
+@pytest.mark.parametrize(
+    ("code", "attempt", "rejoin", "expected"),
+    [
+        (ErrorCode.ID_TAKEN, 1, False, Action.RETRY),
+        (ErrorCode.ID_TAKEN, mesh.ID_TAKEN_ATTEMPTS, False, Action.FAIL),
+        (ErrorCode.ID_TAKEN, 50, True, Action.RETRY),
+        (ErrorCode.BAD_RESUME_TOKEN, 1, True, Action.RETRY),
+        (ErrorCode.ROOM_FULL, 1, False, Action.FAIL),
+        (ErrorCode.ROOM_FULL, 1, True, Action.RETRY),
+        (ErrorCode.RATE_LIMITED, 1, False, Action.RETRY),
+        (ErrorCode.BAD_MESSAGE, 1, False, Action.FAIL),
+        ("some-future-code", 1, True, Action.FAIL),
+    ],
+)
+def test_on_join_refused(code: str, attempt: int, rejoin: bool, expected: Action) -> None:
+    assert mesh.on_join_refused(code, attempt, rejoin=rejoin) is expected
+
+
+def test_reconnect_delay_grows_and_is_capped() -> None:
+    delays = [mesh.reconnect_delay(n, 0.5) for n in range(10)]
+    assert delays[0] == pytest.approx(0.25)
+    assert delays == sorted(delays)
+    assert max(delays) == pytest.approx(5.0)
+    assert mesh.reconnect_delay(0, 0.0) == pytest.approx(0.25 * 0.75)
+    assert mesh.reconnect_delay(0, 0.999) < 0.25 * 1.25

@@ -1,0 +1,175 @@
+"""Real aiortc agents on loopback through a real signaling server (iceServers=[])."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from peer import events as ev
+from peer.agent import Agent
+from peer.link import PeerLink
+from peer.mesh import LinkState
+from signaling.protocol import PeerId
+from tests.peer.helpers import agents, frames_from, full_mesh_flowing, small_media, wait_for
+from tests.support import RunningServer
+
+pytestmark = pytest.mark.slow
+
+
+def _other_tasks() -> set[asyncio.Task[object]]:
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() if t is not current}
+
+
+async def test_three_agents_full_mesh_then_one_leaves(server: RunningServer) -> None:
+    seen: list[ev.Event] = []
+    async with agents(server.ws_url, ["alice", "bob", "carol"]) as (alice, bob, carol):
+        alice.add_listener(seen.append)
+        await wait_for(
+            lambda: full_mesh_flowing([alice, bob, carol]), 15, "video in all 6 directions"
+        )
+        await wait_for(
+            lambda: all(
+                frames_from(a, b.peer_id, "audio") > 0
+                for a in (alice, bob, carol)
+                for b in (alice, bob, carol)
+                if a is not b
+            ),
+            5,
+            "audio in all directions",
+        )
+        for agent in (alice, bob, carol):
+            assert set(agent.connection_states().values()) == {LinkState.CONNECTED}
+            assert len(agent.links) == 2
+        stats = {s.peer: s for s in await bob.stats()}
+        assert set(stats) == {"alice", "carol"}
+        assert stats[PeerId("alice")].frames_in > 0
+
+        carol_tasks = {t for t in _other_tasks() if "carol" in t.get_name()}
+        assert carol_tasks, "the taps of carol's tracks run as named tasks"
+        await carol.leave()
+        await wait_for(
+            lambda: "carol" not in alice.links and "carol" not in bob.links,
+            10,
+            "the others to close carol's connection",
+        )
+        await wait_for(lambda: all(t.done() for t in carol_tasks), 5, "carol's tasks to end")
+        assert not any("carol" in t.get_name() for t in _other_tasks())
+        assert PeerId("carol") not in alice.members
+        # the remaining pair keeps flowing
+        before = frames_from(alice, "bob")
+        await wait_for(
+            lambda: frames_from(alice, "bob") > before + 5, 5, "alice <- bob after carol left"
+        )
+
+    kinds = {type(e) for e in seen}
+    assert {ev.PeerLeft, ev.ConnectionStateChanged} <= kinds
+    assert ev.PeerLeft(PeerId("carol")) in seen
+    # nothing is left running once everyone left and the sources stopped
+    await wait_for(lambda: not _other_tasks(), 5, "every task to end")
+
+
+async def test_event_stream_and_remote_track_copy(server: RunningServer) -> None:
+    """The documented bot loop: events() yields joins, tracks and first frames."""
+    async with agents(server.ws_url, ["alice"]):
+        bob_media = small_media("bob")
+        bob = Agent(server.ws_url, room="test", peer_id="bob", media=bob_media, stats_interval=0.5)
+        await bob.join()
+        try:
+            wanted = {ev.Joined, ev.TrackReceived, ev.FirstFrame, ev.StatsReport}
+            got: dict[type, ev.Event] = {}
+
+            async def consume() -> None:
+                async for event in bob.events():
+                    got.setdefault(type(event), event)
+                    if wanted <= set(got):
+                        return
+
+            await asyncio.wait_for(consume(), 10)
+            track_event = got[ev.TrackReceived]
+            assert isinstance(track_event, ev.TrackReceived) and track_event.peer == "alice"
+            copy = track_event.track.subscribe()
+            frame = await asyncio.wait_for(copy.recv(), 5)
+            assert frame is not None
+            copy.stop()
+            first = got[ev.FirstFrame]
+            assert isinstance(first, ev.FirstFrame) and 0 < first.seconds < 10
+        finally:
+            await bob.leave()
+            bob_media.stop()
+        # the stream ends after leave()
+        assert [e async for e in bob.events() if isinstance(e, ev.Failed)] == []
+
+
+async def test_glare_resolves_to_one_working_connection(server: RunningServer) -> None:
+    """Both sides offer at the same moment: the lower ID yields, one connection carries media."""
+    async with agents(server.ws_url, ["alice", "bob"]) as (alice, bob):
+        await wait_for(lambda: full_mesh_flowing([alice, bob]), 10, "the first connection")
+        old = alice.links[PeerId("bob")]
+        await asyncio.gather(alice.call(PeerId("bob")), bob.call(PeerId("alice")))
+        await wait_for(
+            lambda: (
+                alice.links.get(PeerId("bob")) not in (None, old)
+                and alice.connection_states().get(PeerId("bob")) == LinkState.CONNECTED
+                and bob.connection_states().get(PeerId("alice")) == LinkState.CONNECTED
+            ),
+            10,
+            "a new connection after glare",
+        )
+        # bob (higher ID) kept its offer: both ends are bob's offer
+        assert bob.links[PeerId("alice")].role == "offerer"
+        assert alice.links[PeerId("bob")].role == "answerer"
+        await wait_for(lambda: full_mesh_flowing([alice, bob], 3), 10, "media after glare")
+
+
+async def test_receive_only_agent_offers_and_answers(server: RunningServer) -> None:
+    """media=None: as the offerer it asks for audio and video; as the answerer it sends nothing."""
+    async with agents(server.ws_url, ["alice"]) as (alice,):
+        viewer = Agent(server.ws_url, room="test", peer_id="viewer")
+        await viewer.join()
+        try:
+            async with agents(server.ws_url, ["bob"]) as (bob,):
+                await wait_for(
+                    lambda: all(
+                        frames_from(viewer, p, kind) > 0
+                        for p in ("alice", "bob")
+                        for kind in ("video", "audio")
+                    ),
+                    10,
+                    "audio and video from both senders",
+                )
+                assert viewer.links[PeerId("alice")].role == "offerer"
+                assert viewer.links[PeerId("bob")].role == "answerer"
+                assert frames_from(alice, "viewer") == 0 and frames_from(bob, "viewer") == 0
+        finally:
+            await viewer.leave()
+
+
+def _report_failed(link: PeerLink) -> None:
+    """aiortc reports a dead path as failed only after ~30 s of consent checks: inject it."""
+    link.pc._RTCPeerConnection__connectionState = "failed"  # type: ignore[attr-defined]
+    link.pc.emit("connectionstatechange")
+
+
+async def test_failed_connection_is_offered_again_by_its_offerer(server: RunningServer) -> None:
+    async with agents(server.ws_url, ["alice", "bob"]) as (alice, bob):
+        await wait_for(lambda: full_mesh_flowing([alice, bob]), 10, "the first connection")
+        offerer_link = bob.links[PeerId("alice")]  # bob came second: bob offered
+        answerer_link = alice.links[PeerId("bob")]
+        assert offerer_link.role == "offerer"
+        # the answering side's failure alone: it closes its half and waits for a new offer
+        _report_failed(answerer_link)
+        await wait_for(lambda: alice.links.get(PeerId("bob")) is not answerer_link, 5, "close")
+        _report_failed(offerer_link)
+        await wait_for(
+            lambda: (
+                bob.links.get(PeerId("alice")) not in (None, offerer_link)
+                and alice.links.get(PeerId("bob")) is not None
+                and alice.connection_states().get(PeerId("bob")) == LinkState.CONNECTED
+            ),
+            10,
+            "bob's new offer to connect them again",
+        )
+        assert bob.links[PeerId("alice")].role == "offerer"
+        await wait_for(lambda: full_mesh_flowing([alice, bob], 3), 10, "media again")

@@ -1,0 +1,76 @@
+"""Stats arithmetic and the bounded event queue, without aiortc."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+
+from peer import events as ev
+from peer.events import EventQueue
+from peer.mesh import LinkState
+from peer.stats import Counters, PeerStats, counters_from_report, rates
+from signaling.protocol import PeerId
+
+
+@dataclass
+class Entry:
+    type: str
+    bytesSent: int = 0
+    bytesReceived: int = 0
+    packetsReceived: int = 0
+    packetsLost: int = 0
+    roundTripTime: float | None = None
+
+
+def test_counters_sum_the_report() -> None:
+    report = [
+        Entry("transport", bytesSent=1000, bytesReceived=2000),
+        Entry("inbound-rtp", packetsReceived=50, packetsLost=2),
+        Entry("inbound-rtp", packetsReceived=70, packetsLost=-1),  # RTCP may report negative loss
+        Entry("remote-inbound-rtp", packetsLost=3, roundTripTime=0.004),
+        Entry("remote-inbound-rtp", packetsLost=1, roundTripTime=0.010),
+        Entry("outbound-rtp"),
+    ]
+    c = counters_from_report(report, at=5.0)
+    assert c == Counters(5.0, 1000, 2000, 120, 2, 4, 0.010)
+
+
+def test_rates() -> None:
+    first = Counters(10.0, bytes_sent=0, bytes_received=0)
+    second = Counters(12.0, bytes_sent=250_000, bytes_received=500_000)
+    assert rates(None, first) == (0.0, 0.0)
+    assert rates(first, second) == pytest.approx((2000.0, 1000.0))
+    assert rates(second, second) == (0.0, 0.0)
+
+
+def test_peer_stats_json_and_line() -> None:
+    s = PeerStats(PeerId("bob"), LinkState.CONNECTED, 3.2, 600, 650, 29.9, 300, 500, 1, 0, 0.11)
+    assert s.to_json()["state"] == "connected"
+    assert s.line() == "bob connected 3ms in 600/out 650 kbps 29.9fps lost 1"
+
+
+async def test_event_queue_drops_oldest_when_full() -> None:
+    queue = EventQueue(maxsize=3)
+    for n in range(5):
+        queue.put(ev.PeerJoined(PeerId(f"p{n}")))
+    assert queue.dropped == 2 and len(queue) == 3
+    queue.close()
+    got = [e async for e in queue]
+    assert got == [ev.PeerJoined(PeerId(f"p{n}")) for n in (2, 3, 4)]
+
+
+async def test_event_queue_wakes_a_waiting_consumer() -> None:
+    queue = EventQueue()
+    waiter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put(ev.PeerLeft(PeerId("x")))
+    assert await asyncio.wait_for(waiter, 1) == ev.PeerLeft(PeerId("x"))
+    queue.close()
+    assert await queue.get() is None
+
+
+def test_event_queue_needs_room() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        EventQueue(0)
