@@ -7,7 +7,9 @@ time, so every late wake-up is carried forward. Here frame ``n`` is due at
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -54,3 +56,11 @@ class FrameClock:
         self._next = index + 1
         pts = index * self.clock_rate * self.rate.denominator // self.rate.numerator
         return Tick(index, pts, due)
+
+    async def wait(self) -> Tick:
+        """The next slot, once it is due: what a paced source awaits before each frame."""
+        tick = self.next(time.monotonic())
+        delay = tick.due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return tick

@@ -7,9 +7,7 @@ each convert the same frame at once crashed the process (PITFALLS.md).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import zlib
 from datetime import datetime
 from fractions import Fraction
@@ -67,10 +65,7 @@ class SyntheticVideoTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        tick = self._clock.next(time.monotonic())
-        delay = tick.due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        tick = await self._clock.wait()
         if self.readyState != "live":
             raise MediaStreamError
         frame = self.render(tick.index)
@@ -164,10 +159,7 @@ class ToneAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        tick = self._clock.next(time.monotonic())
-        delay = tick.due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        tick = await self._clock.wait()
         if self.readyState != "live":
             raise MediaStreamError
         start = tick.pts % AUDIO_RATE  # 48000 is a multiple of 960: a slice never wraps
