@@ -113,7 +113,10 @@ class Session:
         self.url_room = room
         self.peer_id: PeerId | None = None
         self.room: RoomId | None = None
-        self._tokens = float(limits.burst)
+        # The token bucket's parameters, read once: _admit runs for every frame.
+        self._burst = float(limits.burst)
+        self._rate = limits.rate
+        self._tokens = self._burst
         self._last = now
         self._throttled = False
 
@@ -144,13 +147,15 @@ class Session:
         )
 
     def _admit(self, now: float) -> bool:
-        limits = self.limits
-        self._tokens = min(float(limits.burst), self._tokens + (now - self._last) * limits.rate)
+        tokens = self._tokens + (now - self._last) * self._rate
+        if tokens > self._burst:
+            tokens = self._burst
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
             self._throttled = False
             return True
+        self._tokens = tokens
         return False
 
     def receive(self, text: str, now: float) -> Decision:
@@ -169,9 +174,13 @@ class Session:
             return self._rate_limited()
         # The common case (a valid offer, answer or candidate) skips building message objects;
         # everything else, errors included, takes the full parse.
-        route = peek_route(text) if phase is _JOINED else None
-        if route is not None:
-            return self._forward(*route, text)
+        if phase is _JOINED:
+            route = peek_route(text)
+            if route is not None:
+                kind, claimed, to = route
+                if claimed == self.peer_id:  # the usual case: the client names itself
+                    return Forward(kind, to, text)
+                return self._forward(kind, claimed, to, text)
         try:
             message = parse(text)
         except ProtocolError as exc:

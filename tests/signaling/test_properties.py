@@ -340,9 +340,12 @@ def step(h: Harness, action: tuple[Any, ...]) -> None:
         h.check(None)
     elif kind == "fail-probes":
         # What the adapter does when a probed peer stays silent past probe_timeout.
+        # One at a time, reading after each: a peer-left sent to a probed peer before its own
+        # turn to close is a frame for a live connection, not one for a closed connection.
         for client in h.clients:
             if client.outbox.probes and not client.closed:
                 h.close(client)
+                h.check(None)
         h.check(None)
 
 
