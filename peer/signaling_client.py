@@ -226,11 +226,7 @@ class SignalingClient:
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT:
-                try:
-                    message = parse(msg.data)
-                except ProtocolError as exc:
-                    log.warning("ignoring bad frame from server: %s", exc.message)
-                    continue
+                message = _parse_server_frame(msg.data)
                 if isinstance(message, PeerList):
                     return message
                 if isinstance(message, Error):
@@ -254,14 +250,11 @@ class SignalingClient:
         """Dispatch messages until the socket ends; returns its close code."""
         async for msg in ws:
             if msg.type is aiohttp.WSMsgType.TEXT:
-                try:
-                    message = parse(msg.data)
-                except ProtocolError as exc:
-                    log.warning("ignoring bad frame from server: %s", exc.message)
-                    continue
+                message = _parse_server_frame(msg.data)
                 if isinstance(message, Error):
                     log.warning("server error %s: %s", message.code, message.message)
-                self._on_message(message)
+                if message is not None:
+                    self._on_message(message)
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 break
         return ws.close_code
@@ -304,4 +297,13 @@ class SignalingClient:
             self.reconnects += 1
             self._joined(ws, peer_list, rejoin=True)
             return ws
+        return None
+
+
+def _parse_server_frame(text: str) -> Message | None:
+    """A frame from the server, or None (logged) when it is not valid protocol."""
+    try:
+        return parse(text)
+    except ProtocolError as exc:
+        log.warning("ignoring bad frame from server: %s", exc.message)
         return None

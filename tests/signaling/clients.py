@@ -255,3 +255,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition {check.__name__} never held")
         await asyncio.sleep(0.02)
+
+
+async def drain_until_close(peer: Peer) -> tuple[list[dict[str, Any]], int | None]:
+    """Every text frame until the close frame, and that frame's code (None: no close frame)."""
+    frames: list[dict[str, Any]] = []
+    while True:
+        msg = await asyncio.wait_for(peer.ws.receive(), seconds(10))
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            frames.append(json.loads(msg.data))
+        elif msg.type is aiohttp.WSMsgType.CLOSE:
+            assert peer.ws.close_code == msg.data  # what the peer agent reads
+            return frames, int(msg.data)
+        else:
+            return frames, None

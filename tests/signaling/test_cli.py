@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import json
 import os
 import shutil
 import signal
@@ -16,7 +15,6 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -24,7 +22,7 @@ import pytest
 import peer.cli
 import signaling.cli
 from signaling.session import Limits
-from tests.signaling.clients import Peer
+from tests.signaling.clients import Peer, drain_until_close
 from tests.support import free_port, seconds
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,19 +231,6 @@ async def server_process(
         if proc.returncode is None:
             proc.kill()
             await proc.communicate()
-
-
-async def drain_until_close(peer: Peer) -> tuple[list[dict[str, Any]], int | None]:
-    frames: list[dict[str, Any]] = []
-    while True:
-        msg = await asyncio.wait_for(peer.ws.receive(), seconds(10))
-        if msg.type is aiohttp.WSMsgType.TEXT:
-            frames.append(json.loads(msg.data))
-        elif msg.type is aiohttp.WSMsgType.CLOSE:
-            assert peer.ws.close_code == msg.data  # what the peer agent reads
-            return frames, int(msg.data)
-        else:
-            return frames, None
 
 
 async def join_two_and_stop(

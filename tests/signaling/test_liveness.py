@@ -4,15 +4,13 @@ graceful shutdown. Every accepted join still ends in exactly one peer-left."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.signaling.clients import Clients, Peer, RawClient, clients
+from tests.signaling.clients import Clients, Peer, RawClient, clients, drain_until_close
 from tests.signaling.conftest import FAST_LIMITS, ServerFactory
 from tests.support import running_server, seconds
 
@@ -216,20 +214,6 @@ async def test_dropped_tcp_without_close_frame_gives_peer_left(peers: Clients) -
     assert transport is not None
     transport.abort()
     assert await alice.recv() == {"type": "peer-left", "peerId": "bob"}
-
-
-async def drain_until_close(peer: Peer) -> tuple[list[dict[str, Any]], int | None]:
-    """Every text frame until the close frame, and that frame's code."""
-    frames: list[dict[str, Any]] = []
-    while True:
-        msg = await asyncio.wait_for(peer.ws.receive(), seconds(5))
-        if msg.type is aiohttp.WSMsgType.TEXT:
-            frames.append(json.loads(msg.data))
-        elif msg.type is aiohttp.WSMsgType.CLOSE:
-            assert peer.ws.close_code == msg.data  # what the peer agent reads
-            return frames, int(msg.data)
-        else:
-            return frames, None
 
 
 async def test_graceful_shutdown_closes_1001_and_keeps_peer_left_semantics() -> None:
