@@ -408,8 +408,14 @@ def stamp_sender(raw: str, sender: PeerId) -> str:
     """``raw`` with ``"from": sender`` added, for a message that had no ``from``.
 
     Splices the field in after the opening brace instead of re-serializing, so the
-    payload reaches the addressee byte for byte as it was sent.
+    payload reaches the addressee byte for byte as it was sent. Text that already holds a
+    ``"from"`` key (an explicit empty or null one, or one nested in the payload) is
+    re-serialized instead: a second top-level key would be ambiguous.
     """
+    if '"from"' in raw:
+        obj = json.loads(raw)
+        obj["from"] = sender
+        return _dumps(obj)
     start = raw.find("{")
     field_ = '"from":' + json.dumps(sender, ensure_ascii=False) + ","
     return raw[: start + 1] + field_ + raw[start + 1 :]

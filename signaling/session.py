@@ -208,7 +208,7 @@ class Session:
         if sender is None:  # pragma: no cover - JOINED always sets it
             raise RuntimeError("session joined without a peer id")
         if claimed is None:
-            data = _with_sender(text, sender)
+            data = stamp_sender(text, sender)
         elif claimed != sender:
             return error_reply(
                 ErrorCode.FORGED_FROM, f"'from' is '{claimed}' but you joined as '{sender}'"
@@ -229,12 +229,3 @@ def _type_of(text: str) -> str:
         return ""
     kind = obj.get("type") if isinstance(obj, dict) else None
     return kind if isinstance(kind, str) else ""
-
-
-def _with_sender(text: str, sender: PeerId) -> str:
-    if '"from"' not in text:
-        return stamp_sender(text, sender)
-    # An explicit empty or null "from": rewrite it rather than add a second key.
-    obj = json.loads(text)
-    obj["from"] = sender
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
