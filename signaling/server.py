@@ -121,7 +121,7 @@ class Connection:
         self.close_sent = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping_task: asyncio.Task[None] | None = None
-        self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self.writer = self._loop.create_task(self._write_loop())
 
     # -- Outbox ---------------------------------------------------------------
     def push(self, data: str) -> None:
@@ -153,9 +153,8 @@ class Connection:
     def probe(self) -> None:
         if self._probe is not None or self._close_code is not None:
             return
-        loop = asyncio.get_running_loop()
-        self._ping_task = loop.create_task(self._ping())
-        self._probe = loop.call_later(
+        self._ping_task = self._loop.create_task(self._ping())
+        self._probe = self._loop.call_later(
             self.limits.probe_timeout, self._probe_expired, self.frames_heard
         )
 
@@ -208,8 +207,7 @@ class Connection:
         return True
 
     async def _write_loop(self) -> None:
-        ws = self.ws
-        loop = asyncio.get_running_loop()
+        ws, loop = self.ws, self._loop
         try:
             stream = await ws.prepare(self.request)  # prepared already: returns its writer
             while True:
@@ -336,11 +334,7 @@ class SignalingServer:
             join_timer.cancel()
             self.connections.discard(conn)
             session.closed()
-            if conn.peer_id is not None and conn.room is not None:
-                await self.registry.leave(conn.room, conn.peer_id, conn)
-                final = conn.reason or reason
-                self.metrics.leaves[final] += 1
-                log.info("%s left room %s (%s)", conn.peer_id, conn.room, final)
+            await self._leave(conn, conn.reason or reason)
             await conn.stop()
         return ws
 
@@ -432,16 +426,22 @@ class SignalingServer:
             " resuming" if outcome.replaced is not None else "",
         )
 
+    async def _leave(self, conn: Connection, reason: LeaveReason) -> None:
+        """End ``conn``'s membership once (its handler and shutdown may both ask)."""
+        peer, room = conn.peer_id, conn.room
+        if peer is None or room is None:
+            return
+        conn.peer_id = None
+        await self.registry.leave(room, peer, conn)
+        self.metrics.leaves[reason] += 1
+        log.info("%s left room %s (%s)", peer, room, reason)
+
     async def shutdown(self, app: web.Application | None = None) -> None:
         """Close every client with 1001, telling the others ``peer-left`` as each one goes."""
         self.shutting_down = True
         conns = list(self.connections)
         for conn in conns:
-            if conn.peer_id is not None and conn.room is not None:
-                await self.registry.leave(conn.room, conn.peer_id, conn)
-                self.metrics.leaves[LeaveReason.SHUTDOWN] += 1
-                log.info("%s left room %s (%s)", conn.peer_id, conn.room, LeaveReason.SHUTDOWN)
-                conn.peer_id = None  # its handler must not leave a second time
+            await self._leave(conn, LeaveReason.SHUTDOWN)
             conn.end(CloseCode.GOING_AWAY, LeaveReason.SHUTDOWN)
         if conns:
             await asyncio.wait([c.writer for c in conns], timeout=self.limits.probe_timeout)
