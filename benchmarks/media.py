@@ -23,6 +23,7 @@ from typing import Any
 
 import av
 import numpy as np
+from aiortc import MediaStreamTrack
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,14 +34,20 @@ from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack  # noqa: E4
 from signaling.protocol import PeerId  # noqa: E402
 
 
-async def source_cost(width: int, height: int, fps: int, frames: int) -> dict[str, Any]:
-    track = SyntheticVideoTrack("bench", width=width, height=height, fps=fps)
+async def _paced_cost(track: MediaStreamTrack, frames: int) -> tuple[float, float]:
+    """CPU and wall seconds for ``frames`` frames of a paced source, then stop it."""
     await track.recv()  # the clock starts at the first frame
     cpu, wall = time.process_time(), time.monotonic()
     for _ in range(frames):
         await track.recv()
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     track.stop()
+    return cpu, wall
+
+
+async def source_cost(width: int, height: int, fps: int, frames: int) -> dict[str, Any]:
+    track = SyntheticVideoTrack("bench", width=width, height=height, fps=fps)
+    cpu, wall = await _paced_cost(track, frames)
     return {
         "what": f"synthetic {width}x{height}@{fps}",
         "frames": frames,
@@ -52,13 +59,7 @@ async def source_cost(width: int, height: int, fps: int, frames: int) -> dict[st
 
 
 async def tone_cost(frames: int) -> dict[str, Any]:
-    track = ToneAudioTrack("bench")
-    await track.recv()
-    cpu, wall = time.process_time(), time.monotonic()
-    for _ in range(frames):
-        await track.recv()
-    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
-    track.stop()
+    cpu, wall = await _paced_cost(ToneAudioTrack("bench"), frames)
     return {
         "what": "tone 48 kHz, 20 ms frames",
         "frames": frames,
