@@ -48,11 +48,12 @@ from peer import events as ev
 from peer import mesh
 from peer.errors import MeshpeerError
 from peer.events import Event, EventQueue, Kind, RemoteTrack
-from peer.ice import IceServer, parse_ice_server, rtc_configuration
+from peer.ice import IceServer, arrange, parse_ice_server, rtc_configuration
 from peer.link import PeerLink
 from peer.mesh import Action, LinkState, Role
 from peer.signaling_client import SignalingClient
 from peer.stats import PeerStats
+from signaling.auth import read_claims
 from signaling.protocol import (
     Answer,
     Candidate,
@@ -107,6 +108,9 @@ class Agent:
     ``media`` is what this peer sends to everyone (None: receive only). ``recorder`` and
     ``mosaic`` (from :mod:`peer.media`) and any other ``consumers`` get every remote frame.
     ``ice_servers`` are ``stun:``/``turn:`` URLs or :class:`IceServer`; none by default.
+    Those the server hands out in ``peer-list`` (TURN with credentials minted for us) come
+    after them. ``token`` is the access token of a server that requires one; without
+    ``peer_id`` or ``room``, the token's are used.
     ``always_send`` negotiates sending audio and video even without local tracks, so
     :meth:`send_track` can send each peer something of its own later (an echo bot).
     Use it as an async context manager, or call :meth:`join` and :meth:`leave`.
@@ -132,14 +136,23 @@ class Agent:
         stats_interval: float | None = 2.0,
         peer_left_grace: float = 0.5,
         always_send: bool = False,
+        token: str | None = None,
     ) -> None:
+        token_peer, token_room = read_claims(token) if token else (None, None)
+        peer_id = peer_id or token_peer
+        room = room or token_room
         self.peer_id = PeerId(peer_id) if peer_id else random_peer_id()
         self.room = RoomId(room) if room else None
         self.media = media
         self.recorder = recorder
         self.mosaic = mosaic
-        servers = [s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers]
-        self._config = rtc_configuration(servers)
+        self._own_servers = tuple(
+            s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
+        )
+        #: From the latest peer-list: the server's STUN/TURN, with our TURN credentials.
+        self._handed_servers: tuple[IceServer, ...] = ()
+        #: Failed connections per peer since the last one that worked: picks the TURN URL.
+        self._failures: dict[PeerId, int] = {}
         self._consumers: list[FrameConsumer] = list(consumers)
         if recorder is not None:
             self._consumers.append(recorder)
@@ -174,6 +187,7 @@ class Agent:
             on_message=self._on_message,
             on_joined=self._on_joined,
             on_lost=self._on_lost,
+            token=token,
         )
         self.last_stats: tuple[PeerStats, ...] = ()
 
@@ -372,6 +386,7 @@ class Agent:
     def _on_joined(self, peer_list: PeerList, rejoin: bool) -> None:
         if self.in_room_at is None:
             self.in_room_at = time.monotonic()
+        self._handed_servers = peer_list.ice_servers
         peers = tuple(p for p in peer_list.peers if p != self.peer_id)
         self._emit(ev.Joined(peers, rejoin))
         new = [p for p in peers if p not in self.members]
@@ -461,10 +476,11 @@ class Agent:
 
     def _new_link(self, peer: PeerId, role: Role) -> PeerLink:
         tracks = [relay.subscribe(track, buffered=False) for relay, track in self._relays]
+        servers = arrange(self._own_servers + self._handed_servers, self._failures.get(peer, 0))
         link = PeerLink(
             peer,
             role,
-            self._config,
+            rtc_configuration(servers),
             tracks,
             self._consumers,
             on_state=self._link_state,
@@ -546,6 +562,9 @@ class Agent:
         self._emit(ev.ConnectionStateChanged(peer, link.state))
         if link.state is LinkState.CONNECTED:
             self._reoffers.pop(peer, None)
+            self._failures.pop(peer, None)
+        elif link.state is LinkState.FAILED:
+            self._failures[peer] = self._failures.get(peer, 0) + 1
         action = mesh.on_connection_state(link.role, link.state, peer in self.members)
         if action is Action.CLOSE:
             self._schedule(peer, lambda: self._close_link(peer, only=link), "close")
@@ -586,6 +605,7 @@ class Agent:
         self._emit(ev.ConnectionStateChanged(peer, LinkState.CLOSED))
         if forget:
             self._reoffers.pop(peer, None)
+            self._failures.pop(peer, None)
 
     # -- stats -----------------------------------------------------------------------------
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from signaling.cli import add_serve_arguments, serve
+from signaling.cli import add_serve_arguments, add_token_arguments, print_token, serve
 
 #: Libraries whose INFO logging is per packet or per candidate pair: quiet unless --log-level DEBUG.
 _NOISY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
@@ -70,6 +71,12 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--room", help="room to join (default: the server's default room)")
     parser.add_argument("--id", dest="peer_id", help="peer ID (default: a random peer-xxxxxx)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MESHPEER_TOKEN") or None,
+        help="access token for a server that requires one (default: $MESHPEER_TOKEN); "
+        "without --id, the ID is the token's",
+    )
     add_media_arguments(parser, width=640, height=480, fps=30)
     out = parser.add_argument_group("output")
     out.add_argument("--display", action="store_true", help="show everyone in a window (q closes)")
@@ -140,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     join_parser = sub.add_parser("join", help="join a room as a headless peer", parents=[common])
     add_join_arguments(join_parser)
     join_parser.set_defaults(run=_join)
+    token_parser = sub.add_parser(
+        "token", help="print an access token for a server run with --auth-secret-file"
+    )
+    add_token_arguments(token_parser)
+    token_parser.set_defaults(run=print_token)
     demo_parser = sub.add_parser(
         "demo",
         help="run a server and a few bots on loopback, print what they saw",

@@ -180,6 +180,7 @@ REFUSAL_CLOSE_CODES: dict[int, ErrorCode] = {
     CloseCode.BAD_RESUME_TOKEN: ErrorCode.BAD_RESUME_TOKEN,
     CloseCode.ROOM_FULL: ErrorCode.ROOM_FULL,
     CloseCode.ID_TAKEN: ErrorCode.ID_TAKEN,
+    CloseCode.UNAUTHORIZED: ErrorCode.INVALID_TOKEN,
 }
 
 

@@ -22,6 +22,7 @@ from typing import IO, Any
 from peer import events as ev
 from peer.agent import Agent, random_peer_id, run_until
 from peer.errors import MeshpeerError
+from signaling.auth import read_claims
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def progress(peer_id: str) -> Callable[[ev.Event], None]:
 async def join_room(args: argparse.Namespace) -> int:
     from peer.media.sources import VideoSettings, open_local_media
 
-    peer_id = args.peer_id or random_peer_id()
+    token_peer = read_claims(args.token)[0] if args.token else None
+    peer_id = args.peer_id or token_peer or random_peer_id()
     settings = VideoSettings(width=args.width, height=args.height, fps=args.fps)
     media = open_local_media(args.video, args.audio, label=peer_id, settings=settings)
     recorder: Any = None
@@ -131,6 +133,7 @@ async def join_room(args: argparse.Namespace) -> int:
             peer_id=peer_id,
             media=media,
             ice_servers=args.ice_server,
+            token=args.token,
             recorder=recorder,
             mosaic=mosaic,
             stats_interval=args.stats_interval,

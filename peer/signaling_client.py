@@ -90,10 +90,13 @@ class SignalingClient:
         on_lost: LostHandler,
         connect_timeout: float = 5.0,
         heartbeat: float = 10.0,
+        token: str | None = None,
     ) -> None:
         self.url = websocket_url(url)
         self.peer_id = peer_id
         self.room = room
+        #: The access token, sent with every join (rejoins need it as much as the first).
+        self.token = token
         self.resume_token: str | None = None
         self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat
@@ -209,10 +212,15 @@ class SignalingClient:
             raise SignalingError(
                 f"cannot reach signaling server {self.url}: no answer in {self.connect_timeout:g} s"
             ) from None
+        except aiohttp.WSServerHandshakeError as exc:
+            raise SignalingError(
+                f"signaling server {self.url} refused the connection: HTTP {exc.status}"
+                f"{_HTTP_REFUSALS.get(exc.status, '')}"
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise SignalingError(f"cannot reach signaling server {self.url}: {exc}") from None
         try:
-            join = Join(self.peer_id, self.room, self.resume_token)
+            join = Join(self.peer_id, self.room, self.resume_token, self.token)
             await ws.send_str(serialize(join))
             async with asyncio.timeout(self.connect_timeout * 2):
                 peer_list = await self._await_peer_list(ws)
@@ -298,6 +306,12 @@ class SignalingClient:
             self._joined(ws, peer_list, rejoin=True)
             return ws
         return None
+
+
+_HTTP_REFUSALS = {
+    403: " (this origin is not allowed)",
+    429: " (too many connections from this address)",
+}
 
 
 def _parse_server_frame(text: str) -> Message | None:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import math
+import os
 import ssl
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
-from signaling.ice import parse_ice_server
+from signaling.admission import OriginError, normalize_origin
+from signaling.auth import SecretError, check_secret, mint_token
+from signaling.ice import IceServerError, parse_ice_server
 from signaling.server import ServerConfig, SignalingServer
 from signaling.session import Limits
+from signaling.turn import DEFAULT_TTL, TurnMinter
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,48 @@ def _seconds(text: str) -> float:
     return _number(text, float, 0, inclusive=False)
 
 
+def _cap(text: str) -> int:
+    return int(_number(text, int, 0, inclusive=True))
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``1h`` or ``7d``."""
+    unit = _UNITS.get(text[-1:].lower())
+    return _seconds(text[:-1] if unit else text) * (unit or 1.0)
+
+
+def _origin(text: str) -> str:
+    try:
+        return normalize_origin(text)
+    except OriginError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _minted_turn_url(text: str) -> str:
+    try:
+        return parse_ice_server(text, minted=True).url
+    except IceServerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def read_secret(path: Path | None, env: str, what: str) -> bytes | None:
+    """A secret from a file (trailing newline stripped) or the environment; never a flag value,
+    which every user of the machine could read in ``ps``."""
+    if path is not None:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise SecretError(f"cannot read the {what} file: {exc}") from None
+        if not secret:
+            raise SecretError(f"the {what} file {path} is empty")
+        return secret
+    value = os.environ.get(env, "").strip()
+    return value.encode() if value else None
+
+
 def _port(text: str) -> int:
     port = int(_number(text, int, 0, inclusive=True))
     if port > 65535:
@@ -63,8 +112,54 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="URL",
-        help="ICE server offered to browser pages, e.g. stun:host:3478 or "
+        help="ICE server handed to every peer, e.g. stun:host:3478 or "
         "turn:user:pass@host:3478 (repeatable; default none)",
+    )
+    access = parser.add_argument_group("access (docs: README, 'Putting a room on the internet')")
+    access.add_argument(
+        "--auth-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="require an HS256 access token (JWT) signed with the secret in FILE for every join "
+        "(also $MESHPEER_AUTH_SECRET; default: no tokens, anyone may join any room)",
+    )
+    access.add_argument(
+        "--allow-origin",
+        type=_origin,
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="browser origin allowed to connect, e.g. https://app.example.com (repeatable; "
+        "default any; the page served here always works; clients without Origin are not "
+        "affected)",
+    )
+    access.add_argument(
+        "--trust-proxy",
+        action="store_true",
+        help="count clients by the last X-Forwarded-For address (behind your reverse proxy)",
+    )
+    access.add_argument(
+        "--turn-url",
+        type=_minted_turn_url,
+        action="append",
+        default=[],
+        metavar="URL",
+        help="TURN server whose credentials are minted per peer, e.g. "
+        "turn:turn.example.com:3478?transport=udp (repeatable; needs --turn-secret-file)",
+    )
+    access.add_argument(
+        "--turn-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the TURN server's static-auth-secret (coturn use-auth-secret), from FILE "
+        "(also $MESHPEER_TURN_SECRET)",
+    )
+    access.add_argument(
+        "--turn-ttl",
+        type=duration,
+        default=DEFAULT_TTL,
+        metavar="TIME",
+        help="lifetime of minted TURN credentials: 3600, 90m, 1h ... (default 1h)",
     )
     lim = parser.add_argument_group("limits")
     lim.add_argument(
@@ -118,6 +213,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="messages queued for one client before it is dropped as too slow "
         "(default %(default)s)",
     )
+    lim.add_argument(
+        "--ip-connections",
+        type=_cap,
+        default=_DEFAULTS.ip_connections,
+        metavar="N",
+        help="open WebSockets per client address, more get HTTP 429 (default %(default)s; "
+        "0: no cap)",
+    )
+    lim.add_argument(
+        "--ip-connects-per-minute",
+        type=_cap,
+        default=_DEFAULTS.ip_connects_per_minute,
+        metavar="N",
+        help="new WebSockets (join attempts) per client address per minute, more get HTTP 429 "
+        "(default %(default)s; 0: no cap)",
+    )
     parser.add_argument(
         "--no-uvloop",
         action="store_true",
@@ -135,9 +246,42 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rate=args.rate,
         burst=args.burst,
         send_queue=args.send_queue,
+        ip_connections=args.ip_connections,
+        ip_connects_per_minute=args.ip_connects_per_minute,
     )
     ice_servers = tuple(parse_ice_server(url) for url in args.ice_server)
-    return ServerConfig(limits=limits, ice_servers=ice_servers)
+    auth_secret = read_secret(args.auth_secret_file, "MESHPEER_AUTH_SECRET", "auth secret")
+    if auth_secret is not None:
+        check_secret(auth_secret)
+    turn_secret = read_secret(args.turn_secret_file, "MESHPEER_TURN_SECRET", "TURN secret")
+    turn = None
+    if args.turn_url:
+        if turn_secret is None:
+            raise SecretError("--turn-url needs --turn-secret-file (or $MESHPEER_TURN_SECRET)")
+        turn = TurnMinter(
+            tuple(parse_ice_server(u, minted=True) for u in args.turn_url),
+            turn_secret,
+            args.turn_ttl,
+        )
+    elif args.turn_secret_file is not None:
+        raise SecretError("--turn-secret-file needs at least one --turn-url")
+    return ServerConfig(
+        limits=limits,
+        ice_servers=ice_servers,
+        auth_secret=auth_secret,
+        allowed_origins=tuple(args.allow_origin),
+        trust_proxy=args.trust_proxy,
+        turn=turn,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
@@ -170,6 +314,12 @@ def serve(args: argparse.Namespace) -> int:
         except (OSError, ssl.SSLError) as exc:
             log.error("cannot load TLS certificate: %s", exc)
             return 2
+    if config.auth_secret is None and not _is_loopback(args.host):
+        log.warning(
+            "no --auth-secret-file: anyone who can reach %s:%d can join any room",
+            args.host,
+            args.port,
+        )
     server = SignalingServer(config)
     scheme = "wss" if ssl_context else "ws"
     loop = new_event_loop(not args.no_uvloop)
@@ -194,6 +344,38 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         return 1
+    return 0
+
+
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the server's --auth-secret-file (default: $MESHPEER_AUTH_SECRET)",
+    )
+    parser.add_argument("--room", required=True, help="the room the token admits to")
+    parser.add_argument("--id", dest="peer_id", required=True, help="the peer ID it admits as")
+    parser.add_argument(
+        "--ttl",
+        type=duration,
+        default=3600.0,
+        metavar="TIME",
+        help="how long it is valid: 3600, 90m, 1h, 7d ... (default 1h)",
+    )
+
+
+def print_token(args: argparse.Namespace) -> int:
+    """``meshpeer token``: print a token on stdout, for a room link or ``join --token``."""
+    try:
+        secret = read_secret(args.secret_file, "MESHPEER_AUTH_SECRET", "auth secret")
+        if secret is None:
+            raise SecretError("give --secret-file FILE (or set $MESHPEER_AUTH_SECRET)")
+        token = mint_token(secret, args.room, args.peer_id, args.ttl)
+    except SecretError as exc:
+        print(f"meshpeer token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
 
 

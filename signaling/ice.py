@@ -41,15 +41,27 @@ _URL = re.compile(
 )
 
 
-def parse_ice_server(text: str) -> IceServer:
-    """``stun:host[:port]``, ``turn:user:pass@host[:port][?transport=tcp]`` or ``turns:``."""
+def parse_ice_server(text: str, *, minted: bool = False) -> IceServer:
+    """``stun:host[:port]``, ``turn:user:pass@host[:port][?transport=tcp]`` or ``turns:``.
+
+    ``minted``: a TURN URL without credentials, whose credentials the server mints per peer
+    (``--turn-url``).
+    """
     match = _URL.match(text.strip())
     if match is None:
-        raise IceServerError(
-            f"bad ICE server {text!r}: expected stun:host:port or turn:user:pass@host:port"
+        expected = (
+            "turn:host:port[?transport=udp|tcp]"
+            if minted
+            else ("stun:host:port or turn:user:pass@host:port")
         )
+        raise IceServerError(f"bad ICE server {_redact(text)!r}: expected {expected}")
     scheme, user, password = match["scheme"], match["user"], match["password"]
-    if scheme.startswith("turn") and user is None:
+    if minted:
+        if not scheme.startswith("turn") or user is not None:
+            raise IceServerError(
+                f"--turn-url takes turn: or turns: URLs without credentials, got {_redact(text)!r}"
+            )
+    elif scheme.startswith("turn") and user is None:
         raise IceServerError(f"TURN server {match['host']!r} needs user:pass@ before the host")
     if scheme.startswith("stun") and user is not None:
         raise IceServerError(f"STUN server {match['host']!r} takes no credentials")
@@ -58,3 +70,33 @@ def parse_ice_server(text: str) -> IceServer:
         raise IceServerError(f"bad port {port} in ICE server {match['host']!r}")
     url = f"{scheme}:{match['host']}" + (f":{port}" if port else "") + (match["query"] or "")
     return IceServer(url, user, password)
+
+
+def _redact(text: str) -> str:
+    """``text`` with any ``user:pass@`` replaced, so an error message never shows a password."""
+    return re.sub(r"(?<=:)[^:@/]*:[^@/]*@", "***@", text)
+
+
+def ice_servers_from_json(value: Any) -> tuple[IceServer, ...]:
+    """The ``iceServers`` of a ``peer-list`` (RTCIceServer dictionaries), one entry per URL.
+
+    Lenient, as a client must be with what a server sends: entries it cannot use (not an
+    object, no string ``urls``, a URL it does not recognise) are skipped.
+    """
+    if not isinstance(value, list):
+        return ()
+    servers: list[IceServer] = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            continue
+        urls = entry.get("urls")
+        username, credential = entry.get("username"), entry.get("credential")
+        if not isinstance(username, str):
+            username = None
+        if not isinstance(credential, str):
+            credential = None
+        for url in [urls] if isinstance(urls, str) else urls if isinstance(urls, list) else []:
+            match = _URL.match(url) if isinstance(url, str) else None
+            if match is not None and match["user"] is None:
+                servers.append(IceServer(url, username, credential))
+    return tuple(servers)

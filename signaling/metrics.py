@@ -26,6 +26,14 @@ class LeaveReason(StrEnum):
     SHUTDOWN = "shutdown"  # the server is stopping
 
 
+class Refusal(StrEnum):
+    """Why a WebSocket upgrade was refused: the ``reason`` label of ``meshpeer_refused_total``."""
+
+    ORIGIN = "origin"  # HTTP 403: a browser Origin not in --allow-origin
+    IP_CONNECTIONS = "ip-connections"  # HTTP 429: too many open connections from one address
+    IP_RATE = "ip-rate"  # HTTP 429: too many new connections a minute from one address
+
+
 @dataclass
 class Metrics:
     connections_total: int = 0
@@ -35,6 +43,7 @@ class Metrics:
     leaves: Counter[str] = field(default_factory=Counter)
     routed: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
 
     def render(self, rooms: int, peers: int, uptime: float) -> str:
         """The /metrics page (Prometheus text exposition format 0.0.4)."""
@@ -79,6 +88,12 @@ class Metrics:
             "counter",
             "Error frames sent, by code.",
             labelled("code", self.errors),
+        )
+        metric(
+            "meshpeer_refused_total",
+            "counter",
+            "WebSocket upgrades refused before any frame, by reason.",
+            labelled("reason", self.refused),
         )
         metric(
             "meshpeer_slow_clients_dropped_total",

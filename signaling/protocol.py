@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, NewType, TypeAlias
 
+from signaling.ice import IceServer, ice_servers_from_json
+
 try:  # optional ("fast" extra): halves the relay's JSON decoding, its largest cost per message
     import orjson
 
@@ -27,6 +29,8 @@ RoomId = NewType("RoomId", str)
 DEFAULT_ROOM = RoomId("default")
 #: Longest peer ID, room name or resume token accepted, in characters.
 MAX_NAME_LENGTH = 128
+#: Longest access token (JWT) accepted, in bytes; longer ones are refused as invalid.
+MAX_TOKEN_BYTES = 4096
 
 
 class MessageType(StrEnum):
@@ -63,6 +67,13 @@ class ErrorCode(StrEnum):
     FRAME_TOO_LARGE = "frame-too-large"
     RATE_LIMITED = "rate-limited"
     JOIN_TIMEOUT = "join-timeout"
+    AUTH_REQUIRED = "auth-required"
+    TOKEN_EXPIRED = "token-expired"
+    INVALID_TOKEN = "invalid-token"
+
+
+#: Refusals that no retry with the same token can fix.
+AUTH_ERRORS = frozenset({ErrorCode.AUTH_REQUIRED, ErrorCode.TOKEN_EXPIRED, ErrorCode.INVALID_TOKEN})
 
 
 class CloseCode(IntEnum):
@@ -74,6 +85,7 @@ class CloseCode(IntEnum):
     BAD_JOIN = 4400  # the join message was invalid
     BAD_RESUME_TOKEN = 4401
     ROOM_FULL = 4403
+    UNAUTHORIZED = 4407  # no, expired or invalid access token (401/403 were taken)
     JOIN_TIMEOUT = 4408
     ID_TAKEN = 4409
     REPLACED = 4410  # the same peer resumed on a new connection
@@ -95,9 +107,12 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Join:
+    #: Empty when absent: the server then takes the ID from the access token's ``sub``.
     peer_id: PeerId
     room: RoomId | None = None
     resume_token: str | None = None
+    #: Extension: the access token (JWT) of a server that requires one (docs/PROTOCOL.md).
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,8 @@ class PeerList:
     #: Extension: lets this peer take its ID back on a new connection (docs/PROTOCOL.md).
     resume_token: str | None = None
     room: RoomId | None = None
+    #: Extension: STUN/TURN servers (TURN with credentials minted for this peer).
+    ice_servers: tuple[IceServer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +216,16 @@ def _name(obj: dict[str, Any], key: str, kind: str, *, required: bool) -> str | 
         raise _bad(f"'{key}' must be a non-empty string, got {json.dumps(value)[:40]}")
     if len(value) > MAX_NAME_LENGTH:
         raise _bad(f"'{key}' is longer than {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def _token(obj: dict[str, Any]) -> str | None:
+    """The join's access token: any non-empty string (the size check is the verifier's)."""
+    value = obj.get("token")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _bad(f"'token' must be a string, got {json.dumps(value)[:40]}")
     return value
 
 
@@ -298,10 +325,13 @@ def parse_object(obj: dict[str, Any], raw: str = "") -> Message:
     if not isinstance(kind, str) or not kind:
         raise _bad("a message needs a 'type' string")
     if kind == MessageType.JOIN:
-        peer = _name(obj, "peerId", kind, required=True)
+        token = _token(obj)
+        # Absent only makes sense with a token (the server then takes the token's ID): the
+        # server refuses it otherwise (signaling.auth.authorize), as it would here.
+        peer = _name(obj, "peerId", kind, required=False)
         room = _name(obj, "room", kind, required=False)
-        token = _name(obj, "resumeToken", kind, required=False)
-        return Join(PeerId(peer or ""), RoomId(room) if room else None, token)
+        resume = _name(obj, "resumeToken", kind, required=False)
+        return Join(PeerId(peer or ""), RoomId(room) if room else None, resume, token)
     if kind in (MessageType.OFFER, MessageType.ANSWER):
         sdp = obj.get("sdp")
         if not isinstance(sdp, str):
@@ -330,6 +360,7 @@ def parse_object(obj: dict[str, Any], raw: str = "") -> Message:
             tuple(PeerId(p) for p in peers),
             token if isinstance(token, str) else None,
             RoomId(room) if isinstance(room, str) else None,
+            ice_servers_from_json(obj.get("iceServers")),
         )
     if kind in (MessageType.PEER_JOINED, MessageType.PEER_LEFT):
         peer = _name(obj, "peerId", kind, required=True)
@@ -352,18 +383,24 @@ def _dumps(obj: dict[str, Any]) -> str:
 def serialize(message: Message) -> str:
     """One frame of text for ``message``; the inverse of :func:`parse`."""
     match message:
-        case Join(peer_id, room, token):
-            obj: dict[str, Any] = {"type": "join", "peerId": peer_id}
+        case Join(peer_id, room, resume, token):
+            obj: dict[str, Any] = {"type": "join"}
+            if peer_id:
+                obj["peerId"] = peer_id
             if room is not None:
                 obj["room"] = room
+            if resume is not None:
+                obj["resumeToken"] = resume
             if token is not None:
-                obj["resumeToken"] = token
-        case PeerList(peers, token, room):
+                obj["token"] = token
+        case PeerList(peers, resume, room, ice_servers):
             obj = {"type": "peer-list", "peers": list(peers)}
-            if token is not None:
-                obj["resumeToken"] = token
+            if resume is not None:
+                obj["resumeToken"] = resume
             if room is not None:
                 obj["room"] = room
+            if ice_servers:
+                obj["iceServers"] = [server.to_json() for server in ice_servers]
         case PeerJoined(peer_id):
             obj = {"type": "peer-joined", "peerId": peer_id}
         case PeerLeft(peer_id):

@@ -8,8 +8,10 @@ the same four calls, with no change to the protocol core or the adapter.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Protocol
 
+from signaling.ice import IceServer
 from signaling.protocol import Join, PeerId, PeerJoined, PeerLeft, PeerList, RoomId, serialize
 from signaling.rooms import Accepted, Refused, RoomTable
 
@@ -29,9 +31,10 @@ class Outbox(Protocol):
 
 class Registry(Protocol):
     async def join(
-        self, room: RoomId, join: Join, outbox: Outbox
+        self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer] = ()
     ) -> Accepted[Outbox] | Refused[Outbox]:
-        """Admit ``outbox`` as ``join.peer_id``: its ``peer-list`` first, then ``peer-joined``."""
+        """Admit ``outbox`` as ``join.peer_id``: its ``peer-list`` (with ``ice_servers``) first,
+        then ``peer-joined``."""
 
     async def leave(self, room: RoomId, peer: PeerId, outbox: Outbox) -> None:
         """End ``outbox``'s membership; ``peer-left`` to the rest, exactly once per join."""
@@ -53,7 +56,7 @@ class LocalRegistry:
         self.table: RoomTable[Outbox] = RoomTable(max_peers)
 
     async def join(
-        self, room: RoomId, join: Join, outbox: Outbox
+        self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer] = ()
     ) -> Accepted[Outbox] | Refused[Outbox]:
         outcome = self.table.join(
             room, join.peer_id, outbox, join.resume_token, secrets.token_urlsafe(18)
@@ -69,7 +72,8 @@ class LocalRegistry:
             for other in others:
                 other.push(left)
             outcome.replaced.conn.replace()
-        outbox.push(serialize(PeerList(outcome.peers, outcome.member.resume_token, room)))
+        token = outcome.member.resume_token
+        outbox.push(serialize(PeerList(outcome.peers, token, room, tuple(ice_servers))))
         joined = serialize(PeerJoined(join.peer_id))
         for other in others:
             other.push(joined)

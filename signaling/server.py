@@ -19,12 +19,15 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
+from signaling.admission import IpGate, OriginPolicy, client_address
+from signaling.auth import TokenRefused, TokenVerifier, authorize
 from signaling.ice import IceServer
-from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, LeaveReason, Metrics
+from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, LeaveReason, Metrics, Refusal
 from signaling.protocol import CloseCode, Error, ErrorCode, PeerId, RoomId, serialize
 from signaling.registry import LocalRegistry, Registry
 from signaling.rooms import Refused
 from signaling.session import Forward, JoinRequest, Limits, Phase, Reply, Session
+from signaling.turn import TurnMinter
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,16 @@ async def _relay_gc_threshold(app: web.Application) -> AsyncIterator[None]:
 @dataclass(frozen=True)
 class ServerConfig:
     limits: Limits = field(default_factory=Limits)
-    #: ICE servers handed to browser pages (``/config.json``); none by default.
+    #: ICE servers handed to every peer (``peer-list``, ``/config.json``); none by default.
     ice_servers: Sequence[IceServer] = ()
+    #: When set, every join needs an HS256 access token signed with it (signaling.auth).
+    auth_secret: bytes | None = None
+    #: Browser origins allowed to open a WebSocket (besides the server's own page); empty: any.
+    allowed_origins: Sequence[str] = ()
+    #: Count clients by the last X-Forwarded-For hop (behind a reverse proxy you run).
+    trust_proxy: bool = False
+    #: TURN URLs with per-peer credentials minted from a secret shared with the TURN server.
+    turn: TurnMinter | None = None
 
 
 class Connection:
@@ -102,6 +113,7 @@ class Connection:
         self.metrics = metrics
         self.peer_id: PeerId | None = None
         self.room: RoomId | None = None
+        self.address = ""  # the client's address, as the per-address caps count it
         self.reason: LeaveReason | None = None  # set when the server ends the connection
         self._queue: deque[str] = deque()
         self._transport = request.transport
@@ -249,6 +261,14 @@ class Connection:
                 self.writer.cancel()
 
 
+def _bearer(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 async def _revalidate_page(request: web.Request, response: web.StreamResponse) -> None:
     """The page's modules must come from one version: browsers revalidate them (cheap 304s)
     instead of mixing cached old modules with new ones after an upgrade."""
@@ -267,6 +287,16 @@ class SignalingServer:
         self.connections: set[Connection] = set()
         self.started = time.monotonic()
         self.shutting_down = False
+        secret = self.config.auth_secret
+        self.verifier = TokenVerifier(secret) if secret is not None else None
+        self.origins = OriginPolicy.of(self.config.allowed_origins)
+        self.ip_gate = IpGate(self.limits.ip_connections, self.limits.ip_connects_per_minute)
+
+    def ice_servers_for(self, peer: PeerId) -> tuple[IceServer, ...]:
+        """What a peer is handed: the static servers, then TURN with credentials for it."""
+        static = tuple(self.config.ice_servers)
+        turn = self.config.turn
+        return static + turn.servers_for(peer, time.time()) if turn is not None else static
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -302,13 +332,53 @@ class SignalingServer:
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def handle_config(self, request: web.Request) -> web.Response:
-        return web.json_response({"iceServers": [s.to_json() for s in self.config.ice_servers]})
+        """The page's ICE servers; with auth on, only for a valid token (TURN is minted for it)."""
+        peer = PeerId("page")
+        if self.verifier is not None:
+            token = request.query.get("token") or _bearer(request.headers.get("Authorization"))
+            try:
+                peer = self.verifier.verify(token, time.time()).peer_id
+            except TokenRefused as exc:
+                return web.json_response(
+                    {"error": exc.code.value, "message": str(exc)},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        servers = self.ice_servers_for(peer)
+        return web.json_response(
+            {"iceServers": [s.to_json() for s in servers]}, headers={"Cache-Control": "no-store"}
+        )
 
     async def handle_index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
 
     # -- WebSocket --------------------------------------------------------------
-    async def handle_ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        headers = request.headers
+        address = client_address(
+            request.remote, headers.get("X-Forwarded-For"), self.config.trust_proxy
+        )
+        origin = headers.get("Origin")
+        if not self.origins.admits(origin, request.host):
+            return self._refuse(Refusal.ORIGIN, address, f"origin {origin!r} is not allowed")
+        refusal = self.ip_gate.open(address, time.monotonic())
+        if refusal is not None:
+            return self._refuse(refusal, address, "too many connections from your address")
+        try:
+            return await self._serve_ws(request, address)
+        finally:
+            self.ip_gate.close(address)
+
+    def _refuse(self, reason: Refusal, address: str, text: str) -> web.Response:
+        self.metrics.refused[reason] += 1
+        log.info("refused a WebSocket from %s: %s", address, reason)
+        if reason is Refusal.ORIGIN:
+            return web.Response(status=403, text=text + "\n")
+        # Connections free up as they close; a minute's attempts, within a minute.
+        retry = "5" if reason is Refusal.IP_CONNECTIONS else "30"
+        return web.Response(status=429, text=text + "\n", headers={"Retry-After": retry})
+
+    async def _serve_ws(self, request: web.Request, address: str) -> web.WebSocketResponse:
         limits = self.limits
         ws = web.WebSocketResponse(
             autoping=False,
@@ -322,8 +392,14 @@ class SignalingServer:
             return ws
         loop = asyncio.get_running_loop()
         room_param = request.query.get("room") or None
-        session = Session(limits, loop.time(), RoomId(room_param) if room_param else None)
+        session = Session(
+            limits,
+            loop.time(),
+            RoomId(room_param) if room_param else None,
+            request.query.get("token") or None,
+        )
         conn = Connection(ws, request, limits, self.metrics)
+        conn.address = address
         self.connections.add(conn)
         self.metrics.connections_total += 1
         join_timer = loop.call_later(limits.join_timeout, self._join_timed_out, conn, session)
@@ -407,8 +483,22 @@ class SignalingServer:
                 return LeaveReason.DROPPED
 
     async def _join(self, conn: Connection, session: Session, request: JoinRequest) -> None:
-        join = request.join
-        outcome = await self.registry.join(request.room, join, conn)
+        admitted = authorize(request, self.verifier, time.time())
+        if isinstance(admitted, Reply):
+            session.closed()
+            conn.send_error(admitted.error)
+            conn.end(admitted.close or CloseCode.BAD_JOIN, LeaveReason.CLOSED)
+            # Client-chosen names in repr(): control characters cannot forge log lines.
+            log.info(
+                "refused a join of room %r from %s: %s",
+                request.room,
+                conn.address,
+                admitted.error.message,
+            )
+            return
+        join = admitted.join
+        ice_servers = self.ice_servers_for(join.peer_id)
+        outcome = await self.registry.join(admitted.room, join, conn, ice_servers)
         if isinstance(outcome, Refused):
             session.closed()  # a join sent right behind this one must not get in
             conn.send_error(Error(outcome.code, outcome.message))

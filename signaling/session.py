@@ -8,7 +8,7 @@ Size and rate limits live here so they are tested without sockets or clocks.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import NamedTuple
 
@@ -48,11 +48,18 @@ class Limits:
     burst: int = 200
     #: Messages waiting to be sent to one client before it is dropped as too slow.
     send_queue: int = 512
+    #: Open WebSockets per client address (0: no cap); more get HTTP 429.
+    ip_connections: int = 50
+    #: New WebSockets per client address per minute (0: no cap); more get HTTP 429.
+    ip_connects_per_minute: int = 120
 
     def __post_init__(self) -> None:
         for name in ("max_frame_bytes", "max_peers", "burst", "send_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("ip_connections", "ip_connects_per_minute"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (no cap) or more, got {getattr(self, name)}")
         for name in ("join_timeout", "heartbeat", "probe_timeout", "rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -107,10 +114,13 @@ def error_reply(code: ErrorCode, message: str, close: CloseCode | None = None) -
 
 
 class Session:
-    def __init__(self, limits: Limits, now: float, room: RoomId | None = None) -> None:
+    def __init__(
+        self, limits: Limits, now: float, room: RoomId | None = None, token: str | None = None
+    ) -> None:
         self.limits = limits
         self.phase = Phase.AWAITING_JOIN
         self.url_room = room
+        self.url_token = token
         self.peer_id: PeerId | None = None
         self.room: RoomId | None = None
         # The token bucket's parameters, read once: _admit runs for every frame.
@@ -190,7 +200,7 @@ class Session:
             return error_reply(exc.code, exc.message)
         if self.phase is Phase.AWAITING_JOIN:
             if isinstance(message, Join):
-                return JoinRequest(message, message.room or self.url_room or DEFAULT_ROOM)
+                return self._join_request(message)
             return error_reply(ErrorCode.NOT_JOINED, "send 'join' before any other message")
         if isinstance(message, Join):
             return error_reply(ErrorCode.ALREADY_JOINED, f"already joined as '{self.peer_id}'")
@@ -199,6 +209,18 @@ class Session:
                 ErrorCode.RESERVED_TYPE, f"'{_type_of(text)}' messages come from the server only"
             )
         return self._forward(message.type, message.sender, message.to, text)
+
+    def _join_request(self, join: Join) -> JoinRequest | Reply:
+        """The join with its room and token resolved (its own, else the URL's)."""
+        token = join.token or self.url_token
+        if not join.peer_id and token is None:  # with a token, the ID may come from it
+            self.phase = Phase.CLOSED
+            return error_reply(
+                ErrorCode.BAD_MESSAGE, "'join' message needs a 'peerId' string", CloseCode.BAD_JOIN
+            )
+        if token != join.token:
+            join = replace(join, token=token)
+        return JoinRequest(join, join.room or self.url_room or DEFAULT_ROOM)
 
     def _forward(
         self, kind: str, claimed: PeerId | None, to: PeerId | None, text: str

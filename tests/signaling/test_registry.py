@@ -4,9 +4,11 @@ replace LocalRegistry: a registry that offers nothing but the interface still se
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from aiohttp import web
 
+from signaling.ice import IceServer
 from signaling.protocol import Join, PeerId, RoomId
 from signaling.registry import LocalRegistry, Outbox, Registry
 from signaling.rooms import Accepted, Refused
@@ -26,10 +28,10 @@ class InterfaceOnly:
         self.calls: Counter[str] = Counter()
 
     async def join(
-        self, room: RoomId, join: Join, outbox: Outbox
+        self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer] = ()
     ) -> Accepted[Outbox] | Refused[Outbox]:
         self.calls["join"] += 1
-        return await self._inner.join(room, join, outbox)
+        return await self._inner.join(room, join, outbox, ice_servers)
 
     async def leave(self, room: RoomId, peer: PeerId, outbox: Outbox) -> None:
         self.calls["leave"] += 1
