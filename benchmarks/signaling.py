@@ -137,6 +137,11 @@ def server_command(name: str, port: int, settings: Settings) -> tuple[list[str],
             # the bounded send queue instead.
             "--heartbeat",
             "120",
+            # Every load-generator client comes from 127.0.0.1: no per-address caps.
+            "--ip-connections",
+            "0",
+            "--ip-connects-per-minute",
+            "0",
         ]
         return command, env
     env.update(BIND_HOST="127.0.0.1", PORT=str(port))
