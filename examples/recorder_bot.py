@@ -1,11 +1,15 @@
 """Recorder bot: joins a room without sending anything and records every peer to its own file.
 
 python examples/recorder_bot.py ws://127.0.0.1:8080/ws lobby recordings/
+
+On a server run with --auth-secret-file, give it a token for the ID "recorder":
+export MESHPEER_TOKEN=$(meshpeer token --secret-file FILE --room lobby --id recorder)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -13,11 +17,16 @@ from peer.agent import Agent
 from peer.events import PeerJoined, PeerLeft
 from peer.media.recorder import Recorder
 
+#: The access token of a server that requires one (meshpeer token ... --id recorder).
+TOKEN = os.environ.get("MESHPEER_TOKEN") or None
+
 
 async def main(url: str, room: str, folder: str) -> None:
     recorder = Recorder(Path(folder))
     try:
-        async with Agent(url, room=room, peer_id="recorder", recorder=recorder) as agent:
+        async with Agent(
+            url, room=room, peer_id="recorder", token=TOKEN, recorder=recorder
+        ) as agent:
             async for event in agent.events():
                 if isinstance(event, PeerJoined | PeerLeft):
                     print(event)

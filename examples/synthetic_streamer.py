@@ -1,16 +1,23 @@
 """Synthetic streamer: sends a 1280x720 test pattern and a tone to everyone in the room.
 
 python examples/synthetic_streamer.py ws://127.0.0.1:8080/ws lobby
+
+On a server run with --auth-secret-file, give it a token for the ID "streamer":
+export MESHPEER_TOKEN=$(meshpeer token --secret-file FILE --room lobby --id streamer)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from peer.agent import Agent
 from peer.events import StatsReport
 from peer.media.sources import VideoSettings, open_local_media
+
+#: The access token of a server that requires one (meshpeer token ... --id streamer).
+TOKEN = os.environ.get("MESHPEER_TOKEN") or None
 
 
 async def main(url: str, room: str) -> None:
@@ -18,7 +25,7 @@ async def main(url: str, room: str) -> None:
         "synthetic", "tone", label="streamer", settings=VideoSettings(1280, 720, 30)
     )
     try:
-        async with Agent(url, room=room, peer_id="streamer", media=media) as agent:
+        async with Agent(url, room=room, peer_id="streamer", token=TOKEN, media=media) as agent:
             async for event in agent.events():
                 if isinstance(event, StatsReport):
                     print(" | ".join(s.line() for s in event.peers) or "waiting for viewers")

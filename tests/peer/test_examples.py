@@ -14,9 +14,12 @@ import pytest
 
 from peer.agent import Agent
 from peer.media.sources import VideoSettings, open_local_media
+from peer.signaling_client import JoinRefused
+from signaling.auth import mint_token
 from signaling.protocol import PeerId
+from signaling.server import ServerConfig
 from tests.peer.helpers import frames_from, wait_for
-from tests.support import RunningServer, seconds
+from tests.support import RunningServer, running_server, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +99,19 @@ async def test_recorder_bot_records_everyone(server: RunningServer, tmp_path: Pa
 
 def files_in(folder: Path) -> list[Path]:
     return list(folder.iterdir())
+
+
+async def test_the_bots_take_a_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a server that requires tokens: with MESHPEER_TOKEN the bot gets in, without it not."""
+    secret = b"t" * 32
+    config = ServerConfig(auth_secret=secret)
+    async with running_server(config) as server:
+        monkeypatch.delenv("MESHPEER_TOKEN", raising=False)
+        with pytest.raises(JoinRefused, match="auth-required"):
+            await load("echo_bot").main(server.ws_url, "lobby")
+        monkeypatch.setenv("MESHPEER_TOKEN", mint_token(secret, "lobby", "echo"))
+        echo = asyncio.create_task(load("echo_bot").main(server.ws_url, "lobby"))
+        try:
+            await wait_for(lambda: server.server.registry.counts() == (1, 1), 10, "the bot's join")
+        finally:
+            await stop(echo)
