@@ -283,7 +283,23 @@ class PeerLink:
             first_frame_s=round(first - joined_at, 4) if first is not None else None,
             steps=tuple((name, round(at - joined_at, 4)) for name, at in steps.items()),
             role=str(self.role),
+            route=self.route(),
         )
+
+    def route(self) -> str:
+        """``"<local>-<remote>"`` candidate types of the pair carrying media (``relay-host``:
+        we send through our TURN relay), or "" before ICE has chosen one.
+
+        aiortc's stats have no candidate pairs, so this reads aioice's nominated pair
+        (``RTCIceTransport._connection._nominated``); tests/net pins it on a real relay.
+        """
+        for transceiver in self.pc.getTransceivers():
+            dtls = transceiver.sender.transport or transceiver.receiver.transport
+            connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+            nominated = getattr(connection, "_nominated", None) or {}
+            for pair in nominated.values():
+                return f"{pair.local_candidate.type}-{pair.remote_candidate.type}"
+        return ""
 
     async def close(self) -> None:
         """Close the connection, stop its taps and the relay copies of our tracks."""

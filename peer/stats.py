@@ -67,6 +67,9 @@ class PeerStats:
     #: remote-description, connected, first-video-frame), seconds since our join.
     steps: tuple[tuple[str, float], ...] = ()
     role: str = ""  # "offerer" or "answerer": who made this connection's offer
+    #: Candidate types of the pair in use, local-remote: "host-host", "relay-host" (through
+    #: our TURN relay), "srflx-prflx" ...; "" until ICE has chosen.
+    route: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -78,9 +81,10 @@ class PeerStats:
     def line(self) -> str:
         """Compact status text: ``bob connected 12ms 640/610kbps 30.0fps lost 0``."""
         rtt = f"{self.rtt_ms:.0f}ms" if self.rtt_ms is not None else "-ms"
+        via = " via TURN" if "relay" in self.route else ""
         return (
-            f"{self.peer} {self.state} {rtt} in {self.kbps_in:.0f}/out {self.kbps_out:.0f} kbps "
-            f"{self.fps_in:.1f}fps lost {self.packets_lost}"
+            f"{self.peer} {self.state}{via} {rtt} in {self.kbps_in:.0f}/out "
+            f"{self.kbps_out:.0f} kbps {self.fps_in:.1f}fps lost {self.packets_lost}"
         )
 
 

@@ -45,6 +45,9 @@ async def test_three_agents_full_mesh_then_one_leaves(server: RunningServer) -> 
         stats = {s.peer: s for s in await bob.stats()}
         assert set(stats) == {"alice", "carol"}
         assert stats[PeerId("alice")].frames_in > 0
+        # Loopback, no ICE servers: straight between host candidates.
+        assert {s.route for s in stats.values()} <= {"host-host", "host-prflx", "prflx-host"}
+        assert all(s.route and "relay" not in s.route for s in stats.values())
 
         carol_tasks = {t for t in _other_tasks() if "carol" in t.get_name()}
         assert carol_tasks, "the taps of carol's tracks run as named tasks"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -49,6 +49,11 @@ def test_peer_stats_json_and_line() -> None:
     s = PeerStats(PeerId("bob"), LinkState.CONNECTED, 3.2, 600, 650, 29.9, 300, 500, 1, 0, 0.11)
     assert s.to_json()["state"] == "connected"
     assert s.line() == "bob connected 3ms in 600/out 650 kbps 29.9fps lost 1"
+    relayed = PeerStats(PeerId("b"), LinkState.CONNECTED, None, 1, 2, 3.0, 4, 5, 0, 0, None)
+    assert "via TURN" not in relayed.line()
+    relayed = replace(relayed, route="relay-host")
+    assert relayed.line().startswith("b connected via TURN ")
+    assert relayed.to_json()["route"] == "relay-host"
 
 
 async def test_event_queue_drops_oldest_when_full() -> None:
