@@ -3,30 +3,36 @@
 
 import { openLocalMedia } from "./media.js";
 import { closeText, serverErrorText } from "./messages.js";
-import { pageUrl, readParams, signalingUrl } from "./params.js";
-import { PeerLink } from "./peer.js";
+import { configUrl, inviteUrl, pageUrl, readParams, signalingUrl } from "./params.js";
+import { PeerLink, usableIceServers } from "./peer.js";
 import { SignalingClient } from "./signaling.js";
 import { View } from "./ui.js";
 
-/** Codes after which this page cannot be in the room under this name: ask for another one. */
-const REFUSALS = new Set(["id-taken", "room-full", "bad-resume-token"]);
+/** Codes after which this page cannot be in the room under this name (or with this
+ * invitation): the dialog says why instead of the close code's generic text. */
+const REFUSALS = new Set([
+  "id-taken",
+  "room-full",
+  "bad-resume-token",
+  "auth-required",
+  "token-expired",
+  "invalid-token",
+]);
 /** A failed connection we offered is offered again (new RTCPeerConnection) this many times. */
 const MAX_REOFFERS = 3;
 
-function inviteUrl(href, room) {
-  const url = new URL(href);
-  url.search = room ? `?${new URLSearchParams({ room })}` : "";
-  url.hash = "";
-  return url.toString();
-}
-
-async function loadIceServers() {
-  // None by default: on a LAN or offline, host candidates are all there is.
+/**
+ * The ICE servers /config.json names, [] when none. None by default: on a LAN or offline,
+ * host candidates are all there is. A server with access tokens answers 401 without ours;
+ * that, or any failure, only means "none from here": the peer-list may still bring some,
+ * and a refused join explains itself.
+ */
+async function loadIceServers(token) {
   try {
-    const response = await fetch("config.json", { cache: "no-store" });
+    const response = await fetch(configUrl(location.href, token), { cache: "no-store" });
     if (!response.ok) return [];
     const config = await response.json();
-    return Array.isArray(config.iceServers) ? config.iceServers : [];
+    return usableIceServers(config?.iceServers);
   } catch {
     return [];
   }
@@ -41,7 +47,9 @@ class RoomPage {
     this.links = new Map(); // peerId -> PeerLink
     this.reoffers = new Map(); // peerId -> attempts since the last working connection
     this.local = null;
-    this.iceServers = [];
+    this.configIceServers = []; // from /config.json
+    this.iceServers = []; // what new connections use: the latest peer-list's, or the above
+    this.iceSource = "config.json";
     this.signaling = null;
     this.joined = false;
     this.left = false;
@@ -51,12 +59,14 @@ class RoomPage {
   async start() {
     const { view } = this;
     view.setIdentity(this.peerId, this.room);
+    this.#showInvite(); // before joining too: this page's own address may carry our token
     view.setStatus("starting", this.params.watch ? "Joining to watch…" : "Starting camera…");
     const [local, iceServers] = await Promise.all([
       openLocalMedia({ watch: this.params.watch }),
-      loadIceServers(),
+      loadIceServers(this.params.token),
     ]);
     this.local = local;
+    this.configIceServers = iceServers;
     this.iceServers = iceServers;
     view.showLocal(local);
     if (local.problem) view.notice("camera", local.problem, { level: "warning" });
@@ -66,6 +76,7 @@ class RoomPage {
     const signaling = new SignalingClient(signalingUrl(location.href), {
       peerId: this.peerId,
       room: this.room,
+      token: this.params.token,
     });
     this.signaling = signaling;
     signaling.addEventListener("joined", (e) => this.#joined(e.detail));
@@ -89,11 +100,16 @@ class RoomPage {
   }
 
   // -- signaling events -----------------------------------------------------------
-  #joined({ peers, room, resumed }) {
+  #joined({ peers, room, resumed, iceServers }) {
     this.joined = true;
     this.room = room;
+    // The server's per-peer list (time-limited TURN credentials) replaces /config.json's for
+    // every connection made from now on; each rejoin brings fresh credentials. The links
+    // are all made afresh below, so none keeps credentials from an earlier join.
+    this.iceSource = iceServers ? "peer-list" : "config.json";
+    this.iceServers = iceServers ? usableIceServers(iceServers) : this.configIceServers;
     this.view.setIdentity(this.peerId, room);
-    this.view.setInvite(inviteUrl(location.href, this.params.room));
+    this.#showInvite();
     this.view.setStatus("joined", "In the room");
     this.view.clearNotice("connection");
     // A rejoin is a new arrival for the others (they saw us leave): start every link afresh.
@@ -170,6 +186,12 @@ class RoomPage {
     const text = everJoined ? closeText(code) : "Cannot reach the meshpeer server. Retrying…";
     this.view.setStatus("reconnecting", "Reconnecting…");
     this.view.notice("connection", text, { level: "warning" });
+  }
+
+  /** With a token, the room's address alone would only meet "needs an invitation link",
+   * and ours must not be passed on: each person needs their own invitation. */
+  #showInvite() {
+    this.view.setInvite(this.params.token ? null : inviteUrl(location.href, this.params.room));
   }
 
   // -- peer links ----------------------------------------------------------------
@@ -274,7 +296,12 @@ class RoomPage {
       event.preventDefault();
       const peerId = document.getElementById("join-id").value.trim();
       const room = document.getElementById("join-room").value.trim();
-      location.assign(pageUrl(location.href, { room, peerId }));
+      const sameRoom = (room || "default") === (this.room ?? "default");
+      if (peerId === this.peerId && sameRoom) {
+        location.reload(); // this page's own address, with its invitation if it has one
+      } else {
+        location.assign(pageUrl(location.href, { room, peerId })); // an invitation cannot follow
+      }
     };
     for (const id of ["leave", "toggle-camera", "toggle-mic"]) {
       document.getElementById(id).disabled = true;
@@ -297,6 +324,7 @@ class RoomPage {
       peers,
       sending: { audio: Boolean(this.local?.audio), video: Boolean(this.local?.video) },
       iceServers: this.iceServers,
+      iceSource: this.iceSource,
       joinSentAt: this.signaling?.joinSentAt ?? null,
       firstFrameAt: Object.fromEntries(this.view.firstFrameAt),
       times,

@@ -10,6 +10,12 @@ export function serverErrorText(code, message, { peerId, room }) {
       return `Room “${roomName}” is full. Try again later or pick another room.`;
     case "bad-resume-token":
       return `Someone else took the name “${peerId}” while you were disconnected. Pick another name.`;
+    case "auth-required":
+      return `This room needs an invitation link. Ask whoever runs it for your own link to room “${roomName}” and open that.`;
+    case "token-expired":
+      return "Your invitation link has expired. Ask for a new one and open it.";
+    case "invalid-token":
+      return `Your invitation link is not valid for room “${roomName}” under the name “${peerId}”. Open the link exactly as you got it, or ask for a new one.`;
     case "join-timeout":
       return "The server waited too long for this page to join. Reload the page to try again.";
     case "rate-limited":
@@ -25,10 +31,16 @@ export function serverErrorText(code, message, { peerId, room }) {
   }
 }
 
-/** Close codes after which reconnecting cannot help (the server said why in an error frame). */
-export const FINAL_CLOSE_CODES = new Set([4400, 4401, 4403, 4408, 4409, 4410]);
+/** Close codes after which reconnecting cannot help (the server said why in an error frame).
+ * 4407: the invitation (token) was refused; only opening a new link can help. */
+export const FINAL_CLOSE_CODES = new Set([4400, 4401, 4403, 4407, 4408, 4409, 4410]);
+
+/** Error codes that end this page's attempts even if the close that follows is not one of
+ * the above (a proxy or a dropped link turns it into 1006): the same token fails again. */
+export const FINAL_ERROR_CODES = new Set(["auth-required", "token-expired", "invalid-token"]);
 
 export function closeText(code) {
+  if (code === 4407) return "The server did not accept this page's invitation link. Ask for a new one.";
   if (code === 4410) return "This name joined the room again from another page, so this page stopped.";
   if (code === 4508) return "The connection to the server was too slow and was dropped. Reconnecting…";
   if (code === 1001) return "The server is restarting. Reconnecting…";

@@ -18,6 +18,25 @@ export function fingerprint(sdp) {
   return match ? match[1].toLowerCase() : null;
 }
 
+/**
+ * The entries of `servers` (RTCIceServer dictionaries from the server) that this browser
+ * accepts. One bad entry (a TURN URL without credentials, an unknown scheme) would make every
+ * RTCPeerConnection constructor throw, so each is tried alone in a throwaway connection
+ * (nothing is gathered before an offer) and dropped with a console warning if refused.
+ */
+export function usableIceServers(servers) {
+  if (!Array.isArray(servers)) return [];
+  return servers.filter((server) => {
+    try {
+      new RTCPeerConnection({ iceServers: [server] }).close();
+      return true;
+    } catch (error) {
+      console.warn("meshpeer: ignoring an ICE server this browser refuses", server, error);
+      return false;
+    }
+  });
+}
+
 /** What the page shows for an RTCPeerConnection.connectionState. */
 function linkState(connectionState) {
   switch (connectionState) {

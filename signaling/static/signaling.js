@@ -1,7 +1,7 @@
 // The WebSocket side: join, hand every frame to the page, rejoin with the resume token
 // after a dropped connection.
 
-import { FINAL_CLOSE_CODES } from "./messages.js";
+import { FINAL_CLOSE_CODES, FINAL_ERROR_CODES } from "./messages.js";
 
 const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
 /** The server probes a taken ID's holder and frees it within ~2 s if it is dead (e.g. our
@@ -11,7 +11,10 @@ const ID_TAKEN_CLOSE = 4409;
 
 /**
  * Events (all CustomEvent, the payload in `detail`):
- *   "joined"     {peers, room, resumed}   after every accepted join (peer-list)
+ *   "joined"     {peers, room, resumed, iceServers}
+ *                                          after every accepted join (peer-list); iceServers:
+ *                                          the server's RTCIceServer list for this peer (fresh
+ *                                          TURN credentials each time), null when it sent none
  *   "message"    the parsed frame          offer/answer/candidate/peer-joined/peer-left/...
  *   "server-error" {code, message}         an `error` frame
  *   "disconnected" {code, final, everJoined, nameCheck}
@@ -19,11 +22,17 @@ const ID_TAKEN_CLOSE = 4409;
  *                                          nameCheck: our ID was taken, asking again once
  */
 export class SignalingClient extends EventTarget {
-  constructor(url, { peerId, room }) {
+  /**
+   * @param {string} url ws:// or wss:// address of the server
+   * @param {{peerId: string, room: string|null, token?: string|null}} options token: the
+   *   invitation (JWT) sent in every join, the first and each rejoin, when the page has one
+   */
+  constructor(url, { peerId, room, token = null }) {
     super();
     this.url = url;
     this.peerId = peerId;
     this.room = room;
+    this.token = token;
     this.resumeToken = null;
     this.joinedOnce = false;
     this.ws = null;
@@ -31,6 +40,8 @@ export class SignalingClient extends EventTarget {
     this.attempt = 0;
     this.retryTimer = null;
     this.takenRetried = false;
+    /** The server refused our invitation: no retry can succeed, whatever the close code says. */
+    this.refusedForGood = false;
     this.joinSentAt = null; // epoch ms of the latest join, for timing first frames
   }
 
@@ -42,6 +53,7 @@ export class SignalingClient extends EventTarget {
       const join = { type: "join", peerId: this.peerId };
       if (this.room) join.room = this.room;
       if (this.resumeToken) join.resumeToken = this.resumeToken;
+      if (this.token) join.token = this.token;
       this.joinSentAt = performance.timeOrigin + performance.now();
       ws.send(JSON.stringify(join));
     });
@@ -83,8 +95,10 @@ export class SignalingClient extends EventTarget {
       const resumed = this.joinedOnce;
       this.joinedOnce = true;
       const peers = Array.isArray(message.peers) ? message.peers : []; // the Go server omits []
-      this.#emit("joined", { peers, room: this.room, resumed });
+      const iceServers = Array.isArray(message.iceServers) ? message.iceServers : null;
+      this.#emit("joined", { peers, room: this.room, resumed, iceServers });
     } else if (message.type === "error") {
+      if (FINAL_ERROR_CODES.has(message.code)) this.refusedForGood = true;
       this.#emit("server-error", { code: message.code, message: message.message });
     } else {
       this.#emit("message", message);
@@ -95,7 +109,8 @@ export class SignalingClient extends EventTarget {
     if (ws !== this.ws) return;
     const nameCheck =
       code === ID_TAKEN_CLOSE && !this.stopped && !this.joinedOnce && !this.takenRetried;
-    const final = !nameCheck && (this.stopped || FINAL_CLOSE_CODES.has(code));
+    const final =
+      !nameCheck && (this.stopped || this.refusedForGood || FINAL_CLOSE_CODES.has(code));
     this.#emit("disconnected", { code, final, everJoined: this.joinedOnce, nameCheck });
     if (final) {
       this.stopped = true;

@@ -52,8 +52,17 @@ export class View {
     this.doc.title = `${room ?? "default"} · meshpeer`;
   }
 
-  /** The address others open to join this room (without our ID: theirs must differ). */
+  /**
+   * The address others open to join this room (without our ID: theirs must differ). Null
+   * when the room needs invitations: each person needs their own link, which we cannot make.
+   */
   setInvite(url) {
+    if (!url) {
+      this.emptyEl.replaceChildren(
+        "Nobody else is here yet. Each person joins this room with their own invitation link; keep yours to yourself, it lets its holder join as you.",
+      );
+      return;
+    }
     const link = element("a", { href: url, textContent: url });
     this.emptyEl.replaceChildren("Nobody else is here yet. Invite others with this address: ", link);
   }

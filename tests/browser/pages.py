@@ -173,11 +173,17 @@ async def open_room_page(
     peer_id: str,
     room: str | None = None,
     page: Page | None = None,
+    token: str | None = None,
+    send_id: bool = True,
 ) -> RoomPage:
+    """Open the page as ``peer_id``; ``token`` adds ``?token=``, ``send_id=False`` leaves
+    ``?id=`` out (the page then takes its name from the token, or makes one up)."""
     page = page or await context.new_page()
-    params = {"id": peer_id}
+    params = {"id": peer_id} if send_id else {}
     if room is not None:
         params["room"] = room
+    if token is not None:
+        params["token"] = token
     room_page = RoomPage(page, peer_id)
     page.on("console", lambda msg: room_page.console.append(f"{msg.type}: {msg.text}"))
     page.on("pageerror", lambda exc: room_page.console.append(f"pageerror: {exc}"))

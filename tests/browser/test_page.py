@@ -241,7 +241,13 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
             };
         }"""
     )
-    assert result["full"] == {"room": "lobby", "peerId": "ann", "chosenId": True, "watch": True}
+    assert result["full"] == {
+        "room": "lobby",
+        "peerId": "ann",
+        "chosenId": True,
+        "watch": True,
+        "token": None,
+    }
     assert result["bare"]["room"] is None and not result["bare"]["chosenId"]
     assert result["bare"]["peerId"].startswith("guest-")
     assert result["off"] is False
