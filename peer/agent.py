@@ -49,6 +49,7 @@ from peer import mesh
 from peer.errors import MeshpeerError
 from peer.events import Event, EventQueue, Kind, RemoteTrack
 from peer.ice import IceServer, arrange, parse_ice_server, rtc_configuration
+from peer.ice_probe import Check, IceProbe, Verdict
 from peer.link import PeerLink
 from peer.mesh import Action, LinkState, Role
 from peer.signaling_client import SignalingClient
@@ -153,6 +154,8 @@ class Agent:
         self._handed_servers: tuple[IceServer, ...] = ()
         #: Failed connections per peer since the last one that worked: picks the TURN URL.
         self._failures: dict[PeerId, int] = {}
+        #: Connections use only servers that answered a check (never wait on a dead one).
+        self._probe = IceProbe(self._ice_verdict)
         self._consumers: list[FrameConsumer] = list(consumers)
         if recorder is not None:
             self._consumers.append(recorder)
@@ -213,6 +216,7 @@ class Agent:
             for track in (self.media.video, self.media.audio):
                 if track is not None:
                     self._relays.append((MediaRelay(), track))
+        self._probe.check(self._own_servers)  # while signaling connects
         await self._signaling.connect()
         if self.stats_interval:
             self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop())
@@ -236,6 +240,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
         await self._signaling.close()
+        await self._probe.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -387,6 +392,7 @@ class Agent:
         if self.in_room_at is None:
             self.in_room_at = time.monotonic()
         self._handed_servers = peer_list.ice_servers
+        self._probe.check(self._handed_servers)
         peers = tuple(p for p in peer_list.peers if p != self.peer_id)
         self._emit(ev.Joined(peers, rejoin))
         new = [p for p in peers if p not in self.members]
@@ -467,6 +473,19 @@ class Agent:
                 self.peer_left_grace, self._grace_over, peer
             )
 
+    def _ice_verdict(self, server: IceServer, check: Check) -> None:
+        """A server check ended: report a bad one; offer again where a good one was missing."""
+        if check.verdict is not Verdict.OK:
+            log.warning("ICE server %s: %s; connections go without it", server.url, check.detail)
+            self._emit(ev.IceServerProblem(server.url, check.detail))
+            return
+        log.info("ICE server %s answered", server.url)
+        for peer, link in list(self.links.items()):
+            # Connections made while the check ran lack this server (a TURN relay may be the
+            # only way through): the side that offered them offers again, now with it.
+            if link.role is Role.OFFERER and link.state is not LinkState.CONNECTED:
+                self._schedule(peer, lambda p=peer: self._offer(p), "offer")  # type: ignore[misc]
+
     def _grace_over(self, peer: PeerId) -> None:
         self._grace.pop(peer, None)
         if peer not in self.members:
@@ -476,7 +495,9 @@ class Agent:
 
     def _new_link(self, peer: PeerId, role: Role) -> PeerLink:
         tracks = [relay.subscribe(track, buffered=False) for relay, track in self._relays]
-        servers = arrange(self._own_servers + self._handed_servers, self._failures.get(peer, 0))
+        known = self._own_servers + self._handed_servers
+        self._probe.check(known)  # those that failed a while ago get another chance
+        servers = arrange(self._probe.usable(known), self._failures.get(peer, 0))
         link = PeerLink(
             peer,
             role,

@@ -73,6 +73,15 @@ class ConnectionStateChanged:
 
 
 @dataclass(frozen=True)
+class IceServerProblem:
+    """A STUN/TURN server did not answer, or refused us (``reason`` says which): connections
+    go without it until it answers a later check."""
+
+    url: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class TrackReceived:
     peer: PeerId
     kind: Kind
@@ -115,6 +124,7 @@ Event: TypeAlias = (
     | PeerJoined
     | PeerLeft
     | ConnectionStateChanged
+    | IceServerProblem
     | TrackReceived
     | FirstFrame
     | StatsReport

@@ -82,6 +82,8 @@ def progress(peer_id: str) -> Callable[[ev.Event], None]:
                 say(f"[{peer_id}] {peer} left")
             case ev.ConnectionStateChanged(peer=peer, state=state):
                 say(f"[{peer_id}] connection to {peer}: {state}")
+            case ev.IceServerProblem(url=url, reason=reason):
+                say(f"[{peer_id}] ICE server {url}: {reason}; connections go without it")
             case ev.FirstFrame(peer=peer, kind=kind, seconds=seconds):
                 say(f"[{peer_id}] first {kind} frame from {peer} after {seconds:.3f} s")
             case ev.Failed(reason=reason):
