@@ -60,6 +60,7 @@ from signaling.protocol import (
     Candidate,
     Custom,
     Error,
+    IceServers,
     Message,
     Offer,
     PeerId,
@@ -438,6 +439,9 @@ class Agent:
             self._peer_joined(message.peer_id)
         elif isinstance(message, PeerLeft):
             self._peer_left(message.peer_id)
+        elif isinstance(message, IceServers):
+            self._handed_servers = message.ice_servers  # fresh TURN credentials
+            self._probe.check(self._handed_servers)
         elif isinstance(message, Custom):
             self._emit(ev.RoomMessage(message.sender, message.type, message.data))
         elif isinstance(message, Error):

@@ -42,11 +42,18 @@ class MessageType(StrEnum):
     ANSWER = "answer"
     CANDIDATE = "candidate"
     ERROR = "error"
+    ICE_SERVERS = "ice-servers"
 
 
 #: Types only the server may emit: a client sending them could fake a departure.
 SERVER_ONLY_TYPES = frozenset(
-    {MessageType.PEER_LIST, MessageType.PEER_JOINED, MessageType.PEER_LEFT, MessageType.ERROR}
+    {
+        MessageType.PEER_LIST,
+        MessageType.PEER_JOINED,
+        MessageType.PEER_LEFT,
+        MessageType.ERROR,
+        MessageType.ICE_SERVERS,
+    }
 )
 
 
@@ -136,6 +143,13 @@ class PeerLeft:
 
 
 @dataclass(frozen=True, slots=True)
+class IceServers:
+    """Extension: fresh TURN credentials, before those of the ``peer-list`` expire."""
+
+    ice_servers: tuple[IceServer, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     code: str  # a str, not ErrorCode: a client must survive codes it does not know
     message: str
@@ -195,7 +209,7 @@ class Custom(Routed):
     data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-Message: TypeAlias = Join | PeerList | PeerJoined | PeerLeft | Error | Routed
+Message: TypeAlias = Join | PeerList | PeerJoined | PeerLeft | IceServers | Error | Routed
 
 
 # ---------------------------------------------------------------------------
@@ -365,6 +379,8 @@ def parse_object(obj: dict[str, Any], raw: str = "") -> Message:
     if kind in (MessageType.PEER_JOINED, MessageType.PEER_LEFT):
         peer = _name(obj, "peerId", kind, required=True)
         return (PeerJoined if kind == MessageType.PEER_JOINED else PeerLeft)(PeerId(peer or ""))
+    if kind == MessageType.ICE_SERVERS:
+        return IceServers(ice_servers_from_json(obj.get("iceServers")))
     if kind == MessageType.ERROR:
         code, message = obj.get("code"), obj.get("message")
         return Error(str(code or ""), str(message or ""))
@@ -405,6 +421,8 @@ def serialize(message: Message) -> str:
             obj = {"type": "peer-joined", "peerId": peer_id}
         case PeerLeft(peer_id):
             obj = {"type": "peer-left", "peerId": peer_id}
+        case IceServers(ice_servers):
+            obj = {"type": "ice-servers", "iceServers": [s.to_json() for s in ice_servers]}
         case Error(code, text):
             obj = {"type": "error", "code": code, "message": text}
         case Custom():

@@ -23,7 +23,15 @@ from signaling.admission import IpGate, OriginPolicy, client_address
 from signaling.auth import TokenRefused, TokenVerifier, authorize
 from signaling.ice import IceServer
 from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, LeaveReason, Metrics, Refusal
-from signaling.protocol import CloseCode, Error, ErrorCode, PeerId, RoomId, serialize
+from signaling.protocol import (
+    CloseCode,
+    Error,
+    ErrorCode,
+    IceServers,
+    PeerId,
+    RoomId,
+    serialize,
+)
 from signaling.registry import LocalRegistry, Registry
 from signaling.rooms import Refused
 from signaling.session import Forward, JoinRequest, Limits, Phase, Reply, Session
@@ -132,6 +140,8 @@ class Connection:
         #: Our close frame is out; the reader ends the connection on the client's reply.
         self.close_sent = False
         self._close_timer: asyncio.TimerHandle | None = None
+        #: Sends fresh TURN credentials before those this peer holds expire.
+        self.ice_refresh: asyncio.TimerHandle | None = None
         self._ping_task: asyncio.Task[None] | None = None
         self.writer = self._loop.create_task(self._write_loop())
 
@@ -249,6 +259,8 @@ class Connection:
             self._transport.close()
 
     async def stop(self) -> None:
+        if self.ice_refresh is not None:
+            self.ice_refresh.cancel()
         if self._probe is not None:
             self._probe.cancel()
         if self._close_timer is not None:
@@ -507,6 +519,7 @@ class SignalingServer:
             return
         session.joined(join.peer_id, request.room)
         conn.peer_id, conn.room = join.peer_id, request.room
+        self._refresh_ice_later(conn)
         self.metrics.joins_total += 1
         log.info(
             "%s joined room %s (%d peers)%s",
@@ -515,6 +528,21 @@ class SignalingServer:
             len(outcome.peers) + 1,
             " resuming" if outcome.replaced is not None else "",
         )
+
+    def _refresh_ice_later(self, conn: Connection) -> None:
+        """At half their lifetime, send the peer fresh TURN credentials (``ice-servers``):
+        connections it makes later (someone joins in hour two) need valid ones."""
+        turn = self.config.turn
+        if turn is not None:
+            loop = asyncio.get_running_loop()
+            conn.ice_refresh = loop.call_later(turn.ttl / 2, self._refresh_ice, conn)
+
+    def _refresh_ice(self, conn: Connection) -> None:
+        peer = conn.peer_id
+        if peer is None or self.shutting_down:
+            return  # left
+        conn.push(serialize(IceServers(self.ice_servers_for(peer))))
+        self._refresh_ice_later(conn)
 
     async def _leave(self, conn: Connection, reason: LeaveReason) -> None:
         """End ``conn``'s membership once (its handler and shutdown may both ask)."""

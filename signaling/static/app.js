@@ -146,6 +146,14 @@ class RoomPage {
       case "candidate":
         if (from) this.links.get(from)?.receiveCandidate(message.candidate);
         break;
+      case "ice-servers":
+        // Fresh TURN credentials, sent before the peer-list's expire: for the connections
+        // made from now on (someone joining late in a long meeting). Live ones keep theirs.
+        if (Array.isArray(message.iceServers)) {
+          this.iceSource = "ice-servers";
+          this.iceServers = usableIceServers(message.iceServers);
+        }
+        break;
       default:
         break; // other applications' messages (chat, ...): not ours
     }

@@ -372,3 +372,46 @@ async def test_refusal_is_final_even_when_a_proxy_loses_the_close_code(
     assert len(routes) == 1
     assert auth_server.server.metrics.connections_total == 1
     assert await page.page.text_content("#status") == "Not in the room"
+
+
+async def test_fresh_turn_credentials_reach_connections_made_later(browser: Browser) -> None:
+    """A long meeting: before the peer-list's TURN credentials expire the server sends fresh
+    ones (``ice-servers``), and a connection made after that (a late joiner) uses them."""
+    minter = TurnMinter(TURN.urls, TURN.secret, ttl=4)  # refreshed every 2 s
+    config = ServerConfig(auth_secret=SECRET, turn=minter)
+    async with running_server(config) as server:
+        contexts = [await browser.new_context(viewport=DESKTOP) for _ in range(2)]
+        try:
+            early = await open_room_page(
+                contexts[0], server.http_url, peer_id="early", room="long",
+                token=token("early", "long"),
+            )  # fmt: skip
+            first = await early.wait_joined()
+            assert first["iceSource"] == "peer-list"
+            (first_turn,) = first["iceServers"]
+
+            async def refreshed() -> dict[str, Any] | None:
+                snap = await early.snapshot()
+                return snap if snap["iceSource"] == "ice-servers" else None
+
+            snap = await eventually(refreshed, seconds(6), "fresh TURN credentials")
+            (fresh,) = snap["iceServers"]
+            expiry = int(fresh["username"].split(":")[0])
+            assert expiry > int(first_turn["username"].split(":")[0])
+            assert fresh["credential"] != first_turn["credential"]
+            late = await open_room_page(
+                contexts[1], server.http_url, peer_id="late", room="long",
+                token=token("late", "long"),
+            )  # fmt: skip
+            await late.wait_joined()
+            await eventually(
+                lambda: early.page.evaluate("() => meshpeer.page.links.has('late')"),
+                seconds(10),
+                "the late joiner's connection",
+            )
+            used = await pc_ice_urls(early, "late")
+            (_, username), *_ = used
+            assert username is not None and int(username.split(":")[0]) >= expiry
+        finally:
+            for context in contexts:
+                await context.close()

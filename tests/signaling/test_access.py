@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
@@ -207,3 +208,38 @@ async def test_behind_a_trusted_proxy_the_forwarded_address_is_counted() -> None
             status = await ws_status(server.ws_url, {"X-Forwarded-For": "6.6.6.6, 2.2.2.2"})
             assert status == second_client_status, trust
             await one.close()
+
+
+async def test_fresh_turn_credentials_come_before_the_old_ones_expire() -> None:
+    # Nothing listens there: the agent's check of it just fails, quietly and quickly.
+    urls = (IceServer("turn:127.0.0.1:9?transport=udp"),)
+    minter = TurnMinter(urls, b"turn-secret", ttl=1.0)  # refreshed every 0.5 s
+    config = ServerConfig(limits=FAST_LIMITS, turn=minter)
+    async with running_server(config) as server, clients(server.ws_url) as peers:
+        alice = await peers.join("alice")
+        (first,) = alice.peer_list["iceServers"]
+        fresh = await alice.recv_type("ice-servers", within=3)
+        (turn,) = fresh["iceServers"]
+        assert turn["username"].endswith(":alice") and turn["urls"] == first["urls"]
+        expiry = int(turn["username"].split(":")[0])
+        assert abs(expiry - (time.time() + 1)) < 1.5
+        assert turn["credential"] == turn_credentials(b"turn-secret", "alice", expiry)[1]
+        await alice.recv_type("ice-servers", within=3)  # and again, as long as it stays
+        # Clients cannot send it (it would hand others a relay of the sender's choice).
+        await alice.send(type="ice-servers", iceServers=[])
+        await alice.recv_error("reserved-type")
+        # An agent uses the fresh ones for the connections it makes from then on.
+        from peer.agent import Agent
+
+        async with Agent(server.ws_url, peer_id="bot", stats_interval=None) as bot:
+            before = bot._handed_servers
+            deadline = time.monotonic() + 5
+            while bot._handed_servers == before:
+                assert time.monotonic() < deadline, "the agent kept the old credentials"
+                await asyncio.sleep(0.05)
+            assert bot._handed_servers[0].username != before[0].username
+
+
+async def test_no_refresh_without_turn(peers: Clients) -> None:
+    alice = await peers.join("alice")
+    await alice.expect_silence(0.3)
