@@ -487,7 +487,17 @@ class Agent:
         for peer, link in list(self.links.items()):
             # Connections made while the check ran lack this server (a TURN relay may be the
             # only way through): the side that offered them offers again, now with it.
-            if link.role is Role.OFFERER and link.state is not LinkState.CONNECTED:
+            if (
+                link.role is not Role.OFFERER
+                or link.state is LinkState.CONNECTED
+                or server in link.ice_servers
+            ):
+                continue
+            if link.state is LinkState.OFFERING:
+                # Its answer is on the way, and answers name no offer: a new offer now would
+                # take the old offer's answer. Apply that answer first, then offer again.
+                link.reoffer_when_answered = True
+            else:
                 self._schedule(peer, lambda p=peer: self._offer(p), "offer")  # type: ignore[misc]
 
     def _grace_over(self, peer: PeerId) -> None:
@@ -511,6 +521,7 @@ class Agent:
             on_state=self._link_state,
             on_track=self._link_track,
             always_send=self.always_send,
+            ice_servers=servers,
         )
         self.links[peer] = link
         return link
@@ -558,6 +569,8 @@ class Agent:
             log.warning("cannot apply the answer of %s: %s", peer, exc)
             return
         self._expect(peer, link)
+        if link.reoffer_when_answered:
+            self._schedule(peer, lambda: self._offer(peer), "offer")
 
     async def _candidate(self, peer: PeerId, message: Candidate) -> None:
         link = self.links.get(peer)

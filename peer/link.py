@@ -29,6 +29,7 @@ from peer.events import Kind
 from peer.media.tap import FrameConsumer, TrackTap
 from peer.mesh import LinkState, Role
 from peer.stats import Counters, PeerStats, counters_from_report, rates
+from signaling.ice import IceServer
 from signaling.protocol import IceCandidate, PeerId
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class PeerLink:
         on_state: Callable[[PeerLink], None],
         on_track: Callable[[PeerLink, Kind, MediaRelay, MediaStreamTrack], None],
         always_send: bool = False,
+        ice_servers: Sequence[IceServer] = (),
     ) -> None:
         self.remote = remote
         self.role = role
@@ -82,6 +84,10 @@ class PeerLink:
         self._closed = False
         self._sent_tracks = list(local_tracks)
         self._always_send = always_send
+        #: The STUN/TURN servers in ``config``: a server that answers later is not in here.
+        self.ice_servers = frozenset(ice_servers)
+        #: Offer again once the answer on its way has been applied (a server answered late).
+        self.reoffer_when_answered = False
         if role is Role.OFFERER:
             # Offer both kinds: what we have sendrecv, the rest recvonly (a receive-only bot
             # still gets everyone's media).

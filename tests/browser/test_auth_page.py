@@ -6,19 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, Response, Route, WebSocketRoute
+from playwright.async_api import Browser, Page, Response, Route, WebSocketRoute
 
 from signaling.auth import mint_token
 from signaling.ice import IceServer
 from signaling.server import ServerConfig
 from signaling.turn import TurnMinter
-from tests.browser.conftest import OpenPage
+from tests.browser.conftest import OpenPage, page_opener
 from tests.browser.pages import DESKTOP, RoomPage, artifacts_dir, eventually, open_room_page
 from tests.support import RunningServer, running_server, seconds
 
@@ -52,33 +52,9 @@ async def auth_server() -> AsyncIterator[RunningServer]:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def open_auth(browser: Browser, auth_server: RunningServer) -> AsyncIterator[OpenAuthPage]:
-    """``await open_auth("alice", room="r", token=...)``: a person in a fresh profile;
-    ``setup(page)`` runs before the page is loaded (to route or listen from the start)."""
-    contexts: list[BrowserContext] = []
-    pages: list[RoomPage] = []
-
-    async def open_(
-        peer_id: str,
-        room: str | None = None,
-        setup: Callable[[Page], Awaitable[None]] | None = None,
-        **kwargs: Any,
-    ) -> RoomPage:
-        context = await browser.new_context(viewport=DESKTOP)
-        contexts.append(context)
-        tab = await context.new_page()
-        if setup is not None:
-            await setup(tab)
-        page = await open_room_page(
-            context, auth_server.http_url, peer_id=peer_id, room=room, page=tab, **kwargs
-        )
-        pages.append(page)
-        return page
-
-    yield open_
-    for context in contexts:
-        await context.close()
-    crashes = [(p.peer_id, line) for p in pages for line in p.console if "pageerror" in line]
-    assert not crashes, crashes
+    """``await open_auth("alice", room="r", token=...)``: a person on the auth server."""
+    async with page_opener(browser, auth_server.http_url) as open_:
+        yield open_
 
 
 class Transcript:
