@@ -215,9 +215,12 @@ def _wait_listening(room: RelayRoom, probe_ns: str) -> None:
 
 
 @contextlib.contextmanager
-def relay_room(server_secret: str | None = None) -> Iterator[RelayRoom]:
-    """Two isolated clients; coturn and ``python -m signaling`` (one UDP --turn-url) in the
-    hub. ``server_secret`` (default: coturn's) is what the signaling server mints with."""
+def relay_room(
+    server_secret: str | None = None, transports: tuple[str, ...] = ("udp",)
+) -> Iterator[RelayRoom]:
+    """Two isolated clients; coturn and ``python -m signaling`` (a --turn-url per transport,
+    in that order) in the hub. ``server_secret`` (default: coturn's) is what the signaling
+    server mints with."""
     with (
         tempfile.TemporaryDirectory(prefix="meshpeer-relay-") as tmp,
         topology(2) as topo,
@@ -229,8 +232,10 @@ def relay_room(server_secret: str | None = None) -> Iterator[RelayRoom]:
         server_log = workdir / "server.log"
         argv = [
             PYTHON, "-m", "signaling", "--host", topo.service_addr, "--port", str(SIGNALING_PORT),
-            "--turn-url", turn.url("udp"), "--turn-secret-file", str(secret_file),
+            "--turn-secret-file", str(secret_file),
         ]  # fmt: skip
+        for transport in transports:
+            argv += ["--turn-url", turn.url(transport)]
         with server_log.open("wb") as log:
             server = topo.spawn(
                 topo.hub, argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -308,6 +313,51 @@ def test_two_agents_meet_through_the_relay() -> None:
         for me, _ in pairs:
             assert "Traceback" not in me.errors(), room.report()
         print(f"\nrelay: routes {routes}; first (video, audio) frame, s since join: {first}")
+
+
+def test_where_udp_is_blocked_the_agents_relay_over_tcp() -> None:
+    """A network that drops all UDP (some offices, hotels): the agents' checks find the UDP
+    TURN URL dead and the TCP one alive, so they relay over TCP from the first connection,
+    although the server lists UDP first (and aioice would use only that one)."""
+    with relay_room(transports=("udp", "tcp")) as room:
+        one, two = room.topo.clients
+        for client in (one, two):
+            # Silently, as a real firewall does: the hub drops every UDP packet from the
+            # client on arrival (a drop on the client's own output would be an error there).
+            table = f"mp_noudp_{client.hub_if}"
+            script = (
+                f"table netdev {table} {{\n chain in {{ type filter hook ingress device "
+                f'"{client.hub_if}" priority 0; meta l4proto udp drop; }}\n}}\n'
+            )
+            argv = ["ip", "netns", "exec", room.topo.hub, "nft", "-f", "-"]
+            completed = subprocess.run(argv, input=script, text=True, capture_output=True)
+            assert completed.returncode == 0, completed.stderr
+        alice = room.join(one.ns, "alice")
+        bob = room.join(two.ns, "bob")
+        pairs = ((alice, bob), (bob, alice))
+        _wait_until(
+            lambda: all(_relayed_and_flowing(me.latest(other.peer_id)) for me, other in pairs),
+            seconds(20),
+            "both agents connected through the relay over TCP",
+            room,
+        )
+        dead = f"ICE server {room.turn.url('udp')}: no answer within"
+        _wait_until(
+            lambda: all(dead in me.output() for me, _ in pairs),
+            seconds(5),
+            "both agents to report the UDP URL dead (after the check's 2 s)",
+            room,
+        )
+        for me, _ in pairs:
+            # Only relay-relay can work: each side's only candidate is its TCP-borne relay.
+            assert me.latest(_other(pairs, me).peer_id)["route"] == "relay-relay"  # type: ignore[index]
+        assert re.search(r"TCP socket|tcp", room.turn.log(), re.IGNORECASE)
+        first = {me.peer_id: me.first_frame_s(other.peer_id) for me, other in pairs}
+        print(f"\nUDP blocked: relayed over TCP, first video frame (s since join): {first}")
+
+
+def _other(pairs: tuple[tuple[AgentRun, AgentRun], ...], me: AgentRun) -> AgentRun:
+    return next(other for mine, other in pairs if mine is me)
 
 
 def test_wrong_turn_secret_is_reported_and_the_agents_still_leave_on_time() -> None:
