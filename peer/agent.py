@@ -490,7 +490,7 @@ class Agent:
             if (
                 link.role is not Role.OFFERER
                 or link.state is LinkState.CONNECTED
-                or server in link.ice_servers
+                or server.url in link.ice_urls  # fresh credentials for a URL it has: keep it
             ):
                 continue
             if link.state is LinkState.OFFERING:

@@ -84,8 +84,8 @@ class PeerLink:
         self._closed = False
         self._sent_tracks = list(local_tracks)
         self._always_send = always_send
-        #: The STUN/TURN servers in ``config``: a server that answers later is not in here.
-        self.ice_servers = frozenset(ice_servers)
+        #: The STUN/TURN URLs in ``config``: a server that answers later is not in here.
+        self.ice_urls = frozenset(server.url for server in ice_servers)
         #: Offer again once the answer on its way has been applied (a server answered late).
         self.reoffer_when_answered = False
         if role is Role.OFFERER:

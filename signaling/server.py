@@ -113,7 +113,12 @@ class Connection:
     """
 
     def __init__(
-        self, ws: web.WebSocketResponse, request: web.Request, limits: Limits, metrics: Metrics
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        limits: Limits,
+        metrics: Metrics,
+        address: str = "",
     ) -> None:
         self.ws = ws
         self.request = request
@@ -121,7 +126,7 @@ class Connection:
         self.metrics = metrics
         self.peer_id: PeerId | None = None
         self.room: RoomId | None = None
-        self.address = ""  # the client's address, as the per-address caps count it
+        self.address = address  # the client's, as the per-address caps count it
         self.reason: LeaveReason | None = None  # set when the server ends the connection
         self._queue: deque[str] = deque()
         self._transport = request.transport
@@ -278,7 +283,7 @@ def _bearer(value: str | None) -> str | None:
     if value is None:
         return None
     scheme, _, token = value.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 async def _revalidate_page(request: web.Request, response: web.StreamResponse) -> None:
@@ -410,8 +415,7 @@ class SignalingServer:
             RoomId(room_param) if room_param else None,
             request.query.get("token") or None,
         )
-        conn = Connection(ws, request, limits, self.metrics)
-        conn.address = address
+        conn = Connection(ws, request, limits, self.metrics, address)
         self.connections.add(conn)
         self.metrics.connections_total += 1
         join_timer = loop.call_later(limits.join_timeout, self._join_timed_out, conn, session)
