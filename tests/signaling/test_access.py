@@ -33,7 +33,7 @@ AUTH = ServerConfig(
 )
 
 
-def tok(room: str = "lobby", peer: str = "alice", ttl: float = 60, **claims: Any) -> str:
+def tok(room: str = "lobby", peer: str = "alice", ttl: float = 3600, **claims: Any) -> str:
     if claims:
         body = {"sub": peer, "room": room, "exp": int(time.time() + ttl), **claims}
         return jwt.encode(body, SECRET, algorithm="HS256")

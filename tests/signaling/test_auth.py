@@ -345,3 +345,118 @@ def test_ip_gate_forgets_idle_addresses() -> None:
         assert gate.open(address, float(i)) is None
         gate.close(address)
     assert len(gate) < 200  # addresses idle for a minute are pruned as new ones come
+
+
+# -- the server's check against PyJWT's, on random tokens ------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def assemble(header: Any, claims: Any, secret: bytes, alg: str = "sha256") -> str:
+    """A token from raw parts, signed like HS256 (whatever the header claims)."""
+    head = b64url(json.dumps(header).encode())
+    body = b64url(json.dumps(claims).encode())
+    digest = hmac.new(secret, f"{head}.{body}".encode(), alg).digest()
+    return f"{head}.{body}.{b64url(digest)}"
+
+
+def pyjwt_admits(text: str) -> bool:
+    """PyJWT's verdict with the same rules: HS256 only, sub/room/exp required, our times."""
+    try:
+        claims = jwt.decode(
+            text,
+            SECRET,
+            algorithms=["HS256"],
+            # Times against NOW, not the real clock: expected_ok below checks them.
+            options={
+                "require": ["sub", "room", "exp"],
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
+        )
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return False
+    return expected_ok(claims)
+
+
+def ours_admits(text: str) -> bool:
+    try:
+        VERIFIER.admit(text, RoomId("lobby"), PeerId("alice"), NOW)
+    except TokenRefused:
+        return False
+    return True
+
+
+headers = st.fixed_dictionaries(
+    {
+        "alg": st.one_of(
+            st.just("HS256"), st.sampled_from(["HS384", "hs256", "none", "RS256", "", 5, None])
+        )
+    },
+    optional={
+        "typ": st.sampled_from(["JWT", "jwt", 1]),
+        "kid": st.text(max_size=4),
+        "crit": st.just(["b64"]),
+        "b64": st.booleans(),
+        "jku": st.just("https://example.invalid/keys"),
+    },
+)
+
+
+def mutate(text: str, data: st.DataObject) -> str:
+    how = data.draw(
+        st.one_of(
+            st.just("none"), st.sampled_from(["char", "pad", "drop", "extra", "space", "swap"])
+        )
+    )
+    if how == "char" and text:
+        i = data.draw(st.integers(0, len(text) - 1))
+        return text[:i] + data.draw(st.sampled_from(list("A_-=.+/ é!"))) + text[i + 1 :]
+    if how == "pad":
+        return text + "=" * data.draw(st.integers(1, 3))
+    if how == "drop":
+        return text.rsplit(".", 1)[0]
+    if how == "extra":
+        return text + ".e30"
+    if how == "space":
+        return f" {text}"
+    if how == "swap":
+        head, body, sig = text.split(".") if text.count(".") == 2 else (text, "", "")
+        return f"{body}.{head}.{sig}"
+    return text
+
+
+#: Mostly valid claim sets, so that admissions are common enough to compare.
+near_valid = st.one_of(
+    claim_sets,
+    st.builds(
+        lambda extra: {**valid(), **extra},
+        st.fixed_dictionaries(
+            {}, optional={"exp": st.one_of(times, claim_values), "nbf": times, "iat": times}
+        ),
+    ),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(headers, near_valid, st.sampled_from([SECRET, b"x" * 32]), st.data())
+def test_the_server_never_admits_a_token_pyjwt_refuses(
+    header: dict[str, Any], claims: dict[str, Any], secret: bytes, data: st.DataObject
+) -> None:
+    """Random headers, claims, keys and corruptions: ours admits only what PyJWT admits,
+    and exactly what it admits for tokens of the canonical HS256 header."""
+    text = mutate(assemble(header, claims, secret), data)
+    ours, theirs = ours_admits(text), pyjwt_admits(text)
+    assert not ours or theirs, (header, claims, text)
+    if header.keys() <= {"alg", "typ", "kid"} and "=" not in text:
+        assert ours == theirs, (header, claims, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(claim_sets)
+def test_tokens_pyjwt_mints_are_judged_alike(claims: dict[str, Any]) -> None:
+    text = jwt.encode(claims, SECRET, algorithm="HS256")
+    assert ours_admits(text) == pyjwt_admits(text), claims
