@@ -133,8 +133,20 @@ Event: TypeAlias = (
 )
 
 
+#: Why a second reader is refused: each event is taken by one reader, so two would each
+#: miss what the other took (and one could wait forever).
+_ONE_READER = (
+    "this event stream already has a reader; each event goes to one reader only: "
+    "use agent.add_listener(callback) for a second consumer"
+)
+
+
 class EventQueue:
-    """Bounded: a full queue drops its oldest event and counts it in ``dropped``."""
+    """Bounded: a full queue drops its oldest event and counts it in ``dropped``.
+
+    One reader at a time: a second concurrent iterator (or ``get``) is refused with a
+    RuntimeError instead of silently splitting the events.
+    """
 
     def __init__(self, maxsize: int = 256) -> None:
         if maxsize < 1:
@@ -142,6 +154,7 @@ class EventQueue:
         self._items: deque[Event] = deque(maxlen=maxsize)
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._iterating = False
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -169,6 +182,8 @@ class EventQueue:
         while not self._items:
             if self._closed:
                 return None
+            if self._waiter is not None:
+                raise RuntimeError(_ONE_READER)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -177,5 +192,11 @@ class EventQueue:
         return self._items.popleft()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        while (event := await self.get()) is not None:
-            yield event
+        if self._iterating:
+            raise RuntimeError(_ONE_READER)
+        self._iterating = True
+        try:
+            while (event := await self.get()) is not None:
+                yield event
+        finally:
+            self._iterating = False

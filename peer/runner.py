@@ -100,24 +100,26 @@ async def join_room(args: argparse.Namespace) -> int:
     token_peer = read_claims(args.token)[0] if args.token else None
     peer_id = args.peer_id or token_peer or random_peer_id()
     settings = VideoSettings(width=args.width, height=args.height, fps=args.fps)
-    media = open_local_media(args.video, args.audio, label=peer_id, settings=settings)
-    recorder: Any = None
-    mosaic: Any = None
-    window: Any = None
-    json_file: IO[str] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    agent: Agent | None = None
-    preview: Any = None
-    snapshots: Any = None
-    watcher: asyncio.Task[None] | None = None
-    try:
+    # One exit stack: whatever fails while leaving (a snapshot that cannot be written ...),
+    # everything set up so far is still released, in reverse order: the room left,
+    # recordings finalised, media stopped. The first error is the one raised.
+    async with contextlib.AsyncExitStack() as exits:
+        media = open_local_media(args.video, args.audio, label=peer_id, settings=settings)
+        exits.callback(media.stop)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            exits.callback(loop.remove_signal_handler, sig)
+        recorder: Any = None
+        mosaic: Any = None
+        window: Any = None
+        json_file: IO[str] | None = None
         if args.record is not None:
             from peer.media.recorder import Recorder
 
             recorder = Recorder(args.record, session=peer_id)
+            exits.push_async_callback(_close_recorder, recorder, peer_id)
         if args.display or args.snapshot is not None:
             from peer.media.mosaic import Mosaic
 
@@ -127,8 +129,9 @@ async def join_room(args: argparse.Namespace) -> int:
 
             window = DisplayWindow(mosaic)
             window.start()
+            exits.push_async_callback(window.stop)
         if args.stats_json is not None:
-            json_file = args.stats_json.open("a", encoding="utf-8")
+            json_file = exits.enter_context(args.stats_json.open("a", encoding="utf-8"))
         agent = Agent(
             args.url,
             room=args.room,
@@ -145,39 +148,38 @@ async def join_room(args: argparse.Namespace) -> int:
         writer = StatsWriter(agent, json_file, args.quiet)
         agent.add_listener(writer)
         writer.joined_unix = time.time()
+        exits.push_async_callback(agent.leave)
         if not await _join_unless_stopped(agent, stop):
             return 130
         if mosaic is not None:
             preview = local_preview(agent, mosaic)
+            if preview is not None:
+                exits.push_async_callback(preview.stop)
         if args.snapshot is not None:
             from peer.media.mosaic import SnapshotWriter
 
             snapshots = SnapshotWriter(mosaic, args.snapshot)
             snapshots.start()
+            # Written before the agent leaves: the last snapshot has everyone still in it.
+            exits.push_async_callback(_last_snapshot, snapshots, peer_id, args.snapshot)
         if window is not None:
             watcher = loop.create_task(_set_when(window.closed, stop))
+            exits.callback(watcher.cancel)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # first out: a 2nd Ctrl-C while leaving
+            exits.callback(loop.remove_signal_handler, sig)  # interrupts (KeyboardInterrupt)
         await run_until(agent, stop, args.duration)
         return 1 if agent.left.is_set() and not stop.is_set() else 0  # 1: the agent gave up
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if watcher is not None:
-            watcher.cancel()
-        if snapshots is not None:
-            await snapshots.stop()  # writes the last one, with everyone still in it
-            say(f"[{peer_id}] snapshot: {args.snapshot}")
-        if agent is not None:
-            await agent.leave()
-        if preview is not None:
-            await preview.stop()
-        if window is not None:
-            await window.stop()
-        if recorder is not None:
-            for path in await recorder.close():
-                say(f"[{peer_id}] recording: {path}")
-        media.stop()
-        if json_file is not None:
-            json_file.close()
+    raise AssertionError("unreachable")  # pragma: no cover - the stack returns or raises
+
+
+async def _close_recorder(recorder: Any, peer_id: str) -> None:
+    for path in await recorder.close():
+        say(f"[{peer_id}] recording: {path}")
+
+
+async def _last_snapshot(snapshots: Any, peer_id: str, path: Any) -> None:
+    await snapshots.stop()  # writes the last one
+    say(f"[{peer_id}] snapshot: {path}")
 
 
 async def _join_unless_stopped(agent: Agent, stop: asyncio.Event) -> bool:

@@ -12,9 +12,9 @@ import av
 import pytest
 
 from peer.agent import Agent
-from peer.cli import main
+from peer.cli import build_parser, main
 from peer.media.recorder import Recorder
-from signaling.protocol import PeerId
+from signaling.protocol import PeerId, RoomId
 from tests.peer.helpers import agents, frames_from, small_media, wait_for
 from tests.peer.test_resilience import REPO, join_command
 from tests.support import RunningServer, free_port, seconds
@@ -119,3 +119,27 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (out / "mosaic.png").stat().st_size > 1000
     (recording,) = (out / "recordings").iterdir()
     assert decoded_frames(recording)["video"] > 0
+
+
+async def test_a_failure_while_leaving_still_leaves_and_finalises(
+    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last snapshot failing must not skip leaving the room or closing the recordings."""
+    from peer.media.mosaic import SnapshotWriter
+    from peer.runner import join_room
+
+    async def broken_stop(self: SnapshotWriter) -> None:
+        raise RuntimeError("the disk caught fire")
+
+    monkeypatch.setattr(SnapshotWriter, "stop", broken_stop)
+    args = build_parser().parse_args(
+        ["join", server.ws_url, "--room", "test", "--id", "cli", "--quiet", "--duration", "3",
+         "--record", str(tmp_path / "rec"), "--snapshot", str(tmp_path / "snap.png"),
+         "--width", "160", "--height", "120", "--fps", "15"]
+    )  # fmt: skip
+    async with agents(server.ws_url, ["alice"]):  # someone to record
+        with pytest.raises(RuntimeError, match="caught fire"):
+            await join_room(args)
+        assert PeerId("cli") not in server.server.registry.table.room_members(RoomId("test"))
+    (recording,) = (tmp_path / "rec").iterdir()
+    assert decoded_frames(recording)["video"] > 0  # finalised: it decodes

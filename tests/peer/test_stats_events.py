@@ -79,3 +79,23 @@ async def test_event_queue_wakes_a_waiting_consumer() -> None:
 def test_event_queue_needs_room() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         EventQueue(0)
+
+
+async def test_a_second_reader_is_refused_and_close_ends_the_first() -> None:
+    """Each event goes to one reader: a second concurrent iterator would silently get
+    nothing and never end (issue 8), so it is refused with a clear error."""
+    queue = EventQueue()
+
+    async def read_all() -> list[ev.Event]:
+        return [e async for e in queue]
+
+    first = asyncio.ensure_future(read_all())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="add_listener"):
+        await asyncio.wait_for(read_all(), 1)
+    with pytest.raises(RuntimeError, match="already has a reader"):
+        await asyncio.wait_for(queue.get(), 1)
+    queue.put(ev.PeerLeft(PeerId("x")))
+    queue.close()
+    assert await asyncio.wait_for(first, 1) == [ev.PeerLeft(PeerId("x"))]
+    assert [e async for e in queue] == []  # a reader after the first ended is fine
