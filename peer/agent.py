@@ -636,8 +636,10 @@ class Agent:
         del self.links[peer]
         await link.close()
         if self.recorder is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.recorder.close_peer(peer)
+            except Exception:  # the rest of the closing must happen all the same
+                log.exception("closing the recording of %s failed", peer)
         if self.mosaic is not None and forget:
             self.mosaic.remove_peer(peer)
         self._emit(ev.ConnectionStateChanged(peer, LinkState.CLOSED))

@@ -9,7 +9,6 @@ remote track through a :class:`peer.media.tap.TrackTap` and releases all of it o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -315,9 +314,11 @@ class PeerLink:
         self.state = LinkState.CLOSED
         for task in list(self._resolving):
             task.cancel()
-        with contextlib.suppress(Exception):
+        try:
             # shielded: cancelling a second close() would cancel aiortc's own close future
             await asyncio.wait_for(asyncio.shield(self.pc.close()), 5.0)
+        except Exception as exc:  # the taps and tracks below are released all the same
+            log.warning("closing the connection to %s failed: %r", self.remote, exc)
         for tap in self.taps:
             await tap.stop()
         for track in self._sent_tracks:

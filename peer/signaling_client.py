@@ -13,7 +13,6 @@ three callbacks: every message, every (re)join, every loss.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -140,6 +139,7 @@ class SignalingClient:
             break
         self._joined(ws, peer_list, rejoin=False)
         self._task = asyncio.get_running_loop().create_task(self._run(ws), name="signaling")
+        self._task.add_done_callback(self._ended)
 
     async def send(self, message: Message) -> bool:
         """Send one message; False (and dropped) while disconnected."""
@@ -165,12 +165,14 @@ class SignalingClient:
         self._closing = True
         ws = self._ws
         if ws is not None and not ws.closed:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(ws.close(), self.connect_timeout)
+            except Exception as exc:  # leaving anyway: the server notices the drop
+                log.debug("closing the signaling socket failed: %r", exc)
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # It may have died of an error already: _ended reported that one.
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self._close_session()
 
@@ -262,10 +264,27 @@ class SignalingClient:
                 if isinstance(message, Error):
                     log.warning("server error %s: %s", message.code, message.message)
                 if message is not None:
-                    self._on_message(message)
+                    try:
+                        self._on_message(message)
+                    except Exception:  # the owner's bug must not end signaling
+                        log.exception(
+                            "handling a %s from the server failed", type(message).__name__
+                        )
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 break
         return ws.close_code
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The reconnecting task is gone: unless we closed it, say so, never silently."""
+        if task.cancelled() or self._closing:
+            return
+        exc = task.exception()
+        if exc is None:
+            return  # a rejoin that failed for good: already reported through on_lost
+        log.error("signaling stopped: %r", exc, exc_info=exc)
+        self._ws = None
+        self.fatal = SignalingError(f"signaling stopped: {exc!r}")
+        self._on_lost(None)
 
     async def _run(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while not self._closing:

@@ -7,7 +7,6 @@ and :mod:`signaling.registry`; this module only moves frames and keeps time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import struct
@@ -210,8 +209,10 @@ class Connection:
             self._transport.abort()
 
     async def _ping(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self.ws.ping()
+        except Exception as exc:  # a dying socket: the probe's deadline decides, not this
+            log.debug("ping to %s failed: %r", self.peer_id, exc)
 
     def _probe_expired(self, heard_before: int) -> None:
         self._probe = None
