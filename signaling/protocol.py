@@ -8,6 +8,7 @@ server sends to the client. See ``docs/PROTOCOL.md``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -226,10 +227,25 @@ def _name(obj: dict[str, Any], key: str, kind: str, *, required: bool) -> str | 
         if required:
             raise _bad(f"'{kind}' message needs a '{key}' string")
         return None
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
         raise _bad(f"'{key}' must be a non-empty string, got {json.dumps(value)[:40]}")
+    return check_name(value, key)
+
+
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: a name
+#: holding one could forge lines in logs and break people's screens.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_name(value: str, key: str = "name") -> str:
+    """A peer ID, room name or resume token as accepted: 1-128 characters, no control
+    characters. Raises :class:`ProtocolError` (``bad-message``) naming the rule broken."""
+    if not value:
+        raise _bad(f"'{key}' must be a non-empty string, got \"\"")
     if len(value) > MAX_NAME_LENGTH:
         raise _bad(f"'{key}' is longer than {MAX_NAME_LENGTH} characters")
+    if _CONTROL.search(value) is not None:
+        raise _bad(f"'{key}' must not contain control characters (newlines, tabs, ...)")
     return value
 
 
@@ -377,8 +393,11 @@ def parse_object(obj: dict[str, Any], raw: str = "") -> Message:
             ice_servers_from_json(obj.get("iceServers")),
         )
     if kind in (MessageType.PEER_JOINED, MessageType.PEER_LEFT):
-        peer = _name(obj, "peerId", kind, required=True)
-        return (PeerJoined if kind == MessageType.PEER_JOINED else PeerLeft)(PeerId(peer or ""))
+        # From a server: any non-empty string (the reference server checks no names).
+        peer = obj.get("peerId")
+        if not isinstance(peer, str) or not peer:
+            raise _bad(f"'{kind}' message needs a 'peerId' string")
+        return (PeerJoined if kind == MessageType.PEER_JOINED else PeerLeft)(PeerId(peer))
     if kind == MessageType.ICE_SERVERS:
         return IceServers(ice_servers_from_json(obj.get("iceServers")))
     if kind == MessageType.ERROR:

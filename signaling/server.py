@@ -36,6 +36,9 @@ from signaling.rooms import Refused
 from signaling.session import Forward, JoinRequest, Limits, Phase, Reply, Session
 from signaling.turn import TurnMinter
 
+#: Client-chosen strings (peer IDs, rooms, forwarded addresses) are logged with %r: quoted
+#: and escaped, so no name can forge a log line (names with control characters are refused
+#: anyway, signaling.protocol.check_name).
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -156,7 +159,7 @@ class Connection:
         if len(self._queue) >= self.limits.send_queue:
             self.metrics.slow_clients_dropped_total += 1
             log.warning(
-                "dropping slow client %s: %d messages queued", self.peer_id, len(self._queue)
+                "dropping slow client %r: %d messages queued", self.peer_id, len(self._queue)
             )
             self._queue.clear()
             self.end(CloseCode.SLOW_CONSUMER, LeaveReason.SLOW, abort=True)
@@ -212,12 +215,12 @@ class Connection:
         try:
             await self.ws.ping()
         except Exception as exc:  # a dying socket: the probe's deadline decides, not this
-            log.debug("ping to %s failed: %r", self.peer_id, exc)
+            log.debug("ping to %r failed: %r", self.peer_id, exc)
 
     def _probe_expired(self, heard_before: int) -> None:
         self._probe = None
         if self.frames_heard == heard_before:
-            log.info("peer %s did not answer a liveness probe: dropping it", self.peer_id)
+            log.info("peer %r did not answer a liveness probe: dropping it", self.peer_id)
             self.end(CloseCode.GOING_AWAY, LeaveReason.UNRESPONSIVE, abort=True)
 
     def _write_queued(self) -> bool:
@@ -389,7 +392,7 @@ class SignalingServer:
 
     def _refuse(self, reason: Refusal, address: str, text: str) -> web.Response:
         self.metrics.refused[reason] += 1
-        log.info("refused a WebSocket from %s: %s", address, reason)
+        log.info("refused a WebSocket from %r: %s", address, reason)
         if reason is Refusal.ORIGIN:
             return web.Response(status=403, text=text + "\n")
         # Connections free up as they close; a minute's attempts, within a minute.
@@ -507,7 +510,7 @@ class SignalingServer:
             conn.end(admitted.close or CloseCode.BAD_JOIN, LeaveReason.CLOSED)
             # Client-chosen names in repr(): control characters cannot forge log lines.
             log.info(
-                "refused a join of room %r from %s: %s",
+                "refused a join of room %r from %r: %s",
                 request.room,
                 conn.address,
                 admitted.error.message,
@@ -520,14 +523,14 @@ class SignalingServer:
             session.closed()  # a join sent right behind this one must not get in
             conn.send_error(Error(outcome.code, outcome.message))
             conn.end(outcome.close_code, LeaveReason.CLOSED)
-            log.info("refused %s in room %s: %s", join.peer_id, request.room, outcome.code)
+            log.info("refused %r in room %r: %s", join.peer_id, request.room, outcome.code)
             return
         session.joined(join.peer_id, request.room)
         conn.peer_id, conn.room = join.peer_id, request.room
         self._refresh_ice_later(conn)
         self.metrics.joins_total += 1
         log.info(
-            "%s joined room %s (%d peers)%s",
+            "%r joined room %r (%d peers)%s",
             join.peer_id,
             request.room,
             len(outcome.peers) + 1,
@@ -557,7 +560,7 @@ class SignalingServer:
         conn.peer_id = None
         await self.registry.leave(room, peer, conn)
         self.metrics.leaves[reason] += 1
-        log.info("%s left room %s (%s)", peer, room, reason)
+        log.info("%r left room %r (%s)", peer, room, reason)
 
     async def shutdown(self, app: web.Application | None = None) -> None:
         """Close every client with 1001, telling the others ``peer-left`` as each one goes."""

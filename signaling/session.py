@@ -23,6 +23,7 @@ from signaling.protocol import (
     ProtocolError,
     RoomId,
     Routed,
+    check_name,
     parse,
     peek_route,
     stamp_sender,
@@ -172,6 +173,10 @@ class Session:
         phase = self.phase
         if phase is _CLOSED:
             return Ignore()  # closing: nothing the client still sends is acted on
+        # Every frame costs a token, an oversized one too: its error must not be a way
+        # around the rate limit (one error per flood, like any other).
+        if not self._admit(now):
+            return self._rate_limited()
         size, limit = len(text), self.limits.max_frame_bytes
         # A character is 1 to 4 UTF-8 bytes: encode only when the answer depends on it.
         if size > limit or (size * 4 > limit and len(text.encode()) > limit):
@@ -180,8 +185,6 @@ class Session:
                 f"frame of {len(text.encode())} bytes is over the {self.limits.max_frame_bytes}"
                 " byte limit",
             )
-        if not self._admit(now):
-            return self._rate_limited()
         # The common case (a valid offer, answer or candidate) skips building message objects;
         # everything else, errors included, takes the full parse.
         if phase is _JOINED:
@@ -218,6 +221,14 @@ class Session:
             return error_reply(
                 ErrorCode.BAD_MESSAGE, "'join' message needs a 'peerId' string", CloseCode.BAD_JOIN
             )
+        if join.room is None and self.url_room is not None:
+            try:  # the URL's room obeys the rules of the join's own
+                check_name(self.url_room, "room")
+            except ProtocolError as exc:
+                self.phase = Phase.CLOSED
+                return error_reply(
+                    exc.code, f"?room= in the URL: {exc.message}", CloseCode.BAD_JOIN
+                )
         if token != join.token:
             join = replace(join, token=token)
         return JoinRequest(join, join.room or self.url_room or DEFAULT_ROOM)

@@ -182,3 +182,14 @@ def test_join_takes_its_token_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("MESHPEER_TOKEN", "from-env")
     args = peer.cli.build_parser().parse_args(["join"])
     assert args.token == "from-env"
+
+
+def test_a_bad_ice_server_url_is_reported_without_its_password(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = "turn:alice:s3cret-pw@bad host:3478"
+    assert peer.cli.main(["serve", "--ice-server", bad]) == 2
+    assert "bad ICE server" in caplog.text and "s3cret-pw" not in caplog.text
+    assert peer.cli.main(["join", "--ice-server", bad, "--duration", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "bad ICE server" in err and "s3cret-pw" not in err

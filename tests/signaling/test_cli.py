@@ -258,8 +258,8 @@ async def join_two_and_stop(
     (only,) = lefts[0] + lefts[1]
     assert only["type"] == "peer-left"
     log = server.stderr
-    assert log.count(" joined room default") == 2, log
-    assert log.count(" left room default (shutdown)") == 2, log
+    assert log.count(" joined room 'default'") == 2, log
+    assert log.count(" left room 'default' (shutdown)") == 2, log
     assert "Traceback" not in log
 
 

@@ -78,6 +78,12 @@ async def test_error_frame_shape(peers: Clients) -> None:
         {"type": "join", "peerId": 42},
         {"type": "join", "peerId": "a", "room": ["x"]},
         {"type": "join", "peerId": "a" * 129},
+        {"type": "join", "peerId": "x\nFAKE LOG LINE joined"},  # forged log lines
+        {"type": "join", "peerId": "tab\there"},
+        {"type": "join", "peerId": "bell\u0007"},
+        {"type": "join", "peerId": "c1\u0085"},
+        {"type": "join", "peerId": "sep\u2028"},
+        {"type": "join", "peerId": "a", "room": "lobby\r\nX"},
     ],
 )
 async def test_bad_join_gets_bad_message_then_close_4400(peers: Clients, join: object) -> None:
@@ -200,6 +206,50 @@ async def test_flooding_is_rate_limited_with_one_error_and_recovers(
         with pytest.raises(TimeoutError):
             await flooder.ws.receive(timeout=0.1)
         assert srv.server.metrics.errors["rate-limited"] == 1
+
+
+async def test_oversized_frames_count_against_the_rate_like_any_other(
+    make_server: ServerFactory,
+) -> None:
+    """A flood of oversized frames used to get one error each, around the rate limit."""
+    async with make_server(rate=2.0, burst=10) as srv, clients(srv.ws_url) as peers:
+        flooder = await peers.join("flooder")
+        too_big = json.dumps({"type": "chat", "pad": "x" * FAST_LIMITS.max_frame_bytes})
+        for _ in range(40):
+            await flooder.send_raw(too_big)
+        codes = []
+        while True:
+            try:
+                msg = await flooder.ws.receive(timeout=seconds(0.3))
+            except TimeoutError:
+                break
+            codes.append(json.loads(msg.data)["code"])
+        assert codes.count("frame-too-large") <= 10  # the burst's worth, not 40
+        assert codes.count("rate-limited") == 1
+
+
+async def test_a_bad_room_in_the_url_is_refused_like_one_in_the_join(peers: Clients) -> None:
+    for room in ("x" * 129, "two\nlines"):
+        peer = await peers.connect(params={"room": room})
+        await peer.send(type="join", peerId="a")
+        error = await peer.recv_error("bad-message")
+        assert "?room=" in error["message"]
+        assert await peer.expect_close() == 4400
+    good = await peers.join("a", url_room="fine")
+    assert good.peer_list["room"] == "fine"
+
+
+async def test_client_chosen_names_cannot_forge_log_lines(
+    peers: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="signaling.server")
+    forger = await peers.connect()
+    await forger.send(type="join", peerId="x\nFAKE LOG LINE joined", room="r")
+    await forger.recv_error("bad-message")
+    await peers.join("it's fine", room="r")
+    for record in caplog.records:
+        assert "\n" not in record.getMessage(), record.getMessage()
+    assert any("\"it's fine\" joined room 'r'" in r.getMessage() for r in caplog.records)
 
 
 async def test_raw_client_binary_and_text_fragments(fast_server: RunningServer) -> None:
