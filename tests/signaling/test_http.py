@@ -158,7 +158,7 @@ async def test_one_info_line_per_join_and_leave_and_no_traffic_above_debug(
     messages = [r.getMessage() for r in info]
     assert len([m for m in messages if " joined room " in m]) == 2, messages
     assert len([m for m in messages if " left room " in m]) == 2, messages
-    assert len([m for m in messages if m.startswith("refused alice")]) == 1, messages
+    assert len([m for m in messages if m.startswith("refused 'alice'")]) == 1, messages
     assert len(messages) == 5, messages
     assert all(r.levelno == logging.INFO for r in info)
     assert not any(secret in m for m in messages)
