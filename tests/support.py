@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from signaling.server import ServerConfig, SignalingServer
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: Every timeout in the tests is a multiple of this unit: MESHPEER_TEST_SCALE=3 on a slow box.
 TIME_SCALE = float(os.environ.get("MESHPEER_TEST_SCALE", "1"))
@@ -57,3 +62,25 @@ async def running_server(config: ServerConfig | None = None) -> AsyncIterator[Ru
         yield RunningServer(server, runner, port)
     finally:
         await runner.cleanup()
+
+
+def reference_server_binary() -> Path:
+    """The reference Go server, built by ./dev (MESHPEER_REFERENCE_DIR) or here from
+    MESHPEER_SHARED (default ../shared). Missing sources fail the test with the reason: a
+    compatibility test that skips itself proves nothing."""
+    built = os.environ.get("MESHPEER_REFERENCE_DIR")
+    folder = Path(built) if built else REPO / ".cache" / "reference"
+    binary = folder / "seed-server-env"
+    if binary.exists():
+        return binary
+    shared = Path(os.environ.get("MESHPEER_SHARED", REPO.parent / "shared"))
+    build = shared / "reference" / "seed-go-server" / "build.sh"
+    if not build.exists():
+        raise AssertionError(
+            f"no reference server at {binary} and no sources at {build}: run ./dev setup, or "
+            "set MESHPEER_SHARED to the shared/ folder"
+        )
+    if shutil.which("go") is None:
+        raise AssertionError("building the reference server needs Go: run ./dev setup")
+    subprocess.run(["sh", str(build), str(folder)], check=True, capture_output=True, timeout=300)
+    return binary

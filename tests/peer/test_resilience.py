@@ -17,7 +17,7 @@ from peer.agent import Agent
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
 from tests.peer.helpers import agents, frames_from, full_mesh_flowing, small_media, wait_for
-from tests.support import RunningServer, free_port, running_server, seconds
+from tests.support import RunningServer, free_port, reference_server_binary, running_server, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -131,22 +131,15 @@ async def test_server_restart_keeps_media_and_everyone_rejoins() -> None:
         await runner.cleanup()
 
 
-def _reference_binary() -> Path:
-    base = os.environ.get("MESHPEER_REFERENCE_DIR")
-    folder = Path(base) if base else REPO / ".cache" / "reference"
-    binary = folder / "seed-server-env"
-    if not binary.exists():
-        build = REPO.parent / "shared" / "reference" / "seed-go-server" / "build.sh"
-        subprocess.run(["sh", str(build), str(folder)], check=True, timeout=seconds(120))
-    return binary
-
-
 @pytest.fixture
 def reference_url() -> Iterator[str]:
     port = free_port()
     env = dict(os.environ, BIND_HOST="127.0.0.1", PORT=str(port))
     proc = subprocess.Popen(
-        [str(_reference_binary())], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(reference_server_binary())],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         yield f"ws://127.0.0.1:{port}/ws"

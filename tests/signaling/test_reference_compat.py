@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,23 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import free_port, running_server, seconds
+from tests.support import free_port, reference_server_binary, running_server, seconds
 
 REPO = Path(__file__).resolve().parents[2]
 Transcript = dict[str, list[Any]]
-
-
-def reference_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = Path(os.environ.get("MESHPEER_REFERENCE_DIR", REPO / ".cache" / "reference"))
-    binary = directory / "seed-server-env"
-    if binary.exists():
-        return binary
-    build = REPO.parent / "shared" / "reference" / "seed-go-server" / "build.sh"
-    if not build.exists() or shutil.which("go") is None:
-        pytest.skip("reference server not built (./dev setup) and cannot be built here")
-    out = tmp_path_factory.mktemp("reference")
-    subprocess.run(["sh", str(build), str(out)], check=True, capture_output=True, timeout=300)
-    return out / "seed-server-env"
 
 
 @asynccontextmanager
@@ -116,10 +101,8 @@ async def session(url: str) -> Transcript:
 
 
 @pytest.mark.slow
-async def test_reference_client_sees_the_same_session_on_both_servers(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    binary = reference_binary(tmp_path_factory)
+async def test_reference_client_sees_the_same_session_on_both_servers() -> None:
+    binary = reference_server_binary()
     async with reference_server(binary) as url:
         reference = await session(url)
     async with running_server() as ours:
