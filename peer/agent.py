@@ -32,9 +32,7 @@ What it does with the room (the decisions are :mod:`peer.mesh`, table-tested):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -47,19 +45,20 @@ from aiortc.contrib.media import MediaRelay
 from peer import events as ev
 from peer import mesh
 from peer.errors import MeshpeerError
-from peer.events import Event, EventQueue, Kind, RemoteTrack
-from peer.ice import IceServer, arrange, parse_ice_server, rtc_configuration
-from peer.ice_probe import Check, IceProbe, Verdict
+from peer.events import Event, EventHub, Kind
+from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
-from peer.mesh import Action, LinkState, Role
+from peer.mesh import Action, LinkState
+from peer.negotiation import Negotiator
+from peer.serial import PeerWork
 from peer.signaling_client import SignalingClient
-from peer.stats import PeerStats
+from peer.stats import PeerStats, report_every
+from peer.timers import PeerTimers
 from signaling.auth import read_claims
 from signaling.protocol import (
     Answer,
     Candidate,
     Custom,
-    Error,
     IceServers,
     Message,
     Offer,
@@ -79,9 +78,6 @@ if TYPE_CHECKING:
     from peer.media.tap import FrameConsumer
 
 log = logging.getLogger(__name__)
-
-#: Messages waiting per remote peer; a flood beyond this is dropped (and logged).
-MAX_QUEUED_PER_PEER = 256
 
 
 def random_peer_id() -> PeerId:
@@ -120,7 +116,13 @@ class Agent:
     Read-only state for tests and dashboards: ``peer_id``; ``members`` (who the server
     says is in the room besides us); ``links`` (PeerId -> :class:`peer.link.PeerLink`, one
     per remote peer: ``state``, ``role``, ``tap("video")`` with ``frames``/``fps``);
-    ``last_stats`` (the latest :class:`StatsReport` contents); ``signaling_connected``.
+    ``ice_servers`` (what new connections may use); ``last_stats`` (the latest
+    :class:`StatsReport` contents); ``signaling_connected``.
+
+    The pieces, each readable alone: :mod:`peer.events` (the event stream and listeners),
+    :mod:`peer.serial` (per-peer serial work), :mod:`peer.negotiation` (the connections),
+    :mod:`peer.timers` (grace and re-offer timers), :func:`peer.stats.report_every`.
+    This class is the API and the room: who is there, what the signaling server says.
     """
 
     def __init__(
@@ -148,42 +150,18 @@ class Agent:
         self.media = media
         self.recorder = recorder
         self.mosaic = mosaic
-        self._own_servers = tuple(
-            s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
-        )
-        #: From the latest peer-list: the server's STUN/TURN, with our TURN credentials.
-        self._handed_servers: tuple[IceServer, ...] = ()
-        #: Failed connections per peer since the last one that worked: picks the TURN URL.
-        self._failures: dict[PeerId, int] = {}
-        #: Connections use only servers that answered a check (never wait on a dead one).
-        self._probe = IceProbe(self._ice_verdict)
-        self._consumers: list[FrameConsumer] = list(consumers)
-        if recorder is not None:
-            self._consumers.append(recorder)
-        if mosaic is not None:
-            self._consumers.append(mosaic)
-        self._consumers.append(_FirstFrames(self))
         self.stats_interval = stats_interval
         self.peer_left_grace = peer_left_grace
         self.always_send = always_send
-        self._queue = EventQueue(event_queue_size)
-        self._listeners: list[Callable[[Event], None]] = []
-        self.links: dict[PeerId, PeerLink] = {}
-        #: Who the server says is in the room (besides us).
+        #: Who the server says is in the room (besides us); updated in place.
         self.members: set[PeerId] = set()
         self.joined_at = time.monotonic()
         #: When the first peer-list arrived (time.monotonic()).
         self.in_room_at: float | None = None
-        self._relays: list[tuple[MediaRelay, MediaStreamTrack]] = []
-        self._locks: dict[PeerId, asyncio.Lock] = {}
-        self._backlog: dict[PeerId, int] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._grace: dict[PeerId, asyncio.TimerHandle] = {}
-        self._timers: dict[PeerId, asyncio.TimerHandle] = {}  # pending re-offers
-        self._reoffers: dict[PeerId, int] = {}
-        self._stats_task: asyncio.Task[None] | None = None
-        self._leave_task: asyncio.Task[None] | None = None
-        self._left = asyncio.Event()
+        self.last_stats: tuple[PeerStats, ...] = ()
+        self._hub = EventHub(event_queue_size)
+        self._work = PeerWork()
+        self._timers = PeerTimers()
         self._signaling = SignalingClient(
             url,
             self.peer_id,
@@ -193,7 +171,30 @@ class Agent:
             on_lost=self._on_lost,
             token=token,
         )
-        self.last_stats: tuple[PeerStats, ...] = ()
+        consumer_list: list[FrameConsumer] = list(consumers)
+        if recorder is not None:
+            consumer_list.append(recorder)
+        if mosaic is not None:
+            consumer_list.append(mosaic)
+        consumer_list.append(_FirstFrames(self))
+        self._mesh = Negotiator(
+            self.peer_id,
+            members=self.members,
+            send=self._signaling.send,
+            emit=self._emit,
+            work=self._work,
+            timers=self._timers,
+            consumers=consumer_list,
+            own_servers=[
+                s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
+            ],
+            recorder=recorder,
+            mosaic=mosaic,
+            always_send=always_send,
+        )
+        self._stats_task: asyncio.Task[None] | None = None
+        self._leave_task: asyncio.Task[None] | None = None
+        self._left = asyncio.Event()
 
     # -- public API ----------------------------------------------------------------
 
@@ -212,15 +213,17 @@ class Agent:
     async def join(self) -> None:
         """Join the room. Raises SignalingError (unreachable) or JoinRefused (taken, full)."""
         self.joined_at = time.monotonic()
-        self._relays = []
+        self._mesh.relays = []
         if self.media is not None:
             for track in (self.media.video, self.media.audio):
                 if track is not None:
-                    self._relays.append((MediaRelay(), track))
-        self._probe.check(self._own_servers)  # while signaling connects
+                    self._mesh.relays.append((MediaRelay(), track))
+        self._mesh.check_own_servers()  # while signaling connects
         await self._signaling.connect()
         if self.stats_interval:
-            self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop())
+            self._stats_task = asyncio.get_running_loop().create_task(
+                report_every(self.stats_interval, self.stats, self._stats_sampled)
+            )
 
     async def leave(self) -> None:
         """Leave the room and close every connection; the event stream ends after this.
@@ -232,36 +235,39 @@ class Agent:
             await asyncio.shield(self._leave_task)
 
     async def _leave(self) -> None:
-        for handle in (*self._grace.values(), *self._timers.values()):
-            handle.cancel()
-        self._grace.clear()
-        self._timers.clear()
+        self._timers.cancel_all()
         if self._stats_task is not None:
             self._stats_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stats_task
+            await asyncio.gather(self._stats_task, return_exceptions=True)
         await self._signaling.close()
-        await self._probe.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(self._close_link(p) for p in list(self.links)))
-        self._queue.close()
+        await self._mesh.close()
+        await self._work.close()
+        await self._mesh.close_all()
+        self._hub.close()
         log.info("%s left", self.peer_id)
 
     def events(self) -> AsyncIterator[Event]:
-        """The event stream (one shared bounded queue): ends after :meth:`leave`."""
-        return self._queue.__aiter__()
+        """The event stream (one bounded queue, one reader): ends after :meth:`leave`."""
+        return self._hub.queue.__aiter__()
 
     @property
     def dropped_events(self) -> int:
         """Events dropped because the consumer of :meth:`events` was too slow."""
-        return self._queue.dropped
+        return self._hub.queue.dropped
 
     def add_listener(self, callback: Callable[[Event], None]) -> None:
         """Also call ``callback(event)`` for every event, on the event loop (must not block)."""
-        self._listeners.append(callback)
+        self._hub.add_listener(callback)
+
+    @property
+    def links(self) -> dict[PeerId, PeerLink]:
+        return self._mesh.links
+
+    @property
+    def ice_servers(self) -> tuple[IceServer, ...]:
+        """Ours, then the server's (with our TURN credentials): what connections may use,
+        once each has answered its check."""
+        return self._mesh.own_servers + self._mesh.handed_servers
 
     @property
     def left(self) -> asyncio.Event:
@@ -285,9 +291,9 @@ class Agent:
 
     def subscribe_local(self, kind: Kind) -> MediaStreamTrack | None:
         """A copy of our own ``kind`` track (e.g. a local preview), None if we send none."""
-        if self.media is not None and not self._relays:
+        if self.media is not None and not self._mesh.relays:
             raise MeshpeerError("the local tracks are relayed once the agent has joined")
-        for relay, track in self._relays:
+        for relay, track in self._mesh.relays:
             if track.kind == kind:
                 proxy: MediaStreamTrack = relay.subscribe(track, buffered=False)
                 return proxy
@@ -313,7 +319,7 @@ class Agent:
 
         async def work() -> None:
             try:
-                await self._offer(peer)
+                await self._mesh.offer(peer)
             finally:
                 if not done.done():
                     done.set_result(None)
@@ -336,76 +342,39 @@ class Agent:
         """Drop the signaling socket as a network failure would (tests, demos)."""
         await self._signaling.drop_connection()
 
-    # -- events ----------------------------------------------------------------------
+    # -- plumbing ------------------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
-        self._queue.put(event)
-        for callback in self._listeners:
-            try:
-                callback(event)
-            except Exception:
-                log.exception("event listener failed on %s", type(event).__name__)
-
-    # -- per-peer serial work ----------------------------------------------------------
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
+        self._hub.emit(event)
 
     def _schedule(
         self, peer: PeerId, work: Callable[[], Coroutine[Any, Any, None]], what: str
     ) -> bool:
-        """Run ``work`` after everything already scheduled for ``peer``, in order.
+        return not self._left.is_set() and self._work.schedule(peer, work, what)
 
-        False when dropped: the agent left, or too much is already waiting for ``peer``.
-        """
-        if self._left.is_set():
-            return False
-        if self._backlog.get(peer, 0) >= MAX_QUEUED_PER_PEER:
-            log.warning("too much pending for %s: dropping %s", peer, what)
-            return False
-        self._backlog[peer] = self._backlog.get(peer, 0) + 1
-        lock = self._locks.setdefault(peer, asyncio.Lock())
-
-        async def run() -> None:
-            try:
-                async with lock:
-                    await work()
-            finally:
-                self._backlog[peer] -= 1
-                if self._backlog[peer] == 0:
-                    del self._backlog[peer]
-                    if not lock.locked():
-                        self._locks.pop(peer, None)
-
-        self._spawn(run(), f"{what} {peer}")
-        return True
+    def _stats_sampled(self, stats: tuple[PeerStats, ...]) -> None:
+        self.last_stats = stats
+        self._emit(ev.StatsReport(stats))
 
     # -- signaling callbacks (on the event loop, never blocking) -------------------------
 
     def _on_joined(self, peer_list: PeerList, rejoin: bool) -> None:
         if self.in_room_at is None:
             self.in_room_at = time.monotonic()
-        self._handed_servers = peer_list.ice_servers
-        self._probe.check(self._handed_servers)
+        self._mesh.hand_servers(peer_list.ice_servers)
         peers = tuple(p for p in peer_list.peers if p != self.peer_id)
         self._emit(ev.Joined(peers, rejoin))
         new = [p for p in peers if p not in self.members]
-        self.members = set(peers)
+        self.members.clear()
+        self.members.update(peers)
         for peer in new:
             self._emit(ev.PeerJoined(peer))
         decisions = mesh.on_peer_list(self.peer_id, peers, self.connection_states())
         for peer, action in decisions.items():
             if action is Action.OFFER:
-                self._schedule(peer, lambda p=peer: self._offer(p), "offer")  # type: ignore[misc]
+                self._mesh.schedule_offer(peer)
             elif action is Action.CLOSE:
-                self._schedule(peer, lambda p=peer: self._close_link(p), "close")  # type: ignore[misc]
+                self._mesh.schedule_close(peer)
 
     def _on_lost(self, close_code: int | None) -> None:
         if self._signaling.fatal is not None:
@@ -414,51 +383,40 @@ class Agent:
             return
         self._emit(ev.SignalingLost(close_code))
         if mesh.keep_after_signaling_closed(close_code):
-            for peer, handle in list(self._grace.items()):
-                handle.cancel()
-                del self._grace[peer]
+            for peer in self._timers.release_all():
                 log.info("kept the connection to %s: the server went away, not the peer", peer)
 
     def _spawn_leave(self) -> None:
         if self._leave_task is None:
             self._left.set()
+            self._work.closed = True  # leaving: nothing new for any peer from now on
             self._leave_task = asyncio.get_running_loop().create_task(self._leave())
 
     def _on_message(self, message: Message) -> None:
+        if self._left.is_set():
+            return
         if isinstance(message, Offer | Answer | Candidate):
-            sender = message.sender
-            if sender is None or sender == self.peer_id:
-                return
-            if isinstance(message, Offer):
-                self._schedule(sender, lambda: self._answer(sender, message.sdp), "answer")
-            elif isinstance(message, Answer):
-                self._schedule(sender, lambda: self._apply_answer(sender, message.sdp), "apply")
-            else:
-                self._schedule(sender, lambda: self._candidate(sender, message), "candidate")
+            self._mesh.on_signal(message)
         elif isinstance(message, PeerJoined):
             self._peer_joined(message.peer_id)
         elif isinstance(message, PeerLeft):
             self._peer_left(message.peer_id)
         elif isinstance(message, IceServers):
-            self._handed_servers = message.ice_servers  # fresh TURN credentials
-            self._probe.check(self._handed_servers)
+            self._mesh.hand_servers(message.ice_servers)  # fresh TURN credentials
         elif isinstance(message, Custom):
             self._emit(ev.RoomMessage(message.sender, message.type, message.data))
-        elif isinstance(message, Error):
-            pass  # logged by the client; nothing here depends on it
+        # Error: logged by the signaling client; nothing here depends on it.
 
     def _peer_joined(self, peer: PeerId) -> None:
         if peer == self.peer_id:
             return
         self.members.add(peer)
-        handle = self._grace.pop(peer, None)
-        if handle is not None:
-            handle.cancel()  # it left and came back at once: a resume, keep the connection
+        self._timers.release(peer)  # it left and came back at once: a resume, keep the link
         self._emit(ev.PeerJoined(peer))
         link = self.links.get(peer)
         action = mesh.on_peer_joined(link.state if link is not None else None)
         if action is Action.AWAIT_OFFER and link is not None:
-            self._schedule(peer, lambda: self._close_link(peer), "close")
+            self._mesh.schedule_close(peer)
 
     def _peer_left(self, peer: PeerId) -> None:
         self.members.discard(peer)
@@ -468,193 +426,13 @@ class Agent:
         if link is None and self.mosaic is not None:
             self.mosaic.remove_peer(peer)  # its connection was already closed, not forgotten
         if action is Action.CLOSE:
-            self._schedule(peer, lambda: self._close_link(peer), "close")
+            self._mesh.schedule_close(peer)
         elif action is Action.CLOSE_AFTER_GRACE:
-            old = self._grace.pop(peer, None)
-            if old is not None:
-                old.cancel()
-            self._grace[peer] = asyncio.get_running_loop().call_later(
-                self.peer_left_grace, self._grace_over, peer
-            )
-
-    def _ice_verdict(self, server: IceServer, check: Check) -> None:
-        """A server check ended: report a bad one; offer again where a good one was missing."""
-        if check.verdict is not Verdict.OK:
-            log.warning("ICE server %s: %s; connections go without it", server.url, check.detail)
-            self._emit(ev.IceServerProblem(server.url, check.detail))
-            return
-        log.info("ICE server %s answered", server.url)
-        for peer, link in list(self.links.items()):
-            # Connections made while the check ran lack this server (a TURN relay may be the
-            # only way through): the side that offered them offers again, now with it.
-            if (
-                link.role is not Role.OFFERER
-                or link.state is LinkState.CONNECTED
-                or server.url in link.ice_urls  # fresh credentials for a URL it has: keep it
-            ):
-                continue
-            if link.state is LinkState.OFFERING:
-                # Its answer is on the way, and answers name no offer: a new offer now would
-                # take the old offer's answer. Apply that answer first, then offer again.
-                link.reoffer_when_answered = True
-            else:
-                self._schedule(peer, lambda p=peer: self._offer(p), "offer")  # type: ignore[misc]
+            self._timers.hold(peer, self.peer_left_grace, lambda: self._grace_over(peer))
 
     def _grace_over(self, peer: PeerId) -> None:
-        self._grace.pop(peer, None)
         if peer not in self.members:
-            self._schedule(peer, lambda: self._close_link(peer), "close")
-
-    # -- negotiation (serial per peer) ---------------------------------------------------
-
-    def _new_link(self, peer: PeerId, role: Role) -> PeerLink:
-        tracks = [relay.subscribe(track, buffered=False) for relay, track in self._relays]
-        known = self._own_servers + self._handed_servers
-        self._probe.check(known)  # those that failed a while ago get another chance
-        servers = arrange(self._probe.usable(known), self._failures.get(peer, 0))
-        link = PeerLink(
-            peer,
-            role,
-            rtc_configuration(servers),
-            tracks,
-            self._consumers,
-            on_state=self._link_state,
-            on_track=self._link_track,
-            always_send=self.always_send,
-            ice_servers=servers,
-        )
-        self.links[peer] = link
-        return link
-
-    async def _offer(self, peer: PeerId) -> None:
-        if peer not in self.members:
-            return
-        await self._close_link(peer, forget=False)
-        link = self._new_link(peer, Role.OFFERER)
-        sdp = await link.make_offer()
-        if self.links.get(peer) is not link:
-            return
-        await self._signaling.send(Offer("offer", self.peer_id, peer, sdp=sdp))
-
-    async def _answer(self, peer: PeerId, sdp: str) -> None:
-        link = self.links.get(peer)
-        action = mesh.on_offer(self.peer_id, peer, link.state if link is not None else None)
-        if action is Action.IGNORE:
-            log.info("glare with %s: we are not polite, ignoring its offer", peer)
-            return
-        if link is not None:
-            if link.state is LinkState.OFFERING:
-                log.info("glare with %s: we are polite, dropping our offer", peer)
-            await self._close_link(peer, forget=False)
-        link = self._new_link(peer, Role.ANSWERER)
-        try:
-            answer = await link.accept_offer(sdp)
-        except Exception as exc:  # a malformed offer must not take the agent down
-            log.warning("cannot answer the offer of %s: %s", peer, exc)
-            await self._close_link(peer, forget=False)
-            return
-        self._expect(peer, link)
-        await self._signaling.send(Answer("answer", self.peer_id, peer, sdp=answer))
-
-    async def _apply_answer(self, peer: PeerId, sdp: str) -> None:
-        link = self.links.get(peer)
-        if mesh.on_answer(link.state if link is not None else None) is not Action.APPLY:
-            log.debug("stale answer from %s ignored", peer)
-            return
-        if link is None:  # pragma: no cover - on_answer applies only to an existing link
-            return
-        try:
-            await link.accept_answer(sdp)
-        except Exception as exc:
-            log.warning("cannot apply the answer of %s: %s", peer, exc)
-            return
-        self._expect(peer, link)
-        if link.reoffer_when_answered:
-            self._schedule(peer, lambda: self._offer(peer), "offer")
-
-    async def _candidate(self, peer: PeerId, message: Candidate) -> None:
-        link = self.links.get(peer)
-        state = link.state if link is not None else None
-        action = mesh.on_candidate(state, link is not None and link.has_remote_description)
-        if action is Action.IGNORE or link is None:
-            log.debug("candidate from %s without a connection ignored", peer)
-            return
-        await link.add_candidate(message.candidate)
-
-    def _expect(self, peer: PeerId, link: PeerLink) -> None:
-        if self.recorder is not None and link.kinds_received:
-            self.recorder.expect(peer, link.kinds_received)
-
-    # -- link callbacks ------------------------------------------------------------------
-
-    def _link_track(
-        self, link: PeerLink, kind: Kind, relay: MediaRelay, track: MediaStreamTrack
-    ) -> None:
-        remote = RemoteTrack(link.remote, kind, lambda: relay.subscribe(track, buffered=False))
-        self._emit(ev.TrackReceived(link.remote, kind, remote))
-
-    def _link_state(self, link: PeerLink) -> None:
-        peer = link.remote
-        if self.links.get(peer) is not link:
-            return
-        self._emit(ev.ConnectionStateChanged(peer, link.state))
-        if link.state is LinkState.CONNECTED:
-            self._reoffers.pop(peer, None)
-            self._failures.pop(peer, None)
-        elif link.state is LinkState.FAILED:
-            self._failures[peer] = self._failures.get(peer, 0) + 1
-        action = mesh.on_connection_state(link.role, link.state, peer in self.members)
-        if action is Action.CLOSE:
-            self._schedule(peer, lambda: self._close_link(peer, only=link), "close")
-        elif action is Action.AWAIT_REOFFER:
-            log.info("connection to %s %s: waiting for its new offer", peer, link.state)
-            self._schedule(peer, lambda: self._close_link(peer, forget=False, only=link), "close")
-        elif action is Action.REOFFER:
-            attempt = self._reoffers.get(peer, 0)
-            self._reoffers[peer] = attempt + 1
-            delay = mesh.reconnect_delay(attempt, random.random())
-            log.info("connection to %s %s: offering again in %.2f s", peer, link.state, delay)
-
-            async def reoffer() -> None:
-                if self.links.get(peer) is link:  # not replaced by an offer meanwhile
-                    await self._offer(peer)
-
-            old = self._timers.pop(peer, None)
-            if old is not None:
-                old.cancel()
-            self._timers[peer] = asyncio.get_running_loop().call_later(
-                delay, lambda: self._schedule(peer, reoffer, "reoffer")
-            )
-
-    async def _close_link(
-        self, peer: PeerId, *, forget: bool = True, only: PeerLink | None = None
-    ) -> None:
-        """Close ``peer``'s connection (if it is still ``only``) and release its media."""
-        link = self.links.get(peer)
-        if link is None or (only is not None and link is not only):
-            return
-        del self.links[peer]
-        await link.close()
-        if self.recorder is not None:
-            try:
-                await self.recorder.close_peer(peer)
-            except Exception:  # the rest of the closing must happen all the same
-                log.exception("closing the recording of %s failed", peer)
-        if self.mosaic is not None and forget:
-            self.mosaic.remove_peer(peer)
-        self._emit(ev.ConnectionStateChanged(peer, LinkState.CLOSED))
-        if forget:
-            self._reoffers.pop(peer, None)
-            self._failures.pop(peer, None)
-
-    # -- stats -----------------------------------------------------------------------------
-
-    async def _stats_loop(self) -> None:
-        interval = self.stats_interval or 2.0
-        while True:
-            await asyncio.sleep(interval)
-            self.last_stats = tuple(await self.stats())
-            self._emit(ev.StatsReport(self.last_stats))
+            self._mesh.schedule_close(peer)
 
 
 async def run_until(agent: Agent, stop: asyncio.Event, duration: float | None) -> None:

@@ -8,6 +8,7 @@ that stops reading costs memory for at most ``maxsize`` events.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from signaling.protocol import PeerId
 
 if TYPE_CHECKING:
     from peer.stats import PeerStats
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["audio", "video"]
 
@@ -200,3 +203,26 @@ class EventQueue:
                 yield event
         finally:
             self._iterating = False
+
+
+class EventHub:
+    """Fans each event out to the stream (one bounded queue, one reader) and to every
+    listener; a listener that raises is logged and the others still get the event."""
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self.queue = EventQueue(maxsize)
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def add_listener(self, callback: Callable[[Event], None]) -> None:
+        self._listeners.append(callback)
+
+    def emit(self, event: Event) -> None:
+        self.queue.put(event)
+        for callback in self._listeners:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event listener failed on %s", type(event).__name__)
+
+    def close(self) -> None:
+        self.queue.close()

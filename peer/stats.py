@@ -7,7 +7,8 @@ is tested with plain objects and does not import aiortc.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,3 +97,14 @@ def rates(previous: Counters | None, now: Counters) -> tuple[float, float]:
     kbps_in = max(0, now.bytes_received - previous.bytes_received) * 8 / 1000 / seconds
     kbps_out = max(0, now.bytes_sent - previous.bytes_sent) * 8 / 1000 / seconds
     return kbps_in, kbps_out
+
+
+async def report_every(
+    interval: float,
+    sample: Callable[[], Awaitable[Sequence[PeerStats]]],
+    report: Callable[[tuple[PeerStats, ...]], None],
+) -> None:
+    """The stats loop: ``report(sample())`` every ``interval`` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        report(tuple(await sample()))

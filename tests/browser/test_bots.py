@@ -218,7 +218,7 @@ async def test_new_connections_replace_old_ones_both_ways(
         old_link = bot.agent.links[PeerId("web")]
 
         # The bot offers a new connection (what it does when its offered one failed).
-        await bot.agent._offer(PeerId("web"))
+        await bot.agent.call(PeerId("web"))
         await bot.wait_state("web", LinkState.CONNECTED)
         assert bot.agent.links[PeerId("web")] is not old_link
         await web.wait_state("bot", "connected")

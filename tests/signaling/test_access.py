@@ -232,12 +232,12 @@ async def test_fresh_turn_credentials_come_before_the_old_ones_expire() -> None:
         from peer.agent import Agent
 
         async with Agent(server.ws_url, peer_id="bot", stats_interval=None) as bot:
-            before = bot._handed_servers
+            before = bot.ice_servers
             deadline = time.monotonic() + 5
-            while bot._handed_servers == before:
+            while bot.ice_servers == before:
                 assert time.monotonic() < deadline, "the agent kept the old credentials"
                 await asyncio.sleep(0.05)
-            assert bot._handed_servers[0].username != before[0].username
+            assert bot.ice_servers[0].username != before[0].username
 
 
 async def test_no_refresh_without_turn(peers: Clients) -> None:

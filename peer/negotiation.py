@@ -1,0 +1,271 @@
+"""Negotiation glue: one :class:`peer.link.PeerLink` per remote peer, made, answered,
+re-offered and closed as :mod:`peer.mesh` decides, with the ICE servers that answered.
+
+Every method that touches a peer's connection runs as that peer's serial work
+(:mod:`peer.serial`), so two steps for one peer never overlap. What the room looks like
+(members) and when to hang up after ``peer-left`` is the agent's business; this module
+only carries out offers, answers, candidates and closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from aiortc import MediaStreamTrack
+from aiortc.contrib.media import MediaRelay
+
+from peer import events as ev
+from peer import mesh
+from peer.events import Event, Kind, RemoteTrack
+from peer.ice import IceServer, arrange, rtc_configuration
+from peer.ice_probe import Check, IceProbe, Verdict
+from peer.link import PeerLink
+from peer.mesh import Action, LinkState, Role
+from peer.serial import PeerWork
+from peer.timers import PeerTimers
+from signaling.protocol import Answer, Candidate, Message, Offer, PeerId
+
+if TYPE_CHECKING:
+    from peer.media.mosaic import Mosaic
+    from peer.media.recorder import Recorder
+    from peer.media.tap import FrameConsumer
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Message], Awaitable[bool]]
+
+
+class Negotiator:
+    """The connections of ``me`` to the other members of its room."""
+
+    def __init__(
+        self,
+        me: PeerId,
+        *,
+        members: set[PeerId],
+        send: Send,
+        emit: Callable[[Event], None],
+        work: PeerWork,
+        timers: PeerTimers,
+        consumers: Sequence[FrameConsumer],
+        own_servers: Sequence[IceServer] = (),
+        recorder: Recorder | None = None,
+        mosaic: Mosaic | None = None,
+        always_send: bool = False,
+    ) -> None:
+        self.me = me
+        self.members = members  # the agent's live set: who is in the room now
+        self.links: dict[PeerId, PeerLink] = {}
+        #: What each new connection sends: relays of the local tracks (set when joining).
+        self.relays: list[tuple[MediaRelay, MediaStreamTrack]] = []
+        self._send = send
+        self._emit = emit
+        self._work = work
+        self._timers = timers
+        self._consumers = list(consumers)
+        self._recorder = recorder
+        self._mosaic = mosaic
+        self._always_send = always_send
+        self.own_servers = tuple(own_servers)
+        #: From the latest peer-list or ice-servers: the server's, with our TURN credentials.
+        self.handed_servers: tuple[IceServer, ...] = ()
+        #: Failed connections per peer since the last one that worked: picks the TURN URL.
+        self._failures: dict[PeerId, int] = {}
+        #: Connections use only servers that answered a check (never wait on a dead one).
+        self._probe = IceProbe(self._ice_verdict)
+
+    # -- ICE servers -------------------------------------------------------------------
+    def check_own_servers(self) -> None:
+        self._probe.check(self.own_servers)
+
+    def hand_servers(self, servers: tuple[IceServer, ...]) -> None:
+        """The server's list (peer-list, ice-servers): used from now on, once checked."""
+        self.handed_servers = servers
+        self._probe.check(servers)
+
+    async def close(self) -> None:
+        await self._probe.close()
+
+    def _ice_verdict(self, server: IceServer, check: Check) -> None:
+        """A server check ended: report a bad one; offer again where a good one was missing."""
+        if check.verdict is not Verdict.OK:
+            log.warning("ICE server %s: %s; connections go without it", server.url, check.detail)
+            self._emit(ev.IceServerProblem(server.url, check.detail))
+            return
+        log.info("ICE server %s answered", server.url)
+        for peer, link in list(self.links.items()):
+            # Connections made while the check ran lack this server (a TURN relay may be the
+            # only way through): the side that offered them offers again, now with it.
+            if (
+                link.role is not Role.OFFERER
+                or link.state is LinkState.CONNECTED
+                or server.url in link.ice_urls  # fresh credentials for a URL it has: keep it
+            ):
+                continue
+            if link.state is LinkState.OFFERING:
+                # Its answer is on the way, and answers name no offer: a new offer now would
+                # take the old offer's answer. Apply that answer first, then offer again.
+                link.reoffer_when_answered = True
+            else:
+                self.schedule_offer(peer)
+
+    # -- scheduling ----------------------------------------------------------------------
+    def schedule_offer(self, peer: PeerId) -> bool:
+        return self._work.schedule(peer, lambda: self.offer(peer), "offer")
+
+    def schedule_close(self, peer: PeerId, *, only: PeerLink | None = None) -> bool:
+        return self._work.schedule(peer, lambda: self.close_link(peer, only=only), "close")
+
+    def on_signal(self, message: Offer | Answer | Candidate) -> None:
+        """An offer, answer or candidate from the room: handled in that peer's order."""
+        sender = message.sender
+        if sender is None or sender == self.me:
+            return
+        if isinstance(message, Offer):
+            self._work.schedule(sender, lambda: self.answer(sender, message.sdp), "answer")
+        elif isinstance(message, Answer):
+            self._work.schedule(sender, lambda: self.apply_answer(sender, message.sdp), "apply")
+        else:
+            self._work.schedule(sender, lambda: self.candidate(sender, message), "candidate")
+
+    # -- negotiation (each runs as the peer's serial work) -------------------------------
+    def _new_link(self, peer: PeerId, role: Role) -> PeerLink:
+        tracks = [relay.subscribe(track, buffered=False) for relay, track in self.relays]
+        known = self.own_servers + self.handed_servers
+        self._probe.check(known)  # those that failed a while ago get another chance
+        servers = arrange(self._probe.usable(known), self._failures.get(peer, 0))
+        link = PeerLink(
+            peer,
+            role,
+            rtc_configuration(servers),
+            tracks,
+            self._consumers,
+            on_state=self._link_state,
+            on_track=self._link_track,
+            always_send=self._always_send,
+            ice_servers=servers,
+        )
+        self.links[peer] = link
+        return link
+
+    async def offer(self, peer: PeerId) -> None:
+        if peer not in self.members:
+            return
+        await self.close_link(peer, forget=False)
+        link = self._new_link(peer, Role.OFFERER)
+        sdp = await link.make_offer()
+        if self.links.get(peer) is not link:
+            return
+        await self._send(Offer("offer", self.me, peer, sdp=sdp))
+
+    async def answer(self, peer: PeerId, sdp: str) -> None:
+        link = self.links.get(peer)
+        action = mesh.on_offer(self.me, peer, link.state if link is not None else None)
+        if action is Action.IGNORE:
+            log.info("glare with %s: we are not polite, ignoring its offer", peer)
+            return
+        if link is not None:
+            if link.state is LinkState.OFFERING:
+                log.info("glare with %s: we are polite, dropping our offer", peer)
+            await self.close_link(peer, forget=False)
+        link = self._new_link(peer, Role.ANSWERER)
+        try:
+            answer = await link.accept_offer(sdp)
+        except Exception as exc:  # a malformed offer must not take the agent down
+            log.warning("cannot answer the offer of %s: %s", peer, exc)
+            await self.close_link(peer, forget=False)
+            return
+        self._expect(peer, link)
+        await self._send(Answer("answer", self.me, peer, sdp=answer))
+
+    async def apply_answer(self, peer: PeerId, sdp: str) -> None:
+        link = self.links.get(peer)
+        if mesh.on_answer(link.state if link is not None else None) is not Action.APPLY:
+            log.debug("stale answer from %s ignored", peer)
+            return
+        if link is None:  # pragma: no cover - on_answer applies only to an existing link
+            return
+        try:
+            await link.accept_answer(sdp)
+        except Exception as exc:
+            log.warning("cannot apply the answer of %s: %s", peer, exc)
+            return
+        self._expect(peer, link)
+        if link.reoffer_when_answered:
+            self.schedule_offer(peer)
+
+    async def candidate(self, peer: PeerId, message: Candidate) -> None:
+        link = self.links.get(peer)
+        state = link.state if link is not None else None
+        action = mesh.on_candidate(state, link is not None and link.has_remote_description)
+        if action is Action.IGNORE or link is None:
+            log.debug("candidate from %s without a connection ignored", peer)
+            return
+        await link.add_candidate(message.candidate)
+
+    async def close_link(
+        self, peer: PeerId, *, forget: bool = True, only: PeerLink | None = None
+    ) -> None:
+        """Close ``peer``'s connection (if it is still ``only``) and release its media."""
+        link = self.links.get(peer)
+        if link is None or (only is not None and link is not only):
+            return
+        del self.links[peer]
+        await link.close()
+        if self._recorder is not None:
+            try:
+                await self._recorder.close_peer(peer)
+            except Exception:  # the rest of the closing must happen all the same
+                log.exception("closing the recording of %s failed", peer)
+        if self._mosaic is not None and forget:
+            self._mosaic.remove_peer(peer)
+        self._emit(ev.ConnectionStateChanged(peer, LinkState.CLOSED))
+        if forget:
+            self._timers.forget(peer)
+            self._failures.pop(peer, None)
+
+    async def close_all(self) -> None:
+        for peer in list(self.links):
+            await self.close_link(peer)
+
+    def _expect(self, peer: PeerId, link: PeerLink) -> None:
+        if self._recorder is not None and link.kinds_received:
+            self._recorder.expect(peer, link.kinds_received)
+
+    # -- link callbacks ------------------------------------------------------------------
+    def _link_track(
+        self, link: PeerLink, kind: Kind, relay: MediaRelay, track: MediaStreamTrack
+    ) -> None:
+        remote = RemoteTrack(link.remote, kind, lambda: relay.subscribe(track, buffered=False))
+        self._emit(ev.TrackReceived(link.remote, kind, remote))
+
+    def _link_state(self, link: PeerLink) -> None:
+        peer = link.remote
+        if self.links.get(peer) is not link:
+            return
+        self._emit(ev.ConnectionStateChanged(peer, link.state))
+        if link.state is LinkState.CONNECTED:
+            self._timers.connected(peer)
+            self._failures.pop(peer, None)
+        elif link.state is LinkState.FAILED:
+            self._failures[peer] = self._failures.get(peer, 0) + 1
+        action = mesh.on_connection_state(link.role, link.state, peer in self.members)
+        if action is Action.CLOSE:
+            self.schedule_close(peer, only=link)
+        elif action is Action.AWAIT_REOFFER:
+            log.info("connection to %s %s: waiting for its new offer", peer, link.state)
+            self._work.schedule(
+                peer, lambda: self.close_link(peer, forget=False, only=link), "close"
+            )
+        elif action is Action.REOFFER:
+
+            async def reoffer() -> None:
+                if self.links.get(peer) is link:  # not replaced by an offer meanwhile
+                    await self.offer(peer)
+
+            delay = self._timers.reoffer_later(
+                peer, lambda: self._work.schedule(peer, reoffer, "reoffer")
+            )
+            log.info("connection to %s %s: offering again in %.2f s", peer, link.state, delay)
