@@ -9,23 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from signaling.cli import add_serve_arguments, add_token_arguments, print_token, serve
+from signaling.flags import count, seconds
 
 #: Libraries whose INFO logging is per packet or per candidate pair: quiet unless --log-level DEBUG.
 _NOISY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def add_media_arguments(
@@ -44,13 +31,13 @@ def add_media_arguments(
         help="audio to send: tone, file:PATH or a URL, none (default tone)",
     )
     media.add_argument(
-        "--width", type=_positive_int, default=width, help="video width (default %(default)s)"
+        "--width", type=count, default=width, help="video width (default %(default)s)"
     )
     media.add_argument(
-        "--height", type=_positive_int, default=height, help="video height (default %(default)s)"
+        "--height", type=count, default=height, help="video height (default %(default)s)"
     )
     media.add_argument(
-        "--fps", type=_positive_int, default=fps, help="frames per second (default %(default)s)"
+        "--fps", type=count, default=fps, help="frames per second (default %(default)s)"
     )
     media.add_argument(
         "--ice-server",
@@ -86,13 +73,13 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--duration",
-        type=_positive_float,
+        type=seconds,
         metavar="S",
         help="leave after S seconds (default: run until Ctrl-C)",
     )
     out.add_argument(
         "--stats-interval",
-        type=_positive_float,
+        type=seconds,
         default=2.0,
         metavar="S",
         help="seconds between status lines (default %(default)s)",
@@ -105,10 +92,10 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--bots", type=_positive_int, default=3, help="bots in the room (default 3)"
+        "--bots", type=count, default=3, help="bots in the room (default 3)"
     )
     parser.add_argument(
-        "--duration", type=_positive_float, default=8.0, help="seconds to run (default %(default)s)"
+        "--duration", type=seconds, default=8.0, help="seconds to run (default %(default)s)"
     )
     parser.add_argument(
         "--out",

@@ -11,23 +11,9 @@ from collections.abc import Iterable, Sequence
 
 from aiortc import RTCConfiguration, RTCIceServer
 
-from peer.errors import MeshpeerError
-from signaling import ice
-from signaling.ice import IceServer
+from signaling.ice import IceServer, IceServerError, parse_ice_server
 
 __all__ = ["IceServer", "IceServerError", "arrange", "parse_ice_server", "rtc_configuration"]
-
-
-class IceServerError(MeshpeerError):
-    """An --ice-server value that is not a stun:, turn: or turns: URL."""
-
-
-def parse_ice_server(text: str) -> IceServer:
-    """The shared parser (signaling.ice), its error re-rooted under MeshpeerError."""
-    try:
-        return ice.parse_ice_server(text)
-    except ice.IceServerError as exc:
-        raise IceServerError(str(exc)) from None
 
 
 def _turn_rank(server: IceServer) -> int | None:

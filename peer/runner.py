@@ -22,6 +22,7 @@ from typing import IO, Any
 from peer import events as ev
 from peer.agent import Agent, random_peer_id, run_until
 from peer.errors import MeshpeerError
+from peer.ice import IceServerError
 from signaling.auth import read_claims
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ async def join_room(args: argparse.Namespace) -> int:
 
             mosaic = Mosaic()
         if args.display:
-            from peer.media.mosaic import DisplayWindow
+            from peer.media.display import DisplayWindow
 
             window = DisplayWindow(mosaic)
             window.start()
@@ -219,7 +220,8 @@ async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
 def run_join(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(join_room(args))
-    except (MeshpeerError, OSError) as exc:  # OSError: e.g. --record DIR not writable
+    # IceServerError: a bad --ice-server; OSError: e.g. --record DIR not writable
+    except (MeshpeerError, IceServerError, OSError) as exc:
         print(f"meshpeer join: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C while leaving

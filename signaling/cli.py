@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import math
 import os
 import ssl
 import sys
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from signaling.admission import OriginError, normalize_origin
 from signaling.auth import SecretError, check_secret, mint_token
+from signaling.flags import cap, count, duration, port, seconds
 from signaling.ice import IceServerError, parse_ice_server
 from signaling.server import ServerConfig, SignalingServer
 from signaling.session import Limits
@@ -25,40 +25,6 @@ from signaling.turn import DEFAULT_TTL, TurnMinter
 log = logging.getLogger(__name__)
 
 _DEFAULTS = Limits()
-
-
-def _number(text: str, kind: type[int] | type[float], low: float, inclusive: bool) -> float:
-    """Parse a flag value; a bad one becomes argparse's usage error (exit code 2)."""
-    try:
-        value = kind(text)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-    if not math.isfinite(value) or value < low or (value == low and not inclusive):
-        bound = f"at least {low:g}" if inclusive else f"more than {low:g}"
-        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    return int(_number(text, int, 1, inclusive=True))
-
-
-def _seconds(text: str) -> float:
-    return _number(text, float, 0, inclusive=False)
-
-
-def _cap(text: str) -> int:
-    return int(_number(text, int, 0, inclusive=True))
-
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``30m``, ``1h`` or ``7d``."""
-    unit = _UNITS.get(text[-1:].lower())
-    return _seconds(text[:-1] if unit else text) * (unit or 1.0)
 
 
 def _origin(text: str) -> str:
@@ -90,13 +56,6 @@ def read_secret(path: Path | None, env: str, what: str) -> bytes | None:
     return value.encode() if value else None
 
 
-def _port(text: str) -> int:
-    port = int(_number(text, int, 0, inclusive=True))
-    if port > 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {text}")
-    return port
-
-
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     net = parser.add_argument_group("network")
     net.add_argument(
@@ -104,7 +63,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the server)",
     )
-    net.add_argument("--port", type=_port, default=8080, help="port to bind (default 8080)")
+    net.add_argument("--port", type=port, default=8080, help="port to bind (default 8080)")
     net.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
     net.add_argument("--keyfile", help="TLS private key (PEM), with --certfile")
     net.add_argument(
@@ -164,58 +123,58 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     lim = parser.add_argument_group("limits")
     lim.add_argument(
         "--max-frame-bytes",
-        type=_count,
+        type=count,
         default=_DEFAULTS.max_frame_bytes,
         help="largest frame accepted (default %(default)s)",
     )
     lim.add_argument(
         "--max-peers",
-        type=_count,
+        type=count,
         default=_DEFAULTS.max_peers,
         help="peers per room (default %(default)s)",
     )
     lim.add_argument(
         "--join-timeout",
-        type=_seconds,
+        type=seconds,
         default=_DEFAULTS.join_timeout,
         help="seconds a new connection has to send join (default %(default)s)",
     )
     lim.add_argument(
         "--heartbeat",
-        type=_seconds,
+        type=seconds,
         default=_DEFAULTS.heartbeat,
         help="seconds between pings; no pong within half of it drops the client "
         "(default %(default)s)",
     )
     lim.add_argument(
         "--probe-timeout",
-        type=_seconds,
+        type=seconds,
         default=_DEFAULTS.probe_timeout,
         help="seconds an ID's holder has to answer a ping when the ID is asked "
         "for again (default %(default)s)",
     )
     lim.add_argument(
         "--rate",
-        type=_seconds,
+        type=seconds,
         default=_DEFAULTS.rate,
         help="messages per second per connection, sustained (default %(default)s)",
     )
     lim.add_argument(
         "--burst",
-        type=_count,
+        type=count,
         default=_DEFAULTS.burst,
         help="messages per connection allowed above --rate in a burst (default %(default)s)",
     )
     lim.add_argument(
         "--send-queue",
-        type=_count,
+        type=count,
         default=_DEFAULTS.send_queue,
         help="messages queued for one client before it is dropped as too slow "
         "(default %(default)s)",
     )
     lim.add_argument(
         "--ip-connections",
-        type=_cap,
+        type=cap,
         default=_DEFAULTS.ip_connections,
         metavar="N",
         help="open WebSockets per client address, more get HTTP 429 (default %(default)s; "
@@ -223,7 +182,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     lim.add_argument(
         "--ip-connects-per-minute",
-        type=_cap,
+        type=cap,
         default=_DEFAULTS.ip_connects_per_minute,
         metavar="N",
         help="new WebSockets (join attempts) per client address per minute, more get HTTP 429 "

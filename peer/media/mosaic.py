@@ -1,5 +1,7 @@
 """A labelled mosaic of every remote peer's latest video frame, for --display and --snapshot.
 
+The ``--display`` window that shows it is :mod:`peer.media.display`.
+
 ``Mosaic.put_frame`` only keeps a reference to the newest frame and counts it: frames are
 converted to BGR at render time, for the latest frame of each peer only, with the
 mosaic's own reformatter (a frame's built-in one is shared with every other thread that
@@ -14,9 +16,6 @@ import contextlib
 import logging
 import math
 import os
-import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
-from peer.media.errors import DisplayError
-from peer.media.tap import FpsMeter, FrameConsumer, Kind
+from peer.events import Kind
+from peer.media.tap import FpsMeter, FrameConsumer
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,6 @@ _EMPTY_TILE = (56, 56, 56)
 _LABEL_STRIP = (0, 0, 0)
 _TEXT = (255, 255, 255)
 _LOCAL_KEY = "\x00local"  # cannot collide with a peer ID, which is printable
-_FRAME_HEADER = struct.Struct("<II")  # as display_child.HEADER: height, width
 
 
 def grid(count: int) -> tuple[int, int]:
@@ -281,122 +279,3 @@ class SnapshotWriter:
             self.written += 1
         except OSError as exc:
             log.warning("cannot write the snapshot %s: %s", self.path, exc)
-
-
-# --- --display ---------------------------------------------------------------------------
-
-
-def check_display(environ: dict[str, str] | None = None) -> str:
-    """The X display to use; DisplayError when there is none (Qt would abort the process)."""
-    env = os.environ if environ is None else environ
-    display = env.get("DISPLAY", "")
-    if not display:
-        raise DisplayError("--display needs an X display, and DISPLAY is not set")
-    if display.startswith(":"):
-        number = display[1:].split(".")[0]
-        if not Path(f"/tmp/.X11-unix/X{number}").exists():
-            raise DisplayError(f"--display: no X server is running on display {display}")
-    return display
-
-
-class DisplayWindow:
-    """The ``--display`` window: the mosaic shown ``fps`` times a second.
-
-    The window lives in a child process (``display_child.py``: see there why); a thread
-    here renders the mosaic and pipes it over, another watches for the user closing the
-    window (q, Esc or the close button), which sets ``closed``: the agent leaves the room.
-    """
-
-    def __init__(self, mosaic: Mosaic, *, title: str = "meshpeer", fps: float = 10.0) -> None:
-        self.mosaic = mosaic
-        self.title = title
-        self.fps = fps
-        self.closed = asyncio.Event()
-        self.shown = threading.Event()  # set once the window has been drawn
-        self._stop = threading.Event()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._threads: list[threading.Thread] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self) -> None:
-        """Opens the window; DisplayError when there is no X display."""
-        check_display()
-        env = dict(os.environ)
-        fonts = Path("/usr/share/fonts/truetype/dejavu")
-        if fonts.is_dir():  # silences Qt's "Cannot find font directory" warnings
-            env.setdefault("QT_QPA_FONTDIR", str(fonts))
-        self._loop = asyncio.get_running_loop()
-        child = Path(__file__).with_name("display_child.py")
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, str(child), self.title],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env=env,
-            )
-        except OSError as exc:
-            raise DisplayError(f"cannot start the display window: {exc}") from exc
-        self._threads = [
-            threading.Thread(target=self._feed, name="display feed", daemon=True),
-            threading.Thread(target=self._watch, name="display watch", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        log.info("display window %r opened", self.title)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.to_thread(self._shut_down)
-
-    def _shut_down(self) -> None:
-        for thread in self._threads:
-            thread.join(timeout=5)
-        process, self._process = self._process, None
-        if process is None:
-            return
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def _feed(self) -> None:
-        """Renders and sends frames until stopped or the window is gone; then ends stdin."""
-        process = self._process
-        if process is None or process.stdin is None:
-            return
-        period = 1 / self.fps
-        try:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                image = self.mosaic.render()
-                height, width = image.shape[:2]
-                process.stdin.write(_FRAME_HEADER.pack(height, width))
-                process.stdin.write(image.tobytes())
-                process.stdin.flush()
-                self._stop.wait(max(0.0, period - (time.monotonic() - started)))
-        except (BrokenPipeError, ValueError, OSError):
-            pass  # the window process is gone; _watch reports it
-        finally:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
-
-    def _watch(self) -> None:
-        process = self._process
-        if process is None or process.stdout is None:
-            return
-        for line in process.stdout:
-            word = line.decode(errors="replace").strip()
-            if word == "shown":
-                self.shown.set()
-            elif word == "closed":
-                log.info("display window closed by the user")
-                break
-        if not self._stop.is_set():
-            self._stop.set()  # stop feeding a window that is gone
-            self._set_closed()
-
-    def _set_closed(self) -> None:
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                self._loop.call_soon_threadsafe(self.closed.set)

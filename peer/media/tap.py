@@ -14,16 +14,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from peer.events import Kind as Kind  # defined once, in peer.events; re-exported
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["audio", "video"]
 
 
 class FrameConsumer(Protocol):

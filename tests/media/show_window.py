@@ -12,7 +12,8 @@ import sys
 import av
 import numpy as np
 
-from peer.media.mosaic import DisplayWindow, Mosaic
+from peer.media.display import DisplayWindow
+from peer.media.mosaic import Mosaic
 from peer.media.synthetic import SyntheticVideoTrack
 from signaling.protocol import PeerId
 

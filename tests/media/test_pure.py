@@ -7,8 +7,9 @@ from fractions import Fraction
 
 import pytest
 
+from peer.media.display import check_display
 from peer.media.errors import DisplayError, MediaSourceError
-from peer.media.mosaic import check_display, fit, grid
+from peer.media.mosaic import fit, grid
 from peer.media.pacing import FrameClock
 from peer.media.sources import SourceKind, SourceSpec, VideoSettings, parse_source_spec
 from peer.media.synthetic import tone_frequency

@@ -1,0 +1,52 @@
+"""Value types for command-line flags: a bad value becomes argparse's usage error (exit 2)
+naming the rule, for ``meshpeer serve``, ``join``, ``demo`` and ``token`` alike."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def number(text: str, kind: type[int] | type[float], low: float, inclusive: bool) -> float:
+    """Parse a flag value; a bad one becomes argparse's usage error (exit code 2)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        bound = f"at least {low:g}" if inclusive else f"more than {low:g}"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+    return value
+
+
+def count(text: str) -> int:
+    """An integer, at least 1."""
+    return int(number(text, int, 1, inclusive=True))
+
+
+def seconds(text: str) -> float:
+    """A number of seconds, more than 0."""
+    return number(text, float, 0, inclusive=False)
+
+
+def cap(text: str) -> int:
+    """An integer, 0 (no cap) or more."""
+    return int(number(text, int, 0, inclusive=True))
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``1h`` or ``7d``."""
+    unit = _UNITS.get(text[-1:].lower())
+    return seconds(text[:-1] if unit else text) * (unit or 1.0)
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 to 65535."""
+    value = int(number(text, int, 0, inclusive=True))
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {text}")
+    return value
