@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -61,6 +62,9 @@ class StatsWriter:
                 "signaling": self.agent.signaling_connected,
                 "reconnects": self.agent.reconnects,
                 "events_dropped": self.agent.dropped_events,
+                # For long runs: what would show a leak of tasks or threads.
+                "tasks": len(asyncio.all_tasks()),
+                "threads": threading.active_count(),
                 "peers": [s.to_json() for s in event.peers],
             }
             self.json_file.write(json.dumps(record) + "\n")

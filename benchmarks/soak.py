@@ -1,0 +1,252 @@
+"""Soak: the server and three bots (recording, snapshots) for N minutes, sampled every 10 s.
+
+Starts ``python -m signaling`` and three ``meshpeer join`` processes on loopback, each bot
+recording the others (``--record``), writing a mosaic snapshot (``--snapshot``) and stats
+(``--stats-json``). Every ``--interval`` seconds it samples, per process, the resident
+memory (VmRSS) and open file descriptors from /proc, and from the bots' stats the asyncio
+task and thread counts, the fps each receives and the first-frame times. After
+``--warmup`` it compares the last sample with the first: RSS and fds must grow less than
+5%, fps must stay steady. Writes ``benchmarks/results/soak.json`` and a PNG plot.
+
+    ./dev bench soak --minutes 30
+    ./dev bench soak --minutes 3 --warmup 1     # a short look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BOTS = ("bot1", "bot2", "bot3")
+#: Growth allowed between the first sample after the warm-up and the last one.
+MAX_GROWTH = 0.05
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def last_record(path: Path) -> dict[str, Any] | None:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            record: dict[str, Any] = json.loads(line)
+            return record
+        except ValueError:
+            continue  # a line being written
+    return None
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    stats: Path | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def start(work: Path, args: argparse.Namespace) -> list[Proc]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    procs = [Proc("server", server)]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the server did not start") from None
+            time.sleep(0.1)
+    for name in BOTS:
+        stats = work / f"{name}.jsonl"
+        command = [
+            sys.executable, "-m", "peer", "join", f"ws://127.0.0.1:{port}/ws",
+            "--room", "soak", "--id", name, "--quiet",
+            "--width", str(args.width), "--height", str(args.height), "--fps", str(args.fps),
+            "--record", str(work / "recordings" / name), "--snapshot", str(work / f"{name}.png"),
+            "--stats-json", str(stats), "--stats-interval", str(args.interval),
+        ]  # fmt: skip
+        with (work / f"{name}.log").open("wb") as log:
+            popen = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        procs.append(Proc(name, popen, stats))
+    return procs
+
+
+def sample(procs: list[Proc], started: float) -> None:
+    at = round(time.monotonic() - started, 1)
+    for proc in procs:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}")
+        entry: dict[str, Any] = {
+            "t": at,
+            "rss_kib": rss_kib(proc.popen.pid),
+            "fds": open_fds(proc.popen.pid),
+        }
+        record = last_record(proc.stats) if proc.stats is not None else None
+        if record is not None:
+            entry["tasks"] = record.get("tasks")
+            entry["threads"] = record.get("threads")
+            entry["fps"] = {p["peer"]: p["fps_in"] for p in record["peers"]}
+            entry["first_frame_s"] = {p["peer"]: p["first_frame_s"] for p in record["peers"]}
+            entry["packets_lost"] = sum(p["packets_lost"] for p in record["peers"])
+        proc.samples.append(entry)
+
+
+def growth(values: list[float]) -> float:
+    return (values[-1] - values[0]) / values[0] if values and values[0] else 0.0
+
+
+def summarize(procs: list[Proc], warmup: float) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for proc in procs:
+        kept = [s for s in proc.samples if s["t"] >= warmup]
+        if len(kept) < 2:
+            continue
+        fps = [statistics.fmean(s["fps"].values()) for s in kept if s.get("fps")]
+        summary[proc.name] = {
+            "samples": len(kept),
+            "rss_mib": [round(kept[0]["rss_kib"] / 1024, 1), round(kept[-1]["rss_kib"] / 1024, 1)],
+            "rss_growth": round(growth([s["rss_kib"] for s in kept]), 4),
+            "fds": [kept[0]["fds"], kept[-1]["fds"]],
+            "fd_growth": round(growth([s["fds"] for s in kept]), 4),
+            "tasks": [kept[0].get("tasks"), kept[-1].get("tasks")],
+            "fps_mean": round(statistics.fmean(fps), 2) if fps else None,
+            "fps_min": round(min(fps), 2) if fps else None,
+            "fps_stdev": round(statistics.pstdev(fps), 2) if len(fps) > 1 else None,
+        }
+    return summary
+
+
+def plot(procs: list[Proc], path: Path, warmup: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    for index, proc in enumerate(procs):
+        style = {"label": proc.name, "color": f"C{index}"}  # one colour per process
+        t = [s["t"] / 60 for s in proc.samples]
+        axes[0].plot(t, [s["rss_kib"] / 1024 for s in proc.samples], **style)
+        axes[1].plot(t, [s["fds"] for s in proc.samples], **style)
+        fps = [statistics.fmean(s["fps"].values()) if s.get("fps") else None for s in proc.samples]
+        if any(v is not None for v in fps):
+            axes[2].plot(t, fps, **style)
+    for axis, label in zip(axes, ("RSS (MiB)", "open fds", "fps received (mean)"), strict=True):
+        axis.set_ylabel(label)
+        axis.axvline(warmup / 60, color="grey", linestyle=":")
+        axis.legend(loc="lower right", fontsize="small")
+        axis.grid(alpha=0.3)
+    axes[2].set_xlabel("minutes (dotted: end of warm-up)")
+    fig.suptitle("meshpeer soak: server + 3 bots recording, snapshots")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=2.0, help="minutes before comparing")
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--fps", type=int, default=15)
+    parser.add_argument("--output", type=Path, default=RESULTS / "soak.json")
+    args = parser.parse_args(argv)
+    warmup = args.warmup * 60
+    work = Path(tempfile.mkdtemp(prefix="meshpeer-soak-"))
+    procs = start(work, args)
+    started = time.monotonic()
+    end = started + args.minutes * 60
+    try:
+        while time.monotonic() < end:
+            time.sleep(args.interval)
+            sample(procs, started)
+            now = procs[1].samples[-1]
+            print(
+                f"{now['t'] / 60:5.1f} min  server {procs[0].samples[-1]['rss_kib'] / 1024:.0f} MiB"
+                f"  bot1 {now['rss_kib'] / 1024:.0f} MiB {now['fds']} fds "
+                f"{now.get('tasks')} tasks fps {now.get('fps')}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:  # the bots leave (finalising recordings), then the server stops
+        for group in (procs[1:], procs[:1]):
+            for proc in group:
+                proc.popen.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.popen.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.popen.kill()
+    summary = summarize(procs, warmup)
+    recordings = sorted(str(p) for p in (work / "recordings").rglob("*.mkv"))
+    passed = all(
+        s["rss_growth"] < MAX_GROWTH and s["fd_growth"] < MAX_GROWTH for s in summary.values()
+    )
+    print()
+    print("| process | RSS MiB after warm-up -> end | growth | fds | tasks | fps mean / min |")
+    print("|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        fps = f"{s['fps_mean']} / {s['fps_min']}" if s["fps_mean"] is not None else "-"
+        print(
+            f"| {name} | {s['rss_mib'][0]} -> {s['rss_mib'][1]} | {s['rss_growth']:+.1%} | "
+            f"{s['fds'][0]} -> {s['fds'][1]} | {s['tasks'][0]} -> {s['tasks'][1]} | {fps} |"
+        )
+    print(f"\nRSS and fds grew less than {MAX_GROWTH:.0%} everywhere: {'yes' if passed else 'NO'}")
+    result = {
+        "settings": vars(args) | {"output": str(args.output)},
+        "load_average": os.getloadavg(),
+        "summary": summary,
+        "passed": passed,
+        "recordings": len(recordings),
+        "samples": {p.name: p.samples for p in procs},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    png = args.output.with_suffix(".png")
+    plot(procs, png, warmup)
+    print(f"wrote {args.output} and {png}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
