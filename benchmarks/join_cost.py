@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,19 +37,13 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import free_port, wait_listening  # noqa: E402
 from signaling.auth import TokenVerifier, mint_token  # noqa: E402
 from signaling.protocol import PeerId, RoomId  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "join_cost.json"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SECRET = os.urandom(32).hex().encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,15 +68,7 @@ def server(auth: bool, secret_file: Path) -> Iterator[tuple[int, int]]:
         command += ["--auth-secret-file", str(secret_file)]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.05)
+        wait_listening(proc, port, 20)
         yield proc.pid, port
     finally:
         proc.terminate()

@@ -33,6 +33,7 @@ from aiohttp import web
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import last_json_line  # noqa: E402
 from peer import events as ev  # noqa: E402
 from peer.agent import Agent  # noqa: E402
 from peer.media.sources import VideoSettings, open_local_media  # noqa: E402
@@ -52,20 +53,6 @@ async def start_server() -> tuple[web.AppRunner, str]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return runner, f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
-
-
-def last_line(path: Path) -> dict[str, Any] | None:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
-        try:
-            record: dict[str, Any] = json.loads(line)
-            return record
-        except ValueError:
-            continue
-    return None
 
 
 async def wait_until(condition: Any, within: float) -> bool:
@@ -95,12 +82,12 @@ async def mesh(size: int, settings: VideoSettings, warmup: float, window: float)
                 *command, cwd=REPO, stdout=asyncio.subprocess.DEVNULL
             )
             procs.append(proc)
-            if not await wait_until(lambda f=files[index]: last_line(f) is not None, 30):
+            if not await wait_until(lambda f=files[index]: last_json_line(f) is not None, 30):
                 raise RuntimeError(f"{name} did not start")
         # everyone connected to everyone, then warm up
         await wait_until(
             lambda: all(
-                (r := last_line(f)) is not None
+                (r := last_json_line(f)) is not None
                 and len(r["peers"]) == size - 1
                 and all(p["first_frame_s"] is not None for p in r["peers"])
                 for f in files
@@ -114,7 +101,7 @@ async def mesh(size: int, settings: VideoSettings, warmup: float, window: float)
         await asyncio.sleep(window)
         cpu_used = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu_start, strict=True)]
         elapsed = time.monotonic() - t0
-        records = [last_line(f) for f in files]
+        records = [last_json_line(f) for f in files]
     finally:
         for proc in procs:
             if proc.returncode is None:

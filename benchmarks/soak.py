@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,17 +30,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import free_port, last_json_line, wait_listening  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 BOTS = ("bot1", "bot2", "bot3")
 #: Growth allowed between the first sample after the warm-up and the last one.
 MAX_GROWTH = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_kib(pid: int) -> int:
@@ -53,20 +49,6 @@ def rss_kib(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def last_record(path: Path) -> dict[str, Any] | None:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
-        try:
-            record: dict[str, Any] = json.loads(line)
-            return record
-        except ValueError:
-            continue  # a line being written
-    return None
 
 
 @dataclass
@@ -85,15 +67,7 @@ def start(work: Path, args: argparse.Namespace) -> list[Proc]:
         stdout=subprocess.DEVNULL,
     )
     procs = [Proc("server", server)]
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the server did not start") from None
-            time.sleep(0.1)
+    wait_listening(server, port, 20)
     for name in BOTS:
         stats = work / f"{name}.jsonl"
         command = [
@@ -119,7 +93,7 @@ def sample(procs: list[Proc], started: float) -> None:
             "rss_kib": rss_kib(proc.popen.pid),
             "fds": open_fds(proc.popen.pid),
         }
-        record = last_record(proc.stats) if proc.stats is not None else None
+        record = last_json_line(proc.stats) if proc.stats is not None else None
         if record is not None:
             entry["tasks"] = record.get("tasks")
             entry["threads"] = record.get("threads")
