@@ -20,6 +20,18 @@ const REFUSALS = new Set([
 ]);
 /** A failed connection we offered is offered again (new RTCPeerConnection) this many times. */
 const MAX_REOFFERS = 3;
+/**
+ * A working connection outlives its peer's `peer-left` by this long (as in the agent): a
+ * peer that resumes on a new socket shows up as `peer-left` then `peer-joined` at once, and
+ * a server shutting down sends `peer-left` for everyone just before closing with 1001.
+ * Neither is the peer leaving, and its media still flows.
+ */
+const PEER_LEFT_GRACE_MS = 500;
+/** How long the answering side of a connection the other side hung up on waits for that
+ * side's new offer before offering itself (give or take half). */
+const HUNG_UP_WAIT_MS = 2000;
+/** Close code of a server going away (shutting down or restarting). */
+const GOING_AWAY = 1001;
 
 /**
  * The ICE servers /config.json names, [] when none. None by default: on a LAN or offline,
@@ -45,6 +57,8 @@ class RoomPage {
     this.room = params.room;
     this.view = view;
     this.links = new Map(); // peerId -> PeerLink
+    this.members = new Set(); // who the server says is in the room besides us
+    this.graces = new Map(); // peerId -> timer closing its link after a `peer-left`
     this.reoffers = new Map(); // peerId -> attempts since the last working connection
     this.local = null;
     this.configIceServers = []; // from /config.json
@@ -53,6 +67,7 @@ class RoomPage {
     this.signaling = null;
     this.joined = false;
     this.left = false;
+    this.leaving = new AbortController(); // stops asking for the camera once we left
     this.refusal = null; // plain-words reason the server refused us
   }
 
@@ -60,18 +75,23 @@ class RoomPage {
     const { view } = this;
     view.setIdentity(this.peerId, this.room);
     this.#showInvite(); // before joining too: this page's own address may carry our token
+    // Leave works from the first moment: the camera prompt waits as long as the person does.
+    document.getElementById("leave").addEventListener("click", () => this.leave());
     view.setStatus("starting", this.params.watch ? "Joining to watch…" : "Starting camera…");
-    const [local, iceServers] = await Promise.all([
-      openLocalMedia({ watch: this.params.watch }),
-      loadIceServers(this.params.token),
-    ]);
+    const media = openLocalMedia({ watch: this.params.watch, signal: this.leaving.signal }).then(
+      (local) => {
+        if (this.left) local.stop(); // granted after we left: no camera light on a left page
+        return local;
+      },
+    );
+    const [local, iceServers] = await Promise.all([media, loadIceServers(this.params.token)]);
+    if (this.left) return;
     this.local = local;
     this.configIceServers = iceServers;
     this.iceServers = iceServers;
     view.showLocal(local);
     if (local.problem) view.notice("camera", local.problem, { level: "warning" });
     this.#setupControls();
-    if (this.left) return;
 
     const signaling = new SignalingClient(signalingUrl(location.href), {
       peerId: this.peerId,
@@ -90,6 +110,7 @@ class RoomPage {
   leave() {
     if (this.left) return;
     this.left = true;
+    this.leaving.abort();
     this.signaling?.close();
     this.#closeAllLinks();
     this.local?.stop();
@@ -104,20 +125,31 @@ class RoomPage {
     this.joined = true;
     this.room = room;
     // The server's per-peer list (time-limited TURN credentials) replaces /config.json's for
-    // every connection made from now on; each rejoin brings fresh credentials. The links
-    // are all made afresh below, so none keeps credentials from an earlier join.
+    // every connection made from now on; each rejoin brings fresh credentials. Connections
+    // kept across a rejoin keep theirs, as with `ice-servers`.
     this.iceSource = iceServers ? "peer-list" : "config.json";
     this.iceServers = iceServers ? usableIceServers(iceServers) : this.configIceServers;
     this.view.setIdentity(this.peerId, room);
     this.#showInvite();
     this.view.setStatus("joined", "In the room");
     this.view.clearNotice("connection");
-    // A rejoin is a new arrival for the others (they saw us leave): start every link afresh.
-    this.#closeAllLinks();
-    if (resumed) console.info("meshpeer: rejoined; renegotiating with", peers);
-    for (const peerId of peers) {
-      if (typeof peerId !== "string" || peerId === this.peerId) continue;
-      this.#link(peerId).startOffer(); // the newcomer offers to everyone already there
+    const listed = new Set(peers.filter((p) => typeof p === "string" && p !== this.peerId));
+    this.members = listed;
+    // As in the agent, a lost signaling socket does not touch the media: a connection that
+    // is up stays (same RTCPeerConnection, no offer), whether its peer is listed or not yet
+    // back (after a server restart the others rejoin one by one). Anything else starts
+    // afresh: a negotiation cut by the lost socket may have lost its answer with it.
+    for (const [peerId, link] of [...this.links]) {
+      if (link.state !== "connected") this.#closeLink(peerId);
+    }
+    for (const peerId of [...this.view.peers.keys()]) {
+      if (!listed.has(peerId) && !this.links.has(peerId)) this.view.removePeer(peerId);
+    }
+    if (resumed) console.info("meshpeer: rejoined; peers:", [...listed]);
+    for (const peerId of listed) {
+      this.#cancelGrace(peerId);
+      if (this.links.has(peerId)) continue; // up, kept
+      this.#link(peerId).startOffer(); // the newcomer offers to everyone it has no link with
     }
   }
 
@@ -125,17 +157,17 @@ class RoomPage {
     const from = typeof message.from === "string" ? message.from : null;
     switch (message.type) {
       case "peer-joined":
-        if (typeof message.peerId !== "string") return;
-        this.#closeLink(message.peerId); // a stale link from a previous visit
-        this.view.addPeer(message.peerId); // it will offer to us
+        if (typeof message.peerId !== "string" || message.peerId === this.peerId) return;
+        this.#peerJoined(message.peerId);
         break;
       case "peer-left":
         if (typeof message.peerId !== "string") return;
-        this.#closeLink(message.peerId);
+        this.#peerLeft(message.peerId);
         break;
       case "offer":
       case "answer":
         if (!from || typeof message.sdp !== "string") return;
+        if (message.type === "offer") this.members.add(from); // only a peer in the room offers
         if (message.type === "answer" && !this.links.has(from)) return;
         if (message.type === "offer" && this.links.get(from)?.isFromNewConnection(message.sdp)) {
           // The peer started over (its connection failed, or it restarted): so do we.
@@ -172,6 +204,11 @@ class RoomPage {
   #disconnected({ code, final, everJoined, nameCheck }) {
     this.joined = false;
     if (this.left) return;
+    if (code === GOING_AWAY) {
+      // The `peer-left`s just before were the server shutting down, not the peers leaving:
+      // their media still flows, and they rejoin the restarted server like us.
+      for (const peerId of [...this.graces.keys()]) this.#cancelGrace(peerId);
+    }
     if (nameCheck) {
       this.view.setStatus("joining", "Checking the name…");
       this.view.notice(
@@ -200,6 +237,39 @@ class RoomPage {
    * and ours must not be passed on: each person needs their own invitation. */
   #showInvite() {
     this.view.setInvite(this.params.token ? null : inviteUrl(location.href, this.params.room));
+  }
+
+  // -- membership -----------------------------------------------------------------
+  /** A peer arrived, or came back. If our connection to it is up, it only resumed its
+   * signaling: keep it. Anything short of that is dropped, and the newcomer offers. */
+  #peerJoined(peerId) {
+    this.members.add(peerId);
+    this.#cancelGrace(peerId);
+    const link = this.links.get(peerId);
+    if (link && link.state !== "connected") this.#closeLink(peerId); // from an earlier visit
+    this.view.addPeer(peerId); // it will offer to us
+  }
+
+  /** A peer left: its connection goes, a working one only after PEER_LEFT_GRACE_MS. */
+  #peerLeft(peerId) {
+    this.members.delete(peerId);
+    if (this.links.get(peerId)?.state !== "connected") {
+      this.#closeLink(peerId);
+      return;
+    }
+    this.#cancelGrace(peerId);
+    this.graces.set(
+      peerId,
+      setTimeout(() => {
+        this.graces.delete(peerId);
+        if (!this.members.has(peerId)) this.#closeLink(peerId);
+      }, PEER_LEFT_GRACE_MS),
+    );
+  }
+
+  #cancelGrace(peerId) {
+    clearTimeout(this.graces.get(peerId));
+    this.graces.delete(peerId);
   }
 
   // -- peer links ----------------------------------------------------------------
@@ -236,13 +306,23 @@ class RoomPage {
       this.reoffers.delete(peerId);
       return;
     }
+    if (state === "failed" && this.joined && !this.members.has(peerId)) {
+      this.#closeLink(peerId); // it left (or hung up after leaving): nobody to reconnect to
+      return;
+    }
     // As in the agent: the side that offered a failed connection offers a new one; the
-    // other side waits for it (its new certificate tells us it is a new connection).
-    if (state !== "failed" || link.role !== "offerer") return;
+    // other side waits for it (its new certificate tells us it is a new connection). One
+    // exception: a connection the other side hung up on while we were away (we kept it
+    // across our rejoin, it did not) has nobody left to offer, as it waits for us, the
+    // newcomer. So we offer too, unless its new offer comes first.
+    if (state !== "failed") return;
+    const offerer = link.role === "offerer";
+    if (!offerer && !link.hungUp) return;
     const attempt = this.reoffers.get(peerId) ?? 0;
     if (attempt >= MAX_REOFFERS) return;
     this.reoffers.set(peerId, attempt + 1);
-    const delay = 1000 * 2 ** attempt * (0.5 + Math.random());
+    const wait = offerer ? 1000 * 2 ** attempt : HUNG_UP_WAIT_MS;
+    const delay = wait * (0.5 + Math.random());
     setTimeout(() => {
       if (this.links.get(peerId) === link) this.restartLink(peerId);
     }, delay);
@@ -255,6 +335,7 @@ class RoomPage {
   }
 
   #closeLink(peerId) {
+    this.#cancelGrace(peerId);
     this.#dropLink(peerId);
     this.reoffers.delete(peerId);
     this.view.removePeer(peerId);
@@ -286,7 +367,6 @@ class RoomPage {
     };
     bind("toggle-camera", "video", "Start camera", "Stop camera");
     bind("toggle-mic", "audio", "Unmute mic", "Mute mic");
-    doc.getElementById("leave").addEventListener("click", () => this.leave());
     doc.addEventListener("click", () => {
       if (this.view.soundBlocked) this.view.enableSound();
     });

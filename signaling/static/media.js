@@ -38,9 +38,11 @@ async function tryGetUserMedia(constraints) {
 
 /**
  * Camera and microphone if the browser gives them; whatever part of them it gives otherwise.
- * Never throws: with nothing granted the page still joins to watch.
+ * Never throws: with nothing granted the page still joins to watch. Once `signal` is aborted
+ * (the person left while the browser was still asking) no further prompt is made; whatever
+ * was granted is still returned, for the caller to stop.
  */
-export async function openLocalMedia({ watch }) {
+export async function openLocalMedia({ watch, signal = null }) {
   if (watch) return new LocalMedia(new MediaStream(), null);
   if (!navigator.mediaDevices?.getUserMedia) {
     const error = { name: "InsecureContext", message: "no mediaDevices" };
@@ -54,6 +56,7 @@ export async function openLocalMedia({ watch }) {
   // One of the two may still work (a laptop without a camera, a busy microphone).
   const tracks = [];
   for (const kind of ["video", "audio"]) {
+    if (signal?.aborted) break;
     const one = await tryGetUserMedia({ [kind]: true });
     if (one.stream) tracks.push(...one.stream.getTracks());
   }

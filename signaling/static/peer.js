@@ -3,6 +3,12 @@
 // and rolls its own offer back.
 
 const KINDS = ["audio", "video"];
+/**
+ * Candidates kept per link while the remote description is missing (as in the agent). A
+ * browser trickles a handful; only a broken or hostile peer sends more, and those must not
+ * grow the page's memory without end. The first ones are kept: host candidates come first.
+ */
+export const MAX_PENDING_CANDIDATES = 64;
 
 function now() {
   return performance.timeOrigin + performance.now();
@@ -74,7 +80,11 @@ export class PeerLink extends EventTarget {
     this.ignoreOffer = false;
     this.settingRemoteAnswer = false;
     this.pendingCandidates = [];
+    this.droppedCandidates = 0; // beyond MAX_PENDING_CANDIDATES
     this.closed = false;
+    /** The other side closed this connection (its DTLS close_notify reached us). */
+    this.hungUp = false;
+    this.watchedTransport = null;
     this.role = null; // "offerer" or "answerer": who started this connection
     /** Epoch ms of each step (created, offer, answer, connected), to see where time goes. */
     this.times = { created: now() };
@@ -91,8 +101,12 @@ export class PeerLink extends EventTarget {
       this.dispatchEvent(new CustomEvent("stream", { detail: { stream: this.stream, track } }));
     });
     pc.addEventListener("connectionstatechange", () => {
+      if (this.hungUp) return; // stays failed: ICE only notices 5 to 15 s later
       const state = linkState(pc.connectionState);
-      if (state === "connected") this.times.connected ??= now();
+      if (state === "connected") {
+        this.times.connected ??= now();
+        this.#watchHangUp();
+      }
       this.#setState(state);
     });
   }
@@ -145,7 +159,13 @@ export class PeerLink extends EventTarget {
   async receiveCandidate(candidate) {
     if (this.closed || !candidate || !candidate.candidate) return;
     if (!this.pc.remoteDescription) {
-      this.pendingCandidates.push(candidate); // added once the description is set
+      if (this.pendingCandidates.length < MAX_PENDING_CANDIDATES) {
+        this.pendingCandidates.push(candidate); // added once the description is set
+      } else if (this.droppedCandidates++ === 0) {
+        console.warn(
+          `meshpeer: more than ${MAX_PENDING_CANDIDATES} candidates from ${this.peerId} before its description; ignoring the rest`,
+        );
+      }
       return;
     }
     await this.#addCandidate(candidate);
@@ -229,6 +249,27 @@ export class PeerLink extends EventTarget {
       // a second offer, and peers that do not renegotiate (bots, the reference client)
       // would break on it.
     }
+  }
+
+  /**
+   * A peer that closes its connection (it left, its grace ran out while we were away, or it
+   * replaced the connection) sends a DTLS close_notify: the transport closes at once, while
+   * connectionState only turns "disconnected" ~5 s and "failed" ~15 s later. Reporting
+   * "failed" at once lets the page offer again (or forget a peer that left) without that
+   * wait, and a connection kept across our rejoin cannot pass for working when the other
+   * side closed its half meanwhile.
+   */
+  #watchHangUp() {
+    const transport = this.pc.getReceivers().find((r) => r.transport)?.transport;
+    if (!transport || this.watchedTransport === transport) return;
+    this.watchedTransport = transport;
+    transport.addEventListener("statechange", () => {
+      if (transport.state !== "closed" || this.closed || this.hungUp) return;
+      if (this.watchedTransport !== transport) return;
+      this.hungUp = true;
+      console.info(`meshpeer: ${this.peerId} closed its connection`);
+      this.#setState("failed");
+    });
   }
 
   #setState(state) {

@@ -4,10 +4,23 @@
 import { FINAL_CLOSE_CODES, FINAL_ERROR_CODES } from "./messages.js";
 
 const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
+/** Each reconnect delay is spread over ±this fraction (as the Python agent does). */
+const RETRY_JITTER = 0.25;
 /** The server probes a taken ID's holder and frees it within ~2 s if it is dead (e.g. our
  * own previous page after a crash): ask once more after that before giving up. */
 const TAKEN_RETRY_MS = 2500;
 const ID_TAKEN_CLOSE = 4409;
+
+/**
+ * Milliseconds to wait before reconnect `attempt` (0 first): capped exponential backoff,
+ * spread over ±25% by `random` (in [0, 1), Math.random() in use). Without the spread every
+ * page in a room comes back to a restarted server in the same millisecond, attempt after
+ * attempt. Pure, so tests check it without waiting.
+ */
+export function retryDelay(attempt, random) {
+  const base = RETRY_DELAYS_MS[Math.min(Math.max(0, attempt), RETRY_DELAYS_MS.length - 1)];
+  return base * (1 - RETRY_JITTER + 2 * RETRY_JITTER * random);
+}
 
 /**
  * Events (all CustomEvent, the payload in `detail`):
@@ -116,7 +129,7 @@ export class SignalingClient extends EventTarget {
       this.stopped = true;
       return;
     }
-    let delay = RETRY_DELAYS_MS[Math.min(this.attempt, RETRY_DELAYS_MS.length - 1)];
+    let delay = retryDelay(this.attempt, Math.random());
     if (nameCheck) {
       this.takenRetried = true;
       delay = TAKEN_RETRY_MS;

@@ -153,9 +153,25 @@ export class View {
     ]);
     item.dataset.peer = peerId;
     item.dataset.state = "connecting";
+    // The tile's <video> outlives its streams (a replaced connection brings a new one), so
+    // its listeners are added here, once, and read whatever stream it shows at the time.
+    const showVideo = () => {
+      const tracks = video.srcObject?.getVideoTracks() ?? [];
+      const live = tracks.some((t) => t.readyState === "live" && !t.muted);
+      tile.classList.toggle("no-video", !live);
+    };
+    const firstFrame = () => {
+      if (video.videoWidth > 0 && !this.firstFrameAt.has(peerId)) {
+        this.firstFrameAt.set(peerId, now());
+        tile.classList.add("playing");
+        showVideo();
+      }
+    };
+    video.addEventListener("loadeddata", firstFrame);
+    video.addEventListener("resize", firstFrame);
     this.tilesEl.append(tile);
     this.listEl.append(item);
-    this.peers.set(peerId, { tile, video, badge, item, stateEl });
+    this.peers.set(peerId, { tile, video, badge, item, stateEl, showVideo });
     this.#updateCount();
   }
 
@@ -170,28 +186,14 @@ export class View {
   setPeerStream(peerId, stream) {
     const peer = this.peers.get(peerId);
     if (!peer) return;
-    const { video, tile } = peer;
-    const showVideo = () => {
-      const live = stream.getVideoTracks().some((t) => t.readyState === "live" && !t.muted);
-      tile.classList.toggle("no-video", !live);
-    };
+    const { video, showVideo } = peer;
+    // Handler properties, not listeners: a track seen again replaces its handlers.
     for (const track of stream.getVideoTracks()) {
       track.onmute = showVideo;
       track.onunmute = showVideo;
       track.onended = showVideo;
     }
-    if (video.srcObject !== stream) {
-      video.srcObject = stream;
-      const firstFrame = () => {
-        if (video.videoWidth > 0 && !this.firstFrameAt.has(peerId)) {
-          this.firstFrameAt.set(peerId, now());
-          tile.classList.add("playing");
-          showVideo();
-        }
-      };
-      video.addEventListener("loadeddata", firstFrame);
-      video.addEventListener("resize", firstFrame);
-    }
+    if (video.srcObject !== stream) video.srcObject = stream;
     showVideo();
     this.#play(video);
   }

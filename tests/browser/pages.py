@@ -7,6 +7,7 @@ microphone; every wait polls a condition against a deadline scaled by MESHPEER_T
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -17,7 +18,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from playwright.async_api import Browser, BrowserContext, Page, Playwright, ViewportSize
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    ViewportSize,
+    WebSocketRoute,
+)
 
 from tests.support import seconds
 
@@ -92,6 +100,51 @@ async def persistent_browser(
             yield context
         finally:
             await context.close()
+
+
+class Transcript:
+    """Every frame of a page's signaling sockets, both ways, relayed through Playwright; the
+    page's side of the current socket can be cut while the server's side stays open, frames
+    can be slipped to the page as if the server sent them, and new sockets can be refused
+    (``blocked``: the network is down) without ever reaching the server."""
+
+    def __init__(self) -> None:
+        self.routes: list[WebSocketRoute] = []
+        self.sent: list[dict[str, Any]] = []
+        self.received: list[dict[str, Any]] = []
+        self.blocked = False
+        self.refused = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def relay(self, route: WebSocketRoute) -> None:
+        if self.blocked:
+            self.refused += 1
+            task = asyncio.get_running_loop().create_task(route.close(code=4000, reason="down"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        server = route.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            self.sent.append(json.loads(message))
+            server.send(message)
+
+        def from_server(message: str | bytes) -> None:
+            self.received.append(json.loads(message))
+            route.send(message)
+
+        route.on_message(from_page)
+        server.on_message(from_server)
+        route.on_close(lambda code, reason: None)  # closing the page's side keeps the other
+        self.routes.append(route)
+
+    def of_type(self, kind: str, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [frame for frame in frames if frame.get("type") == kind]
+
+    def to_page(self, *frames: dict[str, Any]) -> None:
+        """Hand ``frames`` to the page on its current socket, as if the server sent them."""
+        for frame in frames:
+            self.routes[-1].send(json.dumps(frame))
 
 
 @dataclass

@@ -4,7 +4,6 @@ no retries that cannot help, and the ICE servers the peer-list brings."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -19,7 +18,14 @@ from signaling.ice import IceServer
 from signaling.server import ServerConfig
 from signaling.turn import TurnMinter
 from tests.browser.conftest import OpenPage, page_opener
-from tests.browser.pages import DESKTOP, RoomPage, artifacts_dir, eventually, open_room_page
+from tests.browser.pages import (
+    DESKTOP,
+    RoomPage,
+    Transcript,
+    artifacts_dir,
+    eventually,
+    open_room_page,
+)
 from tests.support import RunningServer, running_server, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -55,35 +61,6 @@ async def open_auth(browser: Browser, auth_server: RunningServer) -> AsyncIterat
     """``await open_auth("alice", room="r", token=...)``: a person on the auth server."""
     async with page_opener(browser, auth_server.http_url) as open_:
         yield open_
-
-
-class Transcript:
-    """Every frame of a page's signaling sockets, both ways, relayed through Playwright; the
-    page's side of the current socket can be cut while the server's side stays open."""
-
-    def __init__(self) -> None:
-        self.routes: list[WebSocketRoute] = []
-        self.sent: list[dict[str, Any]] = []
-        self.received: list[dict[str, Any]] = []
-
-    def relay(self, route: WebSocketRoute) -> None:
-        server = route.connect_to_server()
-
-        def from_page(message: str | bytes) -> None:
-            self.sent.append(json.loads(message))
-            server.send(message)
-
-        def from_server(message: str | bytes) -> None:
-            self.received.append(json.loads(message))
-            route.send(message)
-
-        route.on_message(from_page)
-        server.on_message(from_server)
-        route.on_close(lambda code, reason: None)  # closing the page's side keeps the other
-        self.routes.append(route)
-
-    def of_type(self, kind: str, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [frame for frame in frames if frame.get("type") == kind]
 
 
 def token_of(page: RoomPage) -> str:
@@ -213,7 +190,8 @@ async def test_ice_servers_from_peer_list_reach_the_connections(
     auth_server: RunningServer, open_auth: OpenAuthPage
 ) -> None:
     """The peer-list's iceServers replace /config.json's (here a decoy), for every connection,
-    and again after a rejoin, which keeps the token and brings a fresh peer-list."""
+    and again after a rejoin, which keeps the token and brings a fresh peer-list: the working
+    connection stays as it is, the next one made has the fresh credentials."""
     decoy = [{"urls": "stun:127.0.0.2:9"}]
 
     async def fake_config(route: Route) -> None:
@@ -247,6 +225,7 @@ async def test_ice_servers_from_peer_list_reach_the_connections(
     assert [urls for urls, _ in theirs] == [urls for urls, _ in from_server]
     assert (theirs[1][1] or "").endswith(":two")
 
+    await one.page.evaluate("meshpeer.page.links.get('two').pc.marked = true")
     await transcript.routes[0].close(code=4000, reason="network gone")  # server side stays
 
     async def rejoined() -> bool:
@@ -260,6 +239,11 @@ async def test_ice_servers_from_peer_list_reach_the_connections(
     await one.wait_state("two", "connected")
     lists = transcript.of_type("peer-list", transcript.received)
     assert len(lists) == 2 and lists[1].get("iceServers")
+    assert await one.page.evaluate("meshpeer.page.links.get('two').pc.marked === true")
+    assert await pc_ice_urls(one, "two") == from_server  # kept, with its credentials
+    assert ice_urls((await one.snapshot())["iceServers"]) == ice_urls(lists[1]["iceServers"])
+    await one.page.evaluate("meshpeer.page.restartLink('two')")  # the Retry button
+    await one.wait_state("two", "connected")
     assert await pc_ice_urls(one, "two") == ice_urls(lists[1]["iceServers"])
     await one.wait_receiving("two", "video")
     assert await one.notices() == []
