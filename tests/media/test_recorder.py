@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import signal
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -15,7 +17,7 @@ import av
 import pytest
 
 from peer.media.errors import MediaError
-from peer.media.recorder import Recorder, recording_format
+from peer.media.recorder import Recorder, _Muxer, _Visit, recording_format
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
 from peer.media.tap import TrackTap
 from signaling.protocol import PeerId
@@ -33,6 +35,17 @@ def _strictly_increasing(values: list[int]) -> bool:
 def _duration(frames: list[av.AudioFrame] | list[av.VideoFrame], period: float) -> float:
     times = [f.time for f in frames if f.time is not None]
     return max(times) + period - min(times)
+
+
+def _retained(directory: Path) -> tuple[int, int]:
+    """Visits and muxers of recordings into ``directory`` that are still in memory."""
+    gc.collect()
+    objects = gc.get_objects()
+    visits = sum(1 for o in objects if isinstance(o, _Visit) and o.path.parent == directory)
+    muxers = sum(
+        1 for o in objects if isinstance(o, _Muxer) and Path(o.container.name).parent == directory
+    )
+    return visits, muxers
 
 
 def test_the_format_needs_no_external_binary() -> None:
@@ -185,3 +198,83 @@ async def test_unwritable_places_fail_cleanly(tmp_path: Path) -> None:
         recorder.put_frame(peer, "video", video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K))
     assert await asyncio.wait_for(recorder.close_peer(peer), seconds(20)) is None
     assert await recorder.close() == []
+
+
+async def test_frames_shared_with_other_consumers_are_not_modified(tmp_path: Path) -> None:
+    # A relay hands the same frame objects to the recorder and to aiortc's encoder (an
+    # echo bot that records): the recorder must leave their timing and pixels as they were.
+    recorder = Recorder(tmp_path, queue_size=1000)
+    peer = PeerId("echo")
+    recorder.expect(peer, {"audio", "video"})
+    given: list[tuple[av.AudioFrame | av.VideoFrame, int | None, Fraction | None, bytes]] = []
+    for i in range(60):  # 1.2 s: audio every 20 ms, video every 40 ms
+        sound = audio_frame(480_000 + i * 960)  # s16 stereo 48 kHz: what the encoder takes as is
+        given.append((sound, sound.pts, sound.time_base, bytes(sound.planes[0])))
+        recorder.put_frame(peer, "audio", sound)
+        if i % 2 == 0:
+            size = (320, 240) if i < 40 else (160, 120)  # the last ones are scaled
+            picture = video_frame(*size, pts=900_000 + i * 1800, time_base=VIDEO_90K)
+            given.append((picture, picture.pts, picture.time_base, bytes(picture.planes[0])))
+            recorder.put_frame(peer, "video", picture)
+    path = await asyncio.wait_for(recorder.close_peer(peer), seconds(20))
+    assert path is not None
+    for frame, pts, time_base, pixels in given:
+        assert (frame.pts, frame.time_base) == (pts, time_base), frame
+        assert bytes(frame.planes[0]) == pixels, frame
+
+    frames = decode_video(path)
+    assert len(frames) == 30
+    assert _strictly_increasing([f.pts for f in frames])
+    assert {(f.width, f.height) for f in frames} == {(320, 240)}
+    assert _duration(frames, 0.04) == pytest.approx(1.2, abs=0.05)
+    sound_out = decode_audio(path)
+    assert _strictly_increasing([f.pts for f in sound_out])
+    assert sum(f.samples for f in sound_out) / 48_000 == pytest.approx(1.2, abs=0.05)
+    await recorder.close()
+
+
+async def test_visits_that_ended_are_released(tmp_path: Path) -> None:
+    # Peers that come and go: the recorder keeps their file names, not their visits.
+    recorder = Recorder(tmp_path, queue_size=1000)
+    ann, ben = PeerId("ann"), PeerId("ben")
+    paths: list[Path] = []
+    for _ in range(12):
+        for peer in (ann, ben):
+            recorder.expect(peer, {"video"})
+            for i in range(5):
+                frame = video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
+                recorder.put_frame(peer, "video", frame)
+        path = await asyncio.wait_for(recorder.close_peer(ann), seconds(20))  # peer-left
+        assert path is not None
+        paths.append(path)
+        recorder.track_ended(ben, "video")  # ben's track ends: his next frame is a new visit
+        deadline = time.monotonic() + seconds(5)
+        while max(retained := _retained(tmp_path)) > 2:  # ben's last two at most
+            assert time.monotonic() < deadline, f"visits and muxers still held: {retained}"
+            await asyncio.sleep(0.02)
+    files = await asyncio.wait_for(recorder.close(), seconds(20))
+    assert len(files) == 24 == len(set(files))
+    assert set(paths) < set(files)
+    assert recorder.files() == files
+    assert _retained(tmp_path) == (0, 0)
+    for path in files:
+        assert len(decode_video(path)) == 5
+
+
+async def test_close_peer_returns_a_file_whose_visit_was_already_released(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path, queue_size=1000)
+    ann, ben = PeerId("ann"), PeerId("ben")
+    for i in range(5):
+        recorder.put_frame(ann, "video", video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K))
+    recorder.track_ended(ann, "video")
+    deadline = time.monotonic() + seconds(10)
+    while any(thread.name == "recorder ann" for thread in threading.enumerate()):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    recorder.put_frame(ben, "video", video_frame(160, 120, pts=0, time_base=VIDEO_90K))
+    assert _retained(tmp_path)[0] == 1  # ben's visit only: ann's was released
+    path = await asyncio.wait_for(recorder.close_peer(ann), seconds(20))  # peer-left
+    assert path is not None
+    assert path.name.startswith("ann-")
+    assert await recorder.close_peer(ann) is None  # reported once
+    assert len(await asyncio.wait_for(recorder.close(), seconds(20))) == 2
