@@ -415,8 +415,18 @@ class Agent:
         self._emit(ev.PeerJoined(peer))
         link = self.links.get(peer)
         action = mesh.on_peer_joined(link.state if link is not None else None)
-        if action is Action.AWAIT_OFFER and link is not None:
-            self._mesh.schedule_close(peer)
+        if action is Action.AWAIT_OFFER:
+            if link is not None:
+                self._mesh.schedule_close(peer)
+            self._timers.await_offer(peer, mesh.OFFER_WAIT, lambda: self._offer_awaited(peer))
+
+    def _offer_awaited(self, peer: PeerId) -> None:
+        link = self.links.get(peer)
+        if peer in self.members and mesh.on_offer_awaited(link.state if link else None) is (
+            Action.OFFER
+        ):
+            log.info("no offer from %s within %g s: offering ourselves", peer, mesh.OFFER_WAIT)
+            self._mesh.schedule_offer(peer)
 
     def _peer_left(self, peer: PeerId) -> None:
         self.members.discard(peer)

@@ -103,6 +103,22 @@ def on_peer_joined(state: LinkState | None) -> Action:
     return Action.KEEP if state is LinkState.CONNECTED else Action.AWAIT_OFFER
 
 
+#: Seconds a peer that (re)joined has to send us its offer before we offer ourselves.
+OFFER_WAIT = 2.0
+
+
+def on_offer_awaited(state: LinkState | None) -> Action:
+    """:data:`OFFER_WAIT` after ``peer-joined``, no offer came: offer ourselves.
+
+    The newcomer offers to peers it holds no working connection to; one that was cut off
+    long enough for us to close our side may still think its side is up, and waits for
+    nothing. Anything in progress (an offer being answered, ICE under way) is left alone.
+    """
+    if state is None or state in (LinkState.CLOSED, LinkState.FAILED):
+        return Action.OFFER
+    return Action.KEEP
+
+
 def on_offer(me: PeerId, sender: PeerId, state: LinkState | None) -> Action:
     """An offer replaces whatever we had, except in glare where only the polite side yields."""
     if state is LinkState.OFFERING and not is_polite(me, sender):

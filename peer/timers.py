@@ -21,6 +21,7 @@ class PeerTimers:
         self._grace: dict[PeerId, asyncio.TimerHandle] = {}
         self._reoffer: dict[PeerId, asyncio.TimerHandle] = {}
         self._attempts: dict[PeerId, int] = {}
+        self._offer_wait: dict[PeerId, asyncio.TimerHandle] = {}
 
     # -- grace ---------------------------------------------------------------------------
     def hold(self, peer: PeerId, delay: float, then: Callable[[], object]) -> None:
@@ -47,6 +48,19 @@ class PeerTimers:
             self.release(peer)
         return held
 
+    # -- waiting for a newcomer's offer ------------------------------------------------------
+    def await_offer(self, peer: PeerId, delay: float, then: Callable[[], object]) -> None:
+        """Call ``then`` after ``delay`` (restarts): the caller checks whether it came."""
+        old = self._offer_wait.pop(peer, None)
+        if old is not None:
+            old.cancel()
+
+        def over() -> None:
+            self._offer_wait.pop(peer, None)
+            then()
+
+        self._offer_wait[peer] = asyncio.get_running_loop().call_later(delay, over)
+
     # -- re-offers -----------------------------------------------------------------------
     def reoffer_later(self, peer: PeerId, then: Callable[[], object]) -> float:
         """Call ``then`` after this peer's next backoff delay (0.25 s doubling to 5 s)."""
@@ -72,7 +86,7 @@ class PeerTimers:
         self._attempts.pop(peer, None)
 
     def cancel_all(self) -> None:
-        for handle in (*self._grace.values(), *self._reoffer.values()):
-            handle.cancel()
-        self._grace.clear()
-        self._reoffer.clear()
+        for timers in (self._grace, self._reoffer, self._offer_wait):
+            for handle in timers.values():
+                handle.cancel()
+            timers.clear()

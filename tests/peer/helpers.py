@@ -61,3 +61,74 @@ async def agents(
         await asyncio.gather(*(a.leave() for a in joined))
         for media in medias:
             media.stop()
+
+
+class FrameTimes:
+    """A FrameConsumer (``Agent(consumers=[...])``) that keeps the arrival time
+    (``time.monotonic()``) of every decoded video frame, per sending peer: the largest gap
+    in a window says how long the picture froze, whatever happened meanwhile."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+
+    def put_frame(self, peer: PeerId, kind: str, frame: object) -> None:
+        if kind == "video":
+            self.times.setdefault(str(peer), []).append(time.monotonic())
+
+    def track_ended(self, peer: PeerId, kind: str) -> None:
+        pass
+
+    def max_gap(self, peer: str, start: float, end: float) -> float:
+        """The longest time without a frame from ``peer`` between ``start`` and ``end``
+        (both ends count: frames that stop before ``end`` make a gap up to it)."""
+        return largest_gap(self.times.get(peer, []), start, end)
+
+
+def largest_gap(stamps: Sequence[float], start: float, end: float) -> float:
+    """The longest stretch between ``start`` and ``end`` with none of ``stamps`` in it."""
+    points = [start, *(t for t in stamps if start <= t <= end), end]
+    return max(points[i + 1] - points[i] for i in range(len(points) - 1))
+
+
+#: Runs ``meshpeer serve ARGS`` once the wall clock reaches ARGV[1] (imports done first).
+_SERVE_AT = (
+    "import sys, time\n"
+    "from peer.cli import main\n"
+    "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+    "sys.exit(main(['serve', *sys.argv[2:]]))\n"
+)
+
+
+async def serve_at(port: int, at: float) -> asyncio.subprocess.Process:
+    """A ``meshpeer serve`` process on 127.0.0.1:``port`` that binds at wall-clock time
+    ``at`` (``time.time()``), returned once it accepts connections.
+
+    The process starts and imports at once, so the server comes back at a precise moment
+    (a restart "2 s after the kill") whatever Python's start-up costs on a busy machine.
+    """
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVE_AT, repr(at), "--port", str(port), "--log-level", "WARNING",
+        cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = max(at, time.time()) + seconds(10)
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if proc.returncode is not None or time.time() > deadline:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+                raise AssertionError(
+                    f"no server listening on port {port} (exit {proc.returncode})"
+                ) from None
+            await asyncio.sleep(0.01)
+            continue
+        writer.close()
+        return proc

@@ -177,3 +177,19 @@ def test_reconnect_delay_grows_and_is_capped() -> None:
     assert max(delays) == pytest.approx(5.0)
     assert mesh.reconnect_delay(0, 0.0) == pytest.approx(0.25 * 0.75)
     assert mesh.reconnect_delay(0, 0.999) < 0.25 * 1.25
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (None, Action.OFFER),  # no offer came: it thinks its old connection is still up
+        (LinkState.CLOSED, Action.OFFER),
+        (LinkState.FAILED, Action.OFFER),
+        (LinkState.ANSWERING, Action.KEEP),  # its offer came: being answered
+        (LinkState.CONNECTING, Action.KEEP),
+        (LinkState.CONNECTED, Action.KEEP),
+        (LinkState.OFFERING, Action.KEEP),
+    ],
+)
+def test_on_offer_awaited(state: LinkState | None, expected: Action) -> None:
+    assert mesh.on_offer_awaited(state) is expected
