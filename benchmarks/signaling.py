@@ -9,13 +9,17 @@ send targeted ``candidate`` messages to random peers. Three scenarios per server
 3. stalled: the latency run again with one client that never reads after joining, long
    enough for its socket buffers to fill; the other clients' delivered share and p99 (ours
    must drop the stalled client and carry on; the reference blocks everybody).
+4. join storm: 250, 500 and 1,000 clients join one room one after another (sigload dials,
+   joins and waits for its peer-list before the next client; every join sends
+   ``peer-joined`` to everyone already in), sigload's ``join_seconds``.
 
 Servers alternate run by run and each scenario is repeated, reporting the median, because
 this 2-core machine is shared and the load generator itself needs a core. Prints a table and
 writes ``benchmarks/results/signaling.json``. Loopback only.
 
-    .venv/bin/python benchmarks/signaling.py            # full run, about 2.5 minutes
-    .venv/bin/python benchmarks/signaling.py --quick    # smoke run, about 25 seconds
+    .venv/bin/python benchmarks/signaling.py            # full run, about 4 minutes
+    .venv/bin/python benchmarks/signaling.py --quick    # smoke run, about 20 seconds
+    .venv/bin/python benchmarks/signaling.py --joins    # the join storms only, about 1.5 minutes
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -38,6 +43,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "signaling.json"
+#: Where ``--joins`` (the join storms alone) writes, leaving the full run's results alone.
+JOIN_RESULTS = ROOT / "benchmarks" / "results" / "signaling_joins.json"
 SERVERS = ("ours", "reference")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -54,6 +61,11 @@ class Settings:
     stall_repeats: int
     send_queue: int
     servers: tuple[str, ...]
+    #: Clients per room of the join storms (none: no join storms), and runs of each.
+    join_sizes: tuple[int, ...] = ()
+    join_repeats: int = 1
+    #: Skip the relay scenarios (saturation, latency, stalled): join storms only.
+    joins_only: bool = False
 
 
 @dataclass
@@ -129,7 +141,7 @@ def server_command(name: str, port: int, settings: Settings) -> tuple[list[str],
             "--burst",
             "1000000",
             "--max-peers",
-            str(max(settings.clients, 32)),
+            str(max(settings.clients, *settings.join_sizes, 32)),
             "--send-queue",
             str(settings.send_queue),
             # A stalled client gets no chance to answer pings: the default heartbeat would drop
@@ -256,6 +268,121 @@ def stall_seconds(rate_per_client: float, pad: int) -> float:
     return min(max(fill + 10.0, 15.0), 60.0)
 
 
+@dataclass
+class JoinRun:
+    """One join storm: ``clients`` join one room one after another, on a fresh server."""
+
+    server: str
+    clients: int
+    join_seconds: float
+    #: Server CPU over the whole sigload run: the storm, a short sending phase, the leaves.
+    server_cpu_seconds: float
+    #: sigload's own CPU over the same run (it reads every ``peer-joined``).
+    sigload_cpu_seconds: float
+
+
+#: sigload's sending phase is not what a join storm measures: each client sends about one
+#: message, within half a second (``-rate 0.1 -duration 1s`` measures the same join_seconds
+#: but idles ~10 s per run while the senders sleep out their first interval).
+STORM_RATE, STORM_DURATION = 2.0, 0.1
+
+
+def measure_joins(name: str, clients: int, settings: Settings) -> JoinRun:
+    sigload = reference_dir() / "sigload"
+    with running(name, settings) as (proc, port):
+        command = [
+            str(sigload),
+            "-url",
+            f"ws://127.0.0.1:{port}/ws",
+            "-per-room",
+            str(clients),
+            "-rate",
+            f"{STORM_RATE:g}",
+            "-duration",
+            f"{STORM_DURATION:g}s",
+        ]
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_before = cpu_seconds(proc.pid)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        cpu = cpu_seconds(proc.pid) - cpu_before
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise BenchmarkError(f"sigload failed on {name}: {done.stderr.strip()[-500:]}")
+    out = json.loads(done.stdout)
+    return JoinRun(
+        server=name,
+        clients=clients,
+        join_seconds=float(out["join_seconds"]),
+        server_cpu_seconds=cpu,
+        sigload_cpu_seconds=(after.ru_utime + after.ru_stime)
+        - (children.ru_utime + children.ru_stime),
+    )
+
+
+def join_storms(settings: Settings) -> dict[str, Any]:
+    """Every size, servers alternating, ``join_repeats`` runs each: medians and spread."""
+    servers = settings.servers
+    runs: dict[tuple[str, int], list[JoinRun]] = {}
+    print("join storms: clients join one room one after another", flush=True)
+    for i in range(settings.join_repeats):
+        for clients in settings.join_sizes:
+            for name in servers if i % 2 == 0 else tuple(reversed(servers)):
+                run = measure_joins(name, clients, settings)
+                runs.setdefault((name, clients), []).append(run)
+                print(
+                    f"  {name:<9} {clients:>5} clients  join {run.join_seconds:7.3f} s"
+                    f"  server CPU {run.server_cpu_seconds:6.2f} s"
+                    f"  sigload CPU {run.sigload_cpu_seconds:6.2f} s",
+                    flush=True,
+                )
+    summary: dict[str, dict[str, Any]] = {}
+    for (name, clients), found in runs.items():
+        seconds = sorted(run.join_seconds for run in found)
+        summary.setdefault(name, {})[str(clients)] = {
+            "join_seconds": _median(seconds),
+            "join_seconds_min": seconds[0],
+            "join_seconds_max": seconds[-1],
+            "server_cpu_seconds": _median([run.server_cpu_seconds for run in found]),
+            "sigload_cpu_seconds": _median([run.sigload_cpu_seconds for run in found]),
+            "runs": len(found),
+        }
+    ratios: dict[str, float] = {}
+    if {"ours", "reference"} <= set(servers):
+        for clients in settings.join_sizes:
+            key = str(clients)
+            ratios[key] = (
+                summary["ours"][key]["join_seconds"] / summary["reference"][key]["join_seconds"]
+            )
+    return {
+        "summary": summary,
+        "ratio": ratios,
+        "runs": [asdict(run) for found in runs.values() for run in found],
+    }
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def join_table(joins: dict[str, Any]) -> str:
+    header = (
+        f"| {'server':<9} | {'clients':>7} | {'join s (median)':>15} | {'min - max':>15} "
+        f"| {'ms per join':>11} | {'server CPU s':>12} | {'sigload CPU s':>13} |"
+    )
+    lines = [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
+    for name, sizes in joins["summary"].items():
+        for clients, row in sizes.items():
+            spread = f"{row['join_seconds_min']:.3f} - {row['join_seconds_max']:.3f}"
+            lines.append(
+                f"| {name:<9} | {int(clients):>7,} | {row['join_seconds']:>15.3f} "
+                f"| {spread:>15} | {1000 * row['join_seconds'] / int(clients):>11.2f} "
+                f"| {row['server_cpu_seconds']:>12.2f} | {row['sigload_cpu_seconds']:>13.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def median_run(runs: Sequence[Run], key: str) -> Run:
     """The run whose ``key`` is the median (the lower one of an even count)."""
     ordered = sorted(runs, key=lambda run: float(getattr(run, key)))
@@ -281,6 +408,14 @@ def progress(run: Run) -> None:
 
 
 def benchmark(settings: Settings) -> dict[str, Any]:
+    result = {} if settings.joins_only else relay_benchmark(settings)
+    result["settings"] = asdict(settings)
+    if settings.join_sizes:
+        result["joins"] = join_storms(settings)
+    return result
+
+
+def relay_benchmark(settings: Settings) -> dict[str, Any]:
     servers = settings.servers
     runs: list[Run] = []
 
@@ -347,12 +482,7 @@ def benchmark(settings: Settings) -> dict[str, Any]:
             "cpu_per_message_ratio": ours["saturation"]["cpu_us_per_message"]
             / ref["saturation"]["cpu_us_per_message"],
         }
-    return {
-        "settings": asdict(settings),
-        "summary": summary,
-        "verdict": verdict,
-        "runs": [asdict(run) for run in runs],
-    }
+    return {"summary": summary, "verdict": verdict, "runs": [asdict(run) for run in runs]}
 
 
 def _row(run: Run) -> dict[str, Any]:
@@ -389,6 +519,13 @@ def table(result: dict[str, Any]) -> str:
                 f"| {row['cpu_us_per_message']:>10.1f} |"
             )
     return "\n".join(lines)
+
+
+def join_verdict_lines(joins: dict[str, Any]) -> list[str]:
+    return [
+        f"join storm of {int(clients):,}: join_seconds ours / reference {ratio:.2f} (target <= 1.0)"
+        for clients, ratio in joins["ratio"].items()
+    ]
 
 
 def verdict_lines(result: dict[str, Any]) -> list[str]:
@@ -453,8 +590,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--send-queue", type=int, default=1024, help="our server's --send-queue (messages)"
     )
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (~25 s)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--join-sizes",
+        default="250,500,1000",
+        help="clients per room of the join storms, comma-separated ('' for none)",
+    )
+    parser.add_argument("--join-repeats", type=int, default=5, help="runs per server and size")
+    parser.add_argument(
+        "--joins", action="store_true", help="the join storms only (no relay scenarios)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~20 s)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"where to write the JSON (default: {RESULTS.relative_to(ROOT)}, with --joins "
+        f"{JOIN_RESULTS.relative_to(ROOT)})",
+    )
     return parser.parse_args(argv)
 
 
@@ -470,6 +622,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"missing {reference_dir() / binary}: run ./dev setup", file=sys.stderr)
             return 2
     duration = 1.0 if args.quick else args.duration
+    try:
+        join_sizes = tuple(int(n) for n in args.join_sizes.split(",") if n.strip())
+    except ValueError:
+        print(f"--join-sizes: not a list of numbers: {args.join_sizes!r}", file=sys.stderr)
+        return 2
+    if args.joins and not join_sizes:
+        print("--joins needs at least one --join-sizes", file=sys.stderr)
+        return 2
     settings = Settings(
         clients=args.clients,
         pad=args.pad,
@@ -480,6 +640,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stall_repeats=1 if args.quick else args.stall_repeats,
         send_queue=args.send_queue,
         servers=servers,
+        join_sizes=join_sizes[:1] if args.quick else join_sizes,
+        join_repeats=1 if args.quick else args.join_repeats,
+        joins_only=args.joins,
     )
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()
@@ -499,11 +662,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    print()
-    print(table(result))
-    print()
-    for line in verdict_lines(result):
-        print(line)
+    if "summary" in result:
+        print()
+        print(table(result))
+        print()
+        for line in verdict_lines(result):
+            print(line)
+    if "joins" in result:
+        print()
+        print(join_table(result["joins"]))
+        print()
+        for line in join_verdict_lines(result["joins"]):
+            print(line)
     # The benchmark itself keeps about two processes busy: judge the machine by its load
     # before the first run.
     noisy = load_before[0] > 0.5 * cores
@@ -513,10 +683,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     result["machine"]["noisy"] = noisy
     if args.quick:
-        print("--quick: a smoke run (1 s runs, a 3 s stall): the numbers are not comparable")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+        print(
+            "--quick: a smoke run (1 s runs, a 3 s stall, one join storm of the first size):"
+            " the numbers are not comparable"
+        )
+    output: Path = args.output or (JOIN_RESULTS if args.joins else RESULTS)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {output}")
     return 0
 
 

@@ -22,6 +22,11 @@ class Outbox(Protocol):
     def push(self, data: str) -> None:
         """Queue ``data``; a full queue makes the outbox drop its own client."""
 
+    def push_fanout(self, data: str) -> None:
+        """``push`` of one str that many outboxes get (a room notice, a broadcast): it may be
+        written a little later than a ``push`` (the server interleaves a large room's writes
+        with its other work), never out of order with this outbox's other frames."""
+
     def probe(self) -> None:
         """Someone asked for this peer's ID: check it is still alive, drop it if not."""
 
@@ -65,28 +70,30 @@ class LocalRegistry:
             if outcome.holder is not None:
                 outcome.holder.probe()
             return outcome
-        members = self.table.room_members(room)
-        others = [members[p].conn for p in outcome.peers]
+        # The live mapping: pushing never changes membership (a dropped outbox leaves later).
+        members = self.table.room_members(room).values()
+        me = outcome.member
         if outcome.replaced is not None:
             left = serialize(PeerLeft(join.peer_id))
-            for other in others:
-                other.push(left)
+            for member in members:
+                if member is not me:
+                    member.conn.push_fanout(left)
             outcome.replaced.conn.replace()
-        token = outcome.member.resume_token
+        token = me.resume_token
         outbox.push(serialize(PeerList(outcome.peers, token, room, tuple(ice_servers))))
         joined = serialize(PeerJoined(join.peer_id))
-        for other in others:
-            other.push(joined)
+        for member in members:
+            if member is not me:
+                member.conn.push_fanout(joined)
         return outcome
 
     async def leave(self, room: RoomId, peer: PeerId, outbox: Outbox) -> None:
         remaining = self.table.leave(room, peer, outbox)
         if not remaining:
             return
-        members = self.table.room_members(room)
         left = serialize(PeerLeft(peer))
-        for other in remaining:
-            members[other].conn.push(left)
+        for member in self.table.room_members(room).values():
+            member.conn.push_fanout(left)
 
     def send(self, room: RoomId, to: PeerId, data: str) -> bool:
         member = self.table.room_members(room).get(to)
@@ -98,7 +105,7 @@ class LocalRegistry:
     def broadcast(self, room: RoomId, sender: PeerId, data: str) -> None:
         for peer, member in self.table.room_members(room).items():
             if peer != sender:
-                member.conn.push(data)
+                member.conn.push_fanout(data)
 
     def counts(self) -> tuple[int, int]:
         return self.table.room_count, self.table.peer_count

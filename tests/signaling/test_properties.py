@@ -69,6 +69,9 @@ class Outbox:
     def push(self, data: str) -> None:
         self.frames.append(data)
 
+    def push_fanout(self, data: str) -> None:
+        self.frames.append(data)
+
     def probe(self) -> None:
         self.probes += 1
 
