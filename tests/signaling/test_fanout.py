@@ -1,7 +1,7 @@
 """Fan-outs (peer-joined, peer-left, broadcasts) in large rooms: written over several event-loop
 passes, behind direct frames, coalesced per member, and still in the order the server decided.
 
-The server writes a room's fan-out a few members per pass (signaling.server.Flusher); these
+The server writes a room's fan-out a few members per pass (signaling.connection.Flusher); these
 tests shrink that budget to one member per pass, so that every fan-out is still pending while
 the next join, relayed message or departure comes in.
 """
@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-import signaling.server
-from signaling.server import Flusher
+import signaling.connection
+from signaling.connection import Flusher
 from tests.signaling.clients import Peer, clients
 from tests.signaling.conftest import ServerFactory
 
 
 @pytest.fixture
 def one_member_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(signaling.server, "FANOUT_MIN_SECONDS", 0.0)
-    monkeypatch.setattr(signaling.server, "FANOUT_SHARE", 0.0)
+    monkeypatch.setattr(signaling.connection, "FANOUT_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(signaling.connection, "FANOUT_SHARE", 0.0)
 
 
 @pytest.mark.usefixtures("one_member_per_pass")
@@ -125,6 +125,6 @@ async def test_a_fan_out_frame_is_encoded_once() -> None:
     text = '{"type":"peer-joined","peerId":"bob"}'
     first = flusher.frame(text)
     assert flusher.frame(text) is first
-    assert first == signaling.server.text_frame(text)
+    assert first == signaling.connection.text_frame(text)
     other = flusher.frame('{"type":"peer-left","peerId":"bob"}')
     assert other != first
