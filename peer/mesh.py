@@ -200,11 +200,18 @@ REFUSAL_CLOSE_CODES: dict[int, ErrorCode] = {
 }
 
 
-def reconnect_delay(attempt: int, jitter: float, *, base: float = 0.25, cap: float = 5.0) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0 first): capped exponential backoff.
+#: Seconds between reconnect attempts, attempt by attempt; the last repeats. Quick while a
+#: restarting server is likely to come back (seconds): at most 1 s (+25%) apart for the first
+#: ~7 s, so a room is back within about a second of its server; then backing off to 5 s.
+RECONNECT_DELAYS = (0.25, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 4.0, 5.0)
+
+
+def reconnect_delay(attempt: int, jitter: float, *, base: float = 0.25) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0 first), from :data:`RECONNECT_DELAYS`
+    scaled by ``base`` (0.25: as listed).
 
     ``jitter`` in [0, 1) spreads a whole room reconnecting to a restarted server over
     +-25% so they do not all arrive in the same millisecond.
     """
-    delay: float = min(cap, base * 2.0 ** max(0, attempt))
+    delay = RECONNECT_DELAYS[min(max(0, attempt), len(RECONNECT_DELAYS) - 1)] * (base / 0.25)
     return delay * (0.75 + 0.5 * jitter)

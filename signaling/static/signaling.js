@@ -3,7 +3,9 @@
 
 import { FINAL_CLOSE_CODES, FINAL_ERROR_CODES } from "./messages.js";
 
-const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
+/** Quick while a restarting server is likely to be back (at most 1 s apart for ~7 s), then
+ * backing off to 5 s: the same schedule as the Python agent (peer.mesh.RECONNECT_DELAYS). */
+const RETRY_DELAYS_MS = [250, 500, 1000, 1000, 1000, 1000, 1000, 1000, 2000, 4000, 5000];
 /** Each reconnect delay is spread over ±this fraction (as the Python agent does). */
 const RETRY_JITTER = 0.25;
 /** The server probes a taken ID's holder and frees it within ~2 s if it is dead (e.g. our

@@ -81,7 +81,7 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 
 
 #: The page's reconnect delays (signaling.js RETRY_DELAYS_MS), each +-25%.
-PAGE_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+PAGE_RETRY_DELAYS = (0.25, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 4.0, 5.0)
 
 
 async def test_page_keeps_playing_and_rejoins_when_the_server_is_killed(browser: Browser) -> None:

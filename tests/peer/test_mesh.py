@@ -170,11 +170,13 @@ def test_on_join_refused(code: str, attempt: int, rejoin: bool, expected: Action
     assert mesh.on_join_refused(code, attempt, rejoin=rejoin) is expected
 
 
-def test_reconnect_delay_grows_and_is_capped() -> None:
-    delays = [mesh.reconnect_delay(n, 0.5) for n in range(10)]
-    assert delays[0] == pytest.approx(0.25)
+def test_reconnect_delay_is_quick_while_a_server_restarts_then_backs_off() -> None:
+    delays = [mesh.reconnect_delay(n, 0.5) for n in range(14)]
+    assert delays[:3] == pytest.approx([0.25, 0.5, 1.0])
     assert delays == sorted(delays)
-    assert max(delays) == pytest.approx(5.0)
+    assert sum(delays[:8]) == pytest.approx(6.75)  # at most 1 s apart for the first ~7 s
+    assert max(delays[:8]) == pytest.approx(1.0)
+    assert max(delays) == pytest.approx(5.0) == delays[-1]
     assert mesh.reconnect_delay(0, 0.0) == pytest.approx(0.25 * 0.75)
     assert mesh.reconnect_delay(0, 0.999) < 0.25 * 1.25
 
