@@ -30,7 +30,6 @@ import os
 import platform
 import re
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT_DIR))
+
+from benchmarks.common import free_port, wait_listening  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "signaling.json"
@@ -101,26 +105,6 @@ class BenchmarkError(Exception):
 def reference_dir() -> Path:
     env = os.environ.get("MESHPEER_REFERENCE_DIR")
     return Path(env) if env else ROOT / ".cache" / "reference"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchmarkError(f"server exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchmarkError(f"server not listening on port {port} after {timeout:g} s")
 
 
 def server_command(name: str, port: int, settings: Settings) -> tuple[list[str], dict[str, str]]:
@@ -650,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         result = benchmark(settings)
-    except (BenchmarkError, subprocess.TimeoutExpired) as exc:
+    except (BenchmarkError, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     load_after = os.getloadavg()

@@ -23,16 +23,28 @@ class PeerTimers:
         self._attempts: dict[PeerId, int] = {}
         self._offer_wait: dict[PeerId, asyncio.TimerHandle] = {}
 
+    @staticmethod
+    def _start(
+        timers: dict[PeerId, asyncio.TimerHandle],
+        peer: PeerId,
+        delay: float,
+        then: Callable[[], object],
+    ) -> None:
+        """``then`` after ``delay``, replacing ``peer``'s timer of that kind; forgotten once due."""
+        old = timers.pop(peer, None)
+        if old is not None:
+            old.cancel()
+
+        def due() -> None:
+            timers.pop(peer, None)
+            then()
+
+        timers[peer] = asyncio.get_running_loop().call_later(delay, due)
+
     # -- grace ---------------------------------------------------------------------------
     def hold(self, peer: PeerId, delay: float, then: Callable[[], object]) -> None:
         """Call ``then`` after ``delay`` unless :meth:`release` comes first (restarts)."""
-        self.release(peer)
-
-        def over() -> None:
-            self._grace.pop(peer, None)
-            then()
-
-        self._grace[peer] = asyncio.get_running_loop().call_later(delay, over)
+        self._start(self._grace, peer, delay, then)
 
     def release(self, peer: PeerId) -> bool:
         """Cancel ``peer``'s grace; True if one was running (the peer came back)."""
@@ -51,31 +63,15 @@ class PeerTimers:
     # -- waiting for a newcomer's offer ------------------------------------------------------
     def await_offer(self, peer: PeerId, delay: float, then: Callable[[], object]) -> None:
         """Call ``then`` after ``delay`` (restarts): the caller checks whether it came."""
-        old = self._offer_wait.pop(peer, None)
-        if old is not None:
-            old.cancel()
-
-        def over() -> None:
-            self._offer_wait.pop(peer, None)
-            then()
-
-        self._offer_wait[peer] = asyncio.get_running_loop().call_later(delay, over)
+        self._start(self._offer_wait, peer, delay, then)
 
     # -- re-offers -----------------------------------------------------------------------
     def reoffer_later(self, peer: PeerId, then: Callable[[], object]) -> float:
-        """Call ``then`` after this peer's next backoff delay (0.25 s doubling to 5 s)."""
+        """Call ``then`` after this peer's next backoff delay (peer.mesh.RECONNECT_DELAYS)."""
         attempt = self._attempts.get(peer, 0)
         self._attempts[peer] = attempt + 1
         delay = mesh.reconnect_delay(attempt, random.random())
-        old = self._reoffer.pop(peer, None)
-        if old is not None:
-            old.cancel()
-
-        def due() -> None:
-            self._reoffer.pop(peer, None)
-            then()
-
-        self._reoffer[peer] = asyncio.get_running_loop().call_later(delay, due)
+        self._start(self._reoffer, peer, delay, then)
         return delay
 
     def connected(self, peer: PeerId) -> None:
