@@ -40,12 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT_DIR))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import free_port, wait_listening  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "signaling.json"
 #: Where ``--joins`` (the join storms alone) writes, leaving the full run's results alone.
 JOIN_RESULTS = ROOT / "benchmarks" / "results" / "signaling_joins.json"
