@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,14 +84,20 @@ async def launch(playwright: Playwright, *, camera: bool = True) -> Browser:
 
 @asynccontextmanager
 async def persistent_browser(
-    playwright: Playwright, *, camera: bool
+    playwright: Playwright,
+    *,
+    camera: bool,
+    executable: Path = CHROMIUM,
+    extra_args: Sequence[str] = (),
 ) -> AsyncIterator[BrowserContext]:
-    """A Chromium of its own on a fresh profile (for a browser that must differ in flags)."""
+    """A Chromium of its own on a fresh profile (for a browser that must differ in flags,
+    or run through a wrapper such as ``ip netns exec``)."""
     args = [*QUIET_FLAGS, GRANT_CAMERA] if camera else list(QUIET_FLAGS)
+    args += extra_args
     with tempfile.TemporaryDirectory(prefix="meshpeer-chromium-") as profile:
         context = await playwright.chromium.launch_persistent_context(
             profile,
-            executable_path=str(CHROMIUM),
+            executable_path=str(executable),
             headless=True,
             args=args,
             viewport=DESKTOP,

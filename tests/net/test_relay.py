@@ -27,11 +27,9 @@ from playwright.async_api import BrowserContext, async_playwright
 
 from tests.browser.pages import (
     CHROMIUM,
-    DESKTOP,
-    GRANT_CAMERA,
-    QUIET_FLAGS,
     eventually,
     open_room_page,
+    persistent_browser,
 )
 from tests.net.coturn import Coturn, running_coturn
 from tests.net.topology import Topology, call_in, netns_available, netns_wrapper, topology
@@ -457,29 +455,20 @@ async def chromium_in(ns: str, origin: str) -> AsyncIterator[BrowserContext]:
     """Debian's Chromium inside namespace ``ns`` (through a wrapper script), fresh profile,
     fake camera granted, plain host IPs in its candidates, and ``origin`` (plain http on a
     non-loopback address) treated as secure so the page may open the camera."""
-    args = [
-        *QUIET_FLAGS,
-        GRANT_CAMERA,
+    extra = [
         "--disable-features=WebRtcHideLocalIpsWithMdns",
         f"--unsafely-treat-insecure-origin-as-secure={origin}",
         "--no-proxy-server",
     ]
     with tempfile.TemporaryDirectory(prefix="meshpeer-chromium-") as tmp:
         wrapper = netns_wrapper(ns, str(CHROMIUM), Path(tmp) / "chromium-in-netns")
-        profile = Path(tmp) / "profile"
-        profile.mkdir()
-        async with async_playwright() as playwright:
-            context = await playwright.chromium.launch_persistent_context(
-                str(profile),
-                executable_path=str(wrapper),
-                headless=True,
-                args=args,
-                viewport=DESKTOP,
-            )
-            try:
-                yield context
-            finally:
-                await context.close()
+        async with (
+            async_playwright() as playwright,
+            persistent_browser(
+                playwright, camera=True, executable=wrapper, extra_args=extra
+            ) as context,
+        ):
+            yield context
 
 
 async def test_browser_and_agent_meet_through_the_relay() -> None:
