@@ -7,6 +7,7 @@ imports it after putting the repository on ``sys.path``.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -15,7 +16,15 @@ from typing import Any
 
 from tests.support import free_port
 
-__all__ = ["free_port", "last_json_line", "wait_listening"]
+__all__ = ["cpu_seconds", "free_port", "last_json_line", "wait_listening"]
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 15.0) -> None:

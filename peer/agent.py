@@ -40,7 +40,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from aiortc import MediaStreamTrack
-from aiortc.contrib.media import MediaRelay
 
 from peer import events as ev
 from peer import mesh
@@ -48,6 +47,7 @@ from peer.errors import MeshpeerError
 from peer.events import Event, EventHub, Kind
 from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
+from peer.media.fanout import EncoderStats, Encoding, Publisher
 from peer.mesh import Action, LinkState
 from peer.negotiation import Negotiator
 from peer.serial import PeerWork
@@ -109,6 +109,9 @@ class Agent:
     Those the server hands out in ``peer-list`` (TURN with credentials minted for us) come
     after them. ``token`` is the access token of a server that requires one; without
     ``peer_id`` or ``room``, the token's are used.
+    ``encoding``: each source is encoded once for every connection (shared, the default)
+    or once per connection (per-peer, aiortc's way; for comparison), see
+    :mod:`peer.media.fanout`.
     ``always_send`` negotiates sending audio and video even without local tracks, so
     :meth:`send_track` can send each peer something of its own later (an echo bot).
     Use it as an async context manager, or call :meth:`join` and :meth:`leave`.
@@ -141,6 +144,7 @@ class Agent:
         peer_left_grace: float = 0.5,
         always_send: bool = False,
         token: str | None = None,
+        encoding: Encoding = Encoding.SHARED,
     ) -> None:
         token_peer, token_room = read_claims(token) if token else (None, None)
         peer_id = peer_id or token_peer
@@ -153,6 +157,9 @@ class Agent:
         self.stats_interval = stats_interval
         self.peer_left_grace = peer_left_grace
         self.always_send = always_send
+        self.encoding = encoding
+        #: Tracks given to send_track, each encoded once for the peers it goes to.
+        self._sent: dict[MediaStreamTrack, Publisher] = {}
         #: Who the server says is in the room (besides us); updated in place.
         self.members: set[PeerId] = set()
         self.joined_at = time.monotonic()
@@ -213,11 +220,13 @@ class Agent:
     async def join(self) -> None:
         """Join the room. Raises SignalingError (unreachable) or JoinRefused (taken, full)."""
         self.joined_at = time.monotonic()
-        self._mesh.relays = []
+        for publisher in self._mesh.publishers:
+            publisher.close()
+        self._mesh.publishers = []
         if self.media is not None:
             for track in (self.media.video, self.media.audio):
                 if track is not None:
-                    self._mesh.relays.append((MediaRelay(), track))
+                    self._mesh.publishers.append(Publisher(track, self.encoding))
         self._mesh.check_own_servers()  # while signaling connects
         await self._signaling.connect()
         if self.stats_interval:
@@ -243,6 +252,8 @@ class Agent:
         await self._mesh.close()
         await self._work.close()
         await self._mesh.close_all()
+        for publisher in [*self._mesh.publishers, *self._sent.values()]:
+            publisher.close()
         self._hub.close()
         log.info("%s left", self.peer_id)
 
@@ -291,12 +302,11 @@ class Agent:
 
     def subscribe_local(self, kind: Kind) -> MediaStreamTrack | None:
         """A copy of our own ``kind`` track (e.g. a local preview), None if we send none."""
-        if self.media is not None and not self._mesh.relays:
+        if self.media is not None and not self._mesh.publishers:
             raise MeshpeerError("the local tracks are relayed once the agent has joined")
-        for relay, track in self._mesh.relays:
-            if track.kind == kind:
-                proxy: MediaStreamTrack = relay.subscribe(track, buffered=False)
-                return proxy
+        for publisher in self._mesh.publishers:
+            if publisher.kind == kind:
+                return publisher.frames()
         return None
 
     def send_track(self, peer: PeerId, kind: Kind, track: MediaStreamTrack) -> bool:
@@ -304,10 +314,26 @@ class Agent:
 
         No renegotiation: the connection needs a sending slot of that kind, which a local
         track gives, or ``always_send=True`` (e.g. an echo bot with no media of its own).
-        Returns False when there is no connection or no slot.
+        Returns False when there is no connection or no slot. A track sent to several
+        peers is encoded once for all of them (with ``encoding`` shared).
         """
         link = self.links.get(peer)
-        return link.send_track(kind, track) if link is not None else False
+        if link is None:
+            return False
+        publisher = self._sent.get(track)
+        if publisher is None:
+            publisher = Publisher(track, self.encoding, on_idle=self._sent_idle)
+            self._sent[track] = publisher
+        return link.send_track(kind, publisher.track())
+
+    def _sent_idle(self, publisher: Publisher) -> None:
+        if self._sent.get(publisher.source) is publisher:
+            del self._sent[publisher.source]
+
+    def encoder_stats(self) -> list[EncoderStats]:
+        """The shared encoders running now, one per source and codec."""
+        publishers = [*self._mesh.publishers, *self._sent.values()]
+        return [stats for publisher in publishers for stats in publisher.stats()]
 
     async def call(self, peer: PeerId) -> None:
         """Open a fresh connection to ``peer`` by offering; the current one is replaced.

@@ -40,6 +40,13 @@ def add_media_arguments(
         "--fps", type=count, default=fps, help="frames per second (default %(default)s)"
     )
     media.add_argument(
+        "--encoding",
+        choices=["shared", "per-peer"],
+        default="shared",
+        help="shared: encode each source once for every peer; per-peer: once per peer "
+        "(aiortc's way, for comparison) (default shared)",
+    )
+    media.add_argument(
         "--ice-server",
         action="append",
         default=[],
@@ -91,9 +98,7 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bots", type=count, default=3, help="bots in the room (default 3)"
-    )
+    parser.add_argument("--bots", type=count, default=3, help="bots in the room (default 3)")
     parser.add_argument(
         "--duration", type=seconds, default=8.0, help="seconds to run (default %(default)s)"
     )

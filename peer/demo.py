@@ -22,6 +22,7 @@ from aiohttp import web
 from peer import events as ev
 from peer.agent import Agent
 from peer.errors import MeshpeerError
+from peer.media.fanout import Encoding
 from peer.runner import local_preview, say
 from peer.stats import PeerStats
 from signaling.protocol import PeerId
@@ -98,6 +99,7 @@ async def demo(args: argparse.Namespace) -> int:
                 recorder=recorder if first else None,
                 mosaic=mosaic if first else None,
                 stats_interval=None,
+                encoding=Encoding(args.encoding),
             )
             agent.add_listener(_watch(name, first_seen))
             joined_at[name] = time.monotonic()

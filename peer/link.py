@@ -25,6 +25,7 @@ from aiortc.contrib.media import MediaRelay
 
 from peer.candidates import CandidateError, parse_remote_candidate
 from peer.events import Kind
+from peer.media.fanout import EncodedTrack
 from peer.media.tap import FrameConsumer, TrackTap
 from peer.mesh import LinkState, Role
 from peer.stats import Counters, PeerStats, counters_from_report, rates
@@ -92,7 +93,7 @@ class PeerLink:
             # still gets everyone's media).
             kinds = {track.kind for track in local_tracks}
             for track in local_tracks:
-                self.pc.addTrack(track)
+                self._add_track(track)
             for kind in ("audio", "video"):
                 if kind not in kinds:
                     self.pc.addTransceiver(
@@ -141,10 +142,15 @@ class PeerLink:
                 log.info("%s offered no %s: not sending ours", self.remote, track.kind)
                 continue
             offered.remove(slot)
-            self.pc.addTrack(track)
+            self._add_track(track)
         if self._always_send:
             for slot in offered:
                 slot.direction = "sendrecv"  # a sender with no track yet: see send_track()
+
+    def _add_track(self, track: MediaStreamTrack) -> None:
+        sender = self.pc.addTrack(track)
+        if isinstance(track, EncodedTrack):  # it reads its codec and feedback from there
+            track.attach(next(t for t in self.pc.getTransceivers() if t.sender is sender))
 
     def send_track(self, kind: Kind, track: MediaStreamTrack) -> bool:
         """Send ``track`` as our ``kind`` from now on, without renegotiating.
@@ -156,6 +162,8 @@ class PeerLink:
             if transceiver.kind == kind and transceiver.direction in ("sendrecv", "sendonly"):
                 old = transceiver.sender.track
                 transceiver.sender.replaceTrack(track)
+                if isinstance(track, EncodedTrack):
+                    track.attach(transceiver)
                 self._sent_tracks.append(track)
                 if old is not None and old is not track:
                     old.stop()

@@ -22,6 +22,7 @@ from peer.events import Event, Kind, RemoteTrack
 from peer.ice import IceServer, arrange, rtc_configuration
 from peer.ice_probe import Check, IceProbe, Verdict
 from peer.link import PeerLink
+from peer.media.fanout import Publisher
 from peer.mesh import Action, LinkState, Role
 from peer.serial import PeerWork
 from peer.timers import PeerTimers
@@ -58,8 +59,8 @@ class Negotiator:
         self.me = me
         self.members = members  # the agent's live set: who is in the room now
         self.links: dict[PeerId, PeerLink] = {}
-        #: What each new connection sends: relays of the local tracks (set when joining).
-        self.relays: list[tuple[MediaRelay, MediaStreamTrack]] = []
+        #: What each new connection sends: the local sources (set when joining).
+        self.publishers: list[Publisher] = []
         self._send = send
         self._emit = emit
         self._work = work
@@ -132,7 +133,7 @@ class Negotiator:
 
     # -- negotiation (each runs as the peer's serial work) -------------------------------
     def _new_link(self, peer: PeerId, role: Role) -> PeerLink:
-        tracks = [relay.subscribe(track, buffered=False) for relay, track in self.relays]
+        tracks = [publisher.track() for publisher in self.publishers]
         known = self.own_servers + self.handed_servers
         self._probe.check(known)  # those that failed a while ago get another chance
         servers = arrange(self._probe.usable(known), self._failures.get(peer, 0))

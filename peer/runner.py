@@ -24,6 +24,7 @@ from peer import events as ev
 from peer.agent import Agent, random_peer_id, run_until
 from peer.errors import MeshpeerError
 from peer.ice import IceServerError
+from peer.media.fanout import Encoding
 from signaling.auth import read_claims
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ async def join_room(args: argparse.Namespace) -> int:
             recorder=recorder,
             mosaic=mosaic,
             stats_interval=args.stats_interval,
+            encoding=Encoding(args.encoding),
         )
         if not args.quiet:
             agent.add_listener(progress(peer_id))

@@ -1,0 +1,351 @@
+"""Encode a local source once and send the packets to every connection.
+
+aiortc encodes every frame again for every RTCPeerConnection (its issue 449): one
+640x480 camera sent to 8 peers costs 8 encodes. A ``Publisher`` holds one source; each
+connection gets ``publisher.track()``. In the default, shared mode that is an
+``EncodedTrack``: it yields ``av.Packet``s, which aiortc's sender packetizes without
+encoding (``RTCRtpSender._next_encoded_frame``, the "pack" path), so RTP sequence
+numbers, timestamps, SSRC and payload type stay per connection, as aiortc makes them.
+
+Behind the tracks, one ``EncoderGroup`` per negotiated codec (VP8, H.264, Opus) reads
+the source, encodes on its own thread and hands each packet to its members:
+
+- A member starts at a keyframe, asked for on its first read; until then it gets nothing.
+- PLI/FIR from any receiver asks the group for a keyframe, at most one per 0.5 s
+  (``feedback.KeyframeGate``): one lossy receiver cannot flood the others.
+- REMB: the group follows its members' lowest estimate (``feedback.BitrateFollower``).
+- A member whose sender falls behind (queue full) drops its backlog and waits for the
+  next keyframe: it never grows memory or slows the others.
+- The last member leaving closes the group: its task, thread and encoder go with it.
+
+Three aiortc internals are used, pinned by ``tests/peer/test_fanout_internals.py``: a
+transceiver's negotiated ``_codecs``, the sender's ``_send_keyframe`` (PLI/FIR) and its
+private encoder slot, where a ``SenderPort`` takes the REMB estimates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import av
+from aiortc import RTCRtpTransceiver
+from aiortc.codecs import get_encoder
+from aiortc.codecs.base import Encoder as AiortcEncoder
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from peer.media.encoders import (
+    AudioEncoder,
+    UnsupportedCodec,
+    VideoEncoder,
+    Vp8Settings,
+    bounds_for,
+    make_encoder,
+)
+from peer.media.feedback import BitrateFollower, KeyframeGate
+
+__all__ = ["EncodedTrack", "EncoderGroup", "EncoderStats", "Encoding", "Publisher"]
+
+log = logging.getLogger(__name__)
+
+#: Packets a member may hold unsent: about 0.25 s of video, 0.5 s of audio.
+MEMBER_QUEUE = {"video": 8, "audio": 25}
+
+
+class Encoding(enum.Enum):
+    """How a source reaches several connections."""
+
+    SHARED = "shared"  # one encoder per source and codec, its packets to every connection
+    PER_PEER = "per-peer"  # aiortc's way: each connection encodes its own copy
+
+
+@dataclass(frozen=True)
+class EncoderStats:
+    kind: str
+    codec: str
+    members: int
+    frames: int
+    keyframes: int
+    keyframe_requests: int
+    bitrate: int
+    restarts: int
+
+
+class Publisher:
+    """One local source, sent to many connections (``track()``) and read locally (``frames()``)."""
+
+    def __init__(
+        self,
+        source: MediaStreamTrack,
+        encoding: Encoding = Encoding.SHARED,
+        *,
+        vp8: Vp8Settings | None = None,
+        on_idle: Callable[[Publisher], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.kind: str = source.kind
+        self.encoding = encoding
+        self._relay = MediaRelay()
+        self._vp8 = vp8
+        self._groups: dict[str, EncoderGroup] = {}
+        self._on_idle = on_idle
+
+    def frames(self) -> MediaStreamTrack:
+        """The source's decoded frames, for local use (preview, per-peer encoding)."""
+        proxy: MediaStreamTrack = self._relay.subscribe(self.source, buffered=False)
+        return proxy
+
+    def track(self) -> MediaStreamTrack:
+        """What one connection sends; give it to ``PeerLink``, which attaches it."""
+        if self.encoding is Encoding.PER_PEER:
+            return self.frames()
+        return EncodedTrack(self)
+
+    def group_for(self, codec: RTCRtpCodecParameters) -> EncoderGroup | None:
+        """The group encoding ``codec``; None when we leave that codec to aiortc."""
+        key = codec.mimeType.lower()
+        group = self._groups.get(key)
+        if group is None:
+            try:
+                encoder = make_encoder(key, vp8=self._vp8)
+            except UnsupportedCodec:
+                return None
+            group = EncoderGroup(self.frames(), key, encoder, self._group_idle)
+            self._groups[key] = group
+            log.info("encoding %s once for every connection (%s)", self.kind, key)
+        return group
+
+    def stats(self) -> list[EncoderStats]:
+        return [group.stats() for group in self._groups.values()]
+
+    def close(self) -> None:
+        for group in list(self._groups.values()):
+            group.close()
+
+    def _group_idle(self, group: EncoderGroup) -> None:
+        if self._groups.get(group.codec) is group:
+            del self._groups[group.codec]
+        if not self._groups and self._on_idle is not None:
+            self._on_idle(self)
+
+
+class EncoderGroup:
+    """One encoder for one source and codec; its packets go to every member."""
+
+    def __init__(
+        self,
+        frames: MediaStreamTrack,
+        codec: str,
+        encoder: VideoEncoder | AudioEncoder,
+        on_idle: Callable[[EncoderGroup], None],
+    ) -> None:
+        self.codec = codec
+        self.kind: str = frames.kind
+        self.members: set[EncodedTrack] = set()
+        self.keyframes = KeyframeGate()
+        bounds = bounds_for(codec)
+        self.bitrate = BitrateFollower(bounds.initial, bounds.low, bounds.high) if bounds else None
+        self.frames_encoded = 0
+        self.keyframes_sent = 0
+        self.keyframe_requests = 0
+        self._frames = frames
+        self._encoder = encoder
+        self._on_idle = on_idle
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"meshpeer-encode-{codec}")
+        self._closed = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def add(self, member: EncodedTrack) -> None:
+        self.members.add(member)
+        self.keyframes.request(urgent=True)  # it shows nothing until one arrives
+
+    def remove(self, member: EncodedTrack) -> None:
+        self.members.discard(member)
+        if self.bitrate is not None and self.bitrate.forget(member, time.monotonic()):
+            self._encoder.bitrate = self.bitrate.target
+        if not self.members:
+            self.close()
+
+    def request_keyframe(self, *, urgent: bool = False) -> None:
+        self.keyframe_requests += 1
+        self.keyframes.request(urgent=urgent)
+
+    def estimate(self, member: EncodedTrack, bitrate: int) -> None:
+        if self.bitrate is not None and self.bitrate.estimate(member, bitrate, time.monotonic()):
+            log.info("%s bitrate %d kbps (lowest receiver estimate)", self.codec, bitrate // 1000)
+            self._encoder.bitrate = self.bitrate.target
+
+    def stats(self) -> EncoderStats:
+        return EncoderStats(
+            kind=self.kind,
+            codec=self.codec,
+            members=len(self.members),
+            frames=self.frames_encoded,
+            keyframes=self.keyframes_sent,
+            keyframe_requests=self.keyframe_requests,
+            bitrate=self._encoder.bitrate,
+            restarts=self._encoder.restarts,
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._task.cancel()
+        self._frames.stop()
+        self._thread.shutdown(wait=False)
+        for member in list(self.members):
+            member.stop()
+        self._on_idle(self)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                frame = await self._frames.recv()
+                keyframe = self.keyframes.take(time.monotonic())
+                restarts = self._encoder.restarts
+                packets = await loop.run_in_executor(
+                    self._thread, self._encoder.encode, frame, keyframe
+                )
+                self.frames_encoded += 1
+                if self._encoder.restarts != restarts:  # a new context starts with a keyframe
+                    self.keyframes.produced(time.monotonic())
+                for packet in packets:
+                    is_key = self.kind == "audio" or bool(packet.is_keyframe)
+                    self.keyframes_sent += self.kind == "video" and is_key
+                    for member in list(self.members):
+                        member.deliver(packet, is_key)
+        except MediaStreamError:
+            log.info("%s source ended", self.kind)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("shared %s encoder failed", self.codec)
+        self.close()
+
+
+class EncodedTrack(MediaStreamTrack):
+    """One connection's view of a publisher: encoded packets for its negotiated codec.
+
+    ``attach`` ties it to its transceiver; the codec is read on the first ``recv``, which
+    aiortc makes once negotiation is done. A codec we do not encode (say G.722) falls
+    back to a frame copy that aiortc encodes itself.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        super().__init__()
+        self.kind = publisher.kind
+        self._publisher = publisher
+        self._transceiver: RTCRtpTransceiver | None = None
+        self._group: EncoderGroup | None = None
+        self._fallback: MediaStreamTrack | None = None
+        self._packets: collections.deque[av.Packet[Any]] = collections.deque()
+        self._limit = MEMBER_QUEUE.get(self.kind, 8)
+        self._ready = asyncio.Event()
+        self._waiting_keyframe = True
+        #: Times this member's sender fell behind and restarted at a keyframe.
+        self.overflows = 0
+
+    def attach(self, transceiver: RTCRtpTransceiver) -> None:
+        self._transceiver = transceiver
+        # aiortc sends PLI/FIR here; it would flag the sender's own (unused) encoder.
+        transceiver.sender._send_keyframe = self._picture_lost  # type: ignore[method-assign]
+
+    async def recv(self) -> Any:
+        if self._group is None and self._fallback is None:
+            self._bind()
+        if self._fallback is not None:
+            return await self._fallback.recv()
+        while not self._packets:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        return self._packets.popleft()
+
+    def deliver(self, packet: av.Packet[Any], keyframe: bool) -> None:
+        """A packet from the group: queued, or skipped until this member has a keyframe."""
+        if self._waiting_keyframe and not keyframe:
+            return
+        if len(self._packets) >= self._limit:  # the sender fell behind
+            self.overflows += 1
+            if self.kind == "audio":
+                self._packets.popleft()  # every Opus packet stands alone: drop the oldest
+            elif keyframe:
+                self._packets.clear()  # the keyframe makes the backlog worthless
+            else:
+                self._packets.clear()  # skip to the next keyframe rather than grow
+                self._waiting_keyframe = True
+                if self._group is not None:
+                    self._group.request_keyframe()
+                return
+        self._waiting_keyframe = False
+        self._packets.append(packet)
+        self._ready.set()
+
+    def stop(self) -> None:
+        super().stop()
+        self._ready.set()
+        if self._fallback is not None:
+            self._fallback.stop()
+        if self._group is not None:
+            group, self._group = self._group, None
+            group.remove(self)
+
+    def _bind(self) -> None:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._transceiver is None or not self._transceiver._codecs:
+            raise RuntimeError("EncodedTrack read before PeerLink attached it to a transceiver")
+        codec = self._transceiver._codecs[0]
+        group = self._publisher.group_for(codec)
+        if group is None:
+            log.info("%s: no shared encoder, this connection encodes itself", codec.mimeType)
+            self._fallback = self._publisher.frames()
+            return
+        self._group = group
+        group.add(self)
+        sender = self._transceiver.sender
+        sender._RTCRtpSender__encoder = SenderPort(get_encoder(codec), self)  # type: ignore[attr-defined]
+
+    def _picture_lost(self) -> None:
+        if self._group is not None:
+            self._group.request_keyframe()
+
+    def _estimate(self, bitrate: int) -> None:
+        if self._group is not None:
+            self._group.estimate(self, bitrate)
+
+
+class SenderPort:
+    """Sits in the sender's encoder slot: packetizes shared packets, takes REMB estimates."""
+
+    def __init__(self, packer: AiortcEncoder, track: EncodedTrack) -> None:
+        self._packer = packer
+        self._track = track
+        self._estimate = 0
+
+    def pack(self, packet: av.Packet[Any]) -> tuple[list[bytes], int]:
+        return self._packer.pack(packet)
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        raise RuntimeError("a shared-encoding sender got a frame instead of a packet")
+
+    @property
+    def target_bitrate(self) -> int:
+        return self._estimate
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        self._estimate = bitrate
+        self._track._estimate(bitrate)
