@@ -1,0 +1,122 @@
+"""The aiortc details peer.media.fanout leans on, pinned between two real RTCPeerConnections
+on loopback: an aiortc upgrade that changes one of them fails here, by name.
+
+- a transceiver's negotiated codecs are in ``_codecs`` when its sender first reads;
+- the sender keeps the encoder we put in its private slot and packs our packets with it;
+- an RTCP PLI reaches ``sender._send_keyframe`` (replaced by the shared encoder's);
+- an RTCP REMB sets ``target_bitrate`` on the encoder in that slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
+
+from peer.media.fanout import EncodedTrack, EncoderGroup, Publisher, SenderPort
+from peer.media.synthetic import SyntheticVideoTrack
+from tests.peer.helpers import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+class Pair:
+    def __init__(self, publisher: Publisher, sender: RTCRtpSender, receiver: RTCRtpReceiver):
+        self.publisher = publisher
+        self.sender = sender
+        self.receiver = receiver
+        self.frames = 0
+
+    @property
+    def group(self) -> EncoderGroup:
+        track = self.sender.track
+        assert isinstance(track, EncodedTrack)
+        assert track._group is not None, "the track never bound to a group"
+        return track._group
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    """A synthetic source sent as an EncodedTrack from one connection to another."""
+    source = SyntheticVideoTrack("pin", width=160, height=120, fps=30)
+    publisher = Publisher(source)
+    config = RTCConfiguration(iceServers=[])
+    offerer, answerer = RTCPeerConnection(config), RTCPeerConnection(config)
+    track = publisher.track()
+    assert isinstance(track, EncodedTrack)
+    sender = offerer.addTrack(track)
+    track.attach(next(t for t in offerer.getTransceivers() if t.sender is sender))
+    received: list[RTCRtpReceiver] = []
+    pair_holder: list[Pair] = []
+    readers: list[asyncio.Task[None]] = []
+
+    @answerer.on("track")
+    def on_track(remote: object) -> None:
+        async def read() -> None:
+            while True:
+                await remote.recv()  # type: ignore[attr-defined]
+                if pair_holder:
+                    pair_holder[0].frames += 1
+
+        readers.append(asyncio.ensure_future(read()))
+
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+    received.extend(t.receiver for t in answerer.getTransceivers())
+    pair = Pair(publisher, sender, received[0])
+    pair_holder.append(pair)
+    try:
+        yield pair
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await offerer.close()
+        await answerer.close()
+        publisher.close()
+        source.stop()
+
+
+async def test_negotiated_codecs_and_the_encoder_slot(pair: Pair) -> None:
+    await wait_for(lambda: pair.frames >= 10, 15, "frames through the pack path")
+    transceiver = pair.sender.track._transceiver  # type: ignore[union-attr]
+    assert transceiver is not None
+    assert transceiver._codecs and transceiver._codecs[0].mimeType.lower() == "video/vp8"
+    slot = pair.sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
+    assert isinstance(slot, SenderPort), f"aiortc replaced the sender's encoder with {slot!r}"
+    assert pair.group.frames_encoded >= 10
+
+
+async def test_pli_reaches_the_shared_encoder(pair: Pair) -> None:
+    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    before = pair.group.keyframe_requests
+    ssrc = pair.receiver.getSynchronizationSources()[0].source
+    assert ssrc == pair.sender._ssrc
+    await pair.receiver._send_rtcp_pli(ssrc)
+    await wait_for(lambda: pair.group.keyframe_requests > before, 5, "the PLI at the group")
+
+
+async def test_remb_reaches_the_shared_encoder(pair: Pair) -> None:
+    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    group = pair.group
+    restarts = group.stats().restarts
+    remb = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_APP,
+        ssrc=1,
+        media_ssrc=0,
+        fci=pack_remb_fci(300_000, [pair.sender._ssrc]),
+    )
+    await pair.receiver._send_rtcp(remb)
+    await wait_for(lambda: group.stats().bitrate == 300_000, 5, "the REMB estimate applied")
+    await wait_for(lambda: group.stats().restarts == restarts + 1, 5, "one encoder restart")
+    # Estimates that move less than 25% change nothing (no keyframe each time).
+    for bps in (320_000, 280_000, 310_000):
+        remb.fci = pack_remb_fci(bps, [pair.sender._ssrc])
+        await pair.receiver._send_rtcp(remb)
+    await asyncio.sleep(0.5)
+    assert group.stats().bitrate == 300_000
+    assert group.stats().restarts == restarts + 1
