@@ -6,7 +6,8 @@ settings are aiortc's (VP8: realtime, CBR, ``cpu-used -6``; H.264: baseline,
 zerolatency; Opus: 48 kHz stereo, voip), with one difference measured in
 ``benchmarks/encoder_cost.py``: libvpx's temporal denoiser is off by default.
 
-Each encoder is driven from one thread at a time (the fan-out's encoding thread).
+Each encoder is driven from one thread at a time (the fan-out's encoding thread), and
+never changes the frames it is given: other encoders may be reading them.
 """
 
 from __future__ import annotations
@@ -130,7 +131,13 @@ class VideoEncoder:
             context = self._context = self._open(frame.width, frame.height)
             keyframe = True
         picture = av.video.frame.PictureType
-        frame.pict_type = picture.I if keyframe else picture.NONE
+        wanted = picture.I if keyframe else picture.NONE
+        if frame.pict_type != wanted:
+            # Frames are shared (other codecs' encoders, the preview): mark a copy instead.
+            copy = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+            copy.pts, copy.time_base = frame.pts, frame.time_base
+            copy.pict_type = wanted
+            frame = copy
         packets = list(context.encode(frame))
         if not packets:
             return []

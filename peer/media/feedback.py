@@ -10,10 +10,13 @@ coalesces the first, ``BitrateFollower`` follows the lowest estimate without a k
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-__all__ = ["KEYFRAME_INTERVAL", "BitrateFollower", "KeyframeGate"]
+__all__ = ["KEYFRAME_INTERVAL", "BitrateFollower", "KeyframeGate", "TierSplit"]
+
+K = TypeVar("K", bound=Hashable)
 
 #: At most one keyframe per this many seconds for picture-loss requests.
 KEYFRAME_INTERVAL = 0.5
@@ -84,6 +87,10 @@ class BitrateFollower:
         return self._retarget(now)
 
     @property
+    def receivers(self) -> frozenset[Hashable]:
+        return frozenset(self._estimates)
+
+    @property
     def lowest(self) -> int | None:
         return min(self._estimates.values()) if self._estimates else None
 
@@ -97,3 +104,34 @@ class BitrateFollower:
         self.target = wanted
         self._changed_at = now
         return True
+
+
+@dataclass
+class TierSplit(Generic[K]):
+    """Which receivers get a second, lower-rate encoding of the same source.
+
+    Following the lowest estimate gives everyone the worst receiver's quality. When the
+    estimates spread more than ``split_ratio`` (highest over lowest), the receivers below
+    ``highest / split_ratio`` get their own encoder at their rate and the others keep a
+    faster one. A receiver leaves the lower tier only once its estimate is within
+    ``merge_ratio`` of the highest (no flapping around the boundary). Costs one more
+    encode while split.
+    """
+
+    split_ratio: float = 2.0
+    merge_ratio: float = 1.5
+    low: frozenset[K] = frozenset()
+
+    def plan(self, estimates: Mapping[K, int]) -> frozenset[K]:
+        """The receivers for the lower tier now (empty: one tier for all)."""
+        if len(estimates) < 2:
+            self.low = frozenset()
+            return self.low
+        top = max(estimates.values())
+        self.low = frozenset(
+            receiver
+            for receiver, bitrate in estimates.items()
+            if bitrate * self.split_ratio < top
+            or (receiver in self.low and bitrate * self.merge_ratio < top)
+        )
+        return self.low

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer.media.feedback import BitrateFollower, KeyframeGate
+from peer.media.feedback import BitrateFollower, KeyframeGate, TierSplit
 
 
 def test_no_request_no_keyframe() -> None:
@@ -128,3 +128,32 @@ def test_changes_are_rare_and_stay_in_bounds(estimates: list[tuple[int, int]]) -
             changes.append(now)
         assert 250_000 <= rate.target <= 1_500_000
     assert all(b - a >= 1.0 for a, b in itertools.pairwise(changes))
+
+
+def test_no_second_tier_while_estimates_are_within_2x() -> None:
+    split: TierSplit[str] = TierSplit()
+    assert split.plan({"a": 1_000_000, "b": 600_000, "c": 510_000}) == frozenset()
+    assert split.plan({"a": 1_000_000}) == frozenset()
+
+
+def test_receivers_below_half_the_fastest_get_the_lower_tier() -> None:
+    split: TierSplit[str] = TierSplit()
+    assert split.plan({"a": 1_400_000, "b": 1_200_000, "c": 300_000, "d": 650_000}) == {"c", "d"}
+
+
+def test_leaving_the_lower_tier_needs_1_5x_not_2x() -> None:
+    split: TierSplit[str] = TierSplit()
+    assert split.plan({"fast": 1_200_000, "slow": 500_000}) == {"slow"}
+    assert split.plan({"fast": 1_200_000, "slow": 700_000}) == {"slow"}  # 1.7x: stays
+    assert split.plan({"fast": 1_200_000, "slow": 850_000}) == frozenset()  # 1.4x: back
+    assert split.plan({"fast": 1_200_000, "slow": 700_000}) == frozenset()  # needs 2x again
+
+
+@given(st.dictionaries(st.integers(0, 9), st.integers(250_000, 1_500_000), max_size=10))
+def test_the_fastest_receiver_is_never_in_the_lower_tier(estimates: dict[int, int]) -> None:
+    split: TierSplit[int] = TierSplit()
+    low = split.plan(estimates)
+    if estimates:
+        top = max(estimates.values())
+        assert all(estimates[r] < top for r in low)
+        assert all(estimates[r] * 2 >= top for r in estimates if r not in low)
