@@ -29,6 +29,7 @@ __all__ = [
     "VideoEncoder",
     "Vp8Settings",
     "bounds_for",
+    "encodes",
     "make_encoder",
 ]
 
@@ -206,6 +207,11 @@ class AudioEncoder:
             packet.pts = pts - self._first_pts
             packet.time_base = AUDIO_TIME_BASE
         return packets
+
+
+def encodes(mime_type: str) -> bool:
+    """Whether ``make_encoder`` has an encoder for this codec."""
+    return mime_type.lower() in _BOUNDS or mime_type.lower() == "audio/opus"
 
 
 def make_encoder(

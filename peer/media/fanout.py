@@ -45,10 +45,10 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from peer.media.encoders import (
     AudioEncoder,
-    UnsupportedCodec,
     VideoEncoder,
     Vp8Settings,
     bounds_for,
+    encodes,
     make_encoder,
 )
 from peer.media.feedback import BitrateFollower, KeyframeGate, TierSplit
@@ -116,9 +116,7 @@ class Publisher:
         key = codec.mimeType.lower()
         group = self._groups.get(key)
         if group is None:
-            try:
-                make_encoder(key)  # only to learn whether we encode it
-            except UnsupportedCodec:
+            if not encodes(key):
                 return None
             vp8 = self._vp8
             group = EncoderGroup(
