@@ -47,6 +47,7 @@ from peer.errors import MeshpeerError
 from peer.events import Event, EventHub, Kind
 from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
+from peer.media.encoders import Vp8Settings
 from peer.media.fanout import EncoderStats, Encoding, Publisher
 from peer.mesh import Action, LinkState
 from peer.negotiation import Negotiator
@@ -111,7 +112,8 @@ class Agent:
     ``peer_id`` or ``room``, the token's are used.
     ``encoding``: each source is encoded once for every connection (shared, the default)
     or once per connection (per-peer, aiortc's way; for comparison), see
-    :mod:`peer.media.fanout`.
+    :mod:`peer.media.fanout`; ``vp8`` (:class:`peer.media.encoders.Vp8Settings`) tunes
+    the shared VP8 encoder's speed and denoiser.
     ``always_send`` negotiates sending audio and video even without local tracks, so
     :meth:`send_track` can send each peer something of its own later (an echo bot).
     Use it as an async context manager, or call :meth:`join` and :meth:`leave`.
@@ -145,6 +147,7 @@ class Agent:
         always_send: bool = False,
         token: str | None = None,
         encoding: Encoding = Encoding.SHARED,
+        vp8: Vp8Settings | None = None,
     ) -> None:
         token_peer, token_room = read_claims(token) if token else (None, None)
         peer_id = peer_id or token_peer
@@ -158,6 +161,7 @@ class Agent:
         self.peer_left_grace = peer_left_grace
         self.always_send = always_send
         self.encoding = encoding
+        self.vp8 = vp8
         #: Tracks given to send_track, each encoded once for the peers it goes to.
         self._sent: dict[MediaStreamTrack, Publisher] = {}
         #: Who the server says is in the room (besides us); updated in place.
@@ -226,7 +230,7 @@ class Agent:
         if self.media is not None:
             for track in (self.media.video, self.media.audio):
                 if track is not None:
-                    self._mesh.publishers.append(Publisher(track, self.encoding))
+                    self._mesh.publishers.append(Publisher(track, self.encoding, vp8=self.vp8))
         self._mesh.check_own_servers()  # while signaling connects
         await self._signaling.connect()
         if self.stats_interval:
@@ -322,7 +326,7 @@ class Agent:
             return False
         publisher = self._sent.get(track)
         if publisher is None:
-            publisher = Publisher(track, self.encoding, on_idle=self._sent_idle)
+            publisher = Publisher(track, self.encoding, vp8=self.vp8, on_idle=self._sent_idle)
             self._sent[track] = publisher
         return link.send_track(kind, publisher.track())
 
