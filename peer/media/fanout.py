@@ -210,9 +210,10 @@ class EncoderGroup:
             tier.keyframes.request()
 
     def estimate(self, member: EncodedTrack, bitrate: int) -> None:
-        if self._bounds is None or member not in self._tier_of:
+        bounds = self._bounds
+        if bounds is None or member not in self._tier_of:
             return
-        self._estimates[member] = bitrate
+        self._estimates[member] = max(bounds.low, min(bitrate, bounds.high))
         self._replan()
 
     def stats(self) -> list[EncoderStats]:
@@ -259,7 +260,7 @@ class EncoderGroup:
     def _replan(self) -> None:
         """Place members by their estimates (one tier or two), then set each tier's rate."""
         now = time.monotonic()
-        low = self._split.plan(self._estimates)
+        low = self._split.plan(self._estimates, now)
         if low and len(self._tiers) == 1:
             estimates = [self._estimates[m] for m in low if m in self._estimates]
             self._tiers.append(self._new_tier(min(estimates)))

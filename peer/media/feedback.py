@@ -111,27 +111,36 @@ class TierSplit(Generic[K]):
     """Which receivers get a second, lower-rate encoding of the same source.
 
     Following the lowest estimate gives everyone the worst receiver's quality. When the
-    estimates spread more than ``split_ratio`` (highest over lowest), the receivers below
+    estimates (clamped to the codec's bounds by the caller) spread more than
+    ``split_ratio`` (highest over lowest) for ``hold`` seconds, the receivers below
     ``highest / split_ratio`` get their own encoder at their rate and the others keep a
-    faster one. A receiver leaves the lower tier only once its estimate is within
-    ``merge_ratio`` of the highest (no flapping around the boundary). Costs one more
-    encode while split.
+    faster one. The hold lets a new receiver's estimate ramp up (browsers start near
+    100 kbps) without a second encoder. A receiver leaves the lower tier only once its
+    estimate is within ``merge_ratio`` of the highest (no flapping around the boundary).
+    Costs one more encode while split.
     """
 
     split_ratio: float = 2.0
     merge_ratio: float = 1.5
+    hold: float = 3.0
     low: frozenset[K] = frozenset()
+    _spread_since: float | None = None
 
-    def plan(self, estimates: Mapping[K, int]) -> frozenset[K]:
+    def plan(self, estimates: Mapping[K, int], now: float) -> frozenset[K]:
         """The receivers for the lower tier now (empty: one tier for all)."""
-        if len(estimates) < 2:
-            self.low = frozenset()
-            return self.low
-        top = max(estimates.values())
-        self.low = frozenset(
+        top = max(estimates.values(), default=0)
+        wanted = frozenset(
             receiver
             for receiver, bitrate in estimates.items()
             if bitrate * self.split_ratio < top
             or (receiver in self.low and bitrate * self.merge_ratio < top)
         )
+        if not wanted:
+            self._spread_since = None
+        elif not self.low:  # not split yet: only once the spread has lasted
+            if self._spread_since is None:
+                self._spread_since = now
+            if now - self._spread_since < self.hold:
+                return self.low
+        self.low = wanted
         return self.low

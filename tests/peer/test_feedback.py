@@ -131,28 +131,41 @@ def test_changes_are_rare_and_stay_in_bounds(estimates: list[tuple[int, int]]) -
 
 
 def test_no_second_tier_while_estimates_are_within_2x() -> None:
-    split: TierSplit[str] = TierSplit()
-    assert split.plan({"a": 1_000_000, "b": 600_000, "c": 510_000}) == frozenset()
-    assert split.plan({"a": 1_000_000}) == frozenset()
+    split: TierSplit[str] = TierSplit(hold=0)
+    assert split.plan({"a": 1_000_000, "b": 600_000, "c": 510_000}, 0) == frozenset()
+    assert split.plan({"a": 1_000_000}, 1) == frozenset()
+    assert split.plan({}, 2) == frozenset()
 
 
 def test_receivers_below_half_the_fastest_get_the_lower_tier() -> None:
-    split: TierSplit[str] = TierSplit()
-    assert split.plan({"a": 1_400_000, "b": 1_200_000, "c": 300_000, "d": 650_000}) == {"c", "d"}
+    split: TierSplit[str] = TierSplit(hold=0)
+    estimates = {"a": 1_400_000, "b": 1_200_000, "c": 300_000, "d": 650_000}
+    assert split.plan(estimates, 0) == {"c", "d"}
+
+
+def test_the_split_waits_until_the_spread_has_lasted() -> None:
+    """A browser's first estimates ramp up from ~100 kbps: no second encoder for that."""
+    split: TierSplit[str] = TierSplit(hold=3.0)
+    assert split.plan({"agent": 900_000, "page": 250_000}, 10.0) == frozenset()
+    assert split.plan({"agent": 900_000, "page": 300_000}, 12.0) == frozenset()
+    assert split.plan({"agent": 900_000, "page": 600_000}, 12.5) == frozenset()  # ramped up
+    assert split.plan({"agent": 900_000, "page": 400_000}, 14.0) == frozenset()  # again
+    assert split.plan({"agent": 900_000, "page": 400_000}, 16.9) == frozenset()
+    assert split.plan({"agent": 900_000, "page": 400_000}, 17.0) == {"page"}  # 3 s on
 
 
 def test_leaving_the_lower_tier_needs_1_5x_not_2x() -> None:
-    split: TierSplit[str] = TierSplit()
-    assert split.plan({"fast": 1_200_000, "slow": 500_000}) == {"slow"}
-    assert split.plan({"fast": 1_200_000, "slow": 700_000}) == {"slow"}  # 1.7x: stays
-    assert split.plan({"fast": 1_200_000, "slow": 850_000}) == frozenset()  # 1.4x: back
-    assert split.plan({"fast": 1_200_000, "slow": 700_000}) == frozenset()  # needs 2x again
+    split: TierSplit[str] = TierSplit(hold=0)
+    assert split.plan({"fast": 1_200_000, "slow": 500_000}, 0) == {"slow"}
+    assert split.plan({"fast": 1_200_000, "slow": 700_000}, 1) == {"slow"}  # 1.7x: stays
+    assert split.plan({"fast": 1_200_000, "slow": 850_000}, 2) == frozenset()  # 1.4x: back
+    assert split.plan({"fast": 1_200_000, "slow": 700_000}, 3) == frozenset()  # needs 2x again
 
 
 @given(st.dictionaries(st.integers(0, 9), st.integers(250_000, 1_500_000), max_size=10))
 def test_the_fastest_receiver_is_never_in_the_lower_tier(estimates: dict[int, int]) -> None:
-    split: TierSplit[int] = TierSplit()
-    low = split.plan(estimates)
+    split: TierSplit[int] = TierSplit(hold=0)
+    low = split.plan(estimates, 0)
     if estimates:
         top = max(estimates.values())
         assert all(estimates[r] < top for r in low)
