@@ -28,6 +28,7 @@ from peer.events import Kind
 from peer.media.fanout import EncodedTrack
 from peer.media.tap import FrameConsumer, TrackTap
 from peer.mesh import LinkState, Role
+from peer.nack import NackRepeater
 from peer.stats import Counters, PeerStats, counters_from_report, rates
 from signaling.ice import IceServer
 from signaling.protocol import IceCandidate, PeerId
@@ -73,6 +74,7 @@ class PeerLink:
         self.steps: dict[str, float] = {"created": self.created_at}
         self.pc = RTCPeerConnection(configuration=config)
         self.taps: list[TrackTap] = []
+        self._repeaters: list[NackRepeater] = []
         self.relays: dict[Kind, tuple[MediaRelay, MediaStreamTrack]] = {}
         self._consumers = list(consumers)
         self._pending: list[IceCandidate | None] = []
@@ -244,6 +246,10 @@ class PeerLink:
         tap = TrackTap(self.remote, relay.subscribe(track, buffered=False), self._consumers)
         tap.start()
         self.taps.append(tap)
+        if kind == "video":
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    self._repeaters.append(NackRepeater(transceiver.receiver))
         self._on_track(self, kind, relay, track)
 
     def subscribe(self, kind: Kind) -> MediaStreamTrack | None:
@@ -327,6 +333,8 @@ class PeerLink:
             await asyncio.wait_for(asyncio.shield(self.pc.close()), 5.0)
         except Exception as exc:  # the taps and tracks below are released all the same
             log.warning("closing the connection to %s failed: %r", self.remote, exc)
+        for repeater in self._repeaters:
+            repeater.stop()
         for tap in self.taps:
             await tap.stop()
         for track in self._sent_tracks:

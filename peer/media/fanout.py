@@ -18,7 +18,7 @@ the source, encodes on its own thread and hands each packet to its members:
   next keyframe: it never grows memory or slows the others.
 - The last member leaving closes the group: its task, thread and encoder go with it.
 
-Three aiortc internals are used, pinned by ``tests/peer/test_fanout_internals.py``: a
+Three aiortc internals are used, pinned by ``tests/peer/test_aiortc_internals.py``: a
 transceiver's negotiated ``_codecs``, the sender's ``_send_keyframe`` (PLI/FIR) and its
 private encoder slot, where a ``SenderPort`` takes the REMB estimates.
 """

@@ -1,6 +1,6 @@
 """A second, lower-rate encoder while receivers' rate estimates differ by more than 2x:
 real encoders and decoders, the group driven directly (estimates as REMB would give them;
-the REMB path itself is pinned in test_fanout_internals.py)."""
+the REMB path itself is pinned in test_aiortc_internals.py)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,15 @@
-"""The aiortc details peer.media.fanout leans on, pinned between two real RTCPeerConnections
-on loopback: an aiortc upgrade that changes one of them fails here, by name.
+"""The aiortc details meshpeer leans on, pinned between two real RTCPeerConnections on
+loopback: an aiortc upgrade that changes one of them fails here, by name.
 
+peer.media.fanout (shared encoding):
 - a transceiver's negotiated codecs are in ``_codecs`` when its sender first reads;
 - the sender keeps the encoder we put in its private slot and packs our packets with it;
 - an RTCP PLI reaches ``sender._send_keyframe`` (replaced by the shared encoder's);
 - an RTCP REMB sets ``target_bitrate`` on the encoder in that slot.
+
+peer.nack (NACKs asked again):
+- a video receiver's NACK generator keeps the missing sequence numbers in ``missing``, and
+  ``_send_rtcp_nack(ssrc, lost)`` sends a NACK the sender answers.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from peer.media.fanout import EncodedTrack, EncoderGroup, Publisher, SenderPort
 from peer.media.synthetic import SyntheticVideoTrack
+from peer.nack import NackRepeater
 from tests.peer.helpers import wait_for
 
 pytestmark = pytest.mark.slow
@@ -122,3 +128,33 @@ async def test_remb_reaches_the_shared_encoder(pair: Pair) -> None:
     await asyncio.sleep(0.5)
     assert group.stats()[0].bitrate == 300_000
     assert group.stats()[0].restarts == restarts + 1
+
+
+async def test_nacks_are_asked_again_while_a_packet_is_missing(pair: Pair) -> None:
+    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    generator = pair.receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    assert isinstance(generator.missing, set)
+    ssrc = pair.sender._ssrc
+    repeater = NackRepeater(pair.receiver)
+    try:
+        # A packet the sender still has: its retransmission arrives, nothing is asked again.
+        lost = (generator.max_seq - 3) % 65536
+        generator.missing.add(lost)
+        await pair.receiver._send_rtcp_nack(ssrc, [lost])  # as aiortc does on a gap
+        await wait_for(lambda: lost not in generator.missing, 5, "the retransmission")
+        await asyncio.sleep(0.3)
+        assert repeater.repeats == 0
+
+        # One whose retransmission never comes: asked again every 0.1 s, then given up.
+        lost = (generator.max_seq - 3) % 65536
+        pair.sender._RTCRtpSender__rtp_history.clear()  # type: ignore[attr-defined]
+        generator.missing.add(lost)
+        await pair.receiver._send_rtcp_nack(ssrc, [lost])
+        await wait_for(lambda: repeater.repeats >= 3, 5, "the NACK asked again")
+        await asyncio.sleep(1.2)  # past GIVE_UP_AFTER
+        repeats = repeater.repeats
+        assert repeats <= 11
+        await asyncio.sleep(0.3)
+        assert repeater.repeats == repeats
+    finally:
+        repeater.stop()
