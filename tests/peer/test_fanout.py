@@ -199,8 +199,11 @@ async def test_receivers_and_codec_groups_come_and_go_without_leaks(
             await vp8.leave()
             await wait_for(lambda: sender.encoder_stats() == [], 10, "every group to close")
             await wait_for(lambda: encode_threads() == 0, 5, "the encoding threads to end")
-        groups = [t for t in asyncio.all_tasks() if "EncoderGroup._run" in repr(t.get_coro())]
-        assert groups == []
+        await wait_for(
+            lambda: not [t for t in asyncio.all_tasks() if "EncoderGroup._run" in repr(t)],
+            5,
+            "the encoding tasks to end",
+        )
     finally:
         await sender.leave()
         media.stop()
