@@ -115,7 +115,8 @@ async def measure(url: str, room: str, peer_id: str, window: float) -> dict[str,
         await asyncio.sleep(window)
         end, ended_unix = time.monotonic(), time.time()
         after = rtp_counts(agent)
-        route = next((s.route for s in await agent.stats() if s.peer == SENDER), "")
+        mine = next(s for s in await agent.stats() if s.peer == SENDER)
+        route = mine.route
         await asyncio.sleep(LINGER)
     finally:
         await agent.leave()
@@ -138,6 +139,9 @@ async def measure(url: str, room: str, peer_id: str, window: float) -> dict[str,
         "nacks_at": [(round(t - start, 2), n) for t, n in nacks if start <= t <= end],
         "keyframes_total": len(seen.keys.get(SENDER, [])),
         "packets": {key: after[key] - before[key] for key in sorted(after)},
+        # The agent's own figure (stats lines, --stats-json) against aiortc's per stream.
+        "agent_lost": mine.packets_lost,
+        "media_lost": after["video_lost"] + after["audio_lost"],
         "feedback": {key: sent[key] - feedback_before[key] for key in sorted(sent)},
     }
 

@@ -320,6 +320,8 @@ def test_a_lossy_receiver_keeps_decoding_and_spares_the_others(
         assert dropped["udp_in"] > 0 and dropped["udp_dropped"] > 0.02 * dropped["udp_in"], dropped
         assert lossy_got["packets"]["video_lost"] > 0 and lossy_got["feedback"]["nack"] > 0, got
         assert clean_got["packets"]["video_lost"] == 0, got
+        # The agent reports the media streams' loss, not the retransmission stream's.
+        assert lossy_got["agent_lost"] == lossy_got["media_lost"], got
         # One encoder served both (no lower-rate second tier): the lossy receiver's requests
         # reached the clean one's encoder, or the keyframe checks below would say nothing.
         assert encoder["tiers"] == 1, encoder

@@ -7,6 +7,9 @@ peer.media.fanout (shared encoding):
 - an RTCP PLI reaches ``sender._send_keyframe`` (replaced by the shared encoder's);
 - an RTCP REMB sets ``target_bitrate`` on the encoder in that slot.
 
+peer.link (inbound stats): a receiver's per-SSRC counters (``__remote_streams``) and
+which SSRCs are retransmissions (``__rtx_ssrc``): getStats gives all of them one id.
+
 peer.nack (NACKs asked again):
 - a video receiver's NACK generator keeps the missing sequence numbers in ``missing``, and
   ``_send_rtcp_nack(ssrc, lost)`` sends a NACK the sender answers.
@@ -158,3 +161,13 @@ async def test_nacks_are_asked_again_while_a_packet_is_missing(pair: Pair) -> No
         assert repeater.repeats == repeats
     finally:
         repeater.stop()
+
+
+async def test_per_stream_counters_of_a_receiver(pair: Pair) -> None:
+    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    streams = pair.receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    rtx = pair.receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    assert isinstance(rtx, dict)
+    media = streams[pair.sender._ssrc]
+    assert media.packets_received >= 5 and media.packets_lost == 0
+    assert all(ssrc in rtx for ssrc in streams if ssrc != pair.sender._ssrc)
