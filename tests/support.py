@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from signaling.registry import Registry
 from signaling.server import ServerConfig, SignalingServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,9 +50,11 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def running_server(config: ServerConfig | None = None) -> AsyncIterator[RunningServer]:
+async def running_server(
+    config: ServerConfig | None = None, registry: Registry | None = None
+) -> AsyncIterator[RunningServer]:
     """A real SignalingServer on an ephemeral 127.0.0.1 port, shut down gracefully after."""
-    server = SignalingServer(config)
+    server = SignalingServer(config, registry)
     runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=seconds(2))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

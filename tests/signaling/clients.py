@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -112,15 +112,20 @@ class Peer:
 
 
 class Clients:
-    """Opens clients against one server and closes them all at the end of a test."""
+    """Opens clients and closes them all at the end of a test. Given several servers (nodes
+    sharing rooms), each new client goes to the next one in turn."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str | Sequence[str]) -> None:
         self.http = http
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.url = self.urls[0]
+        self._turn = 0
 
     async def connect(self, name: str = "", **kwargs: Any) -> Peer:
         params = kwargs.pop("params", None)
-        ws = await self.http.ws_connect(self.url, params=params, **kwargs)
+        url = self.urls[self._turn % len(self.urls)]
+        self._turn += 1
+        ws = await self.http.ws_connect(url, params=params, **kwargs)
         return Peer(ws, name)
 
     async def join(
@@ -139,7 +144,7 @@ class Clients:
 
 
 @asynccontextmanager
-async def clients(url: str) -> AsyncIterator[Clients]:
+async def clients(url: str | Sequence[str]) -> AsyncIterator[Clients]:
     async with aiohttp.ClientSession() as http:
         yield Clients(http, url)
 

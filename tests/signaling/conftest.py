@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from signaling.redis_registry import RedisRegistry
 from signaling.server import ServerConfig
 from signaling.session import Limits
+from tests.redis_server import running_redis
 from tests.signaling.clients import Clients, clients
 from tests.support import RunningServer, running_server, seconds
 
@@ -37,13 +39,38 @@ def make_server() -> ServerFactory:
     return factory
 
 
-@pytest.fixture
-async def fast_server() -> AsyncIterator[RunningServer]:
-    async with running_server(ServerConfig(limits=FAST_LIMITS)) as running:
-        yield running
+async def cluster(stack: AsyncExitStack, redis_url: str, count: int) -> list[RunningServer]:
+    """``count`` servers (nodes ``n0``, ``n1``...) sharing rooms through Redis at
+    ``redis_url``, closed by ``stack``."""
+    config = ServerConfig(limits=FAST_LIMITS)
+    servers = []
+    for index in range(count):
+        registry = RedisRegistry(redis_url, FAST_LIMITS.max_peers, node=f"n{index}")
+        await registry.start()
+        stack.push_async_callback(registry.close)
+        servers.append(await stack.enter_async_context(running_server(config, registry)))
+    return servers
+
+
+@pytest.fixture(params=["1-node", "2-nodes"])
+async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[RunningServer]]:
+    """The servers the clients of a test use: one in memory, or two nodes sharing rooms
+    through a real redis-server (clients alternate between them)."""
+    if request.param == "1-node":
+        async with running_server(ServerConfig(limits=FAST_LIMITS)) as running:
+            yield [running]
+        return
+    with running_redis() as redis:
+        async with AsyncExitStack() as stack:
+            yield await cluster(stack, redis.url, 2)
 
 
 @pytest.fixture
-async def peers(fast_server: RunningServer) -> AsyncIterator[Clients]:
-    async with clients(fast_server.ws_url) as opened:
+async def fast_server(nodes: list[RunningServer]) -> RunningServer:
+    return nodes[0]
+
+
+@pytest.fixture
+async def peers(nodes: list[RunningServer]) -> AsyncIterator[Clients]:
+    async with clients([node.ws_url for node in nodes]) as opened:
         yield opened

@@ -12,6 +12,9 @@ from tests.signaling.clients import Clients, RawClient, clients
 from tests.signaling.conftest import FAST_LIMITS, ServerFactory
 from tests.support import RunningServer, seconds
 
+#: This test reads one server's own counters or log: it runs on one node.
+ONE_NODE = pytest.mark.parametrize("nodes", ["1-node"], indirect=True)
+
 
 async def test_per_message_errors_keep_the_connection_usable(peers: Clients) -> None:
     early = await peers.connect("early")
@@ -160,6 +163,7 @@ async def test_join_timeout_gets_join_timeout_then_close_4408(make_server: Serve
         assert await ok.recv() == {"type": "peer-joined", "peerId": "late"}
 
 
+@ONE_NODE
 async def test_frame_over_four_times_the_limit_is_refused_by_the_transport(
     peers: Clients, fast_server: RunningServer
 ) -> None:

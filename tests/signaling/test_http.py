@@ -17,6 +17,10 @@ SAMPLE = re.compile(
 )
 
 
+#: This test reads one server's own counters or log: it runs on one node.
+ONE_NODE = pytest.mark.parametrize("nodes", ["1-node"], indirect=True)
+
+
 async def get_json(server: RunningServer, path: str) -> Any:
     async with aiohttp.ClientSession() as http, http.get(server.http_url + path) as response:
         assert response.status == 200
@@ -48,6 +52,7 @@ async def get_metrics(server: RunningServer) -> dict[str, float]:
     return samples
 
 
+@ONE_NODE
 async def test_healthz_reports_rooms_peers_and_uptime(
     fast_server: RunningServer, peers: Clients
 ) -> None:
@@ -68,6 +73,7 @@ async def test_healthz_reports_rooms_peers_and_uptime(
     assert len(opened) == 4
 
 
+@ONE_NODE
 async def test_metrics_count_connections_joins_leaves_routing_and_errors(
     fast_server: RunningServer, peers: Clients
 ) -> None:
@@ -131,6 +137,7 @@ async def test_metrics_count_connections_joins_leaves_routing_and_errors(
     assert sum(v for k, v in m.items() if k.startswith("meshpeer_messages_routed")) == 6
 
 
+@ONE_NODE
 async def test_one_info_line_per_join_and_leave_and_no_traffic_above_debug(
     fast_server: RunningServer, peers: Clients, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,403 @@
+"""Rooms shared by several server nodes through Redis, behind the ``Registry`` interface.
+
+Membership lives in Redis, one hash (peer -> ``node|seq|token``) and one sorted set (join
+order) per room, changed only by Lua scripts: a join (ID unique, room size, resume) or a
+leave is atomic, and the script itself publishes the change on the room's channel, so
+every node sees membership changes in the order they happened.
+
+Delivery goes node to node through pub/sub (``signaling.cluster``): a message for one
+peer to the channel of the node holding it; a broadcast once to the room's channel,
+which only nodes with members in the room subscribe to. Each node keeps a view of the
+rooms it has members in (who, on which node), so ``send`` and ``broadcast`` decide at
+once, without a round trip. Everything a node sends to Redis (scripts and publishes) goes
+through one bounded queue, one connection, in order: a peer's messages reach another
+peer in the order it sent them, whichever nodes they are on.
+
+Not yet here (issue 10, in progress): sweeping the members of a node that died without
+leaving, the behaviour while Redis is unreachable, metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from signaling.cluster import Envelope, Kind, RoomView, decode, encode, node_channel, room_channel
+from signaling.ice import IceServer
+from signaling.protocol import (
+    CloseCode,
+    ErrorCode,
+    Join,
+    PeerId,
+    PeerJoined,
+    PeerLeft,
+    PeerList,
+    RoomId,
+    serialize,
+)
+from signaling.registry import Outbox
+from signaling.rooms import Accepted, Member, Refused
+
+__all__ = ["RedisRegistry"]
+
+log = logging.getLogger(__name__)
+
+#: Commands waiting for Redis; beyond this a node is far behind and drops what it sends.
+QUEUE_LIMIT = 65_536
+#: Commands sent in one pipeline (one round trip).
+BATCH = 512
+#: An empty room's join counter is kept this long (a late "left" must never match a new
+#: membership's sequence number).
+EMPTY_ROOM_TTL = 86_400
+
+_JOIN = """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+local replaced = ''
+if rec then
+  local node, seq, token = string.match(rec, '^([^|]*)|([^|]*)|(.*)$')
+  if ARGV[4] == '' then return {'taken', node} end
+  if token ~= ARGV[4] then return {'bad-token'} end
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  local gone = {'l', ARGV[7], ARGV[8], ARGV[1], '', seq, 'r', ''}
+  redis.call('PUBLISH', ARGV[6], table.concat(gone, '\\31'))
+  replaced = rec
+elseif redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
+  return {'full'}
+end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('PERSIST', KEYS[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. seq .. '|' .. ARGV[3])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+local came = {'j', ARGV[7], ARGV[8], ARGV[1], ARGV[2], seq, '', ''}
+redis.call('PUBLISH', ARGV[6], table.concat(came, '\\31'))
+local out = {'ok', tostring(seq), replaced}
+for _, peer in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if peer ~= ARGV[1] then
+    table.insert(out, peer)
+    table.insert(out, redis.call('HGET', KEYS[1], peer))
+  end
+end
+return out
+"""
+
+_LEAVE = """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return -1 end
+local seq = string.match(rec, '^[^|]*|([^|]*)|')
+if seq ~= ARGV[2] then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+local left = redis.call('HLEN', KEYS[1])
+if left == 0 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
+return left
+"""
+
+
+def _keys(room: RoomId) -> list[str]:
+    """The room's hash, order and counter; one hash tag, so one slot in Redis Cluster."""
+    tag = f"mp:{{{room}}}"
+    return [f"{tag}:m", f"{tag}:o", f"{tag}:s"]
+
+
+def _record(text: str) -> tuple[str, int]:
+    node, seq, _ = text.split("|", 2)
+    return node, int(seq)
+
+
+@dataclass
+class _Op:
+    """One command for the writer: a publish, or a script whose result someone awaits."""
+
+    channel: str = ""
+    text: str = ""
+    script: str = ""
+    keys: list[str] = field(default_factory=list)
+    args: list[str | int] = field(default_factory=list)
+    result: asyncio.Future[Any] | None = None
+
+
+class RedisRegistry:
+    """One node's part of rooms shared through Redis. ``start()`` before serving, ``close()``
+    after; ``node`` names this node (random by default)."""
+
+    def __init__(self, url: str, max_peers: int, node: str | None = None) -> None:
+        self.node = node or secrets.token_hex(6)
+        self.max_peers = max_peers
+        self._url = url
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._views: dict[RoomId, RoomView[Outbox]] = {}
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_LIMIT)
+        #: Local joins under way per room (its channel stays subscribed meanwhile).
+        self._joining: dict[RoomId, int] = {}
+        self._subscribed: dict[str, asyncio.Future[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Messages published for other nodes, and those dropped (queue full).
+        self.published = 0
+        self.dropped = 0
+
+    async def start(self) -> None:
+        self._redis = aioredis.Redis.from_url(self._url, decode_responses=True)
+        await self._redis.ping()
+        self._pubsub = self._redis.pubsub()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
+        await self._subscribe(node_channel(self.node))
+        log.info("node %s sharing rooms through %s", self.node, self._url)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # -- Registry ---------------------------------------------------------------------
+    async def join(
+        self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer] = ()
+    ) -> Accepted[Outbox] | Refused[Outbox]:
+        peer = join.peer_id
+        self._joining[room] = self._joining.get(room, 0) + 1
+        try:
+            view = await self._interest(room)
+            token = secrets.token_urlsafe(18)
+            keys = _keys(room)
+            args: list[str | int] = [
+                peer, self.node, token, join.resume_token or "", self.max_peers,
+                room_channel(room), self.node, room,
+            ]  # fmt: skip
+            result = await self._run(_JOIN, keys, args)
+            status = result[0]
+            if status != "ok":
+                return self._refusal(room, peer, status, result)
+            seq, replaced = int(result[1]), result[2]
+            order = [PeerId(p) for p in result[3::2]]
+            snapshot: dict[PeerId, int] = {}
+            for other, record in zip(order, result[4::2], strict=True):
+                node, other_seq = _record(record)
+                view.joined(other, node, other_seq)
+                snapshot[other] = other_seq
+            if replaced:
+                self._ended(view, peer, _record(replaced)[1], replaced=True)
+            view.connect(peer, self.node, seq, outbox, snapshot)
+            peers = tuple(order)
+            outbox.push(serialize(PeerList(peers, token, room, tuple(ice_servers))))
+            self._tell_joined(view, peer, seq)
+            return Accepted(Member(peer, outbox, token), peers)
+        finally:
+            self._joining[room] -= 1
+            if not self._joining[room]:
+                del self._joining[room]
+                self._drop_interest(room)
+
+    async def leave(self, room: RoomId, peer: PeerId, outbox: Outbox) -> None:
+        view = self._views.get(room)
+        entry = view.members.get(peer) if view is not None else None
+        if view is None or entry is None or entry.conn is not outbox:
+            return  # replaced by a resume, or never joined
+        self._ended(view, peer, entry.seq)
+        left = Envelope(Kind.LEFT, self.node, room, peer, seq=entry.seq)
+        args: list[str | int] = [peer, entry.seq, room_channel(room), encode(left), EMPTY_ROOM_TTL]
+        self._drop_interest(room)
+        with contextlib.suppress(Exception):  # logged by the writer
+            await self._run(_LEAVE, _keys(room), args)
+
+    def send(self, room: RoomId, to: PeerId, data: str) -> bool:
+        view = self._views.get(room)
+        entry = view.members.get(to) if view is not None else None
+        if entry is None:
+            return False
+        if entry.conn is not None:
+            entry.conn.push(data)
+        else:
+            message = Envelope(Kind.MESSAGE, self.node, room, to, data=data)
+            self._publish(node_channel(entry.node), encode(message))
+        return True
+
+    def broadcast(self, room: RoomId, sender: PeerId, data: str) -> None:
+        view = self._views.get(room)
+        if view is None:
+            return
+        for peer, conn in view.local():
+            if peer != sender:
+                conn.push_fanout(data)
+        if view.remote_nodes(self.node):
+            message = Envelope(Kind.BROADCAST, self.node, room, sender, data=data)
+            self._publish(room_channel(room), encode(message))
+
+    def counts(self) -> tuple[int, int]:
+        """(rooms, peers) with members connected to this node."""
+        local = [len(view.local()) for view in self._views.values()]
+        return sum(1 for n in local if n), sum(local)
+
+    # -- membership changes -------------------------------------------------------------
+    def _refusal(
+        self, room: RoomId, peer: PeerId, status: str, result: list[Any]
+    ) -> Refused[Outbox]:
+        if status == "taken":
+            holder = result[1]
+            view = self._views.get(room)
+            entry = view.members.get(peer) if view is not None else None
+            if entry is not None and entry.conn is not None:
+                entry.conn.probe()
+            elif holder != self.node:
+                probe = Envelope(Kind.PROBE, self.node, room, peer)
+                self._publish(node_channel(holder), encode(probe))
+            return Refused(
+                ErrorCode.ID_TAKEN,
+                CloseCode.ID_TAKEN,
+                f"peer id '{peer}' is already in room '{room}'",
+            )
+        if status == "bad-token":
+            return Refused(
+                ErrorCode.BAD_RESUME_TOKEN,
+                CloseCode.BAD_RESUME_TOKEN,
+                f"resume token does not match peer id '{peer}' in room '{room}'",
+            )
+        return Refused(
+            ErrorCode.ROOM_FULL,
+            CloseCode.ROOM_FULL,
+            f"room '{room}' is full ({self.max_peers} peers)",
+        )
+
+    def _tell_joined(self, view: RoomView[Outbox], peer: PeerId, seq: int) -> None:
+        notice = serialize(PeerJoined(peer))
+        for conn in view.to_tell_joined(peer, seq):
+            conn.push_fanout(notice)
+
+    def _ended(
+        self, view: RoomView[Outbox], peer: PeerId, seq: int, replaced: bool = False
+    ) -> None:
+        """Membership ``seq`` of ``peer`` ended: forget it, close it here if it resumed
+        elsewhere, tell the members here that knew it."""
+        entry = view.left(peer, seq)
+        if replaced and entry is not None and entry.conn is not None:
+            entry.conn.replace()
+        notice = serialize(PeerLeft(peer))
+        for conn in view.to_tell_left(peer, seq):
+            conn.push_fanout(notice)
+
+    # -- what other nodes say ------------------------------------------------------------
+    def _dispatch(self, envelope: Envelope) -> None:
+        """Membership events are applied whoever sent them (this node's own too: members
+        learn each membership once, see ``RoomView``); data only from other nodes."""
+        view = self._views.get(envelope.room)
+        if view is None:
+            return
+        kind = envelope.kind
+        if kind is Kind.JOINED:
+            view.joined(envelope.peer, envelope.node, envelope.seq)
+            self._tell_joined(view, envelope.peer, envelope.seq)
+        elif kind is Kind.LEFT:
+            self._ended(view, envelope.peer, envelope.seq, envelope.replaced)
+            self._drop_interest(envelope.room)
+        elif envelope.origin == self.node:
+            return  # a broadcast of ours, delivered here when it was sent
+        elif kind is Kind.BROADCAST:
+            for peer, conn in view.local():
+                if peer != envelope.peer:
+                    conn.push_fanout(envelope.data)
+        else:
+            entry = view.members.get(envelope.peer)
+            if entry is None or entry.conn is None:
+                return  # left meanwhile
+            if kind is Kind.MESSAGE:
+                entry.conn.push(envelope.data)
+            elif kind is Kind.PROBE:
+                entry.conn.probe()
+
+    # -- subscriptions ---------------------------------------------------------------------
+    async def _interest(self, room: RoomId) -> RoomView[Outbox]:
+        """The room's view, subscribed to its channel before any membership is read."""
+        view = self._views.get(room)
+        if view is None:
+            view = self._views[room] = RoomView()
+            await self._subscribe(room_channel(room))
+        else:
+            pending = self._subscribed.get(room_channel(room))
+            if pending is not None:
+                await asyncio.shield(pending)
+        return view
+
+    def _drop_interest(self, room: RoomId) -> None:
+        view = self._views.get(room)
+        if view is None or view.local() or room in self._joining:
+            return
+        del self._views[room]
+        channel = room_channel(room)
+        self._subscribed.pop(channel, None)
+        asyncio.get_running_loop().create_task(self._pubsub.unsubscribe(channel))
+
+    async def _subscribe(self, channel: str) -> None:
+        confirmed = asyncio.get_running_loop().create_future()
+        self._subscribed[channel] = confirmed
+        await self._pubsub.subscribe(channel)
+        await asyncio.shield(confirmed)
+
+    async def _read(self) -> None:
+        while True:
+            if not self._pubsub.subscribed:
+                await asyncio.sleep(0.01)
+                continue
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                waiter = self._subscribed.get(message["channel"])
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            elif message["type"] == "message":
+                try:
+                    envelope = decode(message["data"])
+                except ValueError as exc:
+                    log.warning("ignoring a node message: %s", exc)
+                    continue
+                self._dispatch(envelope)
+
+    # -- the one way out -------------------------------------------------------------------
+    def _publish(self, channel: str, text: str) -> None:
+        try:
+            self._queue.put_nowait(_Op(channel=channel, text=text))
+            self.published += 1
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("Redis is %d commands behind: dropping a message", QUEUE_LIMIT)
+
+    async def _run(self, script: str, keys: list[str], args: list[str | int]) -> Any:
+        result = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Op(script=script, keys=keys, args=args, result=result))
+        return await result
+
+    async def _write(self) -> None:
+        assert self._redis is not None
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            pipe = self._redis.pipeline(transaction=False)
+            for op in batch:
+                if op.script:  # EVAL: works on a restarted Redis too (no NOSCRIPT)
+                    pipe.eval(op.script, len(op.keys), *op.keys, *op.args)
+                else:
+                    pipe.publish(op.channel, op.text)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                log.error("Redis pipeline failed: %r", exc)
+                results = [exc] * len(batch)
+            for op, outcome in zip(batch, results, strict=True):
+                if op.result is not None and not op.result.done():
+                    if isinstance(outcome, Exception):
+                        op.result.set_exception(outcome)
+                    else:
+                        op.result.set_result(outcome)

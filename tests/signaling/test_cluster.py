@@ -1,0 +1,135 @@
+"""Rooms shared by server nodes through Redis (issue 10, in progress).
+
+The pure part (node messages, each node's view of a room) without sockets; then what only
+several nodes can get wrong, with two or three real servers and a real redis-server: a
+race for one ID, per-sender order across nodes, and broadcasts reaching only the nodes
+with members in the room. The whole signaling suite also runs on two nodes (conftest's
+``nodes`` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from signaling.cluster import Envelope, Kind, RoomView, decode, encode, room_channel
+from signaling.protocol import PeerId, RoomId
+from tests.redis_server import RedisServer, running_redis
+from tests.signaling.clients import Clients, clients
+from tests.signaling.conftest import cluster
+
+names = st.text(st.characters(min_codepoint=33, max_codepoint=0x10FFFF), min_size=1, max_size=20)
+
+
+@given(
+    st.sampled_from(Kind),
+    names,
+    names,
+    names,
+    st.integers(0, 2**53),
+    st.booleans(),
+    st.text(max_size=200),
+)
+def test_node_messages_round_trip(
+    kind: Kind, origin: str, room: str, peer: str, seq: int, replaced: bool, data: str
+) -> None:
+    envelope = Envelope(kind, origin, RoomId(room), PeerId(peer), origin, seq, replaced, data)
+    assert decode(encode(envelope)) == envelope
+
+
+def test_garbage_is_not_a_node_message() -> None:
+    with pytest.raises(ValueError):
+        decode("hello")
+    with pytest.raises(ValueError):
+        decode("x\x1fa\x1fb\x1fc\x1f\x1f1\x1f\x1f")  # no such kind
+
+
+def test_each_member_learns_each_membership_once() -> None:
+    view: RoomView[str] = RoomView()
+    view.joined(PeerId("bob"), "b", 2)
+    view.connect(PeerId("alice"), "a", 1, "alice-conn", {})
+    view.connect(PeerId("carol"), "a", 3, "carol-conn", {PeerId("alice"): 1, PeerId("bob"): 2})
+    # bob's join reaches this node after carol's peer-list had him: only alice is told.
+    assert view.to_tell_joined(PeerId("bob"), 2) == ["alice-conn"]
+    assert view.to_tell_joined(PeerId("bob"), 2) == []
+    assert view.to_tell_joined(PeerId("carol"), 3) == ["alice-conn"]
+    # bob resumes elsewhere: his old membership ends, the new one begins.
+    assert view.left(PeerId("bob"), 2) is not None
+    assert sorted(view.to_tell_left(PeerId("bob"), 2)) == ["alice-conn", "carol-conn"]
+    assert view.to_tell_left(PeerId("bob"), 2) == []
+    view.joined(PeerId("bob"), "a", 4)
+    assert sorted(view.to_tell_joined(PeerId("bob"), 4)) == ["alice-conn", "carol-conn"]
+    # A late "left" of the old membership changes nothing.
+    assert view.left(PeerId("bob"), 2) is None
+    assert view.to_tell_left(PeerId("bob"), 2) == []
+    assert view.remote_nodes("a") == set()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+async def test_two_nodes_racing_for_one_id_admit_one(redis: RedisServer) -> None:
+    async with AsyncExitStack() as stack:
+        a, b = await cluster(stack, redis.url, 2)
+        for round_ in range(10):
+            peers = await stack.enter_async_context(clients([a.ws_url, b.ws_url]))
+            one, two = await peers.connect("x"), await peers.connect("x")
+            room = f"race-{round_}"
+            await asyncio.gather(
+                one.send(type="join", peerId="same", room=room),
+                two.send(type="join", peerId="same", room=room),
+            )
+            first, second = await one.recv(), await two.recv()
+            kinds = sorted([first["type"], second["type"]])
+            assert kinds == ["error", "peer-list"], (first, second)
+            error = first if first["type"] == "error" else second
+            assert error["code"] == "id-taken"
+
+
+async def test_order_from_one_sender_holds_across_nodes(redis: RedisServer) -> None:
+    """300 frames from alice (node 0) to bob (node 1), targeted and broadcast mixed: bob
+    gets all of them, in the order sent."""
+    async with AsyncExitStack() as stack:
+        a, b = await cluster(stack, redis.url, 2)
+        peers: Clients = await stack.enter_async_context(clients([a.ws_url, b.ws_url]))
+        alice, bob = await peers.join("alice"), await peers.join("bob")
+        await alice.recv_type("peer-joined")
+        for n in range(300):
+            if n % 3:
+                await alice.send(type="chat", to="bob", n=n)
+            else:
+                await alice.send(type="chat", n=n)
+        got = [(await bob.recv())["n"] for _ in range(300)]
+        assert got == list(range(300))
+
+
+async def test_broadcasts_reach_only_nodes_with_members(redis: RedisServer) -> None:
+    async with AsyncExitStack() as stack:
+        a, b, c = await cluster(stack, redis.url, 3)
+        peers: Clients = await stack.enter_async_context(clients([a.ws_url, b.ws_url]))
+        alice, bob = await peers.join("alice", "r1"), await peers.join("bob", "r1")
+        await alice.recv_type("peer-joined")
+        client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+        try:
+            # The room's channel has the two nodes with members as subscribers, not the third.
+            subscribers = dict(await client.pubsub_numsub(room_channel(RoomId("r1"))))
+            assert subscribers[room_channel(RoomId("r1"))] == 2
+            await alice.send(type="chat", text="hi")
+            assert (await bob.recv())["text"] == "hi"
+            await bob.ws.close()
+            await alice.recv_type("peer-left")
+            await asyncio.sleep(0.2)
+            subscribers = dict(await client.pubsub_numsub(room_channel(RoomId("r1"))))
+            assert subscribers[room_channel(RoomId("r1"))] == 1  # node 1 let go of it
+        finally:
+            await client.aclose()
+        assert c.server.registry.counts() == (0, 0)
