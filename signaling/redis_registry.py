@@ -49,10 +49,17 @@ __all__ = ["RedisRegistry"]
 
 log = logging.getLogger(__name__)
 
+#: The set of nodes sharing rooms (each one's liveness key: ``mp:node:<id>``).
+NODES = "mp:nodes"
 #: Commands waiting for Redis; beyond this a node is far behind and drops what it sends.
 QUEUE_LIMIT = 65_536
 #: Commands sent in one pipeline (one round trip).
 BATCH = 512
+#: A node refreshes its liveness key every HEARTBEAT seconds; one silent for NODE_TTL is
+#: dead, and the first survivor to notice (checking every SWEEP_EVERY) ends its members.
+HEARTBEAT = 1.0
+NODE_TTL = 5.0
+SWEEP_EVERY = 2.0
 #: An empty room's join counter is kept this long (a late "left" must never match a new
 #: membership's sequence number).
 EMPTY_ROOM_TTL = 86_400
@@ -65,6 +72,7 @@ if rec then
   if ARGV[4] == '' then return {'taken', node} end
   if token ~= ARGV[4] then return {'bad-token'} end
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('SREM', 'mp:node:' .. node .. ':m', ARGV[8] .. '\\31' .. ARGV[1])
   local gone = {'l', ARGV[7], ARGV[8], ARGV[1], '', seq, 'r', ''}
   redis.call('PUBLISH', ARGV[6], table.concat(gone, '\\31'))
   replaced = rec
@@ -75,6 +83,7 @@ local seq = redis.call('INCR', KEYS[3])
 redis.call('PERSIST', KEYS[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. seq .. '|' .. ARGV[3])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
+redis.call('SADD', 'mp:node:' .. ARGV[2] .. ':m', ARGV[8] .. '\\31' .. ARGV[1])
 local came = {'j', ARGV[7], ARGV[8], ARGV[1], ARGV[2], seq, '', ''}
 redis.call('PUBLISH', ARGV[6], table.concat(came, '\\31'))
 local out = {'ok', tostring(seq), replaced}
@@ -90,8 +99,9 @@ return out
 _LEAVE = """
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
 if not rec then return -1 end
-local seq = string.match(rec, '^[^|]*|([^|]*)|')
+local node, seq = string.match(rec, '^([^|]*)|([^|]*)|')
 if seq ~= ARGV[2] then return -1 end
+redis.call('SREM', 'mp:node:' .. node .. ':m', ARGV[6] .. '\\31' .. ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -105,6 +115,14 @@ def _keys(room: RoomId) -> list[str]:
     """The room's hash, order and counter; one hash tag, so one slot in Redis Cluster."""
     tag = f"mp:{{{room}}}"
     return [f"{tag}:m", f"{tag}:o", f"{tag}:s"]
+
+
+def _leave_args(room: RoomId, peer: PeerId, seq: int, left: str) -> list[str | int]:
+    return [peer, seq, room_channel(room), left, EMPTY_ROOM_TTL, room]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _record(text: str) -> tuple[str, int]:
@@ -149,11 +167,22 @@ class RedisRegistry:
         await self._redis.ping()
         self._pubsub = self._redis.pubsub()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
+        await self._redis.sadd(NODES, self.node)
+        await self._beat()
+        self._tasks = [
+            loop.create_task(self._read()),
+            loop.create_task(self._write()),
+            loop.create_task(self._watch()),
+        ]
         await self._subscribe(node_channel(self.node))
         log.info("node %s sharing rooms through %s", self.node, self._url)
 
     async def close(self) -> None:
+        """Stop, after the server has ended its members (graceful shutdown)."""
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.delete(f"mp:node:{self.node}")
+                await self._redis.srem(NODES, self.node)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -188,7 +217,7 @@ class RedisRegistry:
                 view.joined(other, node, other_seq)
                 snapshot[other] = other_seq
             if replaced:
-                self._ended(view, peer, _record(replaced)[1], replaced=True)
+                self._ended(view, peer, _record(replaced)[1])
             view.connect(peer, self.node, seq, outbox, snapshot)
             peers = tuple(order)
             outbox.push(serialize(PeerList(peers, token, room, tuple(ice_servers))))
@@ -205,9 +234,9 @@ class RedisRegistry:
         entry = view.members.get(peer) if view is not None else None
         if view is None or entry is None or entry.conn is not outbox:
             return  # replaced by a resume, or never joined
-        self._ended(view, peer, entry.seq)
+        self._ended(view, peer, entry.seq, close_here=False)
         left = Envelope(Kind.LEFT, self.node, room, peer, seq=entry.seq)
-        args: list[str | int] = [peer, entry.seq, room_channel(room), encode(left), EMPTY_ROOM_TTL]
+        args = _leave_args(room, peer, entry.seq, encode(left))
         self._drop_interest(room)
         with contextlib.suppress(Exception):  # logged by the writer
             await self._run(_LEAVE, _keys(room), args)
@@ -276,12 +305,14 @@ class RedisRegistry:
             conn.push_fanout(notice)
 
     def _ended(
-        self, view: RoomView[Outbox], peer: PeerId, seq: int, replaced: bool = False
+        self, view: RoomView[Outbox], peer: PeerId, seq: int, close_here: bool = True
     ) -> None:
-        """Membership ``seq`` of ``peer`` ended: forget it, close it here if it resumed
-        elsewhere, tell the members here that knew it."""
+        """Membership ``seq`` of ``peer`` ended: forget it, close its connection if it is
+        here and still open, tell the members here that knew it."""
         entry = view.left(peer, seq)
-        if replaced and entry is not None and entry.conn is not None:
+        if close_here and entry is not None and entry.conn is not None:
+            # Resumed elsewhere, or ended by a sweep (this node looked dead): the client
+            # must come back in, not stay connected outside the room.
             entry.conn.replace()
         notice = serialize(PeerLeft(peer))
         for conn in view.to_tell_left(peer, seq):
@@ -299,7 +330,7 @@ class RedisRegistry:
             view.joined(envelope.peer, envelope.node, envelope.seq)
             self._tell_joined(view, envelope.peer, envelope.seq)
         elif kind is Kind.LEFT:
-            self._ended(view, envelope.peer, envelope.seq, envelope.replaced)
+            self._ended(view, envelope.peer, envelope.seq)
             self._drop_interest(envelope.room)
         elif envelope.origin == self.node:
             return  # a broadcast of ours, delivered here when it was sent
@@ -364,6 +395,47 @@ class RedisRegistry:
                     continue
                 self._dispatch(envelope)
 
+    # -- nodes that die -------------------------------------------------------------------
+    async def _beat(self) -> None:
+        assert self._redis is not None
+        await self._redis.set(f"mp:node:{self.node}", "1", px=int(NODE_TTL * 1000))
+
+    async def _watch(self) -> None:
+        """Keep this node alive in Redis; end the members of nodes that are not."""
+        swept_at = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await self._beat()
+                if loop.time() - swept_at >= SWEEP_EVERY:
+                    swept_at = loop.time()
+                    await self._sweep()
+            except Exception as exc:
+                log.warning("node liveness check failed: %r", exc)
+
+    async def _sweep(self) -> None:
+        redis = self._redis
+        assert redis is not None
+        for node in map(_text, await redis.smembers(NODES)):
+            if node == self.node or await redis.exists(f"mp:node:{node}"):
+                continue
+            if not await redis.set(f"mp:sweep:{node}", self.node, nx=True, px=10_000):
+                continue  # another survivor is on it
+            members = [_text(m) for m in await redis.smembers(f"mp:node:{node}:m")]
+            for item in members:
+                room_name, peer_name = item.split("\x1f", 1)
+                room, peer = RoomId(room_name), PeerId(peer_name)
+                record = await redis.hget(_keys(room)[0], peer)
+                if record is None or _record(_text(record))[0] != node:
+                    continue
+                seq = _record(_text(record))[1]
+                left = encode(Envelope(Kind.LEFT, self.node, room, peer, seq=seq))
+                await self._run(_LEAVE, _keys(room), _leave_args(room, peer, seq, left))
+            await redis.delete(f"mp:node:{node}:m")
+            await redis.srem(NODES, node)
+            log.warning("node %s stopped answering: its %d member(s) left", node, len(members))
+
     # -- the one way out -------------------------------------------------------------------
     def _publish(self, channel: str, text: str) -> None:
         try:
@@ -374,6 +446,8 @@ class RedisRegistry:
             log.warning("Redis is %d commands behind: dropping a message", QUEUE_LIMIT)
 
     async def _run(self, script: str, keys: list[str], args: list[str | int]) -> Any:
+        if not self._tasks or self._tasks[1].done():
+            raise ConnectionError("this node's registry is stopped")
         result = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Op(script=script, keys=keys, args=args, result=result))
         return await result

@@ -10,6 +10,7 @@ with members in the room. The whole signaling suite also runs on two nodes (conf
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -20,9 +21,11 @@ from hypothesis import strategies as st
 
 from signaling.cluster import Envelope, Kind, RoomView, decode, encode, room_channel
 from signaling.protocol import PeerId, RoomId
+from signaling.redis_registry import RedisRegistry
 from tests.redis_server import RedisServer, running_redis
 from tests.signaling.clients import Clients, clients
 from tests.signaling.conftest import cluster
+from tests.support import seconds
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=0x10FFFF), min_size=1, max_size=20)
 
@@ -133,3 +136,33 @@ async def test_broadcasts_reach_only_nodes_with_members(redis: RedisServer) -> N
         finally:
             await client.aclose()
         assert c.server.registry.counts() == (0, 0)
+
+
+async def test_the_members_of_a_node_that_dies_are_announced_left(redis: RedisServer) -> None:
+    """Node n2 stops without a word (its registry's tasks and Redis connections gone, as
+    in a SIGKILL): within 10 s the others get ``peer-left`` for its member, and a newcomer's
+    ``peer-list`` no longer has it."""
+    async with AsyncExitStack() as stack:
+        a, b, c = await cluster(stack, redis.url, 3)
+        peers: Clients = await stack.enter_async_context(clients([a.ws_url, b.ws_url, c.ws_url]))
+        alice, bob, _carol = (
+            await peers.join("alice"),
+            await peers.join("bob"),
+            await peers.join("carol"),
+        )
+        for _ in range(2):
+            await alice.recv_type("peer-joined")
+        await bob.recv_type("peer-joined")
+        dead = c.server.registry
+        assert isinstance(dead, RedisRegistry)
+        for task in dead._tasks:  # the crash: no more heartbeats, no leaves
+            task.cancel()
+        killed = time.monotonic()
+        # Both read at once: a client that does not read does not answer the heartbeat.
+        got = await asyncio.gather(*(p.recv(within=seconds(12)) for p in (alice, bob)))
+        noticed = time.monotonic() - killed
+        assert got == [{"type": "peer-left", "peerId": "carol"}] * 2
+        print(f"\nnode death announced after {noticed:.1f} s")
+        assert noticed <= 10.0
+        newcomer = await peers.join("dave")  # on node 0 again
+        assert newcomer.peers == ["alice", "bob"]
