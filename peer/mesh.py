@@ -185,7 +185,7 @@ def on_join_refused(code: str, attempt: int, *, rejoin: bool) -> Action:
         return Action.RETRY if rejoin or attempt < ID_TAKEN_ATTEMPTS else Action.FAIL
     if code == ErrorCode.ROOM_FULL:
         return Action.RETRY if rejoin else Action.FAIL
-    if code in (ErrorCode.RATE_LIMITED, ErrorCode.JOIN_TIMEOUT):
+    if code in (ErrorCode.RATE_LIMITED, ErrorCode.JOIN_TIMEOUT, ErrorCode.UNAVAILABLE):
         return Action.RETRY
     return Action.FAIL
 

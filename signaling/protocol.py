@@ -78,6 +78,7 @@ class ErrorCode(StrEnum):
     AUTH_REQUIRED = "auth-required"
     TOKEN_EXPIRED = "token-expired"
     INVALID_TOKEN = "invalid-token"
+    UNAVAILABLE = "unavailable"  # the shared room service (Redis) cannot be reached: retry
 
 
 #: Refusals that no retry with the same token can fix.
@@ -90,6 +91,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutdown
     MESSAGE_TOO_BIG = 1009  # frame above the hard transport limit
+    TRY_AGAIN_LATER = 1013  # the join cannot be served now (shared rooms unreachable)
     BAD_JOIN = 4400  # the join message was invalid
     BAD_RESUME_TOKEN = 4401
     ROOM_FULL = 4403

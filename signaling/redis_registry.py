@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from signaling.cluster import Envelope, Kind, RoomView, decode, encode, node_channel, room_channel
 from signaling.ice import IceServer
@@ -49,6 +50,9 @@ __all__ = ["RedisRegistry"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds to wait for a subscription's confirmation, and between reconnection attempts.
+SUBSCRIBE_TIMEOUT = 5.0
+RECONNECT_DELAY = 0.5
 #: The set of nodes sharing rooms (each one's liveness key: ``mp:node:<id>``).
 NODES = "mp:nodes"
 #: Commands waiting for Redis; beyond this a node is far behind and drops what it sends.
@@ -158,6 +162,8 @@ class RedisRegistry:
         self._joining: dict[RoomId, int] = {}
         self._subscribed: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: Leaves Redis did not take (unreachable): sent again when it answers.
+        self._unsent_leaves: list[tuple[RoomId, list[str | int]]] = []
         #: Messages published for other nodes, and those dropped (queue full).
         self.published = 0
         self.dropped = 0
@@ -195,39 +201,51 @@ class RedisRegistry:
     async def join(
         self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer] = ()
     ) -> Accepted[Outbox] | Refused[Outbox]:
-        peer = join.peer_id
         self._joining[room] = self._joining.get(room, 0) + 1
         try:
-            view = await self._interest(room)
-            token = secrets.token_urlsafe(18)
-            keys = _keys(room)
-            args: list[str | int] = [
-                peer, self.node, token, join.resume_token or "", self.max_peers,
-                room_channel(room), self.node, room,
-            ]  # fmt: skip
-            result = await self._run(_JOIN, keys, args)
-            status = result[0]
-            if status != "ok":
-                return self._refusal(room, peer, status, result)
-            seq, replaced = int(result[1]), result[2]
-            order = [PeerId(p) for p in result[3::2]]
-            snapshot: dict[PeerId, int] = {}
-            for other, record in zip(order, result[4::2], strict=True):
-                node, other_seq = _record(record)
-                view.joined(other, node, other_seq)
-                snapshot[other] = other_seq
-            if replaced:
-                self._ended(view, peer, _record(replaced)[1])
-            view.connect(peer, self.node, seq, outbox, snapshot)
-            peers = tuple(order)
-            outbox.push(serialize(PeerList(peers, token, room, tuple(ice_servers))))
-            self._tell_joined(view, peer, seq)
-            return Accepted(Member(peer, outbox, token), peers)
+            return await self._join(room, join, outbox, ice_servers)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("refusing a join of room %r: Redis unavailable (%r)", room, exc)
+            return Refused(
+                ErrorCode.UNAVAILABLE,
+                CloseCode.TRY_AGAIN_LATER,
+                "the shared room service is unavailable; try again shortly",
+            )
         finally:
             self._joining[room] -= 1
             if not self._joining[room]:
                 del self._joining[room]
                 self._drop_interest(room)
+
+    async def _join(
+        self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer]
+    ) -> Accepted[Outbox] | Refused[Outbox]:
+        peer = join.peer_id
+        view = await self._interest(room)
+        token = secrets.token_urlsafe(18)
+        keys = _keys(room)
+        args: list[str | int] = [
+            peer, self.node, token, join.resume_token or "", self.max_peers,
+            room_channel(room), self.node, room,
+        ]  # fmt: skip
+        result = await self._run(_JOIN, keys, args)
+        status = result[0]
+        if status != "ok":
+            return self._refusal(room, peer, status, result)
+        seq, replaced = int(result[1]), result[2]
+        order = [PeerId(p) for p in result[3::2]]
+        snapshot: dict[PeerId, int] = {}
+        for other, record in zip(order, result[4::2], strict=True):
+            node, other_seq = _record(record)
+            view.joined(other, node, other_seq)
+            snapshot[other] = other_seq
+        if replaced:
+            self._ended(view, peer, _record(replaced)[1])
+        view.connect(peer, self.node, seq, outbox, snapshot)
+        peers = tuple(order)
+        outbox.push(serialize(PeerList(peers, token, room, tuple(ice_servers))))
+        self._tell_joined(view, peer, seq)
+        return Accepted(Member(peer, outbox, token), peers)
 
     async def leave(self, room: RoomId, peer: PeerId, outbox: Outbox) -> None:
         view = self._views.get(room)
@@ -238,8 +256,11 @@ class RedisRegistry:
         left = Envelope(Kind.LEFT, self.node, room, peer, seq=entry.seq)
         args = _leave_args(room, peer, entry.seq, encode(left))
         self._drop_interest(room)
-        with contextlib.suppress(Exception):  # logged by the writer
+        try:
             await self._run(_LEAVE, _keys(room), args)
+        except (RedisError, OSError) as exc:  # kept, and sent once Redis answers again
+            log.warning("leave of %r from room %r waits for Redis (%r)", peer, room, exc)
+            self._unsent_leaves.append((room, args))
 
     def send(self, room: RoomId, to: PeerId, data: str) -> bool:
         view = self._views.get(room)
@@ -353,7 +374,12 @@ class RedisRegistry:
         view = self._views.get(room)
         if view is None:
             view = self._views[room] = RoomView()
-            await self._subscribe(room_channel(room))
+            try:
+                await self._subscribe(room_channel(room))
+            except BaseException:
+                del self._views[room]
+                self._subscribed.pop(room_channel(room), None)
+                raise
         else:
             pending = self._subscribed.get(room_channel(room))
             if pending is not None:
@@ -373,14 +399,19 @@ class RedisRegistry:
         confirmed = asyncio.get_running_loop().create_future()
         self._subscribed[channel] = confirmed
         await self._pubsub.subscribe(channel)
-        await asyncio.shield(confirmed)
+        await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
 
     async def _read(self) -> None:
         while True:
             if not self._pubsub.subscribed:
                 await asyncio.sleep(0.01)
                 continue
-            message = await self._pubsub.get_message(timeout=1.0)
+            try:  # after a lost connection, redis-py reconnects and subscribes again
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis subscription lost (%r); reconnecting", exc)
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
             if message is None:
                 continue
             if message["type"] == "subscribe":
@@ -408,6 +439,10 @@ class RedisRegistry:
             await asyncio.sleep(HEARTBEAT)
             try:
                 await self._beat()
+                while self._unsent_leaves:
+                    room, args = self._unsent_leaves[0]
+                    await self._run(_LEAVE, _keys(room), args)
+                    self._unsent_leaves.pop(0)
                 if loop.time() - swept_at >= SWEEP_EVERY:
                     swept_at = loop.time()
                     await self._sweep()

@@ -162,6 +162,7 @@ def test_on_connection_state(role: Role, state: LinkState, in_room: bool, expect
         (ErrorCode.ROOM_FULL, 1, False, Action.FAIL),
         (ErrorCode.ROOM_FULL, 1, True, Action.RETRY),
         (ErrorCode.RATE_LIMITED, 1, False, Action.RETRY),
+        (ErrorCode.UNAVAILABLE, 1, False, Action.RETRY),  # shared rooms unreachable: later
         (ErrorCode.BAD_MESSAGE, 1, False, Action.FAIL),
         ("some-future-code", 1, True, Action.FAIL),
     ],

@@ -39,10 +39,12 @@ def make_server() -> ServerFactory:
     return factory
 
 
-async def cluster(stack: AsyncExitStack, redis_url: str, count: int) -> list[RunningServer]:
+async def cluster(
+    stack: AsyncExitStack, redis_url: str, count: int, **changes: Any
+) -> list[RunningServer]:
     """``count`` servers (nodes ``n0``, ``n1``...) sharing rooms through Redis at
-    ``redis_url``, closed by ``stack``."""
-    config = ServerConfig(limits=FAST_LIMITS)
+    ``redis_url``, closed by ``stack``; ``changes`` to FAST_LIMITS."""
+    config = ServerConfig(limits=replace(FAST_LIMITS, **changes))
     servers = []
     for index in range(count):
         registry = RedisRegistry(redis_url, FAST_LIMITS.max_peers, node=f"n{index}")

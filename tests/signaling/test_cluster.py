@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from signaling.cluster import Envelope, Kind, RoomView, decode, encode, room_channel
 from signaling.protocol import PeerId, RoomId
-from signaling.redis_registry import RedisRegistry
+from signaling.redis_registry import RECONNECT_DELAY, RedisRegistry
 from tests.redis_server import RedisServer, running_redis
-from tests.signaling.clients import Clients, clients
+from tests.signaling.clients import Clients, Peer, clients
 from tests.signaling.conftest import cluster
 from tests.support import seconds
 
@@ -72,6 +72,21 @@ def test_each_member_learns_each_membership_once() -> None:
     assert view.left(PeerId("bob"), 2) is None
     assert view.to_tell_left(PeerId("bob"), 2) == []
     assert view.remote_nodes("a") == set()
+
+
+async def eventually_join(peers: Clients, name: str, room: str, within: float = 10.0) -> Peer:
+    """Join once the cluster takes joins again (a refused attempt is closed, retried)."""
+    deadline = time.monotonic() + seconds(within)
+    while True:
+        peer = await peers.connect(name)
+        await peer.send(type="join", peerId=name, room=room)
+        frame = await peer.recv()
+        if frame["type"] == "peer-list":
+            peer.peer_list, peer.peers = frame, frame["peers"]
+            return peer
+        assert frame.get("code") == "unavailable", frame
+        assert time.monotonic() < deadline, "joins still refused after Redis came back"
+        await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -166,3 +181,43 @@ async def test_the_members_of_a_node_that_dies_are_announced_left(redis: RedisSe
         assert noticed <= 10.0
         newcomer = await peers.join("dave")  # on node 0 again
         assert newcomer.peers == ["alice", "bob"]
+
+
+async def test_while_redis_is_down_joins_are_refused_and_nothing_breaks(
+    redis: RedisServer,
+) -> None:
+    """Redis stops: a join is refused with ``unavailable`` and close 1013 (try again
+    later), members on one node still reach each other, no node's tasks die. Redis comes
+    back (empty): joins work again, and members on different nodes reach each other again
+    (the nodes subscribe again). Heartbeats are slowed: the clients here read only now
+    and then."""
+    async with AsyncExitStack() as stack:
+        a, b = await cluster(stack, redis.url, 2, heartbeat=seconds(60))
+        both: Clients = await stack.enter_async_context(clients([a.ws_url, b.ws_url]))
+        only_a: Clients = await stack.enter_async_context(clients(a.ws_url))
+        alice, bob = await both.join("alice"), await both.join("bob")
+        await alice.recv_type("peer-joined")
+        amy = await only_a.join("amy")  # alice's node too
+        await asyncio.gather(alice.recv_type("peer-joined"), bob.recv_type("peer-joined"))
+
+        redis.stop()
+        late = await only_a.connect("late")
+        await late.send(type="join", peerId="late")
+        error = await late.recv_error("unavailable")
+        assert "try again" in error["message"]
+        assert await late.expect_close() == 1013
+        await alice.send(type="chat", to="amy", n=1)  # same node: no Redis needed
+        assert (await amy.recv())["n"] == 1
+        for node in (a, b):
+            registry = node.server.registry
+            assert isinstance(registry, RedisRegistry)
+            assert not any(task.done() for task in registry._tasks)
+
+        redis.start()
+        await asyncio.sleep(RECONNECT_DELAY * 4)
+        again = await eventually_join(both, "again", room="other")
+        assert again.peers == []
+        await alice.send(type="chat", to="bob", n=2)  # node a to node b
+        assert (await bob.recv())["n"] == 2
+        await bob.send(type="chat", n=3)  # a broadcast from node b
+        assert [(await p.recv())["n"] for p in (alice, amy)] == [3, 3]

@@ -169,11 +169,13 @@ def test_error_codes_and_close_codes_are_the_documented_values() -> None:
         "auth-required",
         "token-expired",
         "invalid-token",
+        "unavailable",
     }
     assert {c.name: int(c) for c in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
         "MESSAGE_TOO_BIG": 1009,
+        "TRY_AGAIN_LATER": 1013,
         "BAD_JOIN": 4400,
         "UNAUTHORIZED": 4407,
         "BAD_RESUME_TOKEN": 4401,
