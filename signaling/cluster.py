@@ -97,6 +97,8 @@ class Entry(Generic[C]):
     #: it gets exactly one peer-joined and one peer-left per membership it learns of,
     #: whatever order snapshots and events reach this node in.
     known: dict[PeerId, int] = field(default_factory=dict)
+    #: For a member connected here: its resume token (to restore it into an emptied Redis).
+    token: str = ""
 
 
 @dataclass
@@ -111,9 +113,11 @@ class RoomView(Generic[C]):
         if known is None or known.seq < seq:
             self.members[peer] = Entry(seq, node)
 
-    def connect(self, peer: PeerId, node: str, seq: int, conn: C, knows: dict[PeerId, int]) -> None:
+    def connect(
+        self, peer: PeerId, node: str, seq: int, conn: C, knows: dict[PeerId, int], token: str
+    ) -> None:
         """A member connected to this node, knowing ``knows`` (its peer-list)."""
-        self.members[peer] = Entry(seq, node, conn, dict(knows))
+        self.members[peer] = Entry(seq, node, conn, dict(knows), token)
 
     def left(self, peer: PeerId, seq: int) -> Entry[C] | None:
         """Forget membership ``seq`` of ``peer``; the entry, or None if not that one."""

@@ -64,6 +64,8 @@ BATCH = 512
 HEARTBEAT = 1.0
 NODE_TTL = 5.0
 SWEEP_EVERY = 2.0
+#: Seconds after restoring into an emptied Redis before checking what others restored.
+RECONCILE_AFTER = 3 * HEARTBEAT + 1.0
 #: An empty room's join counter is kept this long (a late "left" must never match a new
 #: membership's sequence number).
 EMPTY_ROOM_TTL = 86_400
@@ -112,6 +114,25 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 local left = redis.call('HLEN', KEYS[1])
 if left == 0 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
 return left
+"""
+
+
+_RESTORE = """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if rec then
+  local seq = string.match(rec, '^[^|]*|([^|]*)|')
+  if seq == ARGV[3] then return 'kept' end
+  return 'superseded'
+end
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[3], ARGV[3])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('SADD', 'mp:node:' .. ARGV[2] .. ':m', ARGV[6] .. '\\31' .. ARGV[1])
+local came = {'j', ARGV[2], ARGV[6], ARGV[1], ARGV[2], ARGV[3], '', ''}
+redis.call('PUBLISH', ARGV[5], table.concat(came, '\\31'))
+return 'restored'
 """
 
 
@@ -241,7 +262,7 @@ class RedisRegistry:
             snapshot[other] = other_seq
         if replaced:
             self._ended(view, peer, _record(replaced)[1])
-        view.connect(peer, self.node, seq, outbox, snapshot)
+        view.connect(peer, self.node, seq, outbox, snapshot, token)
         peers = tuple(order)
         outbox.push(serialize(PeerList(peers, token, room, tuple(ice_servers))))
         self._tell_joined(view, peer, seq)
@@ -434,11 +455,18 @@ class RedisRegistry:
     async def _watch(self) -> None:
         """Keep this node alive in Redis; end the members of nodes that are not."""
         swept_at = 0.0
+        reconcile_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(HEARTBEAT)
             try:
                 await self._beat()
+                if not await self._redis_knows_us():
+                    await self._restore()
+                    reconcile_at = loop.time() + RECONCILE_AFTER
+                if reconcile_at is not None and loop.time() >= reconcile_at:
+                    reconcile_at = None
+                    await self._reconcile()
                 while self._unsent_leaves:
                     room, args = self._unsent_leaves[0]
                     await self._run(_LEAVE, _keys(room), args)
@@ -448,6 +476,42 @@ class RedisRegistry:
                     await self._sweep()
             except Exception as exc:
                 log.warning("node liveness check failed: %r", exc)
+
+    async def _redis_knows_us(self) -> bool:
+        assert self._redis is not None
+        return bool(await self._redis.sismember(NODES, self.node))
+
+    async def _restore(self) -> None:
+        """Redis lost this node (restarted empty, or it took us for dead): put our members
+        back, with their memberships as they were; one whose ID someone else took since
+        is closed (it rejoins)."""
+        assert self._redis is not None
+        await self._redis.sadd(NODES, self.node)
+        restored = 0
+        for room, view in list(self._views.items()):
+            for peer, entry in list(view.members.items()):
+                if entry.conn is None:
+                    continue
+                args: list[str | int] = [
+                    peer, self.node, entry.seq, entry.token, room_channel(room), room,
+                ]  # fmt: skip
+                outcome = await self._run(_RESTORE, _keys(room), args)
+                if outcome == "superseded":
+                    self._ended(view, peer, entry.seq)
+                restored += outcome == "restored"
+        log.warning("Redis had lost node %s: %d member(s) restored", self.node, restored)
+
+    async def _reconcile(self) -> None:
+        """After a restore, once the other nodes have had time to restore theirs: members
+        this node still shows that Redis does not have are gone (their node died meanwhile)."""
+        assert self._redis is not None
+        for room, view in list(self._views.items()):
+            records = await self._redis.hgetall(_keys(room)[0])
+            present = {_text(k): _record(_text(v))[1] for k, v in records.items()}
+            for peer, entry in list(view.members.items()):
+                if entry.conn is None and present.get(peer) != entry.seq:
+                    log.info("%r in room %r did not come back after Redis did", peer, room)
+                    self._ended(view, peer, entry.seq)
 
     async def _sweep(self) -> None:
         redis = self._redis

@@ -56,8 +56,10 @@ def test_garbage_is_not_a_node_message() -> None:
 def test_each_member_learns_each_membership_once() -> None:
     view: RoomView[str] = RoomView()
     view.joined(PeerId("bob"), "b", 2)
-    view.connect(PeerId("alice"), "a", 1, "alice-conn", {})
-    view.connect(PeerId("carol"), "a", 3, "carol-conn", {PeerId("alice"): 1, PeerId("bob"): 2})
+    view.connect(PeerId("alice"), "a", 1, "alice-conn", {}, "t1")
+    view.connect(
+        PeerId("carol"), "a", 3, "carol-conn", {PeerId("alice"): 1, PeerId("bob"): 2}, "t3"
+    )
     # bob's join reaches this node after carol's peer-list had him: only alice is told.
     assert view.to_tell_joined(PeerId("bob"), 2) == ["alice-conn"]
     assert view.to_tell_joined(PeerId("bob"), 2) == []
@@ -188,9 +190,9 @@ async def test_while_redis_is_down_joins_are_refused_and_nothing_breaks(
 ) -> None:
     """Redis stops: a join is refused with ``unavailable`` and close 1013 (try again
     later), members on one node still reach each other, no node's tasks die. Redis comes
-    back (empty): joins work again, and members on different nodes reach each other again
-    (the nodes subscribe again). Heartbeats are slowed: the clients here read only now
-    and then."""
+    back (empty): joins work again, members on different nodes reach each other again
+    (the nodes subscribe again), and the nodes restore their members into it. Heartbeats
+    are slowed: the clients here read only now and then."""
     async with AsyncExitStack() as stack:
         a, b = await cluster(stack, redis.url, 2, heartbeat=seconds(60))
         both: Clients = await stack.enter_async_context(clients([a.ws_url, b.ws_url]))
@@ -221,3 +223,9 @@ async def test_while_redis_is_down_joins_are_refused_and_nothing_breaks(
         assert (await bob.recv())["n"] == 2
         await bob.send(type="chat", n=3)  # a broadcast from node b
         assert [(await p.recv())["n"] for p in (alice, amy)] == [3, 3]
+        # Redis came back empty: each node put its members back, as they were. A newcomer
+        # sees all three, in join order; the others hear of nobody but the newcomer.
+        newcomer = await eventually_join(both, "newcomer", room="default")
+        assert newcomer.peers == ["alice", "bob", "amy"]
+        for peer in (alice, bob, amy):
+            assert await peer.recv() == {"type": "peer-joined", "peerId": "newcomer"}
