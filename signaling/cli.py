@@ -18,6 +18,7 @@ from signaling.admission import OriginError, normalize_origin
 from signaling.auth import SecretError, check_secret, mint_token
 from signaling.flags import cap, count, duration, port, seconds
 from signaling.ice import IceServerError, parse_ice_server
+from signaling.redis_registry import RedisRegistry
 from signaling.server import ServerConfig, SignalingServer
 from signaling.session import Limits
 from signaling.turn import DEFAULT_TTL, TurnMinter
@@ -119,6 +120,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TTL,
         metavar="TIME",
         help="lifetime of minted TURN credentials: 3600, 90m, 1h ... (default 1h)",
+    )
+    cluster = parser.add_argument_group("several nodes")
+    cluster.add_argument(
+        "--redis-url",
+        default=os.environ.get("MESHPEER_REDIS_URL") or None,
+        metavar="URL",
+        help="share rooms with the other nodes using this Redis, redis://HOST:PORT/DB "
+        "(default $MESHPEER_REDIS_URL; none: rooms live in this process only)",
+    )
+    cluster.add_argument(
+        "--node-id",
+        metavar="NAME",
+        help="this node's name among those sharing rooms (default: random)",
     )
     lim = parser.add_argument_group("limits")
     lim.add_argument(
@@ -279,7 +293,14 @@ def serve(args: argparse.Namespace) -> int:
             args.host,
             args.port,
         )
-    server = SignalingServer(config)
+    registry = None
+    if args.redis_url:
+        registry = RedisRegistry(args.redis_url, config.limits.max_peers, node=args.node_id)
+        log.info("node %s: rooms shared through %s", registry.node, args.redis_url)
+    elif args.node_id:
+        log.error("--node-id goes with --redis-url")
+        return 2
+    server = SignalingServer(config, registry)
     scheme = "wss" if ssl_context else "ws"
     loop = new_event_loop(not args.no_uvloop)
     log.info(
@@ -300,6 +321,9 @@ def serve(args: argparse.Namespace) -> int:
             shutdown_timeout=5,
             access_log=None,
         )
+    except ConnectionError as exc:  # Redis, at start-up
+        log.error("%s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         return 1

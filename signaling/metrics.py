@@ -34,6 +34,19 @@ class Refusal(StrEnum):
     IP_RATE = "ip-rate"  # HTTP 429: too many new connections a minute from one address
 
 
+@dataclass(frozen=True)
+class ClusterStats:
+    """A node's part in rooms shared through Redis, for /healthz and /metrics."""
+
+    node: str
+    redis_up: bool
+    redis_rtt: float | None  # seconds, of the last liveness write
+    published: int  # messages sent to other nodes
+    received: int  # messages from other nodes
+    dropped: int  # messages not sent: too far behind Redis
+    errors: int  # Redis commands that failed
+
+
 @dataclass
 class Metrics:
     connections_total: int = 0
@@ -45,7 +58,9 @@ class Metrics:
     errors: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
 
-    def render(self, rooms: int, peers: int, uptime: float) -> str:
+    def render(
+        self, rooms: int, peers: int, uptime: float, cluster: ClusterStats | None = None
+    ) -> str:
         """The /metrics page (Prometheus text exposition format 0.0.4)."""
         lines: list[str] = []
 
@@ -109,6 +124,31 @@ class Metrics:
             "Seconds since the server started.",
             [("", round(uptime, 3))],
         )
+        if cluster is not None:
+            metric("meshpeer_redis_up", "gauge", "1 while Redis answers.", [("", cluster.redis_up)])
+            rtt = cluster.redis_rtt
+            metric(
+                "meshpeer_redis_rtt_seconds",
+                "gauge",
+                "Round trip of the node's last liveness write to Redis.",
+                [("", round(rtt, 6))] if rtt is not None else [],
+            )
+            metric(
+                "meshpeer_cluster_messages_total",
+                "counter",
+                "Messages between server nodes, by direction.",
+                [
+                    ('{direction="out"}', cluster.published),
+                    ('{direction="in"}', cluster.received),
+                    ('{direction="dropped"}', cluster.dropped),
+                ],
+            )
+            metric(
+                "meshpeer_redis_errors_total",
+                "counter",
+                "Redis commands that failed.",
+                [("", cluster.errors)],
+            )
         return "\n".join(lines) + "\n"
 
 

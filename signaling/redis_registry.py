@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from redis.exceptions import RedisError
 
 from signaling.cluster import Envelope, Kind, RoomView, decode, encode, node_channel, room_channel
 from signaling.ice import IceServer
+from signaling.metrics import ClusterStats
 from signaling.protocol import (
     CloseCode,
     ErrorCode,
@@ -185,13 +187,26 @@ class RedisRegistry:
         self._tasks: list[asyncio.Task[None]] = []
         #: Leaves Redis did not take (unreachable): sent again when it answers.
         self._unsent_leaves: list[tuple[RoomId, list[str | int]]] = []
-        #: Messages published for other nodes, and those dropped (queue full).
+        #: Messages published for other nodes, received from them, dropped (queue full);
+        #: Redis commands that failed; the last liveness write's round trip (seconds).
         self.published = 0
+        self.received = 0
         self.dropped = 0
+        self.errors = 0
+        self.rtt: float | None = None
+        self._alive_at = 0.0
+        self._closed = False
 
     async def start(self) -> None:
+        if self._redis is not None:
+            return
         self._redis = aioredis.Redis.from_url(self._url, decode_responses=True)
-        await self._redis.ping()
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            await self._redis.aclose()
+            self._redis = None
+            raise ConnectionError(f"cannot reach Redis at {self._url}: {exc}") from exc
         self._pubsub = self._redis.pubsub()
         loop = asyncio.get_running_loop()
         await self._redis.sadd(NODES, self.node)
@@ -206,6 +221,9 @@ class RedisRegistry:
 
     async def close(self) -> None:
         """Stop, after the server has ended its members (graceful shutdown)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.delete(f"mp:node:{self.node}")
@@ -445,12 +463,28 @@ class RedisRegistry:
                 except ValueError as exc:
                     log.warning("ignoring a node message: %s", exc)
                     continue
+                if envelope.origin != self.node:
+                    self.received += 1
                 self._dispatch(envelope)
 
     # -- nodes that die -------------------------------------------------------------------
     async def _beat(self) -> None:
         assert self._redis is not None
+        started = time.monotonic()
         await self._redis.set(f"mp:node:{self.node}", "1", px=int(NODE_TTL * 1000))
+        self._alive_at = time.monotonic()
+        self.rtt = self._alive_at - started
+
+    def cluster_stats(self) -> ClusterStats:
+        return ClusterStats(
+            node=self.node,
+            redis_up=time.monotonic() - self._alive_at < 2 * HEARTBEAT + 1,
+            redis_rtt=self.rtt,
+            published=self.published,
+            received=self.received,
+            dropped=self.dropped,
+            errors=self.errors,
+        )
 
     async def _watch(self) -> None:
         """Keep this node alive in Redis; end the members of nodes that are not."""
@@ -475,6 +509,7 @@ class RedisRegistry:
                     swept_at = loop.time()
                     await self._sweep()
             except Exception as exc:
+                self.errors += 1
                 log.warning("node liveness check failed: %r", exc)
 
     async def _redis_knows_us(self) -> bool:
@@ -566,6 +601,7 @@ class RedisRegistry:
             try:
                 results = await pipe.execute(raise_on_error=False)
             except Exception as exc:
+                self.errors += 1
                 log.error("Redis pipeline failed: %r", exc)
                 results = [exc] * len(batch)
             for op, outcome in zip(batch, results, strict=True):

@@ -1,8 +1,8 @@
 """Room membership and delivery behind one small interface.
 
 The adapter talks only to :class:`Registry`; :class:`LocalRegistry` keeps everything in
-this process. A Redis-backed registry (several server processes sharing rooms) implements
-the same four calls, with no change to the protocol core or the adapter.
+this process; :class:`signaling.redis_registry.RedisRegistry` shares rooms between several
+server processes through Redis, with no change to the protocol core or the adapter.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from signaling.ice import IceServer
+from signaling.metrics import ClusterStats
 from signaling.protocol import Join, PeerId, PeerJoined, PeerLeft, PeerList, RoomId, serialize
 from signaling.rooms import Accepted, Refused, RoomTable
 
@@ -35,6 +36,15 @@ class Outbox(Protocol):
 
 
 class Registry(Protocol):
+    async def start(self) -> None:
+        """Before the first join (connect to shared storage, if any)."""
+
+    async def close(self) -> None:
+        """After the last leave."""
+
+    def cluster_stats(self) -> ClusterStats | None:
+        """This node's part in rooms shared with other nodes; None when not shared."""
+
     async def join(
         self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer] = ()
     ) -> Accepted[Outbox] | Refused[Outbox]:
@@ -59,6 +69,15 @@ class LocalRegistry:
 
     def __init__(self, max_peers: int) -> None:
         self.table: RoomTable[Outbox] = RoomTable(max_peers)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def cluster_stats(self) -> ClusterStats | None:
+        return None
 
     async def join(
         self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer] = ()

@@ -126,25 +126,41 @@ class SignalingServer:
             app.on_response_prepare.append(_revalidate_page)
         app.on_shutdown.append(self.shutdown)
         app.cleanup_ctx.append(_relay_gc_threshold)
+        app.cleanup_ctx.append(self._registry_running)
         return app
+
+    async def _registry_running(self, app: web.Application) -> AsyncIterator[None]:
+        """The registry starts before the first connection and stops after shutdown's
+        leaves (on_shutdown runs before cleanup)."""
+        await self.registry.start()
+        yield
+        await self.registry.close()
 
     # -- HTTP -------------------------------------------------------------------
     async def handle_health(self, request: web.Request) -> web.Response:
         rooms, peers = self.registry.counts()
-        return web.json_response(
-            {
-                "status": "stopping" if self.shutting_down else "ok",
-                "rooms": rooms,
-                "peers": peers,
-                "connections": len(self.connections),
-                "uptime": round(time.monotonic() - self.started, 3),
+        health: dict[str, object] = {
+            "status": "stopping" if self.shutting_down else "ok",
+            "rooms": rooms,
+            "peers": peers,
+            "connections": len(self.connections),
+            "uptime": round(time.monotonic() - self.started, 3),
+        }
+        cluster = self.registry.cluster_stats()
+        if cluster is not None:
+            rtt = cluster.redis_rtt
+            health["redis"] = {
+                "state": "ok" if cluster.redis_up else "unreachable",
+                "node": cluster.node,
+                "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
             }
-        )
+        return web.json_response(health)
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         rooms, peers = self.registry.counts()
         self.metrics.connections_open = len(self.connections)
-        text = self.metrics.render(rooms, peers, time.monotonic() - self.started)
+        uptime = time.monotonic() - self.started
+        text = self.metrics.render(rooms, peers, uptime, self.registry.cluster_stats())
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def handle_config(self, request: web.Request) -> web.Response:

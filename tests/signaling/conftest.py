@@ -46,10 +46,8 @@ async def cluster(
     ``redis_url``, closed by ``stack``; ``changes`` to FAST_LIMITS."""
     config = ServerConfig(limits=replace(FAST_LIMITS, **changes))
     servers = []
-    for index in range(count):
+    for index in range(count):  # each server starts and closes its registry
         registry = RedisRegistry(redis_url, FAST_LIMITS.max_peers, node=f"n{index}")
-        await registry.start()
-        stack.push_async_callback(registry.close)
         servers.append(await stack.enter_async_context(running_server(config, registry)))
     return servers
 

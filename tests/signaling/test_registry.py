@@ -27,6 +27,15 @@ class InterfaceOnly:
         self._inner = LocalRegistry(FAST_LIMITS.max_peers)
         self.calls: Counter[str] = Counter()
 
+    async def start(self) -> None:
+        self.calls["start"] += 1
+
+    async def close(self) -> None:
+        self.calls["close"] += 1
+
+    def cluster_stats(self) -> None:
+        return None
+
     async def join(
         self, room: RoomId, join: Join, outbox: Outbox, ice_servers: Sequence[IceServer] = ()
     ) -> Accepted[Outbox] | Refused[Outbox]:
@@ -81,4 +90,5 @@ async def test_server_runs_on_any_registry_implementation() -> None:
     assert registry.calls["send"] == 1
     assert registry.calls["broadcast"] == 1
     assert registry.calls["leave"] >= 2
+    assert registry.calls["start"] == registry.calls["close"] == 1  # the app's lifecycle
     assert registry.counts() == (0, 0)
