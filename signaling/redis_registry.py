@@ -13,8 +13,9 @@ once, without a round trip. Everything a node sends to Redis (scripts and publis
 through one bounded queue, one connection, in order: a peer's messages reach another
 peer in the order it sent them, whichever nodes they are on.
 
-Not yet here (issue 10, in progress): sweeping the members of a node that died without
-leaving, the behaviour while Redis is unreachable, metrics.
+Failures: a node that stops answering (liveness key expired) has its members ended by a
+survivor; while Redis is unreachable joins are refused (``unavailable``) and leaves wait;
+a node that finds Redis emptied puts its members back. README, "Several server nodes".
 """
 
 from __future__ import annotations
