@@ -21,11 +21,10 @@ a node that finds Redis emptied puts its members back. README, "Several server n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +54,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait for a subscription's confirmation, and between reconnection attempts.
 SUBSCRIBE_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 2.0
 RECONNECT_DELAY = 0.5
 #: The set of nodes sharing rooms (each one's liveness key: ``mp:node:<id>``).
 NODES = "mp:nodes"
@@ -225,17 +225,25 @@ class RedisRegistry:
         if self._closed:
             return
         self._closed = True
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.delete(f"mp:node:{self.node}")
-                await self._redis.srem(NODES, self.node)
-        for task in self._tasks:
+        for task in self._tasks:  # first: no restore of what is being taken down
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
-        if self._redis is not None:
-            await self._redis.aclose()
+        # Bounded: a stopping node must not hang on a Redis that does not answer.
+        redis, pubsub = self._redis, self._pubsub
+        if redis is not None:
+            await self._quietly(redis.delete(f"mp:node:{self.node}"))
+            await self._quietly(redis.srem(NODES, self.node))
+        if pubsub is not None:
+            await self._quietly(pubsub.aclose())
+        if redis is not None:
+            await self._quietly(redis.aclose())
+
+    @staticmethod
+    async def _quietly(step: Awaitable[Any]) -> None:
+        try:
+            await asyncio.wait_for(step, CLOSE_TIMEOUT)
+        except Exception as exc:
+            log.debug("closing: %r", exc)
 
     # -- Registry ---------------------------------------------------------------------
     async def join(
