@@ -2,29 +2,39 @@
 
 Each measurement starts a fresh server process on a free 127.0.0.1 port and drives it with
 ``sigload`` (the Go load generator in ``../shared/tools/sigload``): clients join one room and
-send targeted ``candidate`` messages to random peers. Three scenarios per server:
+send targeted ``candidate`` messages to random peers. Scenarios, each for both servers:
 
 1. saturation: every client sends far more than any server relays; delivered messages/s;
 2. latency: both servers at half the slower one's saturation rate; one-way p50/p99;
 3. stalled: the latency run again with one client that never reads after joining, long
    enough for its socket buffers to fill; the other clients' delivered share and p99 (ours
    must drop the stalled client and carry on; the reference blocks everybody).
-4. join storm: 250, 500 and 1,000 clients join one room one after another (sigload dials,
+4. sustained rate, the project's throughput measure: the highest offered rate (messages/s,
+   all clients together) held with nothing lost and p99 <= 50 ms. Short runs (3 s) step the
+   offered rate up, doubling from 10,000/s, then bisect between the last held and the first
+   failed rate until they are within 10%. A run holds when every message sent arrived, no
+   sender's write failed, our server dropped nobody, the senders got >= 97% of the schedule
+   out, and p99 <= 50 ms. The servers take turns run by run, the first alternating; noise
+   only ever fails a run, so a failed rate is tried again (twice, each after the other
+   server's next run) before it counts as failed.
+5. join storm: 250, 500 and 1,000 clients join one room one after another (sigload dials,
    joins and waits for its peer-list before the next client; every join sends
    ``peer-joined`` to everyone already in), sigload's ``join_seconds``.
 
 Servers alternate run by run and each scenario is repeated, reporting the median, because
-this 2-core machine is shared and the load generator itself needs a core. Prints a table and
+this 2-core machine is shared and the load generator itself needs a core. Prints tables and
 writes ``benchmarks/results/signaling.json``. Loopback only.
 
-    .venv/bin/python benchmarks/signaling.py            # full run, about 4 minutes
-    .venv/bin/python benchmarks/signaling.py --quick    # smoke run, about 20 seconds
+    .venv/bin/python benchmarks/signaling.py            # full run, about 5 minutes
+    .venv/bin/python benchmarks/signaling.py --quick    # smoke run, about 40 seconds
+    .venv/bin/python benchmarks/signaling.py --sustain  # the sustained rate only, about 2 minutes
     .venv/bin/python benchmarks/signaling.py --joins    # the join storms only, about 1.5 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -43,13 +53,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port, wait_listening  # noqa: E402
+from benchmarks.common import cpu_seconds, free_port, wait_listening  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "signaling.json"
 #: Where ``--joins`` (the join storms alone) writes, leaving the full run's results alone.
 JOIN_RESULTS = ROOT / "benchmarks" / "results" / "signaling_joins.json"
+#: Where ``--sustain`` (the sustained-rate search alone) writes.
+SUSTAIN_RESULTS = ROOT / "benchmarks" / "results" / "signaling_sustain.json"
 SERVERS = ("ours", "reference")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -67,8 +78,18 @@ class Settings:
     #: Clients per room of the join storms (none: no join storms), and runs of each.
     join_sizes: tuple[int, ...] = ()
     join_repeats: int = 1
-    #: Skip the relay scenarios (saturation, latency, stalled): join storms only.
-    joins_only: bool = False
+    #: Run the relay scenarios (saturation, latency, stalled).
+    relay: bool = True
+    #: Search each server's sustained rate (``rooms`` rooms of ``clients``): steps of
+    #: ``sustain_duration`` s, doubling from ``sustain_start`` msg/s in all, then bisecting
+    #: until the first failing rate is within ``sustain_precision`` of the last held one; a
+    #: failing step is run again up to ``sustain_retries`` times before it counts.
+    sustain: bool = True
+    rooms: int = 1
+    sustain_duration: float = 3.0
+    sustain_start: float = 10_000.0
+    sustain_precision: float = 0.10
+    sustain_retries: int = 2
 
 
 @dataclass
@@ -89,6 +110,8 @@ class Run:
     lat_ms_max: float
     server_cpu_percent: float
     server_cpu_seconds: float
+    #: The load generator's own CPU over the run (it shares the machine with the server).
+    sigload_cpu_percent: float
     #: Our server's count of clients that left during the run, by reason (/metrics).
     leaves: dict[str, int] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -162,13 +185,6 @@ def running(name: str, settings: Settings) -> Iterator[tuple[subprocess.Popen[by
             proc.wait()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` from /proc (no psutil here)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
 def leaves_by_reason(port: int) -> dict[str, int] | None:
     """Our server's own count of peers that left, by reason (slow, heartbeat ...)."""
     try:
@@ -184,30 +200,59 @@ def leaves_by_reason(port: int) -> dict[str, int] | None:
 # -- one measurement ---------------------------------------------------------------------------
 
 
+def sigload_command(
+    port: int,
+    per_room: int,
+    rate: float,
+    duration: float,
+    *,
+    rooms: int = 1,
+    pad: int | None = None,
+    stalled: int = 0,
+) -> list[str]:
+    """sigload's argv: ``rooms`` rooms of ``per_room`` clients, each sending ``rate`` msg/s.
+
+    ``pad`` None and ``stalled`` 0 leave sigload's own defaults (200 bytes, none stalled).
+    """
+    command = [
+        str(reference_dir() / "sigload"),
+        "-url",
+        f"ws://127.0.0.1:{port}/ws",
+        "-rooms",
+        str(rooms),
+        "-per-room",
+        str(per_room),
+        "-rate",
+        f"{rate:.3f}",
+        "-duration",
+        f"{duration:g}s",
+    ]
+    if pad is not None:
+        command += ["-pad", str(pad)]
+    if stalled:
+        command += ["-stall", str(stalled)]
+    return command
+
+
 def measure(
-    name: str, scenario: str, rate: float, stalled: int, duration: float, settings: Settings
+    name: str,
+    scenario: str,
+    rate: float,
+    stalled: int,
+    duration: float,
+    settings: Settings,
+    rooms: int = 1,
 ) -> Run:
-    sigload = reference_dir() / "sigload"
     with running(name, settings) as (proc, port):
-        command = [
-            str(sigload),
-            "-url",
-            f"ws://127.0.0.1:{port}/ws",
-            "-per-room",
-            str(settings.clients),
-            "-rate",
-            f"{rate:.3f}",
-            "-duration",
-            f"{duration:g}s",
-            "-pad",
-            str(settings.pad),
-            "-stall",
-            str(stalled),
-        ]
+        command = sigload_command(
+            port, settings.clients, rate, duration, rooms=rooms, pad=settings.pad, stalled=stalled
+        )
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_before, wall_before = cpu_seconds(proc.pid), time.monotonic()
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
         cpu = cpu_seconds(proc.pid) - cpu_before
         wall = time.monotonic() - wall_before
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         leaves = leaves_by_reason(port) if name == "ours" else None
     if done.returncode != 0:
         raise BenchmarkError(f"sigload failed on {name}: {done.stderr.strip()[-500:]}")
@@ -227,6 +272,9 @@ def measure(
         lat_ms_max=float(out["lat_ms_max"]),
         server_cpu_percent=100.0 * cpu / wall,
         server_cpu_seconds=cpu,
+        sigload_cpu_percent=100.0
+        * (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
+        / wall,
         leaves=leaves,
         raw=out,
     )
@@ -271,19 +319,8 @@ STORM_RATE, STORM_DURATION = 2.0, 0.1
 
 
 def measure_joins(name: str, clients: int, settings: Settings) -> JoinRun:
-    sigload = reference_dir() / "sigload"
     with running(name, settings) as (proc, port):
-        command = [
-            str(sigload),
-            "-url",
-            f"ws://127.0.0.1:{port}/ws",
-            "-per-room",
-            str(clients),
-            "-rate",
-            f"{STORM_RATE:g}",
-            "-duration",
-            f"{STORM_DURATION:g}s",
-        ]
+        command = sigload_command(port, clients, STORM_RATE, STORM_DURATION)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_before = cpu_seconds(proc.pid)
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -387,12 +424,239 @@ def progress(run: Run) -> None:
     )
 
 
+# -- sustained rate ----------------------------------------------------------------------------
+
+#: The project's throughput rule: the highest offered rate held with nothing lost and p99 at
+#: most this.
+SUSTAIN_P99_MS = 50.0
+#: A step whose senders got fewer than this share of the scheduled messages out did not offer
+#: its rate (sigload's senders fall behind when the server pushes back or the load generator
+#: runs out of CPU; the messages they never sent are not counted as lost or late).
+MIN_OFFERED_SHARE = 0.97
+#: The search gives up below / above these offered rates (messages/s, all clients).
+SUSTAIN_MIN_RATE, SUSTAIN_MAX_RATE = 100.0, 2_000_000.0
+
+
+@dataclass
+class Step:
+    """One sigload run of the sustained-rate search, and whether the server held it."""
+
+    server: str
+    #: Messages/s offered by all clients together.
+    offered_per_s: float
+    #: 1 for the first run of this rate, 2 for its retry ...
+    attempt: int
+    held: bool
+    #: Why the step failed (empty when held).
+    reasons: list[str]
+    run: Run
+    #: The machine's 1-minute load average when the step ended (this machine is shared).
+    loadavg: float
+
+
+def shortfalls(run: Run, offered_per_s: float, duration: float) -> list[str]:
+    """Why ``run`` did not hold ``offered_per_s``: nothing lost and p99 <= 50 ms (empty: held)."""
+    out = run.raw
+    reasons = []
+    # Each sender starts at a random point of its first interval: half a message extra each.
+    scheduled = offered_per_s * duration + out["clients"] / 2
+    if run.sent < MIN_OFFERED_SHARE * scheduled:
+        reasons.append(f"senders fell behind: sent {run.sent / scheduled:.0%} of the offer")
+    if run.send_errors:
+        reasons.append(f"{run.send_errors} clients disconnected (send failed)")
+    dropped = {k: v for k, v in (run.leaves or {}).items() if k not in ("closed", "dropped")}
+    if dropped:
+        reasons.append(
+            "server dropped " + ", ".join(f"{n} for {k}" for k, n in sorted(dropped.items()))
+        )
+    lost = run.sent - run.received
+    if lost > 0:
+        reasons.append(f"lost {lost:,} ({lost / max(run.sent, 1):.2%})")
+    if run.misrouted or out["bad_json"]:
+        reasons.append(f"{run.misrouted} misrouted, {out['bad_json']} bad JSON")
+    if run.lat_ms_p99 > SUSTAIN_P99_MS:
+        reasons.append(f"p99 {run.lat_ms_p99:,.0f} ms")
+    return reasons
+
+
+@dataclass
+class Search:
+    """One server's search: the highest held and the lowest failed rate so far.
+
+    The machine's noise only ever makes a step fail, so a failing step is run again (after
+    the other server's next step, not at once: a busy spell of the machine lasts a while)
+    and a rate counts as failed when all ``1 + sustain_retries`` attempts failed.
+    """
+
+    server: str
+    good: Step | None = None
+    #: Of the lowest failed rate's attempts, the one closest to holding (lowest p99).
+    bad: Step | None = None
+    #: How many attempts that rate failed.
+    bad_tries: int = 0
+    #: The failed attempts so far at the rate being tried.
+    failures: list[Step] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+    def record(self, step: Step, settings: Settings) -> None:
+        self.steps.append(step)
+        if step.held:
+            self.good, self.failures = step, []
+            return
+        self.failures.append(step)
+        if len(self.failures) > settings.sustain_retries:
+            self.bad = min(self.failures, key=lambda failed: failed.run.lat_ms_p99)
+            self.bad_tries, self.failures = len(self.failures), []
+
+    def next_rate(self, settings: Settings) -> float | None:
+        """The next offered rate to try, None when the search is done."""
+        if self.failures:  # a retry
+            return self.failures[-1].offered_per_s
+        good, bad = self.good, self.bad
+        if bad is None:  # doubling up
+            rate = settings.sustain_start if good is None else 2 * good.offered_per_s
+            return rate if rate <= SUSTAIN_MAX_RATE else None
+        if good is None:  # even the start failed: halving down
+            rate = bad.offered_per_s / 2
+            return rate if rate >= SUSTAIN_MIN_RATE else None
+        if bad.offered_per_s <= good.offered_per_s * (1 + settings.sustain_precision):
+            return None
+        return float(round((good.offered_per_s + bad.offered_per_s) / 2))
+
+
+def sustain_step(name: str, offered_per_s: float, attempt: int, settings: Settings) -> Step:
+    senders = settings.rooms * settings.clients
+    duration = settings.sustain_duration
+    run = measure(
+        name, "sustain", offered_per_s / senders, 0, duration, settings, rooms=settings.rooms
+    )
+    reasons = shortfalls(run, offered_per_s, duration)
+    step = Step(name, offered_per_s, attempt, not reasons, reasons, run, os.getloadavg()[0])
+    print(
+        f"  {name:<9} offered {offered_per_s:9,.0f}/s ({run.rate_per_client:7.1f}/client)"
+        f"  p50 {run.lat_ms_p50:8.2f} ms  p99 {run.lat_ms_p99:8.2f} ms"
+        f"  CPU server {run.server_cpu_percent:3.0f}% sigload {run.sigload_cpu_percent:3.0f}%  "
+        + ("held" if step.held else "FAILED: " + "; ".join(reasons)),
+        flush=True,
+    )
+    return step
+
+
+def sustained_rates(settings: Settings) -> dict[str, Any]:
+    """Each server's highest offered rate held with nothing lost and p99 <= 50 ms.
+
+    The servers take turns step by step, the one going first alternating, so that the shared
+    machine's noise falls on both searches alike.
+    """
+    print(
+        f"sustained rate: {settings.rooms} room(s) of {settings.clients} clients,"
+        f" {settings.sustain_duration:g} s steps, nothing lost and p99 <= {SUSTAIN_P99_MS:g} ms",
+        flush=True,
+    )
+    searches = {name: Search(name) for name in settings.servers}
+    for turn in itertools.count():
+        order = settings.servers if turn % 2 == 0 else tuple(reversed(settings.servers))
+        pending = [(searches[name], searches[name].next_rate(settings)) for name in order]
+        if all(rate is None for _, rate in pending):
+            break
+        for search, rate in pending:
+            if rate is not None:
+                attempt = len(search.failures) + 1
+                search.record(sustain_step(search.server, rate, attempt, settings), settings)
+    summary = {name: _sustain_row(search) for name, search in searches.items()}
+    ratio = None
+    if {"ours", "reference"} <= set(summary) and summary["reference"]["sustained_per_s"]:
+        ratio = summary["ours"]["sustained_per_s"] / summary["reference"]["sustained_per_s"]
+    return {
+        "criteria": {
+            "lost": 0,
+            "lat_ms_p99_max": SUSTAIN_P99_MS,
+            "min_offered_share": MIN_OFFERED_SHARE,
+        },
+        "summary": summary,
+        "ratio": ratio,
+        "steps": [_step_row(step) for search in searches.values() for step in search.steps],
+    }
+
+
+def _step_row(step: Step) -> dict[str, Any]:
+    run = step.run
+    return {
+        "server": step.server,
+        "offered_per_s": step.offered_per_s,
+        "rate_per_client": run.rate_per_client,
+        "attempt": step.attempt,
+        "held": step.held,
+        "reasons": step.reasons,
+        "sent": run.sent,
+        "received": run.received,
+        "send_errors": run.send_errors,
+        "lat_ms_p50": run.lat_ms_p50,
+        "lat_ms_p99": run.lat_ms_p99,
+        "lat_ms_max": run.lat_ms_max,
+        "server_cpu_percent": run.server_cpu_percent,
+        "sigload_cpu_percent": run.sigload_cpu_percent,
+        "leaves": run.leaves,
+        "loadavg": step.loadavg,
+    }
+
+
+def _sustain_row(search: Search) -> dict[str, Any]:
+    good, bad = search.good, search.bad
+    return {
+        "sustained_per_s": good.offered_per_s if good else 0.0,
+        "lat_ms_p50": good.run.lat_ms_p50 if good else None,
+        "lat_ms_p99": good.run.lat_ms_p99 if good else None,
+        "server_cpu_percent": good.run.server_cpu_percent if good else None,
+        # None: nothing up to SUSTAIN_MAX_RATE failed.
+        "failing_per_s": bad.offered_per_s if bad else None,
+        "failing_reasons": bad.reasons if bad else [],
+        "failing_tries": search.bad_tries,
+        "failing_lat_ms_p99": bad.run.lat_ms_p99 if bad else None,
+        "steps": len(search.steps),
+        "retries": sum(step.attempt > 1 for step in search.steps),
+    }
+
+
+def sustain_table(sustain: dict[str, Any]) -> str:
+    header = (
+        f"| {'server':<9} | {'highest sustained msg/s':>23} | {'p99 ms there':>12} "
+        f"| first failing msg/s, why |"
+    )
+    lines = [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
+    for name, row in sustain["summary"].items():
+        p99 = "-" if row["lat_ms_p99"] is None else f"{row['lat_ms_p99']:.2f}"
+        if row["failing_per_s"] is None:
+            failing = f"none up to {SUSTAIN_MAX_RATE:,.0f}"
+        else:
+            failing = f"{row['failing_per_s']:,.0f}: " + "; ".join(row["failing_reasons"])
+            if row["failing_tries"] > 1:
+                failing += f" (the closest of {row['failing_tries']} tries)"
+        lines.append(f"| {name:<9} | {row['sustained_per_s']:>23,.0f} | {p99:>12} | {failing} |")
+    return "\n".join(lines)
+
+
+def sustain_verdict_lines(sustain: dict[str, Any]) -> list[str]:
+    lines = [
+        f"sustained rate: held = every message delivered, no client dropped, p99 <="
+        f" {SUSTAIN_P99_MS:g} ms; each server's limit lies between its held and first failing rate"
+    ]
+    if sustain["ratio"] is not None:
+        lines.append(
+            f"sustained rate, ours / reference: {sustain['ratio']:.2f}x (the throughput measure;"
+            " target >= 1.2x)"
+        )
+    return lines
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 
 def benchmark(settings: Settings) -> dict[str, Any]:
-    result = {} if settings.joins_only else relay_benchmark(settings)
+    result = relay_benchmark(settings) if settings.relay else {}
     result["settings"] = asdict(settings)
+    if settings.sustain:
+        result["sustain"] = sustained_rates(settings)
     if settings.join_sizes:
         result["joins"] = join_storms(settings)
     return result
@@ -516,8 +780,8 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
     verdict = result["verdict"]
     if verdict:
         lines.append(
-            f"throughput at saturation, ours / reference: {verdict['throughput_ratio']:.2f}x"
-            " (target >= 1.2x)"
+            f"delivered at saturation, ours / reference: {verdict['throughput_ratio']:.2f}x"
+            " (counts lost messages as speed: not the throughput measure, see sustained rate)"
         )
         lines.append(
             f"p99 at half saturation, ours / reference: {verdict['p99_ratio']:.2f}"
@@ -552,7 +816,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers", default="ours,reference", help="comma-separated: ours,reference"
     )
-    parser.add_argument("--clients", type=int, default=50, help="clients, all in one room")
+    parser.add_argument(
+        "--clients", type=int, default=50, help="clients per room (one room but with --rooms)"
+    )
     parser.add_argument("--pad", type=int, default=200, help="padding bytes per candidate")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds of sending per run")
     parser.add_argument(
@@ -580,15 +846,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--join-repeats", type=int, default=5, help="runs per server and size")
     parser.add_argument(
+        "--rooms",
+        type=int,
+        default=1,
+        help="rooms of --clients clients each in the sustained-rate search (the other relay "
+        "scenarios use one room)",
+    )
+    parser.add_argument(
+        "--sustain-duration", type=float, default=3.0, help="seconds of sending per search step"
+    )
+    parser.add_argument(
+        "--sustain-start",
+        type=float,
+        default=10_000.0,
+        help="offered messages/s (all clients together) of the search's first step",
+    )
+    parser.add_argument(
+        "--sustain-precision",
+        type=float,
+        default=0.10,
+        help="bisect until the first failing rate is within this fraction of the held one",
+    )
+    parser.add_argument(
+        "--sustain-retries",
+        type=int,
+        default=2,
+        help="runs again of a failing step before its rate counts as failed (noise on a "
+        "shared machine only ever makes a step fail)",
+    )
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--joins", action="store_true", help="the join storms only (no relay scenarios)"
     )
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (~20 s)")
+    only.add_argument("--sustain", action="store_true", help="the sustained-rate search only")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (~40 s)")
     parser.add_argument(
         "--output",
         type=Path,
         default=None,
         help=f"where to write the JSON (default: {RESULTS.relative_to(ROOT)}, with --joins "
-        f"{JOIN_RESULTS.relative_to(ROOT)})",
+        f"{JOIN_RESULTS.relative_to(ROOT)}, with --sustain {SUSTAIN_RESULTS.relative_to(ROOT)})",
     )
     return parser.parse_args(argv)
 
@@ -613,6 +910,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.joins and not join_sizes:
         print("--joins needs at least one --join-sizes", file=sys.stderr)
         return 2
+    if args.rooms < 1 or args.sustain_duration <= 0 or args.sustain_precision <= 0:
+        print("--rooms, --sustain-duration and --sustain-precision must be > 0", file=sys.stderr)
+        return 2
     settings = Settings(
         clients=args.clients,
         pad=args.pad,
@@ -623,9 +923,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stall_repeats=1 if args.quick else args.stall_repeats,
         send_queue=args.send_queue,
         servers=servers,
-        join_sizes=join_sizes[:1] if args.quick else join_sizes,
+        join_sizes=() if args.sustain else join_sizes[:1] if args.quick else join_sizes,
         join_repeats=1 if args.quick else args.join_repeats,
-        joins_only=args.joins,
+        relay=not (args.joins or args.sustain),
+        sustain=not args.joins,
+        rooms=args.rooms,
+        sustain_duration=1.0 if args.quick else args.sustain_duration,
+        sustain_start=args.sustain_start,
+        sustain_precision=0.5 if args.quick else args.sustain_precision,
+        sustain_retries=0 if args.quick else args.sustain_retries,
     )
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()
@@ -651,6 +957,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         for line in verdict_lines(result):
             print(line)
+    if "sustain" in result:
+        print()
+        print(sustain_table(result["sustain"]))
+        print()
+        for line in sustain_verdict_lines(result["sustain"]):
+            print(line)
     if "joins" in result:
         print()
         print(join_table(result["joins"]))
@@ -667,10 +979,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["machine"]["noisy"] = noisy
     if args.quick:
         print(
-            "--quick: a smoke run (1 s runs, a 3 s stall, one join storm of the first size):"
+            "--quick: a smoke run (1 s runs, a 3 s stall, a coarse sustained-rate search, one"
+            " join storm of the first size):"
             " the numbers are not comparable"
         )
-    output: Path = args.output or (JOIN_RESULTS if args.joins else RESULTS)
+    output: Path = args.output or (
+        JOIN_RESULTS if args.joins else SUSTAIN_RESULTS if args.sustain else RESULTS
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {output}")
