@@ -16,6 +16,8 @@ export function serverErrorText(code, message, { peerId, room }) {
       return "Your invitation link has expired. Ask for a new one and open it.";
     case "invalid-token":
       return `Your invitation link is not valid for room “${roomName}” under the name “${peerId}”. Open the link exactly as you got it, or ask for a new one.`;
+    case "unavailable":
+      return "The server cannot reach its shared room service right now. This page keeps trying to join.";
     case "join-timeout":
       return "The server waited too long for this page to join. Reload the page to try again.";
     case "rate-limited":

@@ -238,6 +238,8 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
                 none: peer.fingerprint('v=0'),
                 unknown: messages.serverErrorText('new-code', 'it broke', {peerId: 'a'}),
                 quiet: messages.serverErrorText('unknown-peer', 'gone', {peerId: 'a', room: 'r'}),
+                busy: messages.serverErrorText('unavailable', 'later', {peerId: 'a'}),
+                busyFinal: messages.FINAL_CLOSE_CODES.has(1013),
             };
         }"""
     )
@@ -257,3 +259,5 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
     assert (result["same"], result["differ"], result["none"]) == (True, False, None)
     assert result["unknown"] == "The server reported a problem: it broke"
     assert result["quiet"] is None
+    # Shared rooms unreachable (several nodes, Redis down): said plainly, and retried.
+    assert "keeps trying" in result["busy"] and result["busyFinal"] is False
