@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import free_port, seconds
+from tests.support import free_port, seconds, terminate
 
 HOST = "127.0.0.1"
 
@@ -121,14 +121,8 @@ class RedisServer:
         """Terminate redis-server (SIGTERM, SIGKILL after 3 s) and wait for it; clients see
         their connections closed and new ones refused. Does nothing when already stopped."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=3)
+        if proc is not None:
+            terminate(proc)
 
 
 @contextlib.contextmanager

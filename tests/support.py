@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -25,6 +26,18 @@ TIME_SCALE = float(os.environ.get("MESHPEER_TEST_SCALE", "1"))
 def seconds(value: float) -> float:
     """``value`` seconds, stretched by MESHPEER_TEST_SCALE."""
     return value * TIME_SCALE
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 3.0) -> None:
+    """Stop a child process: SIGTERM, SIGKILL if it is still there after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.net.topology import Topology, call_in
+from tests.support import terminate
 
 REALM = "meshpeer.test"
 _MAGIC = 0x2112A442
@@ -166,12 +167,6 @@ def running_coturn(
                 )
         yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=3)
+        terminate(proc)
         server._final_log = server.log()
         shutil.rmtree(workdir, ignore_errors=True)
