@@ -308,6 +308,8 @@ class RedisRegistry:
             await self._run(_LEAVE, _keys(room), args)
         except (RedisError, OSError) as exc:  # kept, and sent once Redis answers again
             log.warning("leave of %r from room %r waits for Redis (%r)", peer, room, exc)
+            if len(self._unsent_leaves) >= QUEUE_LIMIT:  # bounded: a restarted Redis is empty
+                self._unsent_leaves.pop(0)
             self._unsent_leaves.append((room, args))
 
     def send(self, room: RoomId, to: PeerId, data: str) -> bool:
@@ -592,7 +594,10 @@ class RedisRegistry:
         if not self._tasks or self._tasks[1].done():
             raise ConnectionError("this node's registry is stopped")
         result = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Op(script=script, keys=keys, args=args, result=result))
+        try:
+            self._queue.put_nowait(_Op(script=script, keys=keys, args=args, result=result))
+        except asyncio.QueueFull:
+            raise ConnectionError(f"Redis is {QUEUE_LIMIT} commands behind") from None
         return await result
 
     async def _write(self) -> None:
