@@ -15,7 +15,7 @@ from __future__ import annotations
 import fractions
 import multiprocessing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import av
 from aiortc.codecs import h264, vpx
@@ -24,7 +24,6 @@ from av.audio.resampler import AudioResampler
 __all__ = [
     "AudioEncoder",
     "BitrateBounds",
-    "Encoder",
     "UnsupportedCodec",
     "VideoEncoder",
     "Vp8Settings",
@@ -88,17 +87,6 @@ class Vp8Settings:
             "static-thresh": "1",
             "undershoot-pct": "100",
         }
-
-
-class Encoder(Protocol):
-    def encode(self, frame: Any, keyframe: bool) -> list[av.Packet[Any]]:
-        """Packets for ``frame`` (perhaps none yet), each with ``pts`` and ``time_base`` set."""
-
-    @property
-    def bitrate(self) -> int: ...
-
-    @bitrate.setter
-    def bitrate(self, value: int) -> None: ...
 
 
 class VideoEncoder:
