@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import logging
 import statistics
 import sys
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.async_api import Browser, async_playwright  # noqa: E402
 
+from benchmarks.common import write_result  # noqa: E402
 from peer import events as ev  # noqa: E402
 from tests.browser.bots import Bot, running_bot  # noqa: E402
 from tests.browser.pages import RoomPage, eventually, launch, open_room_page  # noqa: E402
@@ -387,9 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nnegotiation steps (median ms after the newcomer's join):")
     for scenario, sides in result["negotiation_steps_median_ms"].items():
         print(f"  {scenario}: newcomer {sides['newcomer']}  existing {sides['existing']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    print()
+    write_result(args.out, result)
     return 0
 
 

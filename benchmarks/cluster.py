@@ -40,7 +40,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -57,7 +56,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port, wait_listening  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    machine_info,
+    wait_listening,
+    write_result,
+)
 from benchmarks.signaling import (  # noqa: E402
     STORM_DURATION,
     STORM_RATE,
@@ -440,16 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchmarkError, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    load_after = os.getloadavg()
-    result["machine"] = {
-        "cores": cores,
-        "python": platform.python_version(),
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
-        "seconds": round(time.monotonic() - started_at, 1),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "noisy": load_before[0] > 0.5 * cores,
-    }
+    result["machine"] = machine_info(load_before, started_at)
+    load_after = result["machine"]["loadavg_after"]
     print()
     print(table(result))
     print()
@@ -469,9 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.quick:
         print("--quick: a smoke run, the numbers are not comparable")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, result)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import subprocess
 import time
@@ -16,7 +17,14 @@ from typing import Any
 
 from tests.support import free_port
 
-__all__ = ["cpu_seconds", "free_port", "last_json_line", "wait_listening"]
+__all__ = [
+    "cpu_seconds",
+    "free_port",
+    "last_json_line",
+    "machine_info",
+    "wait_listening",
+    "write_result",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -54,3 +62,26 @@ def last_json_line(path: Path) -> dict[str, Any] | None:
         except ValueError:
             continue
     return None
+
+
+def machine_info(load_before: tuple[float, float, float], started: float) -> dict[str, Any]:
+    """The machine a run measured on: cores, load before and after, how long it took
+    (``started``: time.monotonic()); ``noisy`` when it was busy before the run began (the
+    benchmarks themselves keep about two processes busy)."""
+    cores = os.cpu_count() or 1
+    return {
+        "cores": cores,
+        "python": platform.python_version(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "seconds": round(time.monotonic() - started, 1),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "noisy": load_before[0] > 0.5 * cores,
+    }
+
+
+def write_result(path: Path, result: dict[str, Any], *, announce: str = "wrote") -> None:
+    """``result`` as indented JSON at ``path`` (its folder made if need be), said on stdout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{announce} {path}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import re
@@ -55,6 +54,7 @@ from aiortc.codecs import vpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_result  # noqa: E402
 from benchmarks.media import test_card_frames  # noqa: E402
 from peer.media import synthetic  # noqa: E402
 from peer.media.encoders import VideoEncoder, Vp8Settings  # noqa: E402
@@ -398,9 +398,7 @@ def main() -> int:
         "rows": rows,
         "conclusion": conclusion,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, result)
     return 0
 
 

@@ -15,7 +15,6 @@ Targets (shared): at most 1.3x the one-receiver CPU with 4 receivers, 1.6x with 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -29,7 +28,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port, last_json_line, wait_listening  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    last_json_line,
+    wait_listening,
+    write_result,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODES = ("per-peer", "shared")
@@ -194,9 +199,7 @@ def main() -> int:
         "targets_met": met,
         "runs": runs,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, result)
     return 0 if met else 1
 
 

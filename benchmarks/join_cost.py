@@ -37,7 +37,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port, wait_listening  # noqa: E402
+from benchmarks.common import free_port, wait_listening, write_result  # noqa: E402
 from signaling.auth import TokenVerifier, mint_token  # noqa: E402
 from signaling.protocol import PeerId, RoomId  # noqa: E402
 
@@ -167,9 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_cpu_on_off": ratio,
         "verify_us": verify,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, result)
     return 0
 
 

@@ -37,7 +37,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -53,7 +52,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port, wait_listening  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    machine_info,
+    wait_listening,
+    write_result,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "signaling.json"
 #: Where ``--joins`` (the join storms alone) writes, leaving the full run's results alone.
@@ -942,15 +947,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchmarkError, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    load_after = os.getloadavg()
-    result["machine"] = {
-        "cores": cores,
-        "python": platform.python_version(),
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
-        "seconds": round(time.monotonic() - started, 1),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    result["machine"] = machine_info(load_before, started)
+    load_after = result["machine"]["loadavg_after"]
     if "summary" in result:
         print()
         print(table(result))
@@ -969,14 +967,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         for line in join_verdict_lines(result["joins"]):
             print(line)
-    # The benchmark itself keeps about two processes busy: judge the machine by its load
-    # before the first run.
-    noisy = load_before[0] > 0.5 * cores
+    noisy = result["machine"]["noisy"]
     print(
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after, on {cores} cores"
         + (": the machine was busy before the run, numbers are noisy" if noisy else "")
     )
-    result["machine"]["noisy"] = noisy
     if args.quick:
         print(
             "--quick: a smoke run (1 s runs, a 3 s stall, a coarse sustained-rate search, one"
@@ -986,9 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output: Path = args.output or (
         JOIN_RESULTS if args.joins else SUSTAIN_RESULTS if args.sustain else RESULTS
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_result(output, result)
     return 0
 
 

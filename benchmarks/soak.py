@@ -15,7 +15,6 @@ task and thread counts, the fps each receives and the first-frame times. After
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -32,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port, last_json_line, wait_listening  # noqa: E402
+from benchmarks.common import free_port, last_json_line, wait_listening, write_result  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BOTS = ("bot1", "bot2", "bot3")
@@ -213,11 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "recordings": len(recordings),
         "samples": {p.name: p.samples for p in procs},
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     png = args.output.with_suffix(".png")
     plot(procs, png, warmup)
-    print(f"wrote {args.output} and {png}")
+    print(f"wrote {png}")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if passed else 1
 
