@@ -10,7 +10,7 @@ from typing import Any
 
 from peer import events as ev
 from peer.agent import Agent
-from peer.media.sources import open_local_media
+from peer.media.sources import VideoSettings, open_local_media
 from peer.mesh import LinkState
 from tests.browser.pages import eventually
 from tests.support import seconds
@@ -84,10 +84,12 @@ async def running_bot(
     video: str = "synthetic",
     audio: str = "tone",
     join: bool = True,
+    settings: VideoSettings | None = None,
     **agent_options: Any,
 ) -> AsyncIterator[Bot]:
-    """A joined agent sending ``video``/``audio``; it leaves and stops its media on exit."""
-    media = open_local_media(video, audio, label=peer_id)
+    """A joined agent sending ``video``/``audio`` (``settings``: size and rate); it leaves
+    and stops its media on exit."""
+    media = open_local_media(video, audio, label=peer_id, settings=settings)
     agent = Agent(ws_url, room=room, peer_id=peer_id, media=media, **agent_options)
     bot = Bot(agent)
     agent.add_listener(bot._on_event)

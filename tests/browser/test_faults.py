@@ -13,41 +13,21 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page
 
-from peer.agent import Agent
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
-from tests.browser.bots import Bot
+from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage, page_opener
 from tests.browser.pages import eventually
-from tests.peer.helpers import FrameTimes, largest_gap, serve_at, small_media
+from tests.peer.helpers import SMALL, FrameTimes, largest_gap, serve_at
 from tests.peer.test_faults import REJOIN_TARGET
 from tests.peer.test_resilience import REPO, _serve, join_command
 from tests.support import RunningServer, free_port, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
-
-
-@asynccontextmanager
-async def small_bot(url: str, peer_id: str, room: str, **options: Any) -> AsyncIterator[Bot]:
-    """A joined in-process agent sending 160x120@15 and a tone; leaves on exit."""
-    media = small_media(peer_id)
-    agent = Agent(url, room=room, peer_id=peer_id, media=media, **options)
-    bot = Bot(agent)
-    agent.add_listener(bot._on_event)
-    try:
-        bot.join_sent_at = time.time()
-        await agent.join()
-        yield bot
-    finally:
-        await agent.leave()
-        media.stop()
 
 
 #: Installed in a page: epoch ms of every video frame the tile of ``peer`` presents
@@ -101,7 +81,9 @@ async def test_page_keeps_playing_and_rejoins_when_the_server_is_killed(browser:
     try:
         async with (
             page_opener(browser, f"http://127.0.0.1:{port}") as open_,
-            small_bot(f"ws://127.0.0.1:{port}/ws", "bot", "outage", consumers=[times]) as bot,
+            running_bot(
+                f"ws://127.0.0.1:{port}/ws", "bot", room="outage", settings=SMALL, consumers=[times]
+            ) as bot,
         ):
             web = await open_("web", room="outage", setup=watch_sockets)
             await web.wait_receiving("bot", "video")
@@ -210,7 +192,7 @@ async def test_reloaded_page_meshes_again_and_its_old_link_is_closed(
     """page.reload() mid-call: the old page leaves (its socket closes on pagehide), the new
     one joins under the same name and offers; the bot answers with a new connection, closes
     the old one (its taps too) and media flows both ways again, over one link each side."""
-    async with small_bot(signaling.ws_url, "bot", "reload") as bot:
+    async with running_bot(signaling.ws_url, "bot", room="reload", settings=SMALL) as bot:
         web = await open_page("web", room="reload")
         await web.wait_receiving("bot", "video")
         await bot.wait_receiving("web", "video")
