@@ -572,9 +572,11 @@ class RedisRegistry:
                 room_name, peer_name = item.split("\x1f", 1)
                 room, peer = RoomId(room_name), PeerId(peer_name)
                 record = await redis.hget(_keys(room)[0], peer)
-                if record is None or _record(_text(record))[0] != node:
+                if record is None:
                     continue
-                seq = _record(_text(record))[1]
+                owner, seq = _record(_text(record))
+                if owner != node:
+                    continue
                 left = encode(Envelope(Kind.LEFT, self.node, room, peer, seq=seq))
                 await self._run(_LEAVE, _keys(room), _leave_args(room, peer, seq, left))
             await redis.delete(f"mp:node:{node}:m")
