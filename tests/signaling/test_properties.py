@@ -17,9 +17,10 @@ peer-joined/peer-left). The invariants checked after every step:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -115,15 +116,15 @@ class Harness:
             self.clients.append(current)
         return current
 
-    def receive(self, client: Client, text: str) -> Forward | Reply | Ignore | JoinRequest:
+    async def receive(self, client: Client, text: str) -> Forward | Reply | Ignore | JoinRequest:
         self.now += 0.001
         decision = client.session.receive(text, self.now)
         if isinstance(decision, JoinRequest):
-            outcome = run(self.registry.join(decision.room, decision.join, client.outbox))
+            outcome = await self.join(decision.room, decision.join, client)
             if isinstance(outcome, Refused):
                 event(f"join refused: {outcome.code}")
                 client.session.closed()
-                self.close(client)
+                await self.close(client)
             else:
                 client.session.joined(decision.join.peer_id, decision.room)
                 client.requested = (decision.room, decision.join.peer_id)
@@ -131,20 +132,21 @@ class Harness:
                 if outcome.replaced is not None:
                     old = self.by_outbox(outcome.replaced.conn)
                     assert old.outbox.replaced
-                    self.close(old)  # the adapter closes it with 4410
+                    await self.close(old)  # the adapter closes it with 4410
             return decision
         if isinstance(decision, Forward):
             room, sender = client.session.room, client.session.peer_id
             assert room is not None and sender is not None
+            registry = self.registry_of(client)
             if decision.to is None:
-                self.registry.broadcast(room, sender, decision.data)
+                registry.broadcast(room, sender, decision.data)
             else:
-                self.registry.send(room, decision.to, decision.data)
+                registry.send(room, decision.to, decision.data)
         elif isinstance(decision, Reply) and decision.close is not None:
-            self.close(client)
+            await self.close(client)
         return decision
 
-    def close(self, client: Client) -> None:
+    async def close(self, client: Client) -> None:
         """The connection ended (any reason): what the adapter's finally block does."""
         if client.closed:
             return
@@ -152,7 +154,7 @@ class Harness:
         session = client.session
         session.closed()
         if session.peer_id is not None and session.room is not None:
-            run(self.registry.leave(session.room, session.peer_id, client.outbox))
+            await self.leave(RoomId(session.room), session.peer_id, client)
         if client.joined is not None:
             room, peer = client.joined
             self.order[room].remove(peer)
@@ -161,6 +163,20 @@ class Harness:
     def by_outbox(self, outbox: object) -> Client:
         (found,) = [c for c in self.clients if c.outbox is outbox]
         return found
+
+    # -- the registry's part (one registry here; one per node across nodes) --------
+    def registry_of(self, client: Client) -> Any:
+        return self.registry
+
+    async def join(self, room: RoomId, join: Any, client: Client) -> Any:
+        return run(self.registry.join(room, join, client.outbox))
+
+    async def leave(self, room: RoomId, peer: PeerId, client: Client) -> None:
+        run(self.registry.leave(room, peer, client.outbox))
+
+    async def settled(self, condition: Callable[[], bool]) -> None:
+        """Assert ``condition``: here at once; across nodes, once their messages arrived."""
+        assert condition()
 
     # -- the model's part -------------------------------------------------------
     def live(self) -> dict[tuple[str, str], Client]:
@@ -178,33 +194,44 @@ class Harness:
         self.pending[n] = targets
         self.sent[n] = (room, sender)
 
-    def check(self, joiner: Client | None) -> None:
+    async def check(self, joiner: Client | None) -> None:
         """Read every client's new frames and check all invariants."""
-        for client in self.clients:
+        self.read_frames(joiner)
+        self.check_state(self.members(), self.registry.counts())
+
+    def read_frames(self, joiner: Client | None, clients: list[Client] | None = None) -> None:
+        """Check each frame that arrived since the last read (what must hold at any time)."""
+        for client in self.clients if clients is None else clients:
             new = client.outbox.frames[client.outbox.read :]
             client.outbox.read = len(client.outbox.frames)
             if client.closed and client is not joiner:
                 assert not new, f"frames for a closed connection: {new}"
             for text in new:
                 self.check_frame(client, json.loads(text), joiner)
+
+    def members(self) -> dict[str, list[tuple[str, object]]]:
+        """The registry's rooms: members in join order, with their connections."""
+        rooms = {k[0] for k in self.live()} | set(self.order)
+        return {
+            room: [(m.peer_id, m.conn) for m in self.registry.table.members(RoomId(room))]
+            for room in rooms
+        }
+
+    def check_state(
+        self, members: dict[str, list[tuple[str, object]]], counts: tuple[int, int]
+    ) -> None:
+        """What must hold once every frame sent so far has arrived."""
         assert all(not targets for targets in self.pending.values()), self.pending
         live = self.live()
-        table = {
-            (room, m.peer_id): m.conn
-            for room in {k[0] for k in live} | set(self.order)
-            for m in self.registry.table.members(RoomId(room))
-        }
+        table = {(room, peer): conn for room, found in members.items() for peer, conn in found}
         assert {k: c.outbox for k, c in live.items()} == table
         for (room, peer), client in live.items():
-            members = {p for (r, p) in live if r == room}
-            assert set(client.view) == members - {peer}, (client.view, members, peer)
+            present = {p for (r, p) in live if r == room}
+            assert set(client.view) == present - {peer}, (client.view, present, peer)
             assert len(client.view) == len(set(client.view))
         for room, order in self.order.items():
-            assert order == [m.peer_id for m in self.registry.table.members(RoomId(room))]
-        assert self.registry.counts() == (
-            len({k[0] for k in live}),
-            len(live),
-        )
+            assert order == [peer for peer, _ in members.get(room, [])]
+        assert counts == (len({k[0] for k in live}), len(live))
 
     def check_frame(self, client: Client, frame: dict[str, Any], joiner: Client | None) -> None:
         kind = frame["type"]
@@ -282,7 +309,7 @@ actions = st.tuples(
 ).map(lambda parts: parts[0] + parts[1])
 
 
-def step(h: Harness, action: tuple[Any, ...]) -> None:
+async def step(h: Harness, action: tuple[Any, ...]) -> None:
     kind = action[0]
     if kind == "join":
         _, slot, peer, room, token_kind = action
@@ -300,14 +327,14 @@ def step(h: Harness, action: tuple[Any, ...]) -> None:
             fields["resumeToken"] = "wrong"
         probes = holder.outbox.probes if holder is not None else 0
         was_joined = client.joined is not None
-        decision = h.receive(client, json.dumps(fields))
+        decision = await h.receive(client, json.dumps(fields))
         if was_joined:
             assert isinstance(decision, Reply)
             assert decision.error.code == ErrorCode.ALREADY_JOINED
-        elif holder is not None and "resumeToken" not in fields:
+        await h.check(client)
+        if not was_joined and holder is not None and "resumeToken" not in fields:
             assert client.closed  # id-taken, and the holder gets a liveness probe
-            assert holder.outbox.probes == probes + 1
-        h.check(client)
+            await h.settled(lambda: holder.outbox.probes == probes + 1)
     elif kind == "send":
         _, slot, msg_type, to, from_kind = action
         client = h.client(slot)
@@ -327,42 +354,45 @@ def step(h: Harness, action: tuple[Any, ...]) -> None:
         routable = client.joined is not None and msg_type != "peer-left" and from_kind != "forged"
         if routable:
             h.expect_route(client, n, to)
-        decision = h.receive(client, text)
+        decision = await h.receive(client, text)
         assert isinstance(decision, Forward) == routable, (decision, fields)
-        h.check(None)
+        await h.check(None)
     elif kind == "garbage":
         _, slot, text = action
         client = h.client(slot)
-        decision = h.receive(client, text)
+        decision = await h.receive(client, text)
         assert isinstance(decision, Reply)
-        h.check(None)
+        await h.check(None)
     elif kind == "close":
         closing = h.slots.get(action[1])
         if closing is not None:
-            h.close(closing)
-        h.check(None)
+            await h.close(closing)
+        await h.check(None)
     elif kind == "fail-probes":
         # What the adapter does when a probed peer stays silent past probe_timeout.
         # One at a time, reading after each: a peer-left sent to a probed peer before its own
         # turn to close is a frame for a live connection, not one for a closed connection.
         for client in h.clients:
             if client.outbox.probes and not client.closed:
-                h.close(client)
-                h.check(None)
-        h.check(None)
+                await h.close(client)
+                await h.check(None)
+        await h.check(None)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions)
 def test_random_traffic_keeps_every_invariant(script: list[tuple[Any, ...]]) -> None:
-    h = Harness()
+    asyncio.run(play(Harness(), script))
+
+
+async def play(h: Harness, script: list[tuple[Any, ...]]) -> None:
+    """Run ``script``, then everyone leaves: every view empties exactly, the rooms too."""
     for action in script:
-        step(h, action)
-    # Everyone leaves: every view empties exactly, then the registry is empty.
+        await step(h, action)
     for client in list(h.clients):
-        h.close(client)
-        h.check(None)
-    assert h.registry.counts() == (0, 0)
+        await h.close(client)
+        await h.check(None)
+    assert not any(h.members().values())
 
 
 def test_the_harness_catches_a_missing_peer_left() -> None:
@@ -374,10 +404,10 @@ def test_the_harness_catches_a_missing_peer_left() -> None:
 
     h = Harness()
     h.registry = Forgetful(LIMITS.max_peers)
-    step(h, ("join", 0, "a", None, "none"))
-    step(h, ("join", 1, "b", None, "none"))
+    asyncio.run(step(h, ("join", 0, "a", None, "none")))
+    asyncio.run(step(h, ("join", 1, "b", None, "none")))
     try:
-        step(h, ("close", 1))
+        asyncio.run(step(h, ("close", 1)))
     except AssertionError:
         return
     raise AssertionError("a missing peer-left went unnoticed")
@@ -391,11 +421,11 @@ def test_the_harness_catches_a_misrouted_message() -> None:
 
     h = Harness()
     h.registry = Leaky(LIMITS.max_peers)
-    step(h, ("join", 0, "a", None, "none"))
-    step(h, ("join", 1, "b", None, "none"))
-    step(h, ("join", 2, "c", None, "none"))
+    asyncio.run(step(h, ("join", 0, "a", None, "none")))
+    asyncio.run(step(h, ("join", 1, "b", None, "none")))
+    asyncio.run(step(h, ("join", 2, "c", None, "none")))
     try:
-        step(h, ("send", 0, "chat", "b", "none"))
+        asyncio.run(step(h, ("send", 0, "chat", "b", "none")))
     except AssertionError:
         return
     raise AssertionError("a misrouted message went unnoticed")
