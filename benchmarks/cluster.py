@@ -5,15 +5,18 @@ each started fresh for every measurement, with its own ``redis-server`` on a fre
 
 1. ``memory``: 1 node, rooms in the process (no ``--redis-url``);
 2. ``redis x1``: 1 node with ``--redis-url``;
-3. ``redis x2``: 2 nodes with ``--redis-url``, the clients split across them.
+3. ``redis x2``: 2 nodes with ``--redis-url``, each sigload dialling its own node: rooms
+   per node, so no message crosses nodes (Redis's cost for joins, leaves and liveness);
+4. ``redis x2 lb``: the same 2 nodes behind a load balancer without sticky sessions: both
+   sigloads dial one port that the kernel hands out to the nodes in turn (an nftables
+   ``dnat ... numgen inc mod 2`` rule on loopback, made for the run and removed after), so
+   every room is split across the nodes and about half of the messages go node to node
+   through Redis pub/sub. Needs root (nftables); skipped with the reason otherwise.
 
-The load is the same in all three: two ``sigload`` processes at once, each with half the
-clients in a room of its own (``ws://.../ws?room=a`` and ``?room=b``). With one node both
-dial it; with two nodes each dials its own node. sigload cannot put two of its instances in
-one room: its client IDs are always ``p<room>-<i>`` (no prefix flag), so a second instance in
-the same room gets ``id-taken`` for every ID. So in ``redis x2`` no message crosses nodes:
-what it measures is Redis's cost for joins, leaves and liveness on each node, not the
-forwarding of messages between nodes.
+The load is the same in all: two ``sigload`` processes at once, each with half the clients
+in a room of its own (``ws://.../ws?room=a`` and ``?room=b``). sigload cannot put two of its
+instances in one room (its client IDs are always ``p<room>-<i>``, no prefix flag); the load
+balancer splits each instance's room instead.
 
 For each set-up:
 
@@ -40,6 +43,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -47,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -91,13 +96,60 @@ class Setup:
     name: str
     nodes: int
     redis: bool
+    balanced: bool = False  # clients dial a round-robin load balancer in front of the nodes
 
 
 SETUPS = (
     Setup("memory", 1, False),
     Setup("redis x1", 1, True),
     Setup("redis x2", 2, True),
+    Setup("redis x2 lb", 2, True, balanced=True),
 )
+#: nftables table of the load balancer (``redis x2 lb``).
+LB_TABLE = "meshpeer_bench_lb"
+
+
+def can_balance() -> str | None:
+    """Why the load-balanced set-up cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (an nftables rule)"
+    if shutil.which("nft") is None:
+        return "no nft (apt-get install nftables)"
+    return None
+
+
+@contextmanager
+def load_balancer(ports: Sequence[int]) -> Iterator[int]:
+    """A port on 127.0.0.1 whose new connections go to ``ports`` in turn (kernel NAT)."""
+    port = free_port()
+    targets = ", ".join(f"{i} : 127.0.0.1 . {p}" for i, p in enumerate(ports))
+    rule = (
+        f"add rule ip {LB_TABLE} out ip daddr 127.0.0.1 tcp dport {port} "
+        f"dnat ip to numgen inc mod {len(ports)} map {{ {targets} }}"
+    )
+    subprocess.run(["nft", "delete", "table", "ip", LB_TABLE], capture_output=True)
+    for command in (
+        f"add table ip {LB_TABLE}",
+        f"add chain ip {LB_TABLE} out {{ type nat hook output priority -100; }}",
+        rule,
+    ):
+        subprocess.run(["nft", command], check=True, capture_output=True)
+    try:
+        yield port
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", LB_TABLE], capture_output=True)
+
+
+def cluster_messages(port: int) -> dict[str, int]:
+    """A node's messages to and from other nodes (its /metrics)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    match = re.compile(r'^meshpeer_cluster_messages_total\{direction="([^"]+)"\} (\S+)$')
+    found = (match.match(line) for line in text.splitlines())
+    return {m[1]: int(float(m[2])) for m in found if m is not None}
 
 
 @dataclass
@@ -106,6 +158,8 @@ class Processes:
 
     nodes: list[tuple[str, subprocess.Popen[bytes], int]]
     redis: subprocess.Popen[bytes] | None
+    #: The port clients dial instead of the nodes' own (a load balancer), if any.
+    balancer: int | None = None
 
     def cpu(self) -> dict[str, float]:
         out = {f"node {name}": cpu_seconds(proc.pid) for name, proc, _ in self.nodes}
@@ -157,7 +211,10 @@ def started(setup: Setup, settings: Settings) -> Iterator[Processes]:
             nodes.append((name, proc, port))
         for _, proc, port in nodes:
             wait_listening(proc, port)
-        yield Processes(nodes, redis)
+        balancer = None
+        if setup.balanced:
+            balancer = stack.enter_context(load_balancer([port for _, _, port in nodes]))
+        yield Processes(nodes, redis, balancer)
 
 
 def sigloads(procs: Processes, per_room: int, rate: float, duration: float) -> list[list[str]]:
@@ -165,7 +222,7 @@ def sigloads(procs: Processes, per_room: int, rate: float, duration: float) -> l
     commands = []
     for i, room in enumerate(ROOMS):
         _, _, port = procs.nodes[i % len(procs.nodes)]
-        command = sigload_command(port, per_room, rate, duration)
+        command = sigload_command(procs.balancer or port, per_room, rate, duration)
         url = command.index("-url") + 1
         command[url] += f"?room={room}"
         commands.append(command)
@@ -197,9 +254,11 @@ def measure(setup: Setup, offered_per_s: float, duration: float, settings: Setti
         cpu_after, wall = procs.cpu(), time.monotonic() - wall_before
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         leaves: dict[str, int] = {}
+        crossed = 0
         for _, _, port in procs.nodes:
             for reason, n in (leaves_by_reason(port) or {}).items():
                 leaves[reason] = leaves.get(reason, 0) + n
+            crossed += cluster_messages(port).get("in", 0)
     cpu = {key: cpu_after[key] - cpu_before[key] for key in cpu_before}
     node_cpu = sum(v for k, v in cpu.items() if k.startswith("node"))
 
@@ -232,6 +291,8 @@ def measure(setup: Setup, offered_per_s: float, duration: float, settings: Setti
             "send_seconds": max(float(out["send_seconds"]) for out in outs),
             "cpu_seconds": cpu,
             "wall_seconds": wall,
+            # Node messages received from other nodes (each a message or a membership change).
+            "cross_node_in": crossed,
             "sigloads": outs,
         },
     )
@@ -263,16 +324,18 @@ def cpu_per_message(step: Step) -> dict[str, float]:
     return out
 
 
-def sustained_rates(settings: Settings, common_rate: float) -> dict[str, Any]:
+def sustained_rates(
+    settings: Settings, common_rate: float, setups: Sequence[Setup]
+) -> dict[str, Any]:
     """signaling.py's search for every set-up, the set-ups taking turns step by step."""
     print(
         f"sustained rate: {settings.clients} clients (2 rooms of {settings.clients // 2}),"
         f" {settings.sustain_duration:g} s steps, nothing lost and p99 <= {SUSTAIN_P99_MS:g} ms",
         flush=True,
     )
-    searches = {setup.name: Search(setup.name) for setup in SETUPS}
+    searches = {setup.name: Search(setup.name) for setup in setups}
     for turn in itertools.count():
-        order = SETUPS if turn % 2 == 0 else tuple(reversed(SETUPS))
+        order = setups if turn % 2 == 0 else tuple(reversed(setups))
         pending = [(setup, searches[setup.name].next_rate(settings)) for setup in order]
         if all(rate is None for _, rate in pending):
             break
@@ -286,6 +349,11 @@ def sustained_rates(settings: Settings, common_rate: float) -> dict[str, Any]:
         row = _sustain_row(search)
         row["cpu_us_per_message"] = cpu_per_message(search.good) if search.good else None
         row["sigload_cpu_percent"] = search.good.run.sigload_cpu_percent if search.good else None
+        row["cross_node_share"] = (
+            search.good.run.raw["cross_node_in"] / max(search.good.run.received, 1)
+            if search.good
+            else None
+        )
         # The cost per message falls as the rate rises (more frames per write and per loop
         # pass): the set-ups compared at one rate too, the first held step at common_rate.
         common = [step for step in search.steps if step.held and step.offered_per_s == common_rate]
@@ -314,12 +382,12 @@ def measure_joins(setup: Setup, clients: int, settings: Settings) -> dict[str, A
     }
 
 
-def join_storms(settings: Settings) -> dict[str, Any]:
+def join_storms(settings: Settings, setups: Sequence[Setup]) -> dict[str, Any]:
     clients = settings.join_sizes[0]
     print(f"joins: 2 sigloads at once, {clients // 2} clients each, one after another", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {setup.name: [] for setup in SETUPS}
+    runs: dict[str, list[dict[str, Any]]] = {setup.name: [] for setup in setups}
     for i in range(settings.join_repeats):
-        for setup in SETUPS if i % 2 == 0 else tuple(reversed(SETUPS)):
+        for setup in setups if i % 2 == 0 else tuple(reversed(setups)):
             run = measure_joins(setup, clients, settings)
             runs[setup.name].append(run)
             print(
@@ -338,16 +406,16 @@ def join_storms(settings: Settings) -> dict[str, Any]:
     return {"summary": summary, "runs": runs}
 
 
-def table(result: dict[str, Any]) -> str:
+def table(result: dict[str, Any], setups: Sequence[Setup]) -> str:
     clients = result["settings"]["join_sizes"][0]
     common = 2 * result["settings"]["sustain_start"]
     header = (
         "| set-up | sustained msg/s | p99 ms there "
         f"| CPU µs/msg node a (at {common / 1000:g}k/s) | node b | redis-server "
-        f"| total | join {clients} clients, s (min-max) |"
+        f"| total | crossed | join {clients} clients, s (min-max) |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
-    for setup in SETUPS:
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for setup in setups:
         row = result["sustain"]["summary"][setup.name]
         joins = result["joins"]["summary"][setup.name]
         cpu = row["cpu_us_per_message"] or {}
@@ -362,9 +430,12 @@ def table(result: dict[str, Any]) -> str:
         label = f"{setup.nodes} node{'s' if setup.nodes > 1 else ''}, " + (
             "Redis" if setup.redis else "in memory"
         )
+        label += ", load balancer" if setup.balanced else ""
+        share = row.get("cross_node_share")
+        crossed = "-" if share is None else f"{100 * share:.0f}%"
         lines.append(
             f"| {label} | {row['sustained_per_s']:,.0f} | {p99} | {cell('node a')} "
-            f"| {cell('node b')} | {cell('redis')} | {cell('total')} "
+            f"| {cell('node b')} | {cell('redis')} | {cell('total')} | {crossed} "
             f"| {joins['join_seconds']:.3f} ({joins['join_seconds_min']:.3f}-"
             f"{joins['join_seconds_max']:.3f}) |"
         )
@@ -434,27 +505,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         sustain_precision=0.5 if args.quick else args.sustain_precision,
         sustain_retries=0 if args.quick else args.sustain_retries,
     )
+    setups = SETUPS
+    why_not = can_balance()
+    if why_not is not None:
+        setups = tuple(setup for setup in SETUPS if not setup.balanced)
+        print(f"skipping the load-balanced set-up: {why_not}", flush=True)
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()
     print(f"load average {load_before[0]:.2f} on {cores} cores", flush=True)
     started_at = time.monotonic()
     try:
         result: dict[str, Any] = {"settings": asdict(settings), "rooms": list(ROOMS)}
-        result["sustain"] = sustained_rates(settings, 2 * settings.sustain_start)
-        result["joins"] = join_storms(settings)
+        result["sustain"] = sustained_rates(settings, 2 * settings.sustain_start, setups)
+        result["joins"] = join_storms(settings, setups)
     except (BenchmarkError, RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     result["machine"] = machine_info(load_before, started_at)
     load_after = result["machine"]["loadavg_after"]
     print()
-    print(table(result))
+    print(table(result, setups))
     print()
     print(
         "CPU µs/msg: each process's CPU over the highest held step (in brackets: over the"
         f" step at {2 * settings.sustain_start:,.0f} msg/s, the same for every set-up) /"
-        " messages delivered in it (all nodes); the two sigloads use separate rooms, so no"
-        " message crosses nodes"
+        " messages delivered in it (all nodes). Crossed: of the messages delivered at the"
+        " highest held step, those that went node to node (only behind the load balancer)"
     )
     print(
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after, on {cores} cores"

@@ -3,7 +3,8 @@
 Pure: no Redis, no sockets (``signaling.redis_registry`` carries it). Node messages are one
 line of fields split by ``\\x1f``: peer IDs, room names and node IDs never contain control
 characters (``protocol.check_name``), and the signaling frame a message carries comes last,
-taken whole.
+taken whole. Under load a node packs the messages it sends one node in a row into one
+publish (``pack``): fewer commands for Redis, fewer deliveries to parse.
 
 A member is known by its join's sequence number (``seq``, one counter for all rooms in
 Redis): a resumed peer is a new member with a new ``seq``, so a late ``left`` for its old
@@ -25,7 +26,9 @@ __all__ = [
     "decode",
     "encode",
     "node_channel",
+    "pack",
     "room_channel",
+    "unpack",
 ]
 
 SEP = "\x1f"
@@ -74,6 +77,31 @@ def encode(envelope: Envelope) -> str:
             e.data,
         )
     )
+
+
+def pack(encoded: list[str]) -> str:
+    """Several encoded envelopes as one node message (one publish, one delivery): each
+    prefixed by its length and ``:``. A single one goes as it is."""
+    if len(encoded) == 1:
+        return encoded[0]
+    return "".join(f"{len(text)}:{text}" for text in encoded)
+
+
+def unpack(text: str) -> list[Envelope]:
+    """The envelopes of a node message, packed or single; ValueError if it is neither."""
+    if not text[:1].isdigit():
+        return [decode(text)]
+    out, at = [], 0
+    while at < len(text):
+        colon = text.find(":", at)
+        if colon < 0 or not text[at:colon].isdigit():
+            raise ValueError(f"not a packed node message: {text[at : at + 80]!r}")
+        end = colon + 1 + int(text[at:colon])
+        if end > len(text):
+            raise ValueError("a packed node message cut short")
+        out.append(decode(text[colon + 1 : end]))
+        at = end
+    return out
 
 
 def decode(text: str) -> Envelope:

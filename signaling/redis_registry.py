@@ -31,7 +31,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from signaling.cluster import Envelope, Kind, RoomView, decode, encode, node_channel, room_channel
+from signaling.cluster import (
+    Envelope,
+    Kind,
+    RoomView,
+    encode,
+    node_channel,
+    pack,
+    room_channel,
+    unpack,
+)
 from signaling.ice import IceServer
 from signaling.metrics import ClusterStats
 from signaling.protocol import (
@@ -81,7 +90,6 @@ if rec then
   if ARGV[4] == '' then return {'taken', node} end
   if token ~= ARGV[4] then return {'bad-token'} end
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('SREM', 'mp:node:' .. node .. ':m', ARGV[8] .. '\\31' .. ARGV[1])
   local gone = {'l', ARGV[7], ARGV[8], ARGV[1], '', seq, 'r', ''}
   redis.call('PUBLISH', ARGV[6], table.concat(gone, '\\31'))
   replaced = rec
@@ -92,7 +100,6 @@ local seq = redis.call('INCR', KEYS[3])
 redis.call('PERSIST', KEYS[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. seq .. '|' .. ARGV[3])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('SADD', 'mp:node:' .. ARGV[2] .. ':m', ARGV[8] .. '\\31' .. ARGV[1])
 local came = {'j', ARGV[7], ARGV[8], ARGV[1], ARGV[2], seq, '', ''}
 redis.call('PUBLISH', ARGV[6], table.concat(came, '\\31'))
 local out = {'ok', tostring(seq), replaced}
@@ -108,9 +115,8 @@ return out
 _LEAVE = """
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
 if not rec then return -1 end
-local node, seq = string.match(rec, '^([^|]*)|([^|]*)|')
+local seq = string.match(rec, '^[^|]*|([^|]*)|')
 if seq ~= ARGV[2] then return -1 end
-redis.call('SREM', 'mp:node:' .. node .. ':m', ARGV[6] .. '\\31' .. ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -132,7 +138,6 @@ if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[3]) then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('SADD', 'mp:node:' .. ARGV[2] .. ':m', ARGV[6] .. '\\31' .. ARGV[1])
 local came = {'j', ARGV[2], ARGV[6], ARGV[1], ARGV[2], ARGV[3], '', ''}
 redis.call('PUBLISH', ARGV[5], table.concat(came, '\\31'))
 return 'restored'
@@ -165,9 +170,30 @@ class _Op:
     channel: str = ""
     text: str = ""
     script: str = ""
+    command: tuple[str, ...] = ()  # a plain command (the node index)
     keys: list[str] = field(default_factory=list)
     args: list[str | int] = field(default_factory=list)
     result: asyncio.Future[Any] | None = None
+
+
+def _packed(batch: list[_Op]) -> list[_Op]:
+    """``batch`` with each run of publishes to one channel packed into one publish: the
+    order of everything stays as it was queued."""
+    out: list[_Op] = []
+    run: list[str] = []
+    for op in batch:
+        if run and (op.script or op.command or op.channel != out[-1].channel):
+            out[-1].text = pack(run)
+            run = []
+        if op.script or op.command:
+            out.append(op)
+        else:
+            if not run:
+                out.append(_Op(channel=op.channel))
+            run.append(op.text)
+    if run:
+        out[-1].text = pack(run)
+    return out
 
 
 class RedisRegistry:
@@ -276,9 +302,12 @@ class RedisRegistry:
             peer, self.node, token, join.resume_token or "", self.max_peers,
             room_channel(room), self.node, room,
         ]  # fmt: skip
+        # Indexed first, so a node that dies mid-join leaves nothing a sweep cannot find.
+        self._index("SADD", room, peer, token)
         result = await self._run(_JOIN, keys, args)
         status = result[0]
         if status != "ok":
+            self._index("SREM", room, peer, token)
             return self._refusal(room, peer, status, result)
         seq, replaced = int(result[1]), result[2]
         order = [PeerId(p) for p in result[3::2]]
@@ -306,6 +335,7 @@ class RedisRegistry:
         self._drop_interest(room)
         try:
             await self._run(_LEAVE, _keys(room), args)
+            self._index("SREM", room, peer, entry.token)
         except (RedisError, OSError) as exc:  # kept, and sent once Redis answers again
             log.warning("leave of %r from room %r waits for Redis (%r)", peer, room, exc)
             if len(self._unsent_leaves) >= QUEUE_LIMIT:  # bounded: a restarted Redis is empty
@@ -470,13 +500,14 @@ class RedisRegistry:
                     waiter.set_result(None)
             elif message["type"] == "message":
                 try:
-                    envelope = decode(message["data"])
+                    envelopes = unpack(message["data"])
                 except ValueError as exc:
                     log.warning("ignoring a node message: %s", exc)
                     continue
-                if envelope.origin != self.node:
-                    self.received += 1
-                self._dispatch(envelope)
+                for envelope in envelopes:
+                    if envelope.origin != self.node:
+                        self.received += 1
+                    self._dispatch(envelope)
 
     # -- nodes that die -------------------------------------------------------------------
     async def _beat(self) -> None:
@@ -541,6 +572,7 @@ class RedisRegistry:
                 args: list[str | int] = [
                     peer, self.node, entry.seq, entry.token, room_channel(room), room,
                 ]  # fmt: skip
+                self._index("SADD", room, peer, entry.token)
                 outcome = await self._run(_RESTORE, _keys(room), args)
                 if outcome == "superseded":
                     self._ended(view, peer, entry.seq)
@@ -569,7 +601,7 @@ class RedisRegistry:
                 continue  # another survivor is on it
             members = [_text(m) for m in await redis.smembers(f"mp:node:{node}:m")]
             for item in members:
-                room_name, peer_name = item.split("\x1f", 1)
+                room_name, peer_name, _ = item.split("\x1f", 2)
                 room, peer = RoomId(room_name), PeerId(peer_name)
                 record = await redis.hget(_keys(room)[0], peer)
                 if record is None:
@@ -584,6 +616,17 @@ class RedisRegistry:
             log.warning("node %s stopped answering: its %d member(s) left", node, len(members))
 
     # -- the one way out -------------------------------------------------------------------
+    def _index(self, verb: str, room: RoomId, peer: PeerId, token: str) -> None:
+        """Add to or remove from this node's index of its memberships (for sweeping it if it
+        dies). Outside the scripts: a script touches only its room's keys, one hash slot,
+        as Redis Cluster requires. Each membership's entry carries its token, so removing
+        one never removes another of the same peer."""
+        op = _Op(command=(verb, f"mp:node:{self.node}:m", f"{room}\x1f{peer}\x1f{token}"))
+        try:
+            self._queue.put_nowait(op)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
     def _publish(self, channel: str, text: str) -> None:
         try:
             self._queue.put_nowait(_Op(channel=channel, text=text))
@@ -608,10 +651,13 @@ class RedisRegistry:
             batch = [await self._queue.get()]
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            batch = _packed(batch)
             pipe = self._redis.pipeline(transaction=False)
             for op in batch:
                 if op.script:  # EVAL: works on a restarted Redis too (no NOSCRIPT)
                     pipe.eval(op.script, len(op.keys), *op.keys, *op.args)
+                elif op.command:
+                    pipe.execute_command(*op.command)
                 else:
                     pipe.publish(op.channel, op.text)
             try:

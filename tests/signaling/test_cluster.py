@@ -10,6 +10,7 @@ with members in the room. The whole signaling suite also runs on two nodes (conf
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -19,9 +20,18 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signaling.cluster import Envelope, Kind, RoomView, decode, encode, room_channel
+from signaling.cluster import Envelope, Kind, RoomView, decode, encode, pack, room_channel, unpack
 from signaling.protocol import PeerId, RoomId
-from signaling.redis_registry import RECONNECT_DELAY, RedisRegistry
+from signaling.redis_registry import (
+    _JOIN,
+    _LEAVE,
+    _RESTORE,
+    RECONNECT_DELAY,
+    RedisRegistry,
+    _keys,
+    _Op,
+    _packed,
+)
 from tests.redis_server import RedisServer, running_redis
 from tests.signaling.clients import Clients, Peer, clients
 from tests.signaling.conftest import cluster
@@ -46,7 +56,58 @@ def test_node_messages_round_trip(
     assert decode(encode(envelope)) == envelope
 
 
+envelopes = st.builds(
+    Envelope,
+    st.sampled_from(Kind),
+    names,
+    names.map(RoomId),
+    names.map(PeerId),
+    names,
+    st.integers(0, 2**53),
+    st.booleans(),
+    st.text(max_size=60),
+)
+
+
+@given(st.lists(envelopes, min_size=1, max_size=6))
+def test_packed_node_messages_round_trip_in_order(batch: list[Envelope]) -> None:
+    assert unpack(pack([encode(e) for e in batch])) == batch
+
+
+def test_a_writer_batch_packs_only_runs_to_one_channel() -> None:
+    """Consecutive publishes to one channel become one; a script or another channel ends
+    the run, so nothing changes order."""
+    ops = [
+        _Op(channel="x", text=encode(Envelope(Kind.MESSAGE, "n", RoomId("r"), PeerId(str(i)))))
+        for i in range(5)
+    ]
+    script = _Op(script="return 1")
+    other = _Op(channel="y", text=ops[0].text)
+    packed = _packed([ops[0], ops[1], script, ops[2], other, ops[3], ops[4]])
+    assert [op.script or op.channel for op in packed] == ["x", "return 1", "x", "y", "x"]
+    assert [[e.peer for e in unpack(op.text)] for op in packed if not op.script] == [
+        ["0", "1"], ["2"], ["0"], ["3", "4"],
+    ]  # fmt: skip
+
+
+def test_scripts_touch_only_their_rooms_keys() -> None:
+    """Redis Cluster runs a script on the shard that holds its keys: each key a script
+    reads or writes is one it declares, and a room's keys share one hash tag (one slot).
+    (A one-shard cluster would not catch a stray key: Redis 7 lets a script reach any key
+    of a slot the shard holds.)"""
+    for script in (_JOIN, _LEAVE, _RESTORE):
+        calls = re.findall(r"redis\.call\('(\w+)', ([^,)]+)", script)
+        assert calls
+        for command, first in calls:
+            if command != "PUBLISH":  # a channel, not a key
+                assert first.startswith("KEYS["), (command, first)
+    assert all("{a room}" in key for key in _keys(RoomId("a room")))
+
+
 def test_garbage_is_not_a_node_message() -> None:
+    for bad in ("5:abc", "3:", "x:l\x1f", "12"):
+        with pytest.raises(ValueError):
+            unpack(bad)
     with pytest.raises(ValueError):
         decode("hello")
     with pytest.raises(ValueError):
