@@ -85,6 +85,7 @@ from benchmarks.signaling import (  # noqa: E402
     shortfalls,
     sigload_command,
 )
+from tests.net.balancer import balancer_unavailable, load_balancer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "cluster.json"
 #: The rooms of the two sigloads (``?room=``): sigload's IDs would clash in one room.
@@ -105,39 +106,6 @@ SETUPS = (
     Setup("redis x2", 2, True),
     Setup("redis x2 lb", 2, True, balanced=True),
 )
-#: nftables table of the load balancer (``redis x2 lb``).
-LB_TABLE = "meshpeer_bench_lb"
-
-
-def can_balance() -> str | None:
-    """Why the load-balanced set-up cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (an nftables rule)"
-    if shutil.which("nft") is None:
-        return "no nft (apt-get install nftables)"
-    return None
-
-
-@contextmanager
-def load_balancer(ports: Sequence[int]) -> Iterator[int]:
-    """A port on 127.0.0.1 whose new connections go to ``ports`` in turn (kernel NAT)."""
-    port = free_port()
-    targets = ", ".join(f"{i} : 127.0.0.1 . {p}" for i, p in enumerate(ports))
-    rule = (
-        f"add rule ip {LB_TABLE} out ip daddr 127.0.0.1 tcp dport {port} "
-        f"dnat ip to numgen inc mod {len(ports)} map {{ {targets} }}"
-    )
-    subprocess.run(["nft", "delete", "table", "ip", LB_TABLE], capture_output=True)
-    for command in (
-        f"add table ip {LB_TABLE}",
-        f"add chain ip {LB_TABLE} out {{ type nat hook output priority -100; }}",
-        rule,
-    ):
-        subprocess.run(["nft", command], check=True, capture_output=True)
-    try:
-        yield port
-    finally:
-        subprocess.run(["nft", "delete", "table", "ip", LB_TABLE], capture_output=True)
 
 
 def cluster_messages(port: int) -> dict[str, int]:
@@ -506,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sustain_retries=0 if args.quick else args.sustain_retries,
     )
     setups = SETUPS
-    why_not = can_balance()
+    why_not = balancer_unavailable()
     if why_not is not None:
         setups = tuple(setup for setup in SETUPS if not setup.balanced)
         print(f"skipping the load-balanced set-up: {why_not}", flush=True)

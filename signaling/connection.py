@@ -167,6 +167,10 @@ class Connection:
         self.room: RoomId | None = None
         self.address = address  # the client's, as the per-address caps count it
         self.reason: LeaveReason | None = None  # set when the server ends the connection
+        #: Its membership was taken over by a resume (here or on another node).
+        self.replaced = False
+        #: Someone asked for its ID after it closed (while its node hands members over).
+        self.probed_after_close = False
         #: Frames, ready to write: a fan-out's frame is encoded once for the whole room.
         self._queue: deque[bytes] = deque()
         self._send_queue = limits.send_queue
@@ -251,7 +255,10 @@ class Connection:
             waiter.set_result(None)  # the writer task waits for the transport to drain
 
     def probe(self) -> None:
-        if self._probe is not None or self._close_code is not None:
+        if self._close_code is not None:
+            self.probed_after_close = True  # a node handing over: its membership goes now
+            return
+        if self._probe is not None:
             return
         self._ping_task = self._loop.create_task(self._ping())
         self._probe = self._loop.call_later(
@@ -259,6 +266,7 @@ class Connection:
         )
 
     def replace(self) -> None:
+        self.replaced = True
         self.end(CloseCode.REPLACED, LeaveReason.REPLACED)
 
     # -- lifecycle --------------------------------------------------------------

@@ -45,6 +45,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 #: Frames above max_frame_bytes get an error and the connection lives on; frames above this
 #: multiple of it are refused by the transport (close 1009) so memory stays bounded.
 HARD_LIMIT_FACTOR = 4
+#: Sharing rooms with other nodes, a node shutting down holds its members this long for
+#: them to resume on another node (the agent and the page rejoin within a second).
+HANDOVER = 3.0
 
 #: Allocations between young-generation collections while serving (Python's default: 700).
 #: Relaying makes a few short-lived containers per message, nearly all freed by reference
@@ -103,6 +106,8 @@ class SignalingServer:
         self.flusher = Flusher()
         self.started = time.monotonic()
         self.shutting_down = False
+        #: Connections closed by a shutdown whose memberships wait for them to resume elsewhere.
+        self._handing_over: set[Connection] = set()
         secret = self.config.auth_secret
         self.verifier = TokenVerifier(secret) if secret is not None else None
         self.origins = OriginPolicy.of(self.config.allowed_origins)
@@ -366,7 +371,7 @@ class SignalingServer:
     async def _leave(self, conn: Connection, reason: LeaveReason) -> None:
         """End ``conn``'s membership once (its handler and shutdown may both ask)."""
         peer, room = conn.peer_id, conn.room
-        if peer is None or room is None:
+        if peer is None or room is None or conn in self._handing_over:
             return
         conn.peer_id = None
         await self.registry.leave(room, peer, conn)
@@ -374,11 +379,39 @@ class SignalingServer:
         log.info("%r left room %r (%s)", peer, room, reason)
 
     async def shutdown(self, app: web.Application | None = None) -> None:
-        """Close every client with 1001, telling the others ``peer-left`` as each one goes."""
+        """Close every client with 1001. Alone, tell the others ``peer-left`` as each one
+        goes. Sharing rooms with other nodes, hand the members over instead: their
+        memberships hold while they rejoin (through the load balancer, on another node)
+        with their resume token, so the others see a resume and keep their media; those
+        that do not come back within HANDOVER seconds leave then."""
         self.shutting_down = True
         conns = list(self.connections)
+        hand_over = self.registry.cluster_stats() is not None
         for conn in conns:
-            await self._leave(conn, LeaveReason.SHUTDOWN)
+            if hand_over:
+                self._handing_over.add(conn)
+            else:
+                await self._leave(conn, LeaveReason.SHUTDOWN)
             conn.end(CloseCode.GOING_AWAY, LeaveReason.SHUTDOWN)
         if conns:
             await asyncio.wait([c.writer for c in conns], timeout=self.limits.probe_timeout)
+        if hand_over:
+            await self._hand_over(conns)
+
+    async def _hand_over(self, conns: list[Connection]) -> None:
+        members = [c for c in conns if c.peer_id is not None]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDOVER
+        while members and loop.time() < deadline:
+            for conn in [c for c in members if c.replaced or c.probed_after_close]:
+                members.remove(conn)
+                self._handing_over.discard(conn)
+                # Resumed elsewhere: nothing to end. Its ID wanted without a token (a client
+                # that cannot resume): it leaves now, so that join succeeds on a retry.
+                await self._leave(conn, LeaveReason.SHUTDOWN)
+            await asyncio.sleep(0.05)
+        self._handing_over.clear()
+        if members:
+            log.info("%d member(s) did not resume on another node: they leave", len(members))
+        for conn in members:
+            await self._leave(conn, LeaveReason.SHUTDOWN)

@@ -121,10 +121,12 @@ class Clients:
         self.url = self.urls[0]
         self._turn = 0
 
-    async def connect(self, name: str = "", **kwargs: Any) -> Peer:
+    async def connect(self, name: str = "", url: str | None = None, **kwargs: Any) -> Peer:
+        """A new connection, to ``url`` or else to the next of the servers in turn."""
         params = kwargs.pop("params", None)
-        url = self.urls[self._turn % len(self.urls)]
-        self._turn += 1
+        if url is None:
+            url = self.urls[self._turn % len(self.urls)]
+            self._turn += 1
         ws = await self.http.ws_connect(url, params=params, **kwargs)
         return Peer(ws, name)
 
