@@ -27,6 +27,11 @@ What it does with the room (the decisions are :mod:`peer.mesh`, table-tested):
   its half and answers the new offer.
 - A lost signaling connection is retried with backoff and the room joined again with the
   server's resume token; media connections that still work are kept.
+- A new offer on a working connection (a track added or removed) is applied to it in place;
+  what aiortc cannot renegotiate (an ICE restart, glare needing a rollback) is replaced by
+  a new connection offered at once (:mod:`peer.renegotiation`).
+- Every connection carries the ``meshpeer`` data channel (:meth:`Agent.send_data`,
+  :class:`peer.events.DataReceived`; queues and framing in :mod:`peer.datachannel`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from aiortc import MediaStreamTrack
 
 from peer import events as ev
 from peer import mesh
+from peer.datachannel import DataChannel, DataLimits
 from peer.errors import MeshpeerError
 from peer.events import Event, EventHub, Kind
 from peer.ice import IceServer, parse_ice_server
@@ -116,6 +122,8 @@ class Agent:
     the shared VP8 encoder's speed and denoiser.
     ``always_send`` negotiates sending audio and video even without local tracks, so
     :meth:`send_track` can send each peer something of its own later (an echo bot).
+    ``data_limits`` (:class:`peer.datachannel.DataLimits`) bounds the data channels'
+    queues (:meth:`send_data`, :meth:`open_channel`).
     Use it as an async context manager, or call :meth:`join` and :meth:`leave`.
 
     Read-only state for tests and dashboards: ``peer_id``; ``members`` (who the server
@@ -148,6 +156,7 @@ class Agent:
         token: str | None = None,
         encoding: Encoding = Encoding.SHARED,
         vp8: Vp8Settings | None = None,
+        data_limits: DataLimits | None = None,
     ) -> None:
         token_peer, token_room = read_claims(token) if token else (None, None)
         peer_id = peer_id or token_peer
@@ -202,6 +211,7 @@ class Agent:
             recorder=recorder,
             mosaic=mosaic,
             always_send=always_send,
+            data_limits=data_limits,
         )
         self._stats_task: asyncio.Task[None] | None = None
         self._leave_task: asyncio.Task[None] | None = None
@@ -330,6 +340,35 @@ class Agent:
             self._sent[track] = publisher
         return link.send_track(kind, publisher.track())
 
+    async def add_track(self, peer: PeerId, track: MediaStreamTrack) -> bool:
+        """Send ``track`` to ``peer`` as one more track (a second video, a screen): the live
+        connection is renegotiated in place, and the peer gets it as a new track while the
+        others keep flowing. False without a live connection (or while an offer of ours is
+        out on it). Encoded once for every peer it goes to, as with :meth:`send_track`.
+        """
+        if peer not in self.links:
+            return False
+        publisher = self._sent.get(track)
+        if publisher is None:
+            publisher = Publisher(track, self.encoding, vp8=self.vp8, on_idle=self._sent_idle)
+            self._sent[track] = publisher
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        async def work() -> None:
+            added = False
+            copy = publisher.track()
+            try:
+                added = await self._mesh.add_track(peer, copy)
+            finally:
+                if not added:
+                    copy.stop()
+                if not done.done():
+                    done.set_result(added)
+
+        if not self._schedule(peer, work, "add-track"):
+            return False
+        return await done
+
     def _sent_idle(self, publisher: Publisher) -> None:
         if self._sent.get(publisher.source) is publisher:
             del self._sent[publisher.source]
@@ -367,6 +406,46 @@ class Agent:
     ) -> bool:
         """Send an application message (e.g. ``chat``) to one peer or the whole room."""
         return await self._signaling.send(Custom(type_, self.peer_id, to, "", dict(data)))
+
+    def send_data(self, data: str | bytes, to: PeerId | str | None = None) -> int:
+        """Send ``data`` to peer ``to``, or to everyone, on the ``meshpeer`` data channel.
+
+        Never waits: every peer has its own bounded queue (docs/PROTOCOL.md 16.3), so a slow
+        one holds up nobody. Returns how many peers it was queued for; a peer whose queue is
+        full is left out and reported (:class:`peer.events.DataDropped`), as is a message
+        that finds no open channel within ``data_limits.wait`` seconds (10). ``to`` not in
+        the room: 0. The peer gets it whole, ``str`` as ``str`` and ``bytes`` as ``bytes``,
+        in a :class:`peer.events.DataReceived`; up to 16 MiB (larger raises MeshpeerError).
+        """
+        peers = self.members | set(self.links)
+        if to is not None:
+            peers &= {PeerId(to)}
+        return self._mesh.data.send(data, () if self._left.is_set() else sorted(peers))
+
+    def open_channel(
+        self,
+        peer: PeerId | str,
+        label: str,
+        *,
+        ordered: bool = True,
+        max_retransmits: int | None = None,
+    ) -> DataChannel:
+        """An extra data channel to ``peer`` on the current connection, e.g. unreliable
+        telemetry (``ordered=False, max_retransmits=0``); the peer gets its messages as
+        :class:`peer.events.DataReceived` with ``channel=label``.
+
+        ``send`` on it queues (bounded, never waits) raw messages: no framing, at most
+        16 KiB each (larger raises MeshpeerError). It closes with the connection; a
+        replaced connection does not carry it over (open it again when the new connection's
+        ``meshpeer`` channel opens: :class:`peer.events.ChannelOpened`).
+        Raises MeshpeerError when there is no connection to ``peer``.
+        """
+        link = self.links.get(PeerId(peer))
+        if link is None or self._left.is_set():
+            raise MeshpeerError(f"no connection to {peer!r} to open channel {label!r} on")
+        return self._mesh.data.open_channel(
+            link, label, ordered=ordered, max_retransmits=max_retransmits
+        )
 
     async def drop_signaling(self) -> None:
         """Drop the signaling socket as a network failure would (tests, demos)."""
@@ -465,6 +544,8 @@ class Agent:
         action = mesh.on_peer_left(link.state if link is not None else None)
         if link is None and self.mosaic is not None:
             self.mosaic.remove_peer(peer)  # its connection was already closed, not forgotten
+        if link is None:
+            self._mesh.data.forget(peer)  # what waited for a connection to it is dropped
         if action is Action.CLOSE:
             self._mesh.schedule_close(peer)
         elif action is Action.CLOSE_AFTER_GRACE:

@@ -95,6 +95,12 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         "--stats-json", type=Path, metavar="FILE", help="append stats as JSON lines to FILE"
     )
     out.add_argument("--quiet", action="store_true", help="no status lines")
+    out.add_argument(
+        "--chat",
+        action="store_true",
+        help="send each line of stdin to everyone on the data channel and print what peers "
+        "send as 'peer: text' (stdin may be a pipe: the agent stays after its end)",
+    )
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from peer.mesh import LinkState
 from signaling.protocol import PeerId
 
 if TYPE_CHECKING:
+    from peer.datachannel import DataChannel
     from peer.stats import PeerStats
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,15 @@ class RemoteTrack:
     """A track a remote peer sends. The agent already reads it (its TrackTap keeps aiortc's
     receive queue drained); call :meth:`subscribe` for a copy of your own, e.g. to send it
     back (echo) or to analyse it. Copies skip frames when you read slower than they come.
+    ``id`` is the sender's track ID (from its SDP): :class:`TrackEnded` names it.
     """
 
-    def __init__(self, peer: PeerId, kind: Kind, subscribe: Callable[[], Any]) -> None:
+    def __init__(
+        self, peer: PeerId, kind: Kind, subscribe: Callable[[], Any], id: str = ""
+    ) -> None:
         self.peer = peer
         self.kind = kind
+        self.id = id
         self._subscribe = subscribe
 
     def subscribe(self) -> Any:
@@ -92,6 +97,17 @@ class TrackReceived:
 
 
 @dataclass(frozen=True)
+class TrackEnded:
+    """``peer`` stopped sending the track ``track_id`` (:attr:`RemoteTrack.id`) on a live
+    connection (a renegotiation made it inactive); copies of it end. A track sent again
+    arrives as a new :class:`TrackReceived`."""
+
+    peer: PeerId
+    kind: Kind
+    track_id: str
+
+
+@dataclass(frozen=True)
 class FirstFrame:
     """The first decoded frame of ``kind`` from ``peer``; ``seconds`` since our join began."""
 
@@ -115,6 +131,39 @@ class RoomMessage:
 
 
 @dataclass(frozen=True)
+class DataReceived:
+    """A message from ``peer`` on the data channel labelled ``channel``: ``str`` if it was
+    sent as text, ``bytes`` otherwise; whole (the ``meshpeer`` channel joins its pieces)."""
+
+    peer: PeerId
+    data: str | bytes
+    channel: str = "meshpeer"
+
+
+@dataclass(frozen=True)
+class DataDropped:
+    """A data channel message was lost: one we sent to ``peer`` (``incoming`` False: its
+    queue was full, nothing opened in time, the connection or the peer went) or one it sent
+    us (cut off, over the size limit, malformed). ``size``: its bytes, as far as known."""
+
+    peer: PeerId
+    reason: str
+    size: int
+    channel: str = "meshpeer"
+    incoming: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelOpened:
+    """A data channel to ``peer`` opened: the ``meshpeer`` one of each new connection, one we
+    opened, or one the peer opened (``channel.send`` answers on it)."""
+
+    peer: PeerId
+    label: str
+    channel: DataChannel
+
+
+@dataclass(frozen=True)
 class Failed:
     """The agent gave up (e.g. a rejoin refused for good); it leaves the room."""
 
@@ -129,9 +178,13 @@ Event: TypeAlias = (
     | ConnectionStateChanged
     | IceServerProblem
     | TrackReceived
+    | TrackEnded
     | FirstFrame
     | StatsReport
     | RoomMessage
+    | DataReceived
+    | DataDropped
+    | ChannelOpened
     | Failed
 )
 

@@ -18,6 +18,7 @@ from typing import Any
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCDataChannel,
     RTCIceCandidate,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -25,11 +26,13 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 
 from peer.candidates import CandidateError, parse_remote_candidate
+from peer.datachannel import MESHPEER
 from peer.events import Kind
 from peer.media.fanout import EncodedTrack
 from peer.media.tap import FrameConsumer, TrackTap
 from peer.mesh import LinkState, Role
 from peer.nack import NackRepeater
+from peer.renegotiation import reoffer, track_ids
 from peer.stats import Counters, PeerStats, counters_from_report, rates
 from signaling.ice import IceServer
 from signaling.protocol import IceCandidate, PeerId
@@ -65,6 +68,8 @@ class PeerLink:
         on_track: Callable[[PeerLink, Kind, MediaRelay, MediaStreamTrack], None],
         always_send: bool = False,
         ice_servers: Sequence[IceServer] = (),
+        on_track_ended: Callable[[PeerLink, Kind, MediaStreamTrack], None] | None = None,
+        on_channel: Callable[[PeerLink, RTCDataChannel], None] | None = None,
     ) -> None:
         self.remote = remote
         self.role = role
@@ -76,7 +81,14 @@ class PeerLink:
         self.pc = RTCPeerConnection(configuration=config)
         self.taps: list[TrackTap] = []
         self._repeaters: list[NackRepeater] = []
+        #: The first live remote track of each kind (the one the consumers get).
         self.relays: dict[Kind, tuple[MediaRelay, MediaStreamTrack]] = {}
+        #: Every remote track being read, and its tap (further tracks of a kind included).
+        self._received: dict[MediaStreamTrack, TrackTap] = {}
+        #: The sender's ID of each remote track (from the description that brought it).
+        self._track_ids: dict[MediaStreamTrack, str] = {}
+        self._applying = ""  # the remote description being applied: its tracks' IDs
+        self._on_track_ended = on_track_ended
         self._consumers = list(consumers)
         self._pending: list[IceCandidate | None] = []
         self._resolving: set[asyncio.Task[None]] = set()
@@ -104,6 +116,12 @@ class PeerLink:
                     )
         self.pc.on("connectionstatechange", self._connection_state_changed)
         self.pc.on("track", self._track)
+        if on_channel is not None:
+            # PROTOCOL.md 16.1: the first offer carries the meshpeer channel (no extra round
+            # trip); the answerer gets it, and any channel the remote opens, as "datachannel".
+            self.pc.on("datachannel", lambda channel: on_channel(self, channel))
+            if role is Role.OFFERER:
+                on_channel(self, self.pc.createDataChannel(MESHPEER))
 
     @property
     def has_remote_description(self) -> bool:
@@ -113,16 +131,33 @@ class PeerLink:
     def kinds_received(self) -> set[Kind]:
         return set(self.relays)
 
+    @property
+    def remote_sdp(self) -> str | None:
+        """The remote description applied last (None before the first)."""
+        description = self.pc.remoteDescription
+        return str(description.sdp) if description is not None else None
+
+    @property
+    def offer_out(self) -> bool:
+        """Our offer awaits its answer (a new connection's, or a renegotiation's)."""
+        return bool(self.pc.signalingState == "have-local-offer")
+
     # -- negotiation -------------------------------------------------------------
 
     async def make_offer(self) -> str:
         """Our offer, with every local candidate in it (aiortc gathers before returning)."""
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = await self.pc.createOffer()
+        if self.pc.remoteDescription is not None:  # a renegotiation: keep what was agreed
+            local = self.pc.localDescription
+            sdp = reoffer(offer.sdp, local.sdp if local else None, self.remote_sdp)
+            offer = RTCSessionDescription(sdp=sdp, type="offer")
+        await self.pc.setLocalDescription(offer)
         self._mark("local-description")
         return str(self.pc.localDescription.sdp)
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply the remote offer and return our answer."""
+        self._applying = sdp
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._mark("remote-description")
         self._attach_to_offer()
@@ -131,6 +166,26 @@ class PeerLink:
         self._mark("local-description")
         self._set_state(self._from_pc(LinkState.CONNECTING))
         return str(self.pc.localDescription.sdp)
+
+    async def renegotiate(self, sdp: str) -> str:
+        """Apply a new offer from the same remote connection in place; return our answer.
+
+        Media on the tracks both keep flows on. A new m-line brings a new remote track (the
+        ``track`` event); one the remote no longer sends ends (:meth:`_end_stopped_tracks`).
+        Our own tracks stay on their m-lines: none is added to the new ones.
+        """
+        self._applying = sdp
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self._end_stopped_tracks()
+        return str(self.pc.localDescription.sdp)
+
+    async def add_track(self, track: MediaStreamTrack) -> str:
+        """Send ``track`` too (a free slot of its kind, else a new m-line) and return the
+        offer that renegotiates this connection in place."""
+        self._add_track(track)
+        self._sent_tracks.append(track)
+        return await self.make_offer()
 
     def _attach_to_offer(self) -> None:
         """Send our tracks on the offer's m-lines of their kind; never add m-lines.
@@ -174,10 +229,12 @@ class PeerLink:
         return False
 
     async def accept_answer(self, sdp: str) -> None:
+        self._applying = sdp
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._mark("remote-description")
         await self._flush_candidates()
         self._set_state(self._from_pc(LinkState.CONNECTING))
+        await self._end_stopped_tracks()  # after a renegotiation of ours
 
     async def add_candidate(self, candidate: IceCandidate | None) -> None:
         """Apply a trickled candidate now, or keep it until the remote description is set."""
@@ -239,19 +296,59 @@ class PeerLink:
 
     def _track(self, track: MediaStreamTrack) -> None:
         kind: Kind = "video" if track.kind == "video" else "audio"
-        if kind in self.relays:
-            log.warning("second %s track from %s ignored", kind, self.remote)
-            return
         relay = MediaRelay()
-        self.relays[kind] = (relay, track)
-        tap = TrackTap(self.remote, relay.subscribe(track, buffered=False), self._consumers)
+        # The consumers (recorder, mosaic) keep one track per peer and kind: the first. A
+        # further one (a second camera, a shared screen) is only drained, and announced.
+        first = kind not in self.relays
+        if first:
+            self.relays[kind] = (relay, track)
+        else:
+            log.info("another %s track from %s: not given to the consumers", kind, self.remote)
+        proxy = relay.subscribe(track, buffered=False)
+        tap = TrackTap(self.remote, proxy, self._consumers if first else ())
         tap.start()
         self.taps.append(tap)
-        if kind == "video":
-            for transceiver in self.pc.getTransceivers():
-                if transceiver.receiver.track is track:
+        self._received[track] = tap
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                mid = transceiver.mid or ""
+                self._track_ids[track] = track_ids(self._applying).get(mid, track.id)
+                if kind == "video":
                     self._repeaters.append(NackRepeater(transceiver.receiver))
         self._on_track(self, kind, relay, track)
+
+    def track_id(self, track: MediaStreamTrack) -> str:
+        """``track``'s ID as its sender named it (the remote browser's track.id)."""
+        return self._track_ids.get(track, track.id)
+
+    async def _end_stopped_tracks(self) -> None:
+        """End the remote tracks whose m-line no longer receives (the remote removed them).
+
+        aiortc only stops feeding such a track, so its readers would wait forever: the
+        receiver is stopped (its track ends, and every copy with it) and our side of the
+        m-line stops receiving for good, so a later offer cannot revive a stopped receiver.
+        """
+        for transceiver in self.pc.getTransceivers():
+            track = transceiver.receiver.track
+            tap = self._received.get(track) if track is not None else None
+            if tap is None or transceiver.currentDirection in ("sendrecv", "recvonly"):
+                continue
+            kind = tap.kind
+            log.info("%s stopped sending %s track %s", self.remote, kind, self.track_id(track))
+            del self._received[track]
+            self.taps.remove(tap)
+            if self.relays.get(kind, (None, None))[1] is track:
+                del self.relays[kind]  # the next track of this kind goes to the consumers
+            sending = transceiver.direction in ("sendrecv", "sendonly")
+            transceiver.direction = "sendonly" if sending else "inactive"
+            for repeater in [r for r in self._repeaters if r.receiver is transceiver.receiver]:
+                repeater.stop()
+                self._repeaters.remove(repeater)
+            await transceiver.receiver.stop()
+            await tap.stop()
+            if self._on_track_ended is not None:
+                self._on_track_ended(self, kind, track)
+            self._track_ids.pop(track, None)
 
     def subscribe(self, kind: Kind) -> MediaStreamTrack | None:
         """A new unbuffered copy of the remote ``kind`` track, or None if none was received."""

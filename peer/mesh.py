@@ -16,6 +16,10 @@ The rules (docs/PROTOCOL.md "Negotiation"):
 - A failed connection (or one the other side closed while both are in the room) is
   re-offered by the side that offered it; the other side closes its half and waits for the
   new offer.
+- An offer from the connection we hold (same DTLS certificate, same ICE credentials: a
+  track added or removed) is applied to it in place; one from a new connection replaces
+  ours. What aiortc cannot apply in place (an ICE restart, or glare that needs a rollback)
+  is replaced by offering a new connection, which the other side takes over its own offer.
 - A lost signaling connection is retried with capped exponential backoff and the room is
   joined again; working media connections are kept across it.
 """
@@ -64,6 +68,16 @@ class Action(StrEnum):
     AWAIT_REOFFER = "await-reoffer"  # close our half; the offering side offers again
     RETRY = "retry"  # try the join again after a backoff
     FAIL = "fail"  # give up with a clear error
+    RENEGOTIATE = "renegotiate"  # apply the offer to the connection we hold (no new one)
+
+
+class Origin(StrEnum):
+    """Where a description comes from, compared with the connection we hold
+    (:func:`peer.renegotiation.origin` reads it from the SDP)."""
+
+    NEW_CONNECTION = "new-connection"  # we hold none, or another DTLS certificate: a new pc
+    ICE_RESTART = "ice-restart"  # the same pc with new ICE credentials
+    SAME_CONNECTION = "same-connection"  # the same pc and ICE session: a renegotiation
 
 
 def is_polite(me: PeerId, other: PeerId) -> bool:
@@ -119,16 +133,53 @@ def on_offer_awaited(state: LinkState | None) -> Action:
     return Action.KEEP
 
 
-def on_offer(me: PeerId, sender: PeerId, state: LinkState | None) -> Action:
-    """An offer replaces whatever we had, except in glare where only the polite side yields."""
-    if state is LinkState.OFFERING and not is_polite(me, sender):
-        return Action.IGNORE
-    return Action.ANSWER
+def on_offer(
+    me: PeerId,
+    sender: PeerId,
+    state: LinkState | None,
+    origin: Origin = Origin.NEW_CONNECTION,
+    *,
+    offer_out: bool = False,
+) -> Action:
+    """Answer, renegotiate in place, replace by offering, or ignore (glare).
+
+    ``offer_out``: our own offer on the connection we hold awaits its answer (a
+    renegotiation of ours). An offer from a new connection replaces ours, whatever ours was
+    negotiating (the other side dropped it), except in glare between two new connections,
+    where only the polite side yields. An offer from the same connection is applied in
+    place while it is live. aiortc has no rollback and no ICE restart: in glare on the same
+    connection the polite side, which should roll back, offers a new connection instead;
+    an ICE restart, or a re-offer of a dead connection, is replaced the same way.
+    """
+    polite = is_polite(me, sender)
+    if origin is Origin.NEW_CONNECTION:
+        if state is LinkState.OFFERING and not polite:
+            return Action.IGNORE
+        return Action.ANSWER
+    if offer_out:
+        return Action.OFFER if polite else Action.IGNORE
+    if origin is Origin.SAME_CONNECTION and state in LIVE:
+        return Action.RENEGOTIATE
+    return Action.OFFER
 
 
-def on_answer(state: LinkState | None) -> Action:
-    """Only an outstanding offer takes an answer; anything else is stale."""
-    return Action.APPLY if state is LinkState.OFFERING else Action.IGNORE
+def on_answer(
+    state: LinkState | None,
+    *,
+    offer_out: bool = False,
+    origin: Origin = Origin.SAME_CONNECTION,
+) -> Action:
+    """An outstanding offer takes an answer; anything else is stale.
+
+    An answer to our renegotiation of a live connection must come from that connection:
+    one from a new connection (or with new ICE credentials) cannot be applied to it by
+    aiortc, so the connection is replaced by offering a new one.
+    """
+    if state is LinkState.OFFERING:
+        return Action.APPLY
+    if offer_out and state in LIVE:
+        return Action.APPLY if origin is Origin.SAME_CONNECTION else Action.OFFER
+    return Action.IGNORE
 
 
 def on_candidate(state: LinkState | None, has_remote_description: bool) -> Action:

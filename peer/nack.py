@@ -46,6 +46,10 @@ class NackRepeater:
         receiver._send_rtcp_nack = self._first_nack  # type: ignore[method-assign]
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    @property
+    def receiver(self) -> RTCRtpReceiver:
+        return self._receiver
+
     def stop(self) -> None:
         self._task.cancel()
 

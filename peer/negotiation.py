@@ -17,7 +17,8 @@ from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaRelay
 
 from peer import events as ev
-from peer import mesh
+from peer import mesh, renegotiation
+from peer.datachannel import DataLimits, DataPlane
 from peer.events import Event, Kind, RemoteTrack
 from peer.ice import IceServer, arrange, rtc_configuration
 from peer.ice_probe import Check, IceProbe, Verdict
@@ -55,6 +56,7 @@ class Negotiator:
         recorder: Recorder | None = None,
         mosaic: Mosaic | None = None,
         always_send: bool = False,
+        data_limits: DataLimits | None = None,
     ) -> None:
         self.me = me
         self.members = members  # the agent's live set: who is in the room now
@@ -76,6 +78,8 @@ class Negotiator:
         self._failures: dict[PeerId, int] = {}
         #: Connections use only servers that answered a check (never wait on a dead one).
         self._probe = IceProbe(self._ice_verdict)
+        #: The data channels: a meshpeer channel per peer, kept across its connections.
+        self.data = DataPlane(emit, data_limits)
 
     # -- ICE servers -------------------------------------------------------------------
     def check_own_servers(self) -> None:
@@ -147,6 +151,8 @@ class Negotiator:
             on_track=self._link_track,
             always_send=self._always_send,
             ice_servers=servers,
+            on_track_ended=self._link_track_ended,
+            on_channel=self.data.added,
         )
         self.links[peer] = link
         return link
@@ -163,13 +169,37 @@ class Negotiator:
 
     async def answer(self, peer: PeerId, sdp: str) -> None:
         link = self.links.get(peer)
-        action = mesh.on_offer(self.me, peer, link.state if link is not None else None)
+        origin = renegotiation.origin(link.remote_sdp if link is not None else None, sdp)
+        action = mesh.on_offer(
+            self.me,
+            peer,
+            link.state if link is not None else None,
+            origin,
+            offer_out=link is not None and link.offer_out,
+        )
         if action is Action.IGNORE:
             log.info("glare with %s: we are not polite, ignoring its offer", peer)
+            return
+        if action is Action.RENEGOTIATE and link is not None:
+            if await self._renegotiate(peer, link, sdp):
+                return
+            action = Action.OFFER
+        if action is Action.OFFER:
+            # aiortc has no ICE restart and no rollback: a new connection it is, offered at
+            # once (no backoff); the other side takes it over its own offer (new certificate).
+            log.warning(
+                "%s renegotiated its connection (%s) in a way aiortc cannot apply in place: "
+                "replacing the connection",
+                peer,
+                origin,
+            )
+            await self.offer(peer)
             return
         if link is not None:
             if link.state is LinkState.OFFERING:
                 log.info("glare with %s: we are polite, dropping our offer", peer)
+            elif link.state in mesh.LIVE:
+                log.info("%s started a new connection: replacing ours", peer)
             await self.close_link(peer, forget=False)
         link = self._new_link(peer, Role.ANSWERER)
         try:
@@ -181,9 +211,42 @@ class Negotiator:
         self._expect(peer, link)
         await self._send(Answer("answer", self.me, peer, sdp=answer))
 
+    async def _renegotiate(self, peer: PeerId, link: PeerLink, sdp: str) -> bool:
+        """Apply ``peer``'s new offer to the connection we hold; False if aiortc refused it."""
+        try:
+            answer = await link.renegotiate(sdp)
+        except Exception as exc:
+            log.warning("cannot renegotiate with %s in place: %r", peer, exc)
+            return False
+        log.info("renegotiated the connection to %s in place", peer)
+        self._expect(peer, link)
+        await self._send(Answer("answer", self.me, peer, sdp=answer))
+        return True
+
+    async def add_track(self, peer: PeerId, track: MediaStreamTrack) -> bool:
+        """Send ``track`` to ``peer`` as one more track: renegotiates the live connection in
+        place. False when there is none (or one of our offers is out on it)."""
+        link = self.links.get(peer)
+        if link is None or link.state not in mesh.LIVE or link.offer_out:
+            return False
+        sdp = await link.add_track(track)
+        if self.links.get(peer) is not link:  # pragma: no cover - serial work: not replaced
+            return False
+        await self._send(Offer("offer", self.me, peer, sdp=sdp))
+        return True
+
     async def apply_answer(self, peer: PeerId, sdp: str) -> None:
         link = self.links.get(peer)
-        if mesh.on_answer(link.state if link is not None else None) is not Action.APPLY:
+        action = mesh.on_answer(
+            link.state if link is not None else None,
+            offer_out=link is not None and link.offer_out,
+            origin=renegotiation.origin(link.remote_sdp if link is not None else None, sdp),
+        )
+        if action is Action.OFFER:
+            log.warning("%s answered our renegotiation from another connection: replacing", peer)
+            await self.offer(peer)
+            return
+        if action is not Action.APPLY:
             log.debug("stale answer from %s ignored", peer)
             return
         if link is None:  # pragma: no cover - on_answer applies only to an existing link
@@ -214,6 +277,7 @@ class Negotiator:
         if link is None or (only is not None and link is not only):
             return
         del self.links[peer]
+        self.data.link_closed(link)  # its queued data waits for the next connection
         await link.close()
         if self._recorder is not None:
             try:
@@ -226,10 +290,13 @@ class Negotiator:
         if forget:
             self._timers.forget(peer)
             self._failures.pop(peer, None)
+            if peer not in self.members:
+                self.data.forget(peer)
 
     async def close_all(self) -> None:
         for peer in list(self.links):
             await self.close_link(peer)
+        self.data.close()
 
     def _expect(self, peer: PeerId, link: PeerLink) -> None:
         if self._recorder is not None and link.kinds_received:
@@ -239,8 +306,14 @@ class Negotiator:
     def _link_track(
         self, link: PeerLink, kind: Kind, relay: MediaRelay, track: MediaStreamTrack
     ) -> None:
-        remote = RemoteTrack(link.remote, kind, lambda: relay.subscribe(track, buffered=False))
+        remote = RemoteTrack(
+            link.remote, kind, lambda: relay.subscribe(track, buffered=False), link.track_id(track)
+        )
         self._emit(ev.TrackReceived(link.remote, kind, remote))
+
+    def _link_track_ended(self, link: PeerLink, kind: Kind, track: MediaStreamTrack) -> None:
+        if self.links.get(link.remote) is link:
+            self._emit(ev.TrackEnded(link.remote, kind, link.track_id(track)))
 
     def _link_state(self, link: PeerLink) -> None:
         peer = link.remote

@@ -2,7 +2,8 @@
 
 Prints a compact status line every few seconds (``--stats-interval``), appends stats as
 JSON lines (``--stats-json``), records (``--record``), shows (``--display``) and
-snapshots (``--snapshot``) the room. Ctrl-C, SIGTERM, ``--duration`` and closing the
+snapshots (``--snapshot``) the room, and chats (``--chat``: stdin lines to everyone on the
+data channel, what peers send printed). Ctrl-C, SIGTERM, ``--duration`` and closing the
 window all leave the same way: the room is left, recordings finalised, the snapshot written.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,6 +24,7 @@ from typing import IO, Any
 
 from peer import events as ev
 from peer.agent import Agent, random_peer_id, run_until
+from peer.datachannel import MESHPEER
 from peer.errors import MeshpeerError
 from peer.ice import IceServerError
 from peer.media.fanout import Encoding
@@ -92,6 +95,9 @@ def progress(peer_id: str) -> Callable[[ev.Event], None]:
                 say(f"[{peer_id}] ICE server {url}: {reason}; connections go without it")
             case ev.FirstFrame(peer=peer, kind=kind, seconds=seconds):
                 say(f"[{peer_id}] first {kind} frame from {peer} after {seconds:.3f} s")
+            case ev.DataDropped(peer=peer, reason=reason, size=size, incoming=incoming):
+                way = "from" if incoming else "to"
+                say(f"[{peer_id}] a message {way} {peer} was dropped ({size} bytes): {reason}")
             case ev.Failed(reason=reason):
                 say(f"[{peer_id}] giving up: {reason}")
             case _:
@@ -152,6 +158,8 @@ async def join_room(args: argparse.Namespace) -> int:
         )
         if not args.quiet:
             agent.add_listener(progress(peer_id))
+        if args.chat:
+            agent.add_listener(print_chat)
         writer = StatsWriter(agent, json_file, args.quiet)
         agent.add_listener(writer)
         writer.joined_unix = time.time()
@@ -174,9 +182,66 @@ async def join_room(args: argparse.Namespace) -> int:
             exits.callback(watcher.cancel)
         for sig in (signal.SIGINT, signal.SIGTERM):  # first out: a 2nd Ctrl-C while leaving
             exits.callback(loop.remove_signal_handler, sig)  # interrupts (KeyboardInterrupt)
+        if args.chat:
+            chat = loop.create_task(chat_from_stdin(agent))
+            exits.callback(chat.cancel)
         await run_until(agent, stop, args.duration)
         return 1 if agent.left.is_set() and not stop.is_set() else 0  # 1: the agent gave up
     raise AssertionError("unreachable")  # pragma: no cover - the stack returns or raises
+
+
+def print_chat(event: ev.Event) -> None:
+    """``--chat``: what peers send on the meshpeer channel, one ``peer: text`` line each."""
+    if isinstance(event, ev.DataReceived) and event.channel == MESHPEER:
+        data = event.data
+        say(f"{event.peer}: {data if isinstance(data, str) else f'<{len(data)} bytes>'}")
+
+
+#: ``--chat``: lines of stdin waiting to be sent, and the longest line (longer ones are cut).
+_CHAT_BACKLOG = 64
+_CHAT_LINE = 1024 * 1024
+
+
+async def chat_from_stdin(agent: Agent) -> None:
+    """``--chat``: send each line of stdin to everyone; returns at the end of input (the
+    agent stays until --duration or Ctrl-C). Empty lines are skipped.
+
+    A daemon thread reads: that works on a tty, a pipe and a file alike (the event loop
+    polls none of them, and regular files not at all), and ``os.read`` holds no lock that
+    could block the interpreter's exit while it waits for a line that never comes.
+    """
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # no stdin (or pytest's stand-in)
+        log.warning("--chat: no standard input to read lines from")
+        return
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue(_CHAT_BACKLOG)
+
+    def put(line: str | None) -> None:  # blocks the thread while the queue is full
+        asyncio.run_coroutine_threadsafe(lines.put(line), loop).result()
+
+    def read() -> None:
+        pending = b""
+        try:
+            while chunk := os.read(fd, 65536):
+                *complete, pending = (pending + chunk).split(b"\n")
+                if len(pending) > _CHAT_LINE:
+                    complete.append(pending)
+                    pending = b""
+                for line in complete:
+                    put(line.decode(errors="replace"))
+            put(pending.decode(errors="replace"))
+            put(None)
+        except (OSError, RuntimeError) as exc:  # stdin gone, or the loop closed: done
+            log.debug("--chat: stopped reading stdin: %r", exc)
+
+    threading.Thread(target=read, name="chat-stdin", daemon=True).start()
+    while (line := await lines.get()) is not None:
+        line = line.rstrip("\r")
+        if line and agent.send_data(line) == 0:
+            log.warning("--chat: nobody in the room to send %r to", line[:40])
+    log.info("--chat: end of input; staying in the room")
 
 
 async def _close_recorder(recorder: Any, peer_id: str) -> None:

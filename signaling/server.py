@@ -413,5 +413,5 @@ class SignalingServer:
         self._handing_over.clear()
         if members:
             log.info("%d member(s) did not resume on another node: they leave", len(members))
-        for conn in members:
-            await self._leave(conn, LeaveReason.SHUTDOWN)
+        # At once, not one round trip to Redis after another.
+        await asyncio.gather(*(self._leave(conn, LeaveReason.SHUTDOWN) for conn in members))

@@ -1,10 +1,12 @@
 // The room page: wires the camera, the signaling connection, one PeerLink per remote peer
 // and the view together. Loaded as an ES module; no build step, no third-party code.
 
+import { ChatPanel, sha256Hex } from "./chat.js";
+import { MAX_MESSAGE, messageSize } from "./chunks.js";
 import { openLocalMedia } from "./media.js";
 import { closeText, serverErrorText } from "./messages.js";
 import { configUrl, inviteUrl, pageUrl, readParams, signalingUrl } from "./params.js";
-import { PeerLink, usableIceServers } from "./peer.js";
+import { CHANNEL_LABEL, PeerLink, usableIceServers } from "./peer.js";
 import { SignalingClient } from "./signaling.js";
 import { View } from "./ui.js";
 
@@ -32,6 +34,10 @@ const PEER_LEFT_GRACE_MS = 500;
 const HUNG_UP_WAIT_MS = 2000;
 /** Close code of a server going away (shutting down or restarting). */
 const GOING_AWAY = 1001;
+/** Messages received that `meshpeer.messages()` keeps (for the console and tests). */
+const MAX_INBOX = 100;
+/** Text kept as it is in that record; longer text is kept as its length and hash only. */
+const MAX_INBOX_TEXT = 64 * 1024;
 
 /**
  * The ICE servers /config.json names, [] when none. None by default: on a LAN or offline,
@@ -69,6 +75,9 @@ class RoomPage {
     this.left = false;
     this.leaving = new AbortController(); // stops asking for the camera once we left
     this.refusal = null; // plain-words reason the server refused us
+    this.chat = new ChatPanel(document, (text) => this.#chatSend(text));
+    this.inbox = []; // the last MAX_INBOX messages received, described
+    this.dropped = 0; // messages we could not send
   }
 
   async start() {
@@ -289,6 +298,8 @@ class RoomPage {
     this.view.setPeerState(peerId, link.state);
     link.addEventListener("state", (e) => this.#linkState(peerId, link, e.detail.state));
     link.addEventListener("stream", (e) => this.view.setPeerStream(peerId, e.detail.stream));
+    link.addEventListener("message", (e) => this.#received(peerId, e.detail));
+    link.addEventListener("dropped", (e) => this.#notDelivered(peerId, e.detail));
     return link;
   }
 
@@ -346,6 +357,58 @@ class RoomPage {
     this.view.removeAllPeers();
   }
 
+  // -- data channel and chat -----------------------------------------------------------
+  /**
+   * Send `data` (text or bytes) on the `meshpeer` channel to `to`, or to everyone we have a
+   * connection with, and show it in the chat. Answers {peerId: whether it all went out}.
+   */
+  async sendData(data, to = null) {
+    const size = messageSize(data); // throws for what is neither text nor bytes
+    if (size > MAX_MESSAGE) {
+      throw new RangeError(`a message of ${size} bytes is over the ${MAX_MESSAGE}-byte limit`);
+    }
+    const targets = [...this.links].filter(([peerId]) => to === null || peerId === to);
+    if (!targets.length) {
+      const nobody = to === null ? "Nobody else is here yet" : `${to} is not here`;
+      this.chat.notice(`${nobody}: not sent.`);
+      return {};
+    }
+    this.chat.add(to === null ? "you" : `you → ${to}`, data, { own: true });
+    const sent = await Promise.all(targets.map(([, link]) => link.sendData(data)));
+    return Object.fromEntries(targets.map(([peerId], i) => [peerId, sent[i]]));
+  }
+
+  #chatSend(text) {
+    const anyone = this.links.size > 0;
+    this.sendData(text).catch((error) => this.chat.notice(`Not sent: ${error.message}.`));
+    return anyone;
+  }
+
+  #received(peerId, { data, label }) {
+    this.chat.add(peerId, data, { label: label === CHANNEL_LABEL ? null : label });
+    const text = typeof data === "string" ? data : null;
+    const bytes = text === null ? new Uint8Array(data) : new TextEncoder().encode(text);
+    const entry = {
+      from: peerId,
+      channel: label,
+      text: text !== null && text.length <= MAX_INBOX_TEXT ? text : null,
+      binary: text === null,
+      bytes: bytes.length,
+      sha256: null, // filled in a moment
+    };
+    this.inbox.push(entry);
+    if (this.inbox.length > MAX_INBOX) this.inbox.shift();
+    sha256Hex(bytes).then((hex) => {
+      entry.sha256 = hex;
+    });
+  }
+
+  #notDelivered(peerId, { count, reason }) {
+    this.dropped += count;
+    const what = count === 1 ? "1 message" : `${count} messages`;
+    this.chat.notice(`Not delivered to ${peerId}: ${what} (${reason}).`);
+  }
+
   // -- controls --------------------------------------------------------------------
   #setupControls() {
     const doc = document;
@@ -394,6 +457,7 @@ class RoomPage {
     for (const id of ["leave", "toggle-camera", "toggle-mic"]) {
       document.getElementById(id).disabled = true;
     }
+    this.chat.setEnabled(false);
     if (!dialog.open) dialog.showModal();
   }
 
@@ -401,9 +465,13 @@ class RoomPage {
   snapshot() {
     const peers = {};
     const times = {};
+    const channels = {};
+    const joining = {};
     for (const [peerId, link] of this.links) {
       peers[peerId] = link.state;
       times[peerId] = link.times;
+      channels[peerId] = link.data.state;
+      joining[peerId] = link.data.joining;
     }
     return {
       peerId: this.peerId,
@@ -416,6 +484,8 @@ class RoomPage {
       joinSentAt: this.signaling?.joinSentAt ?? null,
       firstFrameAt: Object.fromEntries(this.view.firstFrameAt),
       times,
+      // The `meshpeer` channel per peer: readyState, bytes of a message being joined.
+      data: { channels, joining, dropped: this.dropped },
     };
   }
 }
@@ -429,6 +499,19 @@ window.meshpeer = {
   snapshot: () => page.snapshot(),
   inbound: (peerId, kind = "video") => page.links.get(peerId)?.inbound(kind) ?? null,
   leave: () => page.leave(),
+  /** Text or bytes to `to` (everyone when null); answers {peerId: sent}. */
+  send: (data, to = null) => page.sendData(data, to),
+  /** `length` random bytes to `to` (everyone when null); answers {sha256, sent}. */
+  sendBytes: async (length, to = null) => {
+    const bytes = new Uint8Array(length);
+    for (let at = 0; at < length; at += 65536) {
+      crypto.getRandomValues(bytes.subarray(at, at + 65536)); // at most 64 KiB a call
+    }
+    const sha256 = await sha256Hex(bytes);
+    return { sha256, sent: await page.sendData(bytes, to) };
+  },
+  /** The messages received, newest last: {from, channel, text, binary, bytes, sha256}. */
+  messages: () => page.inbox,
 };
 addEventListener("pagehide", () => page.signaling?.close());
 page.start().catch((error) => {

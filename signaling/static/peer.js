@@ -2,6 +2,11 @@
 // either side may (re)offer at any time; on glare the peer whose ID sorts lower is polite
 // and rolls its own offer back.
 
+import { MeshChannel } from "./channel.js";
+
+/** The label of the data channel meshpeer peers talk on (PROTOCOL.md section 16). */
+export const CHANNEL_LABEL = "meshpeer";
+
 const KINDS = ["audio", "video"];
 /**
  * Candidates kept per link while the remote description is missing (as in the agent). A
@@ -22,6 +27,18 @@ function now() {
 export function fingerprint(sdp) {
   const match = /^a=fingerprint:(\S+ \S+)/m.exec(sdp ?? "");
   return match ? match[1].toLowerCase() : null;
+}
+
+/**
+ * Whether two SDPs name the same certificate: they share a fingerprint. aiortc lists three
+ * (sha-256, sha-384, sha-512) and Chromium keeps only one of them in remoteDescription, so
+ * comparing the first of each would take an agent's renegotiation for a new connection.
+ */
+export function sameCertificate(a, b) {
+  const all = (sdp) =>
+    [...(sdp ?? "").matchAll(/^a=fingerprint:(\S+ \S+)/gm)].map((m) => m[1].toLowerCase());
+  const known = new Set(all(a));
+  return all(b).some((value) => known.has(value));
 }
 
 /**
@@ -60,7 +77,9 @@ function linkState(connectionState) {
 }
 
 /**
- * Events (CustomEvent): "state" {state}, "stream" {stream} when a remote track arrives.
+ * Events (CustomEvent): "state" {state}, "stream" {stream} when a remote track arrives,
+ * "message" {data, label} for each message received on any data channel (a string or an
+ * ArrayBuffer), "dropped" {count, reason} for messages we could not send.
  */
 export class PeerLink extends EventTarget {
   /**
@@ -88,9 +107,16 @@ export class PeerLink extends EventTarget {
     this.role = null; // "offerer" or "answerer": who started this connection
     /** Epoch ms of each step (created, offer, answer, connected), to see where time goes. */
     this.times = { created: now() };
+    /** The `meshpeer` channel: framing, flow control, and a queue until it opens. */
+    this.data = new MeshChannel({
+      peerId,
+      onMessage: (data) => this.#emit("message", { data, label: CHANNEL_LABEL }),
+      onDropped: (detail) => this.#emit("dropped", detail),
+    });
 
     const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
+    pc.addEventListener("datachannel", ({ channel }) => this.#acceptChannel(channel));
     pc.addEventListener("icecandidate", ({ candidate }) => {
       // The browser trickles: one message per candidate, then null at the end.
       this.send({ type: "candidate", to: peerId, candidate: candidate ? candidate.toJSON() : null });
@@ -114,13 +140,21 @@ export class PeerLink extends EventTarget {
   /** As the newcomer: attach media, which fires negotiationneeded and sends the offer. */
   startOffer() {
     this.role ??= "offerer";
+    // Before the media, in the same task: the first offer carries the channel (no extra
+    // round trip once connected).
+    if (this.data.state === "none") this.data.attach(this.pc.createDataChannel(CHANNEL_LABEL));
     this.#attachMedia(true);
+  }
+
+  /** Send a string or bytes on the `meshpeer` channel: true once all of it is in the channel. */
+  sendData(data) {
+    return this.data.send(data);
   }
 
   /** True when `sdp` comes from another RTCPeerConnection than the one we talk to. */
   isFromNewConnection(sdp) {
     const current = this.pc.remoteDescription?.sdp;
-    return Boolean(current) && fingerprint(current) !== fingerprint(sdp);
+    return Boolean(current) && !sameCertificate(current, sdp);
   }
 
   /** An `offer` or `answer` from this peer. */
@@ -174,6 +208,7 @@ export class PeerLink extends EventTarget {
   close() {
     if (this.closed) return;
     this.closed = true;
+    this.data.close(); // before pc.close(), which closes the channels without an event
     this.pc.close();
     for (const track of this.stream.getTracks()) track.stop();
     this.#setState("closed");
@@ -215,6 +250,23 @@ export class PeerLink extends EventTarget {
     } finally {
       this.makingOffer = false;
     }
+  }
+
+  /** Ours if labelled `meshpeer`; any other is passed on as it is (no framing). */
+  #acceptChannel(channel) {
+    if (this.closed) return;
+    if (channel.label === CHANNEL_LABEL) {
+      this.data.attach(channel);
+      return;
+    }
+    channel.binaryType = "arraybuffer";
+    channel.addEventListener("message", ({ data }) =>
+      this.#emit("message", { data, label: channel.label }),
+    );
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
   async #addCandidate(candidate) {

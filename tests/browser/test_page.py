@@ -236,6 +236,10 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
                 same: peer.fingerprint(sdp('AB:CD')) === peer.fingerprint(sdp('ab:cd')),
                 differ: peer.fingerprint(sdp('AB:CD')) === peer.fingerprint(sdp('AB:CE')),
                 none: peer.fingerprint('v=0'),
+                // aiortc lists 3 fingerprints, Chromium's remoteDescription keeps 1 of them
+                sameCert: peer.sameCertificate(
+                    sdp('AA') + 'a=fingerprint:sha-512 BB\\r\\n', 'a=fingerprint:sha-512 bb'),
+                otherCert: peer.sameCertificate(sdp('AA'), sdp('AB')),
                 unknown: messages.serverErrorText('new-code', 'it broke', {peerId: 'a'}),
                 quiet: messages.serverErrorText('unknown-peer', 'gone', {peerId: 'a', room: 'r'}),
                 busy: messages.serverErrorText('unavailable', 'later', {peerId: 'a'}),
@@ -257,6 +261,7 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
     assert result["wsPlain"] == "ws://127.0.0.1:8080/ws"
     assert result["other"] == "http://h/?watch=1&room=c&id=d"
     assert (result["same"], result["differ"], result["none"]) == (True, False, None)
+    assert (result["sameCert"], result["otherCert"]) == (True, False)
     assert result["unknown"] == "The server reported a problem: it broke"
     assert result["quiet"] is None
     # Shared rooms unreachable (several nodes, Redis down): said plainly, and retried.

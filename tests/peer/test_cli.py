@@ -143,3 +143,53 @@ async def test_a_failure_while_leaving_still_leaves_and_finalises(
         assert PeerId("cli") not in server.server.registry.table.room_members(RoomId("test"))
     (recording,) = (tmp_path / "rec").iterdir()
     assert decoded_frames(recording)["video"] > 0  # finalised: it decodes
+
+
+async def test_join_chat_with_piped_stdin(server: RunningServer) -> None:
+    """Two `meshpeer join --chat`: lines piped into one print at the other as `peer: text`,
+    bytes from an agent as `peer: <N bytes>`; the end of stdin does not end the process."""
+    chat = ("--video", "none", "--audio", "none", "--chat")
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(name: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *join_command(server.ws_url, name, *chat), cwd=REPO,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(proc)
+        await wait_for(
+            lambda: PeerId(name) in server.server.registry.table.room_members(RoomId("test")),
+            30,
+            f"{name}'s join",
+        )
+        return proc
+
+    async def lines(proc: asyncio.subprocess.Process, count: int) -> list[str]:
+        assert proc.stdout is not None
+        read = [await asyncio.wait_for(proc.stdout.readline(), seconds(15)) for _ in range(count)]
+        return [line.decode().rstrip("\n") for line in read]
+
+    try:
+        first = await start("a")
+        second = await start("b")
+        assert first.stdin is not None and second.stdin is not None
+        second.stdin.write(b"hello from b\nsecond line\n")
+        second.stdin.close()  # end of input: b stays in the room
+        assert await lines(first, 2) == ["b: hello from b", "b: second line"]
+        bot = Agent(server.ws_url, room="test", peer_id="bot", stats_interval=None)
+        await bot.join()
+        try:
+            assert bot.send_data(bytes(100_000), to="b") == 1
+            first.stdin.write("hi b, ça va?\n".encode())
+            assert sorted(await lines(second, 2)) == ["a: hi b, ça va?", "bot: <100000 bytes>"]
+        finally:
+            await bot.leave()
+        assert second.returncode is None
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), seconds(20)) == 0
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -13,6 +13,7 @@ import av
 import pytest
 
 from peer.agent import Agent
+from peer.events import DataReceived
 from peer.media.sources import VideoSettings, open_local_media
 from peer.signaling_client import JoinRefused
 from signaling.auth import mint_token
@@ -99,6 +100,23 @@ async def test_recorder_bot_records_everyone(server: RunningServer, tmp_path: Pa
 
 def files_in(folder: Path) -> list[Path]:
     return list(folder.iterdir())
+
+
+async def test_chat_bot_answers_each_message(server: RunningServer) -> None:
+    bot = asyncio.create_task(load("chat_bot").main(server.ws_url, "test"))
+    alice = Agent(server.ws_url, room="test", peer_id="alice", stats_interval=None)
+    answers: list[object] = []
+    alice.add_listener(lambda e: answers.append(e.data) if isinstance(e, DataReceived) else None)
+    try:
+        await wait_for(lambda: server.server.registry.counts()[1] == 1, 10, "the bot's join")
+        await alice.join()
+        assert alice.send_data("hello", to="chatbot") == 1
+        assert alice.send_data(bytes(100_000), to="chatbot") == 1
+        await wait_for(lambda: len(answers) == 2, 10, "the bot's answers")
+        assert answers == ["alice, you said: hello", "alice, you said: 100000 bytes"]
+    finally:
+        await alice.leave()
+        await stop(bot)
 
 
 async def test_the_bots_take_a_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peer import mesh
-from peer.mesh import Action, LinkState, Role
+from peer.mesh import Action, LinkState, Origin, Role
 from signaling.protocol import CloseCode, ErrorCode, PeerId
 
 A, B, C = PeerId("alice"), PeerId("bob"), PeerId("carol")
@@ -96,6 +96,75 @@ def test_glare_resolves_to_one_connection() -> None:
 )
 def test_on_answer(state: LinkState | None, expected: Action) -> None:
     assert mesh.on_answer(state) is expected
+
+
+NEW, RESTART, SAME = Origin.NEW_CONNECTION, Origin.ICE_RESTART, Origin.SAME_CONNECTION
+
+
+@pytest.mark.parametrize(
+    ("me", "state", "origin", "offer_out", "expected"),
+    [
+        # a track added or removed on a live connection: applied in place
+        (B, S.CONNECTED, SAME, False, Action.RENEGOTIATE),
+        (A, S.CONNECTING, SAME, False, Action.RENEGOTIATE),
+        # a new certificate: a new connection replaces ours, even while we renegotiate it
+        (B, S.CONNECTED, NEW, False, Action.ANSWER),
+        (B, S.CONNECTED, NEW, True, Action.ANSWER),
+        (A, S.CONNECTED, NEW, True, Action.ANSWER),
+        # glare between two new connections: as before, only the polite side yields
+        (B, S.OFFERING, NEW, True, Action.IGNORE),
+        (A, S.OFFERING, NEW, True, Action.ANSWER),
+        # glare on the live connection: the polite side cannot roll back: it starts over
+        (A, S.CONNECTED, SAME, True, Action.OFFER),
+        (B, S.CONNECTED, SAME, True, Action.IGNORE),
+        # what aiortc cannot apply in place is replaced by a new connection we offer
+        (B, S.CONNECTED, RESTART, False, Action.OFFER),
+        (A, S.FAILED, RESTART, False, Action.OFFER),
+        (B, S.FAILED, SAME, False, Action.OFFER),
+        (B, S.CLOSED, SAME, False, Action.OFFER),
+    ],
+)
+def test_on_offer_on_a_connection_we_hold(
+    me: PeerId, state: LinkState, origin: Origin, offer_out: bool, expected: Action
+) -> None:
+    sender = B if me == A else A
+    assert mesh.on_offer(me, sender, state, origin, offer_out=offer_out) is expected
+
+
+def test_renegotiation_glare_ends_with_one_side_offering() -> None:
+    """Both renegotiate the live connection at once: the impolite side ignores the other's
+    offer, the polite side offers a new connection, which the impolite side answers."""
+    for me, other in ((A, B), (B, A)):
+        mine = mesh.on_offer(me, other, S.CONNECTED, SAME, offer_out=True)
+        theirs = mesh.on_offer(other, me, S.CONNECTED, SAME, offer_out=True)
+        assert {mine, theirs} == {Action.OFFER, Action.IGNORE}
+        ignoring, offering = (me, other) if mine is Action.IGNORE else (other, me)
+        # its own offer still out, it takes the new connection's
+        assert mesh.on_offer(ignoring, offering, S.CONNECTED, NEW, offer_out=True) is (
+            Action.ANSWER
+        )
+
+
+@pytest.mark.parametrize(
+    ("state", "offer_out", "origin", "expected"),
+    [
+        # the answer to our renegotiation of a live connection
+        (S.CONNECTED, True, SAME, Action.APPLY),
+        (S.CONNECTING, True, SAME, Action.APPLY),
+        # ... from another connection, or with new ICE credentials: aiortc cannot apply it
+        (S.CONNECTED, True, NEW, Action.OFFER),
+        (S.CONNECTED, True, RESTART, Action.OFFER),
+        # no offer of ours out: stale
+        (S.CONNECTED, False, SAME, Action.IGNORE),
+        (S.FAILED, True, SAME, Action.IGNORE),
+        # a new connection's answer (no remote description yet: NEW by definition)
+        (S.OFFERING, True, NEW, Action.APPLY),
+    ],
+)
+def test_on_answer_to_a_renegotiation(
+    state: LinkState, offer_out: bool, origin: Origin, expected: Action
+) -> None:
+    assert mesh.on_answer(state, offer_out=offer_out, origin=origin) is expected
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,14 @@ def node(
     finally:
         if proc.poll() is None:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=seconds(20))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stderr = proc.communicate()[1]
+                raise AssertionError(
+                    f"node {name} did not stop within 20 s of SIGTERM: {stderr.decode()[-3000:]}"
+                ) from None
 
 
 def test_healthz_shows_the_node_and_redis() -> None:

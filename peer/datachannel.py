@@ -1,0 +1,467 @@
+"""The agent's data channels (docs/PROTOCOL.md section 16): the ``meshpeer`` channel of every
+connection, the extra channels, and the bounded queues in front of them.
+
+Why queues: aiortc's ``RTCDataChannel.send`` never refuses and buffers without bound, so a
+peer that reads slowly (or not at all) would grow our memory, and a send that waited for it
+would hold up everyone else. Each :class:`DataChannel` keeps its own bounded queue and one
+task that hands it to aiortc while ``bufferedAmount`` is under a high-water mark and waits
+for ``bufferedamountlow`` otherwise: a stalled peer fills only its own queue; beyond that its
+messages are dropped and reported (:class:`peer.events.DataDropped` and a log line).
+
+- The ``meshpeer`` channel to a peer is one :class:`DataChannel` for as long as the peer is in
+  the room. When its connection is replaced, the new connection's channel takes over the
+  queue: what was not handed to aiortc yet goes on the new one; a message cut off half-way
+  is reported lost (what aiortc had already taken is lost with the old connection,
+  unreported: nobody can tell how much of it arrived). Messages wait for an open channel
+  at most :attr:`DataLimits.wait` seconds, counted from when they were sent or when the
+  channel went away, whichever is later.
+- An extra channel (:meth:`peer.agent.Agent.open_channel`, or opened by the remote) belongs
+  to one connection: raw messages of at most 16 KiB, no framing, closed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from peer import events as ev
+from peer.chunking import MAX_FRAME, MAX_MESSAGE, Dropped, Message, Reassembler, frames
+from peer.errors import MeshpeerError
+from signaling.protocol import PeerId
+
+if TYPE_CHECKING:
+    from aiortc import RTCDataChannel
+
+    from peer.link import PeerLink
+
+log = logging.getLogger(__name__)
+
+#: The label of the channel that every connection opens (PROTOCOL.md 16.1).
+MESHPEER = "meshpeer"
+
+#: Drop log lines per channel: at most one a second, with a count of those left out.
+_LOG_EVERY = 1.0
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """The bounds of PROTOCOL.md 16.3, per channel."""
+
+    #: Messages waiting to be handed to aiortc.
+    queue_messages: int = 64
+    #: Bytes waiting; a message of any allowed size still fits an empty queue.
+    queue_bytes: int = MAX_MESSAGE
+    #: Seconds a message waits for an open channel before it is dropped.
+    wait: float = 10.0
+    #: ``bufferedAmount`` high-water mark: above it, wait for ``bufferedamountlow``.
+    buffered: int = 1024 * 1024
+    #: The largest message sent or joined on the ``meshpeer`` channel.
+    message: int = MAX_MESSAGE
+
+    @property
+    def low(self) -> int:
+        """``bufferedAmountLowThreshold``: sending resumes once aiortc holds this little."""
+        return self.buffered // 2
+
+
+def prepare(data: object, limit: int, label: str) -> tuple[Message, int]:
+    """``data`` as an immutable message and its size in bytes; refused when over ``limit``."""
+    if isinstance(data, str):
+        try:
+            size = len(data.encode())
+        except UnicodeEncodeError as exc:
+            raise MeshpeerError(f"text for channel {label!r} has no UTF-8 form: {exc}") from None
+        message: Message = data
+    elif isinstance(data, bytes | bytearray | memoryview):
+        message = bytes(data)  # a copy of a mutable buffer: it may change while queued
+        size = len(message)
+    else:
+        raise TypeError(f"data to send must be str or bytes, not {type(data).__name__}")
+    if size > limit:
+        if label == MESHPEER:
+            raise MeshpeerError(
+                f"a message of {size} bytes is over the {limit}-byte limit of channel {label!r}"
+            )
+        raise MeshpeerError(
+            f"a message of {size} bytes is too large for channel {label!r}: extra channels "
+            f"carry raw messages of at most {limit} bytes (send_data cuts larger ones up)"
+        )
+    return message, size
+
+
+@dataclass
+class _Queued:
+    message: Message
+    size: int
+    queued_at: float  # loop.time()
+
+
+class DataChannel:
+    """One channel to ``peer`` labelled ``label``: :meth:`send` queues, never waits.
+
+    ``framed``: the ``meshpeer`` channel (PROTOCOL.md 16.2 framing, messages up to
+    ``limits.message``, kept across connections). Otherwise an extra channel: raw messages
+    of at most 16 KiB, closed with its connection.
+    """
+
+    def __init__(
+        self,
+        peer: PeerId,
+        label: str,
+        *,
+        framed: bool,
+        limits: DataLimits,
+        emit: Callable[[ev.Event], None],
+    ) -> None:
+        self.peer = peer
+        self.label = label
+        self.framed = framed
+        self.limits = limits
+        self.closed = False
+        #: Messages handed whole to aiortc, and messages dropped (both ways).
+        self.sent = 0
+        self.dropped = 0
+        self._emit = emit
+        self._rtc: RTCDataChannel | None = None
+        self._owner: PeerLink | None = None
+        self._listeners: list[tuple[str, Callable[..., Any]]] = []
+        self._reassembler = Reassembler(limits.message) if framed else None
+        self._queue: deque[_Queued] = deque()
+        self._queued_bytes = 0
+        self._pump: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closed_since = 0.0  # loop.time() when the last open channel went away
+        self._quiet_until = 0.0
+        self._unlogged = 0
+
+    def __repr__(self) -> str:
+        return f"DataChannel({self.peer!r}, {self.label!r}, open={self.is_open})"
+
+    @property
+    def is_open(self) -> bool:
+        return self._rtc is not None and self._rtc.readyState == "open"
+
+    @property
+    def ordered(self) -> bool:
+        return self._rtc.ordered if self._rtc is not None else True
+
+    @property
+    def max_retransmits(self) -> int | None:
+        return self._rtc.maxRetransmits if self._rtc is not None else None
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be handed to aiortc."""
+        return len(self._queue)
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes aiortc holds for this channel (its ``bufferedAmount``)."""
+        return self._rtc.bufferedAmount if self._rtc is not None else 0
+
+    def send(self, data: str | bytes) -> bool:
+        """Queue ``data``; False when it was dropped (reported), e.g. the queue is full.
+
+        Raises MeshpeerError for a message over the channel's limit.
+        """
+        limit = self.limits.message if self.framed else MAX_FRAME
+        return self.put(*prepare(data, limit, self.label))
+
+    def close(self) -> None:
+        """Close the channel (what is still queued is dropped and reported)."""
+        if self._rtc is not None:
+            self._rtc.close()
+        self.shut("the channel was closed")
+
+    # -- the agent's side -------------------------------------------------------------
+
+    def put(self, message: Message, size: int) -> bool:
+        """Queue a message checked by :func:`prepare`."""
+        if self.closed:
+            self._dropped("the channel is closed", size)
+            return False
+        if len(self._queue) >= self.limits.queue_messages or (
+            self._queue and self._queued_bytes + size > self.limits.queue_bytes
+        ):
+            self._dropped(
+                f"the send queue is full ({len(self._queue)} messages, "
+                f"{self._queued_bytes} bytes waiting)",
+                size,
+            )
+            return False
+        self._queue.append(_Queued(message, size, asyncio.get_running_loop().time()))
+        self._queued_bytes += size
+        self._kick()
+        return True
+
+    def attach(self, rtc: RTCDataChannel, owner: PeerLink) -> None:
+        """``rtc`` (a channel of the connection ``owner``) carries this channel from now on."""
+        if self._rtc is not None:
+            self.detach(self._rtc)
+        if self.closed:
+            return
+        self._rtc, self._owner = rtc, owner
+        rtc.bufferedAmountLowThreshold = self.limits.low
+        self._listen(rtc, "open", self._opened)
+        self._listen(rtc, "message", self._received)
+        self._listen(rtc, "bufferedamountlow", self._drained.set)
+        self._listen(rtc, "close", lambda: self.detach(rtc))
+        if rtc.readyState == "open":  # opened by the remote: aiortc opens it before telling
+            self._opened()
+        else:
+            self._kick()
+
+    def detach_from(self, owner: PeerLink) -> None:
+        """The connection ``owner`` closed: stop using its channel, if it is ours."""
+        if self._rtc is not None and self._owner is owner:
+            self.detach(self._rtc)
+
+    def detach(self, rtc: RTCDataChannel) -> None:
+        """``rtc`` closed: the queue waits for the next channel (an extra one closes)."""
+        if rtc is not self._rtc:
+            return
+        self._release()
+        if not self.framed:
+            self.shut("the channel closed")
+            return
+        self._closed_since = asyncio.get_running_loop().time()
+        self._kick()
+
+    def shut(self, reason: str) -> None:
+        """No more sending or receiving: everything still queued is dropped with ``reason``."""
+        if self.closed:
+            return
+        self.closed = True
+        self._release()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._pump is not None:
+            self._pump.cancel()  # the message it was sending is still first in the queue
+            self._pump = None
+        queued, self._queue = self._queue, deque()
+        self._queued_bytes = 0
+        for item in queued:
+            self._dropped(reason, item.size)
+
+    # -- aiortc's side ----------------------------------------------------------------
+
+    def _listen(self, rtc: RTCDataChannel, event: str, listener: Callable[..., Any]) -> None:
+        rtc.on(event, listener)
+        self._listeners.append((event, listener))
+
+    def _release(self) -> None:
+        """Forget the current aiortc channel; a message half-received on it is lost."""
+        rtc = self._rtc
+        if rtc is None:
+            return
+        for event, listener in self._listeners:
+            with contextlib.suppress(KeyError):  # aiortc drops every listener once closed
+                rtc.remove_listener(event, listener)
+        self._listeners.clear()
+        self._rtc = self._owner = None
+        self._drained.set()  # a pump waiting for it to drain ends
+        if self._reassembler is not None and (lost := self._reassembler.abandon()) is not None:
+            self._dropped(lost.reason, lost.size, incoming=True)
+
+    def _opened(self) -> None:
+        log.info("data channel %r to %s open", self.label, self.peer)
+        self._emit(ev.ChannelOpened(self.peer, self.label, self))
+        self._kick()
+
+    def _received(self, message: Message) -> None:
+        try:
+            if self._reassembler is None:
+                self._emit(ev.DataReceived(self.peer, message, self.label))
+                return
+            result = self._reassembler.feed(message)
+            if isinstance(result, Dropped):
+                self._dropped(result.reason, result.size, incoming=True)
+            elif result is not None:
+                self._emit(ev.DataReceived(self.peer, result, self.label))
+        except Exception:  # never into aiortc's receive loop
+            log.exception("handling a message from %s on %r failed", self.peer, self.label)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Send if the channel is open, else (re)arm the timer of the oldest message."""
+        if self.closed:
+            return
+        if not self.is_open:
+            self._arm_expiry()
+        elif self._queue and self._pump is None:
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
+            self._pump = asyncio.get_running_loop().create_task(
+                self._run(), name=f"data {self.peer} {self.label}"
+            )
+
+    async def _run(self) -> None:
+        try:
+            await self._send_queued()
+        except Exception:  # a bug: do not retry in a loop; the next send tries again
+            log.exception("sending to %s on %r failed", self.peer, self.label)
+            return
+        finally:
+            if self._pump is asyncio.current_task():
+                self._pump = None
+        if not self.is_open:
+            self._closed_since = asyncio.get_running_loop().time()
+        self._kick()  # a new channel may have come while this one ended
+
+    async def _send_queued(self) -> None:
+        rtc = self._rtc
+        while self._queue and rtc is not None and rtc is self._rtc and rtc.readyState == "open":
+            item = self._queue[0]
+            started, refused = False, ""
+            for frame in frames(item.message) if self.framed else (item.message,):
+                if not await self._room_for(rtc, frame):
+                    break
+                try:
+                    rtc.send(frame)
+                except Exception as exc:  # e.g. over the remote's max-message-size
+                    refused = f"aiortc refused it: {exc!r}"
+                    break
+                started = True
+            else:
+                self._pop()
+                self.sent += 1
+                continue
+            if refused:
+                self._pop()
+                self._dropped(refused, item.size)
+                continue
+            # The channel went away. Not started: it waits for the next. Cut off: lost.
+            if started:
+                self._pop()
+                self._dropped("the connection closed while it was being sent", item.size)
+            return
+
+    def _pop(self) -> None:
+        item = self._queue.popleft()
+        self._queued_bytes -= item.size
+
+    async def _room_for(self, rtc: RTCDataChannel, frame: Message) -> bool:
+        """Wait until aiortc holds little enough to take ``frame``; False if ``rtc`` went."""
+        size = len(frame.encode()) if isinstance(frame, str) else len(frame)
+        while rtc is self._rtc and rtc.readyState == "open":
+            buffered: int = rtc.bufferedAmount
+            if buffered <= self.limits.low or buffered + size <= self.limits.buffered:
+                return True
+            self._drained.clear()
+            await self._drained.wait()
+        return False
+
+    def _arm_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if not self._queue:
+            return
+        due = max(self._queue[0].queued_at, self._closed_since) + self.limits.wait
+        self._expiry = asyncio.get_running_loop().call_at(due, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self.is_open or self.closed:
+            return
+        now = asyncio.get_running_loop().time()
+        while (
+            self._queue
+            and max(self._queue[0].queued_at, self._closed_since) + (self.limits.wait) <= now
+        ):
+            item = self._queue[0]
+            self._pop()
+            self._dropped(f"no open channel within {self.limits.wait:g} s", item.size)
+        self._arm_expiry()
+
+    def _dropped(self, reason: str, size: int, *, incoming: bool = False) -> None:
+        self.dropped += 1
+        self._emit(ev.DataDropped(self.peer, reason, size, self.label, incoming))
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._unlogged += 1
+            return
+        more = f" (and {self._unlogged} more since the last line)" if self._unlogged else ""
+        log.warning(
+            "message %s %s on %r dropped (%d bytes): %s%s",
+            "from" if incoming else "to", self.peer, self.label, size, reason, more,
+        )  # fmt: skip
+        self._quiet_until = now + _LOG_EVERY
+        self._unlogged = 0
+
+
+class DataPlane:
+    """Every data channel of one agent: a ``meshpeer`` :class:`DataChannel` per remote peer
+    (kept across its connections) and the extra channels of each connection."""
+
+    def __init__(self, emit: Callable[[ev.Event], None], limits: DataLimits | None = None) -> None:
+        self.limits = limits or DataLimits()
+        self._emit = emit
+        #: The meshpeer channel per peer, made when first used.
+        self.meshpeer: dict[PeerId, DataChannel] = {}
+        self._extras: dict[PeerLink, list[DataChannel]] = {}
+
+    def channel(self, peer: PeerId) -> DataChannel:
+        channel = self.meshpeer.get(peer)
+        if channel is None:
+            channel = DataChannel(peer, MESHPEER, framed=True, limits=self.limits, emit=self._emit)
+            self.meshpeer[peer] = channel
+        return channel
+
+    def send(self, data: object, peers: Iterable[PeerId]) -> int:
+        """Queue ``data`` on the meshpeer channel of each of ``peers``; how many took it."""
+        message, size = prepare(data, self.limits.message, MESHPEER)
+        return sum(self.channel(peer).put(message, size) for peer in peers)
+
+    def added(self, link: PeerLink, rtc: RTCDataChannel) -> None:
+        """A channel of ``link``: our meshpeer one (offerer), or one the remote opened."""
+        if rtc.label == MESHPEER:
+            self.channel(link.remote).attach(rtc, link)
+        else:
+            self._extra(link, rtc)
+
+    def open_channel(
+        self, link: PeerLink, label: str, *, ordered: bool, max_retransmits: int | None
+    ) -> DataChannel:
+        if label == MESHPEER:
+            raise MeshpeerError(f"{MESHPEER!r} is the agent's own channel: use send_data")
+        rtc = link.pc.createDataChannel(label, ordered=ordered, maxRetransmits=max_retransmits)
+        return self._extra(link, rtc)
+
+    def _extra(self, link: PeerLink, rtc: RTCDataChannel) -> DataChannel:
+        channel = DataChannel(
+            link.remote, rtc.label, framed=False, limits=self.limits, emit=self._emit
+        )
+        channels = [c for c in self._extras.get(link, []) if not c.closed]
+        self._extras[link] = [*channels, channel]
+        channel.attach(rtc, link)
+        return channel
+
+    def link_closed(self, link: PeerLink) -> None:
+        """``link`` is closed: its meshpeer channel waits for the next; its extras close."""
+        channel = self.meshpeer.get(link.remote)
+        if channel is not None:
+            channel.detach_from(link)
+        for extra in self._extras.pop(link, []):
+            extra.shut("the connection closed")
+
+    def forget(self, peer: PeerId, reason: str = "the peer left") -> None:
+        channel = self.meshpeer.pop(peer, None)
+        if channel is not None:
+            channel.shut(reason)
+
+    def close(self) -> None:
+        for peer in list(self.meshpeer):
+            self.forget(peer, "the agent left")
+        for link in list(self._extras):
+            self.link_closed(link)
