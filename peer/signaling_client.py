@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -198,6 +198,11 @@ class SignalingClient:
         )
         self._on_joined(peer_list, rejoin)
 
+    def _room_param(self) -> dict[str, str] | None:
+        if self.room is None or "room" in parse_qs(urlsplit(self.url).query):
+            return None
+        return {"room": self.room}
+
     async def _connect_and_join(self) -> tuple[aiohttp.ClientWebSocketResponse, PeerList]:
         session = self._session
         if session is None:  # pragma: no cover - connect() creates it
@@ -206,6 +211,8 @@ class SignalingClient:
             async with asyncio.timeout(self.connect_timeout):  # a dropped SYN waits for minutes
                 ws = await session.ws_connect(
                     self.url,
+                    # The room (also in the join) lets a load balancer keep a room on one node.
+                    params=self._room_param(),
                     timeout=aiohttp.ClientWSTimeout(ws_close=self.connect_timeout),
                     heartbeat=self.heartbeat,
                     max_msg_size=4 * 1024 * 1024,

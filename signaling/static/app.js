@@ -102,7 +102,7 @@ class RoomPage {
     if (local.problem) view.notice("camera", local.problem, { level: "warning" });
     this.#setupControls();
 
-    const signaling = new SignalingClient(signalingUrl(location.href), {
+    const signaling = new SignalingClient(signalingUrl(location.href, this.room), {
       peerId: this.peerId,
       room: this.room,
       token: this.params.token,

@@ -88,11 +88,13 @@ export function inviteUrl(href, room) {
 }
 
 /** ws:// or wss:// URL of the signaling endpoint next to this page. */
-export function signalingUrl(pageHref) {
+export function signalingUrl(pageHref, room = null) {
   const url = new URL("ws", pageHref);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.search = ""; // the token travels in the join frame, not in URLs that servers log
   url.hash = "";
+  // The room (also in the join frame) lets a load balancer keep a room's members on one node.
+  if (room) url.searchParams.set("room", room);
   return url.toString();
 }
 

@@ -232,6 +232,7 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
                 off: params.readParams('?watch=0&id=').watch,
                 ws: params.signalingUrl('https://example.org/?room=x#y'),
                 wsPlain: params.signalingUrl('http://127.0.0.1:8080/'),
+                wsRoom: params.signalingUrl('http://127.0.0.1:8080/?room=a', 'a b'),
                 other: params.pageUrl('http://h/?room=a&id=b&watch=1', {room: 'c', peerId: 'd'}),
                 same: peer.fingerprint(sdp('AB:CD')) === peer.fingerprint(sdp('ab:cd')),
                 differ: peer.fingerprint(sdp('AB:CD')) === peer.fingerprint(sdp('AB:CE')),
@@ -259,6 +260,7 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
     assert result["off"] is False
     assert result["ws"] == "wss://example.org/ws"
     assert result["wsPlain"] == "ws://127.0.0.1:8080/ws"
+    assert result["wsRoom"] == "ws://127.0.0.1:8080/ws?room=a+b"  # for room affinity
     assert result["other"] == "http://h/?watch=1&room=c&id=d"
     assert (result["same"], result["differ"], result["none"]) == (True, False, None)
     assert (result["sameCert"], result["otherCert"]) == (True, False)

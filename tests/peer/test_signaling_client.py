@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from peer.signaling_client import SignalingClient
-from signaling.protocol import Message, PeerId, PeerList
+from signaling.protocol import Message, PeerId, PeerList, RoomId
 from tests.peer.helpers import wait_for
 from tests.signaling.clients import clients
 from tests.support import RunningServer
@@ -67,5 +67,30 @@ async def test_if_reconnecting_dies_the_owner_is_told(
         assert "a bug on rejoin" in str(client.fatal)
         assert lost[-1] is None  # the owner hears of it (the agent reports Failed)
         assert "signaling stopped" in caplog.text
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("url_query", "expected"), [("", "lobby"), ("?room=lobby", "lobby"), ("?room=other", "other")]
+)
+async def test_the_room_is_named_in_the_websocket_url_too(
+    server: RunningServer, url_query: str, expected: str
+) -> None:
+    """A load balancer can then keep a room's members on one node; a room the user put in
+    the URL is left alone (the join's room decides, as ever)."""
+    client = SignalingClient(
+        server.ws_url + url_query,
+        PeerId("bot"),
+        RoomId("lobby"),
+        on_message=lambda message: None,
+        on_joined=lambda peer_list, rejoin: None,
+        on_lost=lambda code: None,
+    )
+    await client.connect()
+    try:
+        (conn,) = server.server.connections
+        assert conn.request.query.getall("room") == [expected]
+        assert conn.room == "lobby"
     finally:
         await client.close()

@@ -29,10 +29,13 @@ _names = itertools.count()
 
 
 class ClusterHarness(Harness):
-    def __init__(self, nodes: list[RedisRegistry], redis: aioredis.Redis) -> None:
+    def __init__(
+        self, nodes: list[RedisRegistry], redis: aioredis.Redis, settle: float = SETTLE
+    ) -> None:
         super().__init__()
         self.nodes = nodes
         self.redis = redis
+        self.settle = settle
 
     def registry_of(self, client: Client) -> RedisRegistry:
         return self.nodes[client.outbox.cid % len(self.nodes)]
@@ -44,13 +47,13 @@ class ClusterHarness(Harness):
         await self.registry_of(client).leave(room, peer, client.outbox)
 
     async def settled(self, condition: Callable[[], bool]) -> None:
-        deadline = asyncio.get_running_loop().time() + SETTLE
+        deadline = asyncio.get_running_loop().time() + self.settle
         while not condition():
             assert asyncio.get_running_loop().time() < deadline, "the nodes never agreed"
             await asyncio.sleep(0.005)
 
     async def check(self, joiner: Client | None) -> None:
-        deadline = asyncio.get_running_loop().time() + SETTLE
+        deadline = asyncio.get_running_loop().time() + self.settle
         while True:
             for client in self.clients:  # resumed (maybe on the other node): closed by the
                 if client.outbox.replaced and not client.closed:  # adapter, as it would be
@@ -148,7 +151,7 @@ def test_the_cluster_harness_catches_a_lost_cross_node_message() -> None:
                 await node.start()
             nodes[1]._publish = lambda channel, text: None  # type: ignore[method-assign]
             try:
-                h = ClusterHarness(nodes, redis)
+                h = ClusterHarness(nodes, redis, settle=1.0)
                 await play_checked(h, script)
             finally:
                 for node in nodes:
