@@ -253,7 +253,13 @@ class RedisRegistry:
         self._closed = True
         for task in self._tasks:  # first: no restore of what is being taken down
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, running = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
+        if running:
+            log.warning("%d registry task(s) did not stop when cancelled", len(running))
+        stranded = []
+        while not self._queue.empty():
+            stranded.append(self._queue.get_nowait())
+        _fail(stranded, ConnectionError("this node's registry is stopped"))
         # Bounded: a stopping node must not hang on a Redis that does not answer.
         redis, pubsub = self._redis, self._pubsub
         if redis is not None:
@@ -483,6 +489,7 @@ class RedisRegistry:
 
     async def _read(self) -> None:
         while True:
+            _stop_if_cancelled()
             if not self._pubsub.subscribed:
                 await asyncio.sleep(0.01)
                 continue
@@ -534,6 +541,7 @@ class RedisRegistry:
         reconcile_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:
+            _stop_if_cancelled()
             await asyncio.sleep(HEARTBEAT)
             try:
                 await self._beat()
@@ -648,6 +656,7 @@ class RedisRegistry:
     async def _write(self) -> None:
         assert self._redis is not None
         while True:
+            _stop_if_cancelled()
             batch = [await self._queue.get()]
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -662,6 +671,9 @@ class RedisRegistry:
                     pipe.publish(op.channel, op.text)
             try:
                 results = await pipe.execute(raise_on_error=False)
+            except asyncio.CancelledError:  # closing: nobody may wait forever for these
+                _fail(batch, ConnectionError("this node's registry is stopped"))
+                raise
             except Exception as exc:
                 self.errors += 1
                 log.error("Redis pipeline failed: %r", exc)
@@ -672,3 +684,17 @@ class RedisRegistry:
                         op.result.set_exception(outcome)
                     else:
                         op.result.set_result(outcome)
+
+
+def _stop_if_cancelled() -> None:
+    """redis-py can swallow a cancellation (its connection clean-up catches it): a loop
+    that carried on would keep its task, and close(), waiting."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _fail(ops: list[_Op], error: Exception) -> None:
+    for op in ops:
+        if op.result is not None and not op.result.done():
+            op.result.set_exception(error)

@@ -45,9 +45,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 #: Frames above max_frame_bytes get an error and the connection lives on; frames above this
 #: multiple of it are refused by the transport (close 1009) so memory stays bounded.
 HARD_LIMIT_FACTOR = 4
-#: Sharing rooms with other nodes, a node shutting down holds its members this long for
-#: them to resume on another node (the agent and the page rejoin within a second).
-HANDOVER = 3.0
 
 #: Allocations between young-generation collections while serving (Python's default: 700).
 #: Relaying makes a few short-lived containers per message, nearly all freed by reference
@@ -76,6 +73,10 @@ class ServerConfig:
     trust_proxy: bool = False
     #: TURN URLs with per-peer credentials minted from a secret shared with the TURN server.
     turn: TurnMinter | None = None
+    #: Sharing rooms with other nodes, a node shutting down holds its members this many
+    #: seconds for them to resume on another node (the agent and the page rejoin within a
+    #: second).
+    handover: float = 3.0
 
 
 def _bearer(value: str | None) -> str | None:
@@ -383,7 +384,7 @@ class SignalingServer:
         goes. Sharing rooms with other nodes, hand the members over instead: their
         memberships hold while they rejoin (through the load balancer, on another node)
         with their resume token, so the others see a resume and keep their media; those
-        that do not come back within HANDOVER seconds leave then."""
+        that do not come back within ``config.handover`` seconds leave then."""
         self.shutting_down = True
         conns = list(self.connections)
         hand_over = self.registry.cluster_stats() is not None
@@ -401,7 +402,7 @@ class SignalingServer:
     async def _hand_over(self, conns: list[Connection]) -> None:
         members = [c for c in conns if c.peer_id is not None]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + HANDOVER
+        deadline = loop.time() + self.config.handover
         while members and loop.time() < deadline:
             for conn in [c for c in members if c.replaced or c.probed_after_close]:
                 members.remove(conn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,6 +44,9 @@ QUIET_FLAGS = [
 ]
 #: Grants camera and microphone without a prompt; without it, headless Chromium refuses them.
 GRANT_CAMERA = "--use-fake-ui-for-media-stream"
+#: The page's signaling WebSocket, for ``page.route_web_socket``: ``/ws``, with or without
+#: the ``?room=`` the page adds for load balancers.
+SIGNALING_SOCKET = re.compile(r"/ws(\?[^/]*)?$")
 
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}

@@ -20,6 +20,7 @@ from signaling.turn import TurnMinter
 from tests.browser.conftest import OpenPage, page_opener
 from tests.browser.pages import (
     DESKTOP,
+    SIGNALING_SOCKET,
     RoomPage,
     Transcript,
     artifacts_dir,
@@ -201,7 +202,7 @@ async def test_ice_servers_from_peer_list_reach_the_connections(
 
     async def intercept(page: Page) -> None:
         await page.route("**/config.json*", fake_config)
-        await page.route_web_socket("**/ws", transcript.relay)
+        await page.route_web_socket(SIGNALING_SOCKET, transcript.relay)
 
     one = await open_auth("one", room="ice", token=token("one", "ice"), setup=intercept)
     await one.wait_joined()
@@ -323,7 +324,7 @@ async def test_refusal_is_final_even_when_a_proxy_loses_the_close_code(
         routes.append(route)
 
     async def proxy(page: Page) -> None:
-        await page.route_web_socket("**/ws", relay)
+        await page.route_web_socket(SIGNALING_SOCKET, relay)
 
     page = await open_auth("erin", room="club", token=token("erin", "club", ttl=-60), setup=proxy)
     reason = await refusal(page)

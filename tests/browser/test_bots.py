@@ -20,6 +20,7 @@ from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage
 from tests.browser.pages import (
     PHONE,
+    SIGNALING_SOCKET,
     artifacts_dir,
     eventually,
     open_room_page,
@@ -302,7 +303,7 @@ async def test_page_takes_its_id_back_with_the_resume_token(
     context = await browser.new_context()
     try:
         page = await context.new_page()
-        await page.route_web_socket("**/ws", relay)
+        await page.route_web_socket(SIGNALING_SOCKET, relay)
         async with running_bot(signaling.ws_url, "bot", room="resume") as bot:
             web = await open_room_page(
                 context, signaling.http_url, peer_id="web", room="resume", page=page

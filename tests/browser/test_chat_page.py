@@ -18,7 +18,15 @@ from playwright.async_api import Page
 from peer import events as ev
 from tests.browser.bots import Bot, running_bot
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import DESKTOP, PHONE, RoomPage, Transcript, artifacts_dir, eventually
+from tests.browser.pages import (
+    DESKTOP,
+    PHONE,
+    SIGNALING_SOCKET,
+    RoomPage,
+    Transcript,
+    artifacts_dir,
+    eventually,
+)
 from tests.support import RunningServer, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -244,7 +252,7 @@ async def test_pages_chat_both_ways_in_the_panel(open_page: OpenPage) -> None:
     transcript = Transcript()
 
     async def relay(page: Page) -> None:
-        await page.route_web_socket("**/ws", transcript.relay)
+        await page.route_web_socket(SIGNALING_SOCKET, transcript.relay)
 
     alice, bob = await pair(open_page, "chat", setup=relay)
     # The newcomer's one and only offer carried the channel: no second round trip for it.

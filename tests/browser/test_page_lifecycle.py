@@ -16,7 +16,7 @@ from signaling.metrics import LeaveReason
 from signaling.protocol import CloseCode, PeerId
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import RoomPage, Transcript, eventually
+from tests.browser.pages import SIGNALING_SOCKET, RoomPage, Transcript, eventually
 from tests.support import RunningServer, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -122,7 +122,7 @@ async def test_rejoin_keeps_working_connections(open_page: OpenPage) -> None:
     transcript = Transcript()
 
     async def relay(page: Page) -> None:
-        await page.route_web_socket("**/ws", transcript.relay)
+        await page.route_web_socket(SIGNALING_SOCKET, transcript.relay)
 
     one = await open_page("one", room="keep", setup=relay)
     await one.wait_joined()
@@ -168,7 +168,7 @@ async def test_rejoin_keeps_the_connection_with_a_bot(
     transcript = Transcript()
 
     async def relay(page: Page) -> None:
-        await page.route_web_socket("**/ws", transcript.relay)
+        await page.route_web_socket(SIGNALING_SOCKET, transcript.relay)
 
     async with running_bot(signaling.ws_url, "bot", room="keep-bot") as bot:
         web = await open_page("web", room="keep-bot", setup=relay)
@@ -202,7 +202,7 @@ async def test_peer_left_closes_a_working_connection_after_a_grace(
     transcript = Transcript()
 
     async def relay(page: Page) -> None:
-        await page.route_web_socket("**/ws", transcript.relay)
+        await page.route_web_socket(SIGNALING_SOCKET, transcript.relay)
 
     one = await open_page("one", room=f"grace-{case}", setup=relay)
     await one.wait_joined()
@@ -252,7 +252,7 @@ async def test_rejoin_after_the_other_side_gave_up_connects_afresh(
     transcript = Transcript()
 
     async def relay(page: Page) -> None:
-        await page.route_web_socket("**/ws", transcript.relay)
+        await page.route_web_socket(SIGNALING_SOCKET, transcript.relay)
 
     web = await open_page("web", room="gave-up", setup=relay)
     await web.wait_joined()
@@ -287,7 +287,7 @@ async def test_hung_up_answerer_offers_when_nobody_else_does(open_page: OpenPage
     transcript = Transcript()
 
     async def relay(page: Page) -> None:
-        await page.route_web_socket("**/ws", transcript.relay)
+        await page.route_web_socket(SIGNALING_SOCKET, transcript.relay)
 
     one = await open_page("one", room="hung-up")
     await one.wait_joined()

@@ -40,11 +40,11 @@ def make_server() -> ServerFactory:
 
 
 async def cluster(
-    stack: AsyncExitStack, redis_url: str, count: int, **changes: Any
+    stack: AsyncExitStack, redis_url: str, count: int, handover: float = 3.0, **changes: Any
 ) -> list[RunningServer]:
     """``count`` servers (nodes ``n0``, ``n1``...) sharing rooms through Redis at
     ``redis_url``, closed by ``stack``; ``changes`` to FAST_LIMITS."""
-    config = ServerConfig(limits=replace(FAST_LIMITS, **changes))
+    config = ServerConfig(limits=replace(FAST_LIMITS, **changes), handover=handover)
     servers = []
     for index in range(count):  # each server starts and closes its registry
         registry = RedisRegistry(redis_url, FAST_LIMITS.max_peers, node=f"n{index}")
