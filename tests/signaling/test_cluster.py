@@ -1,4 +1,4 @@
-"""Rooms shared by server nodes through Redis (issue 10, in progress).
+"""Rooms shared by server nodes through Redis.
 
 The pure part (node messages, each node's view of a room) without sockets; then what only
 several nodes can get wrong, with two or three real servers and a real redis-server: a
