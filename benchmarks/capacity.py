@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -45,6 +44,8 @@ from benchmarks.common import (  # noqa: E402
     cpu_seconds,
     free_port,
     machine_info,
+    start_redis,
+    stop,
     wait_listening,
     write_result,
 )
@@ -64,31 +65,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def measure(
     clients: int, per_room: int, duration: float, heartbeat: float, rate: float
 ) -> dict[str, Any]:
     with ExitStack() as stack:
-        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="capacity-redis-"))
-        redis_port = free_port()
-        redis_proc = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(redis_port), "--save", ""),
-                *("--appendonly", "no", "--bind", "127.0.0.1", "--dir", workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        stack.callback(stop, redis_proc)
-        wait_listening(redis_proc, redis_port)
+        redis_proc, redis_port = start_redis(stack)
         client = redis.Redis(port=redis_port)
         port = free_port()
         node = subprocess.Popen(

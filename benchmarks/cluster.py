@@ -49,7 +49,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -65,6 +64,8 @@ from benchmarks.common import (  # noqa: E402
     cpu_seconds,
     free_port,
     machine_info,
+    start_redis,
+    stop,
     wait_listening,
     write_result,
 )
@@ -136,15 +137,6 @@ class Processes:
         return out
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextmanager
 def started(setup: Setup, settings: Settings) -> Iterator[Processes]:
     """Fresh processes for one measurement: redis-server first, then the nodes."""
@@ -152,18 +144,7 @@ def started(setup: Setup, settings: Settings) -> Iterator[Processes]:
         redis: subprocess.Popen[bytes] | None = None
         redis_url = None
         if setup.redis:
-            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cluster-redis-"))
-            redis_port = free_port()
-            redis = subprocess.Popen(
-                [
-                    *("redis-server", "--port", str(redis_port), "--save", ""),
-                    *("--appendonly", "no", "--bind", "127.0.0.1", "--dir", workdir),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            stack.callback(_stop, redis)
-            wait_listening(redis, redis_port)
+            redis, redis_port = start_redis(stack)
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
         nodes = []
         for name in ROOMS[: setup.nodes]:
@@ -175,7 +156,7 @@ def started(setup: Setup, settings: Settings) -> Iterator[Processes]:
             proc = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            stack.callback(_stop, proc)
+            stack.callback(stop, proc)
             nodes.append((name, proc, port))
         for _, proc, port in nodes:
             wait_listening(proc, port)

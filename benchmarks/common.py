@@ -11,7 +11,9 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,31 @@ def write_result(path: Path, result: dict[str, Any], *, announce: str = "wrote")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{announce} {path}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_redis(stack: ExitStack) -> tuple[subprocess.Popen[bytes], int]:
+    """An empty redis-server on a free 127.0.0.1 port (no persistence, its own temporary
+    --dir), answering once this returns, stopped by ``stack``: (process, port)."""
+    workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-redis-"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--save", ""),
+            *("--appendonly", "no", "--bind", "127.0.0.1", "--dir", workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(stop, proc)
+    wait_listening(proc, port)
+    return proc, port

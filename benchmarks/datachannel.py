@@ -71,7 +71,13 @@ from peer.media.sources import LocalMedia, VideoSettings, open_local_media  # no
 from peer.media.synthetic import SyntheticVideoTrack  # noqa: E402
 from peer.mesh import LinkState  # noqa: E402
 from signaling.protocol import PeerId  # noqa: E402
-from tests.browser.pages import QUIET_FLAGS, RoomPage, launch, open_room_page  # noqa: E402
+from tests.browser.pages import (  # noqa: E402
+    DECODING_JS,
+    QUIET_FLAGS,
+    RoomPage,
+    launch,
+    open_room_page,
+)
 from tests.peer.helpers import FrameTimes, largest_gap  # noqa: E402
 
 log = logging.getLogger("datachannel")
@@ -410,17 +416,6 @@ WATCH_JS = """
       watch(track);
     }
   }, 10);
-}
-"""
-
-
-#: How many video tracks from ``peer`` the page decodes (its current connection).
-DECODING_JS = """
-async (peer) => {
-  const report = await meshpeer.page.links.get(peer).pc.getStats();
-  return [...report.values()].filter(
-    (s) => s.type === "inbound-rtp" && s.kind === "video" && s.framesDecoded > 0,
-  ).length;
 }
 """
 
@@ -1028,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pings", type=int, default=200, help="round trips per path")
     parser.add_argument("--gap-repeats", type=int, default=5, help="gaps of each mode")
     parser.add_argument("--no-page", dest="page", action="store_false", help="agents only")
-    parser.add_argument("--out", type=Path, default=RESULTS / "datachannel.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "datachannel.json")
     parser.add_argument("--peer", metavar="URL", help=argparse.SUPPRESS)  # agent b
     parser.add_argument("--room", help=argparse.SUPPRESS)
     parser.add_argument("--video", type=parse_video, help=argparse.SUPPRESS)
@@ -1041,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
         args.volume_mib, args.rounds, args.pings, args.gap_repeats = 2, 1, 20, 1
     result = asyncio.run(run(args))
     print_tables(result)
-    write_result(args.out, result)
+    write_result(args.output, result)
     return 0
 
 

@@ -51,6 +51,16 @@ SIGNALING_SOCKET = re.compile(r"/ws(\?[^/]*)?$")
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}
 
+#: How many video tracks from ``peer`` the page decodes frames of (its current connection).
+DECODING_JS = """
+async (peer) => {
+  const report = await meshpeer.page.links.get(peer).pc.getStats();
+  return [...report.values()].filter(
+    (s) => s.type === "inbound-rtp" && s.kind === "video" && s.framesDecoded > 0,
+  ).length;
+}
+"""
+
 T = TypeVar("T")
 
 

@@ -21,7 +21,7 @@ from peer.mesh import LinkState
 from signaling.protocol import PeerId
 from tests.browser.bots import Bot, running_bot
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import RoomPage, eventually
+from tests.browser.pages import DECODING_JS, RoomPage, eventually
 from tests.browser.test_faults import WATCH_JS
 from tests.peer.helpers import SMALL, FrameTimes, largest_gap
 from tests.support import RunningServer, seconds
@@ -66,15 +66,6 @@ REMOVE_CANVAS_JS = """
 #: Marks the page's RTCPeerConnection to ``peer``, to tell later whether it was replaced.
 MARK_JS = "(peer) => { meshpeer.page.links.get(peer).pc.__marked = true; }"
 MARKED_JS = "(peer) => meshpeer.page.links.get(peer)?.pc.__marked === true"
-#: How many video tracks from ``peer`` the page decodes frames of.
-DECODING_JS = """
-async (peer) => {
-  const report = await meshpeer.page.links.get(peer).pc.getStats();
-  return [...report.values()].filter(
-    (s) => s.type === "inbound-rtp" && s.kind === "video" && s.framesDecoded > 0,
-  ).length;
-}
-"""
 
 
 def video_taps(bot: Bot) -> list[int]:
