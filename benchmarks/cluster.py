@@ -43,14 +43,12 @@ import argparse
 import itertools
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -81,6 +79,7 @@ from benchmarks.signaling import (  # noqa: E402
     _step_row,
     _sustain_row,
     leaves_by_reason,
+    metric_by_label,
     reference_dir,
     server_command,
     shortfalls,
@@ -111,14 +110,7 @@ SETUPS = (
 
 def cluster_messages(port: int) -> dict[str, int]:
     """A node's messages to and from other nodes (its /metrics)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    match = re.compile(r'^meshpeer_cluster_messages_total\{direction="([^"]+)"\} (\S+)$')
-    found = (match.match(line) for line in text.splitlines())
-    return {m[1]: int(float(m[2])) for m in found if m is not None}
+    return metric_by_label(port, "meshpeer_cluster_messages_total", "direction") or {}
 
 
 @dataclass

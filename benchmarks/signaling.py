@@ -56,6 +56,7 @@ from benchmarks.common import (  # noqa: E402
     cpu_seconds,
     free_port,
     machine_info,
+    stop,
     wait_listening,
     write_result,
 )
@@ -182,24 +183,25 @@ def running(name: str, settings: Settings) -> Iterator[tuple[subprocess.Popen[by
         wait_listening(proc, port)
         yield proc, port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
-def leaves_by_reason(port: int) -> dict[str, int] | None:
-    """Our server's own count of peers that left, by reason (slow, heartbeat ...)."""
+def metric_by_label(port: int, name: str, label: str) -> dict[str, int] | None:
+    """One counter of our server's /metrics, by the value of its one label; None when the
+    server does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
     except OSError:
         return None
-    match = re.compile(r'^meshpeer_leaves_total\{reason="([^"]+)"\} (\S+)$')
+    match = re.compile(rf'^{re.escape(name)}\{{{re.escape(label)}="([^"]+)"\}} (\S+)$')
     found = (match.match(line) for line in text.splitlines())
     return {m[1]: int(float(m[2])) for m in found if m is not None}
+
+
+def leaves_by_reason(port: int) -> dict[str, int] | None:
+    """Our server's own count of peers that left, by reason (slow, heartbeat ...)."""
+    return metric_by_label(port, "meshpeer_leaves_total", "reason")
 
 
 # -- one measurement ---------------------------------------------------------------------------
