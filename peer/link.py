@@ -25,7 +25,13 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
-from peer.candidates import CandidateError, parse_remote_candidate
+from peer.candidates import (
+    CandidateBudget,
+    CandidateError,
+    Refusal,
+    is_mdns,
+    parse_remote_candidate,
+)
 from peer.datachannel import MESHPEER
 from peer.events import Kind
 from peer.media.fanout import EncodedTrack
@@ -38,9 +44,6 @@ from signaling.ice import IceServer
 from signaling.protocol import IceCandidate, PeerId
 
 log = logging.getLogger(__name__)
-
-#: Candidates kept per link while the remote description is not set yet.
-MAX_PENDING_CANDIDATES = 64
 
 #: Bitrates are measured over at least this many seconds between two stats samples.
 MIN_RATE_INTERVAL = 0.5
@@ -90,8 +93,11 @@ class PeerLink:
         self._applying = ""  # the remote description being applied: its tracks' IDs
         self._on_track_ended = on_track_ended
         self._consumers = list(consumers)
-        self._pending: list[IceCandidate | None] = []
+        #: Candidates taken before the remote description (aiortc would drop them).
+        self._pending: list[RTCIceCandidate | None] = []
         self._resolving: set[asyncio.Task[None]] = set()
+        self._budget = CandidateBudget()
+        self._refused: set[Refusal] = set()  # each reason is logged once per link
         self._on_state = on_state
         self._on_track = on_track
         self._last_counters: Counters | None = None
@@ -128,6 +134,16 @@ class PeerLink:
         return self.pc.remoteDescription is not None
 
     @property
+    def mdns_resolving(self) -> int:
+        """``.local`` candidates of this link being resolved now."""
+        return len(self._resolving)
+
+    @property
+    def candidates_dropped(self) -> int:
+        """Remote candidates refused so far (see :mod:`peer.candidates`)."""
+        return self._budget.dropped
+
+    @property
     def kinds_received(self) -> set[Kind]:
         return set(self.relays)
 
@@ -157,7 +173,7 @@ class PeerLink:
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply the remote offer and return our answer."""
-        self._applying = sdp
+        sdp = self._applying = self._trim(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._mark("remote-description")
         self._attach_to_offer()
@@ -174,7 +190,7 @@ class PeerLink:
         ``track`` event); one the remote no longer sends ends (:meth:`_end_stopped_tracks`).
         Our own tracks stay on their m-lines: none is added to the new ones.
         """
-        self._applying = sdp
+        sdp = self._applying = self._trim(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._end_stopped_tracks()
@@ -229,7 +245,7 @@ class PeerLink:
         return False
 
     async def accept_answer(self, sdp: str) -> None:
-        self._applying = sdp
+        sdp = self._applying = self._trim(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._mark("remote-description")
         await self._flush_candidates()
@@ -237,33 +253,59 @@ class PeerLink:
         await self._end_stopped_tracks()  # after a renegotiation of ours
 
     async def add_candidate(self, candidate: IceCandidate | None) -> None:
-        """Apply a trickled candidate now, or keep it until the remote description is set."""
-        if not self.has_remote_description:
-            if len(self._pending) < MAX_PENDING_CANDIDATES:
-                self._pending.append(candidate)
-            else:
-                log.warning("too many early candidates from %s: dropping one", self.remote)
+        """Apply a trickled candidate now, or keep it until the remote description is set.
+
+        Within the link's :class:`peer.candidates.CandidateBudget`: the rest is dropped.
+        """
+        try:
+            parsed = parse_remote_candidate(candidate) if candidate is not None else None
+        except CandidateError as exc:
+            log.warning("ignoring candidate from %s: %s", self.remote, exc)
             return
-        await self._apply_candidate(candidate)
+        if self.has_remote_description:
+            await self._apply_candidate(parsed)
+        elif parsed is None:
+            if None not in self._pending:
+                self._pending.append(None)
+        elif len(self._pending) < self._budget.limit:  # no more than the budget would take
+            self._pending.append(parsed)
+        else:
+            self._refuse(self._budget.refuse(Refusal.TOO_MANY))
 
     async def _flush_candidates(self) -> None:
         pending, self._pending = self._pending, []
         for candidate in pending:
             await self._apply_candidate(candidate)
 
-    async def _apply_candidate(self, candidate: IceCandidate | None) -> None:
-        try:
-            parsed = parse_remote_candidate(candidate) if candidate is not None else None
-        except CandidateError as exc:
-            log.warning("ignoring candidate from %s: %s", self.remote, exc)
+    async def _apply_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        if candidate is not None:
+            refusal = self._budget.admit(candidate, len(self._resolving))
+            if refusal is not None:
+                self._refuse(refusal)
+                return
+            if is_mdns(candidate):
+                # aioice resolves mDNS names inline, up to 1 s each: off the peer's queue.
+                task = asyncio.get_running_loop().create_task(self._add(candidate))
+                self._resolving.add(task)
+                task.add_done_callback(self._resolving.discard)
+                return
+        await self._add(candidate)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Log a refused candidate: each reason once per link (a flood logs no flood)."""
+        reason = self._budget.explain(refusal)
+        if refusal in self._refused:
+            log.debug("candidate from %s dropped: %s", self.remote, reason)
             return
-        if parsed is not None and parsed.ip.endswith(".local"):
-            # aioice resolves mDNS names inline, up to 1 s each: off the peer's message queue.
-            task = asyncio.get_running_loop().create_task(self._add(parsed))
-            self._resolving.add(task)
-            task.add_done_callback(self._resolving.discard)
-            return
-        await self._add(parsed)
+        self._refused.add(refusal)
+        log.warning("dropping candidates from %s: %s", self.remote, reason)
+
+    def _trim(self, sdp: str) -> str:
+        """The remote description without the candidates the budget refuses."""
+        trimmed, refusals = self._budget.trim(sdp, len(self._resolving))
+        for refusal in refusals:
+            self._refuse(refusal)
+        return trimmed
 
     async def _add(self, candidate: RTCIceCandidate | None) -> None:
         try:
@@ -407,6 +449,7 @@ class PeerLink:
             steps=tuple((name, round(at - joined_at, 4)) for name, at in steps.items()),
             role=str(self.role),
             route=self.route(),
+            candidates_dropped=self.candidates_dropped,
         )
 
     def _inbound(self) -> tuple[int, int] | None:

@@ -71,6 +71,9 @@ class PeerStats:
     #: Candidate types of the pair in use, local-remote: "host-host", "relay-host" (through
     #: our TURN relay), "srflx-prflx" ...; "" until ICE has chosen.
     route: str = ""
+    #: Remote candidates refused (over peer.candidates' bounds): only a broken or hostile
+    #: peer sends that many.
+    candidates_dropped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -30,7 +30,7 @@ import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
 from peer.events import Kind
-from peer.media.tap import FpsMeter, FrameConsumer
+from peer.media.tap import FpsMeter, FrameConsumer, SizeGuard
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
@@ -101,24 +101,28 @@ class Mosaic:
         self._lock = threading.Lock()  # guards _tiles between the loop and render threads
         self._render_lock = threading.Lock()  # one render at a time: caches, reformatter
         self._reformatter = VideoReformatter()
+        self._sizes = SizeGuard("mosaic")
 
     # --- FrameConsumer, on the event loop ------------------------------------------------
 
     def put_frame(
         self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame | Image
     ) -> None:
-        """Keeps a reference to the newest video frame (or BGR array); converts nothing."""
+        """Keeps a reference to the newest video frame (or BGR array); converts nothing.
+        One over :data:`peer.media.tap.MAX_FRAME_PIXELS` is not kept (warned once a track)."""
         with self._lock:
             tile = self._tiles.get(peer)
             if tile is None:
                 tile = self._tiles[peer] = _Tile(label=peer)
             if kind == "audio":
                 tile.has_audio = True
-            elif not isinstance(frame, av.AudioFrame):
+            elif not isinstance(frame, av.AudioFrame) and self._sizes.admits(peer, *_size(frame)):
                 tile.frame = frame
                 tile.meter.tick(self._clock())
 
     def track_ended(self, peer: PeerId, kind: Kind) -> None:
+        if kind == "video":
+            self._sizes.track_ended(peer)
         with self._lock:
             tile = self._tiles.get(peer)
             if tile is not None and kind == "video":
@@ -200,6 +204,13 @@ class Mosaic:
             return cast(Image, bgr.to_ndarray())
         width, height = fit((frame.shape[1], frame.shape[0]), box)
         return cast(Image, cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA))
+
+
+def _size(frame: VideoInput) -> tuple[int, int]:
+    """(width, height) of an aiortc frame or a BGR array."""
+    if isinstance(frame, av.VideoFrame):
+        return frame.width, frame.height
+    return frame.shape[1], frame.shape[0]
 
 
 def _strip_height(tile_height: int) -> int:

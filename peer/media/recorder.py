@@ -39,7 +39,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from peer.media.errors import MediaError
-from peer.media.tap import Kind
+from peer.media.tap import Kind, SizeGuard
 from peer.media.timeline import AudioStamper, RecordingClock, VideoStamper
 from signaling.protocol import PeerId
 
@@ -387,6 +387,9 @@ class _Visit:
 class Recorder:
     """A FrameConsumer that writes one file per remote peer and visit into ``directory``.
 
+    Pictures over :data:`peer.media.tap.MAX_FRAME_PIXELS` are left out (one warning per
+    track): a remote peer picks its size, and each such frame queued costs tens of MB.
+
     Frames given to ``put_frame`` come out unmodified (they are shared with other
     consumers). A visit is forgotten once its file is closed: for peers that come and go
     the recorder keeps only the names of the files, for ``files()`` and ``close()``.
@@ -408,6 +411,7 @@ class Recorder:
         self._files: dict[Path, bool] = {}
         self._unreported: dict[PeerId, Path] = {}  # a released file close_peer() has to return
         self._visit_counts: dict[PeerId, int] = {}
+        self._sizes = SizeGuard("recorder")
         self._closed = False
         atexit.register(self._finish_at_exit)  # Ctrl-C past the agent's own shutdown
 
@@ -421,12 +425,18 @@ class Recorder:
     def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
         if self._closed:
             return
+        if isinstance(frame, av.VideoFrame) and not self._sizes.admits(
+            peer, frame.width, frame.height
+        ):
+            return
         visit = self._active.get(peer)
         if visit is None:
             visit = self._start(peer)
         visit.offer(kind, frame)
 
     def track_ended(self, peer: PeerId, kind: Kind) -> None:
+        if kind == "video":
+            self._sizes.track_ended(peer)
         visit = self._active.get(peer)
         if visit is None:
             return

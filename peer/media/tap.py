@@ -33,6 +33,41 @@ class FrameConsumer(Protocol):
         """No more frames of ``kind`` will come from ``peer`` through this tap."""
 
 
+#: The largest decoded picture the recorder and the mosaic take, in pixels (3840x2160): a
+#: remote peer picks the size it sends, and each bigger picture held costs them tens of MB.
+MAX_FRAME_PIXELS = 3840 * 2160
+
+
+class SizeGuard:
+    """Refuses video frames over ``max_pixels`` for one consumer (``owner``, as logged):
+    one warning per track (until ``track_ended``), not per frame; ``refused`` counts them."""
+
+    def __init__(self, owner: str, max_pixels: int = MAX_FRAME_PIXELS) -> None:
+        self.owner = owner
+        self.max_pixels = max_pixels
+        self.refused = 0
+        self._warned: set[PeerId] = set()
+
+    def admits(self, peer: PeerId, width: int, height: int) -> bool:
+        if width * height <= self.max_pixels:
+            return True
+        self.refused += 1
+        if peer not in self._warned:
+            self._warned.add(peer)
+            log.warning(
+                "%s: leaving out %dx%d video from %s: over %d pixels",
+                self.owner,
+                width,
+                height,
+                peer,
+                self.max_pixels,
+            )
+        return False
+
+    def track_ended(self, peer: PeerId) -> None:
+        self._warned.discard(peer)
+
+
 class FpsMeter:
     """Frames per second over a sliding window; reads 0 once frames stopped for a window."""
 

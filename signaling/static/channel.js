@@ -12,6 +12,11 @@ export const LOW_WATER = 256 * 1024;
 export const MAX_WAITING = 64;
 /** How long a message waits for the channel to open before it is dropped. */
 export const OPEN_WAIT_MS = 10_000;
+/**
+ * `meshpeer` channels one link holds at once: each side's first offer carries one, so glare
+ * makes two. Only a broken or hostile peer opens more; each would hold its own buffers.
+ */
+export const MAX_CHANNELS = 2;
 
 /**
  * Send with `send(data)` (a string, or bytes): it answers true once the whole message is in
@@ -34,7 +39,8 @@ export class MeshChannel {
     this.maxWaiting = maxWaiting;
     this.openWaitMs = openWaitMs;
     this.channel = null; // the one we send on
-    this.receiving = new Map(); // every `meshpeer` channel of the link -> its Reassembler
+    this.receiving = new Map(); // every open `meshpeer` channel of the link -> its Reassembler
+    this.refused = 0; // channels closed for being over MAX_CHANNELS
     this.waiting = []; // {data, since, done}
     this.current = null; // the message being written, taken off `waiting`
     this.pumping = false;
@@ -57,10 +63,19 @@ export class MeshChannel {
 
   /**
    * A `meshpeer` RTCDataChannel of this link. The first is the one we send on; another
-   * (both sides offered at once) is only read.
+   * (both sides offered at once) is only read; one beyond MAX_CHANNELS is closed at once.
    */
   attach(dc) {
     if (this.closed || this.receiving.has(dc)) return;
+    if (this.receiving.size >= MAX_CHANNELS) {
+      dc.close();
+      if (this.refused++ === 0) {
+        console.warn(
+          `meshpeer: ${this.peerId} opened more \`meshpeer\` channels than the ${MAX_CHANNELS} a link needs; closing the rest`,
+        );
+      }
+      return;
+    }
     dc.binaryType = "arraybuffer";
     const reassembler = new Reassembler();
     this.receiving.set(dc, reassembler);
@@ -179,6 +194,7 @@ export class MeshChannel {
 
   #discard(dc) {
     const held = this.receiving.get(dc)?.discard() ?? 0;
+    this.receiving.delete(dc); // its place is free again
     if (held) console.debug(`meshpeer: ${this.peerId} left ${held} bytes of a message unfinished`);
   }
 }

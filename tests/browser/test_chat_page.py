@@ -16,6 +16,8 @@ from aiortc import RTCDataChannel
 from playwright.async_api import Page
 
 from peer import events as ev
+from peer.datachannel import MESHPEER
+from signaling.protocol import PeerId
 from tests.browser.bots import Bot, running_bot
 from tests.browser.conftest import OpenPage
 from tests.browser.pages import (
@@ -466,6 +468,37 @@ async def test_page_and_agent_text_and_a_megabyte_both_ways(
         ]
         assert dropped(bot) == []
         assert (await web.snapshot())["data"]["dropped"] == 0
+        assert errors(web) == []
+
+
+async def test_extra_meshpeer_channels_from_the_remote_are_closed(
+    signaling: RunningServer, open_page: OpenPage
+) -> None:
+    """Glare makes at most two `meshpeer` channels per link (each side's offer carries
+    one): the page closes any further one the remote opens, warns once, and talks on."""
+    async with bot_and_page(signaling, open_page, "data-extra") as (web, bot):
+        link = bot.agent.links[PeerId("web")]
+        extra = [link.pc.createDataChannel(MESHPEER) for _ in range(5)]  # the bot offered one
+
+        async def refused() -> bool:
+            return sum(dc.readyState == "closed" for dc in extra) == 4
+
+        await eventually(refused, seconds(10), "web closing 4 of the 5 extra channels")
+        held = await web.page.evaluate("meshpeer.page.links.get('bot').data.receiving.size")
+        assert held == 2
+        assert [dc.readyState for dc in extra].count("open") == 1
+        warned = [line for line in web.console if "more `meshpeer` channels" in line]
+        assert len(warned) == 1, warned
+
+        assert bot.agent.send_data("still here", to="web") == 1
+        await wait_message(web, lambda m: m["text"] == "still here", "the bot's text")
+        sent = await web.page.evaluate("meshpeer.send('and me', 'bot')")
+        assert sent == {"bot": True}
+
+        async def text_in() -> bool:
+            return [e.data for e in received(bot, "web")] == ["and me"]
+
+        await eventually(text_in, seconds(10), "the bot getting web's text")
         assert errors(web) == []
 
 

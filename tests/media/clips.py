@@ -1,13 +1,16 @@
-"""Media fixtures made on the spot with PyAV, and frame builders for the media tests."""
+"""Media fixtures made on the spot with PyAV, frame builders for the media tests, and
+decoding what a recording holds."""
 
 from __future__ import annotations
 
+import asyncio
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 
 def make_clip(
@@ -80,3 +83,45 @@ def decode_video(path: Path) -> list[av.VideoFrame]:
 def decode_audio(path: Path) -> list[av.AudioFrame]:
     with av.open(str(path)) as container:
         return list(container.decode(audio=0))
+
+
+def decoded_frames(path: Path) -> dict[str, int]:
+    """Decode the whole file: frames per kind, and the video size."""
+    counts = {"video": 0, "audio": 0, "width": 0, "height": 0}
+    with av.open(str(path)) as container:
+        for frame in container.decode(*container.streams):
+            if isinstance(frame, av.VideoFrame):
+                counts["video"] += 1
+                counts["width"], counts["height"] = frame.width, frame.height
+            else:
+                counts["audio"] += 1
+    return counts
+
+
+class FramesTrack(MediaStreamTrack):
+    """A remote-like video track that yields ``frames`` at ``fps``, then ends."""
+
+    kind = "video"
+
+    def __init__(self, frames: list[av.VideoFrame], fps: int = 30) -> None:
+        super().__init__()
+        self._frames = iter(frames)
+        self._period = 1 / fps
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.sleep(self._period)
+        frame = next(self._frames, None)
+        if frame is None:
+            self.stop()
+            raise MediaStreamError
+        return frame
+
+
+def oversized_frame(pts: int, *, time_base: Fraction = Fraction(1, 90_000)) -> av.VideoFrame:
+    """A 4096x2304 frame (4096 * 2304 pixels is over 3840 * 2160), almost white."""
+    frame = av.VideoFrame(4096, 2304, "yuv420p")
+    for plane, value in zip(frame.planes, (235, 128, 128), strict=True):
+        np.frombuffer(memoryview(plane), np.uint8)[:] = value
+    frame.pts = pts
+    frame.time_base = time_base
+    return frame

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -18,8 +19,9 @@ import numpy.typing as npt
 import pytest
 
 from peer.media.mosaic import Mosaic, SnapshotWriter, grid, save_snapshot
+from peer.media.tap import TrackTap
 from signaling.protocol import PeerId
-from tests.media.clips import audio_frame, video_frame
+from tests.media.clips import FramesTrack, audio_frame, oversized_frame, video_frame
 from tests.support import seconds
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,6 +108,30 @@ def test_fps_is_shown_and_conversion_happens_at_render_time_only() -> None:
     stale = mosaic.render()
     strip = slice(TILE[1] - 14, TILE[1]), slice(0, TILE[0])
     assert not np.array_equal(fast[strip], stale[strip])
+
+
+async def test_oversized_pictures_are_refused_with_one_warning_per_track(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pictures over MAX_FRAME_PIXELS are not kept (the tile says "no video"); the other
+    tiles go on, and each track is warned about once, not each frame."""
+    caplog.set_level(logging.WARNING)
+    mosaic = Mosaic(tile=TILE)
+    mosaic.put_frame(PeerId("bob"), "video", _solid(COLOURS[1]))
+    for _ in range(2):  # the peer's track, then a new one (after a renegotiation)
+        track = FramesTrack([oversized_frame(i * 3000) for i in range(8)])
+        tap = TrackTap(PeerId("huge"), track, [mosaic])
+        tap.start()
+        deadline = time.monotonic() + seconds(5)
+        while tap.frames < 3:
+            assert time.monotonic() < deadline, "no frames from the track"
+            await asyncio.sleep(0.01)
+        bob, huge = _tiles(mosaic.render(), 2)  # while the track still sends
+        assert np.abs(bob[30:60, 30:120].astype(int) - COLOURS[1]).max() < 8
+        assert np.median(huge[: TILE[1] * 3 // 4]) == 56  # the empty tile: "no video"
+        await asyncio.wait_for(tap.wait_ended(), seconds(10))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("4096x2304" in w for w in warnings), warnings
 
 
 def test_save_snapshot_writes_a_png(tmp_path: Path) -> None:

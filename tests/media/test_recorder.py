@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import logging
 import signal
 import subprocess
 import sys
@@ -21,7 +22,14 @@ from peer.media.recorder import Recorder, _Muxer, _Visit, recording_format
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
 from peer.media.tap import TrackTap
 from signaling.protocol import PeerId
-from tests.media.clips import audio_frame, decode_audio, decode_video, video_frame
+from tests.media.clips import (
+    FramesTrack,
+    audio_frame,
+    decode_audio,
+    decode_video,
+    oversized_frame,
+    video_frame,
+)
 from tests.support import seconds
 
 REPO = Path(__file__).resolve().parents[2]
@@ -278,3 +286,29 @@ async def test_close_peer_returns_a_file_whose_visit_was_already_released(tmp_pa
     assert path.name.startswith("ann-")
     assert await recorder.close_peer(ann) is None  # reported once
     assert len(await asyncio.wait_for(recorder.close(), seconds(20))) == 2
+
+
+async def test_oversized_pictures_are_left_out_and_the_rest_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A remote track's pictures over MAX_FRAME_PIXELS would cost tens of MB each in the
+    queue and the encoder: they are left out with one warning, the others are recorded."""
+    caplog.set_level(logging.WARNING)
+    recorder = Recorder(tmp_path)
+    peer = PeerId("huge")
+    frames = [
+        oversized_frame(i * 3000)
+        if i % 2 == 0
+        else video_frame(320, 240, pts=i * 3000, time_base=VIDEO_90K)
+        for i in range(40)
+    ]
+    tap = TrackTap(peer, FramesTrack(frames), [recorder])
+    tap.start()
+    await asyncio.wait_for(tap.wait_ended(), seconds(20))
+    path = await asyncio.wait_for(recorder.close_peer(peer), seconds(20))
+    assert path is not None
+    video = decode_video(path)
+    assert {(f.width, f.height) for f in video} == {(320, 240)}
+    assert len(video) == 20
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "4096x2304" in warnings[0], warnings

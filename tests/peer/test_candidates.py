@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from aiortc import RTCIceCandidate
 
-from peer.candidates import CandidateError, parse_remote_candidate
+from peer.candidates import CandidateBudget, CandidateError, Refusal, parse_remote_candidate
 from signaling.protocol import IceCandidate, parse_candidate
 
 # (candidate string, ip, port, protocol, type, related address, related port, tcptype)
@@ -205,3 +206,60 @@ def test_malformed_candidates_are_errors(text: str) -> None:
 def test_candidate_needs_mid_or_index() -> None:
     with pytest.raises(CandidateError, match="sdpMid"):
         parse_remote_candidate(IceCandidate("candidate:0 1 UDP 1 10.0.0.2 5000 typ host"))
+
+
+def _candidate(ip: str, port: int) -> RTCIceCandidate:
+    return parse_remote_candidate(
+        IceCandidate(f"candidate:0 1 udp 2122252543 {ip} {port} typ host", "0", 0)
+    )
+
+
+# (candidates as (ip, port), names resolving, limit, mdns limit, refusals in order)
+BUDGETS = [
+    ([("10.0.0.1", p) for p in range(3)], 0, 3, 4, [None, None, None]),
+    ([("10.0.0.1", p) for p in range(4)], 0, 3, 4, [None, None, None, Refusal.TOO_MANY]),
+    # the same address again costs nothing: aioice ignores it
+    ([("10.0.0.1", 1), ("10.0.0.1", 1), ("10.0.0.1", 2)], 0, 2, 4, [None, None, None]),
+    ([("a.local", 1)], 3, 8, 4, [None]),
+    ([("a.local", 1)], 4, 8, 4, [Refusal.MDNS_BUSY]),
+    # refused for mDNS: it takes no place, and a plain one still fits
+    ([("a.local", 1), ("10.0.0.1", 1)], 4, 1, 4, [Refusal.MDNS_BUSY, None]),
+    ([("A.LOCAL", 1)], 4, 8, 4, [Refusal.MDNS_BUSY]),
+]
+
+
+@pytest.mark.parametrize(("addresses", "resolving", "limit", "mdns", "expected"), BUDGETS)
+def test_budget_admits(
+    addresses: list[tuple[str, int]],
+    resolving: int,
+    limit: int,
+    mdns: int,
+    expected: list[Refusal | None],
+) -> None:
+    budget = CandidateBudget(limit, mdns)
+    got = [budget.admit(_candidate(ip, port), resolving) for ip, port in addresses]
+    assert got == expected
+    assert budget.dropped == sum(r is not None for r in expected)
+
+
+def test_budget_trims_a_description() -> None:
+    lines = [f"a=candidate:{i} 1 udp 2122252543 10.0.0.1 {5000 + i} typ host" for i in range(3)]
+    names = [f"a=candidate:9{i} 1 udp 2122252543 n{i}.local 6000 typ host" for i in range(3)]
+    sdp = "\r\n".join(["v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", *names, *lines, "a=mid:0", ""])
+    budget = CandidateBudget(limit=3, mdns_limit=2)
+    trimmed, refusals = budget.trim(sdp, resolving=1)
+    # one name was resolving already: one more; then two plain ones fill the budget
+    assert trimmed.split("\r\n") == [
+        "v=0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        names[0],
+        *lines[:2],
+        "a=mid:0",
+        "",
+    ]
+    assert refusals == [Refusal.MDNS_BUSY, Refusal.MDNS_BUSY, Refusal.TOO_MANY]
+    assert budget.dropped == 3
+    # the same description again (a renegotiation) takes what it has and refuses the rest
+    assert budget.trim(trimmed, resolving=0) == (trimmed, [])
+    untouched = "v=0\r\na=candidate:bad\r\n"
+    assert budget.trim(untouched, resolving=0) == (untouched, [])

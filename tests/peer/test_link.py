@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from peer.candidates import MAX_REMOTE_CANDIDATES
 from peer.ice import rtc_configuration
 from peer.link import PeerLink
 from peer.mesh import LinkState, Role
@@ -100,6 +101,42 @@ async def test_mdns_and_tcp_candidates_do_not_block_or_break() -> None:
             lambda: offerer.state is LinkState.CONNECTED and answerer.state is LinkState.CONNECTED,
             10,
             "the connection despite unusable candidates",
+        )
+    finally:
+        await offerer.close()
+        await answerer.close()
+        media.stop()
+
+
+def with_candidates(sdp: str, lines: list[str]) -> str:
+    """``sdp`` with ``lines`` (``candidate:...``) added to its first media section."""
+    head, first, *rest = sdp.split("\r\nm=")
+    extra = "".join(f"\r\na={line}" for line in lines)
+    return "\r\nm=".join([head, first + extra, *rest])
+
+
+async def test_candidates_in_a_description_count_against_the_bound() -> None:
+    """A description can carry a flood too: what is over the bound is left out of it."""
+    media = small_media("a")
+    offerer = make_link("b", Role.OFFERER, [media.video])
+    answerer = make_link("a", Role.ANSWERER, [])
+    try:
+        offer = await offerer.make_offer()
+        own = offer.count("a=candidate:")
+        flood = [
+            f"candidate:{i} 1 udp 2122260223 127.0.0.1 {20_000 + i} typ host" for i in range(300)
+        ]
+        answer = await answerer.accept_offer(with_candidates(offer, flood))
+        await offerer.accept_answer(answer)
+        transport = answerer.pc.getTransceivers()[0].receiver.transport.transport
+        held = [c for c in transport.getRemoteCandidates() if c.type != "prflx"]
+        assert len(held) == MAX_REMOTE_CANDIDATES
+        assert answerer.candidates_dropped == own + 300 - MAX_REMOTE_CANDIDATES
+        # the offer's own candidates come first and are kept: the connection is made
+        await wait_for(
+            lambda: offerer.state is LinkState.CONNECTED and answerer.state is LinkState.CONNECTED,
+            10,
+            "the connection despite the flood",
         )
     finally:
         await offerer.close()
