@@ -104,7 +104,7 @@ def measure(
         while time.monotonic() - started < duration:
             members = sum(
                 int(client.hlen(key))
-                for key in client.scan_iter("mp:{*}:m", count=1000)  # rooms' member hashes
+                for key in client.scan_iter("mp:{*}:*:m", count=1000)  # rooms' member hashes
             )
             if members >= clients or load.poll() is not None:
                 break

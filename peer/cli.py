@@ -8,7 +8,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from signaling.cli import add_serve_arguments, add_token_arguments, print_token, serve
+from signaling.auth import SecretError
+from signaling.cli import (
+    add_serve_arguments,
+    add_token_arguments,
+    print_token,
+    read_secret,
+    serve,
+)
 from signaling.flags import count, seconds
 
 #: Libraries whose INFO logging is per packet or per candidate pair: quiet unless --log-level DEBUG.
@@ -56,6 +63,15 @@ def add_media_arguments(
     )
 
 
+def _token_file(text: str) -> str:
+    """The token in a file (``--token-file``): out of the command line, where ps shows it."""
+    try:
+        token = read_secret(Path(text), "", "access token")
+    except SecretError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return (token or b"").decode("utf-8", "replace")
+
+
 def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "url",
@@ -65,11 +81,20 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--room", help="room to join (default: the server's default room)")
     parser.add_argument("--id", dest="peer_id", help="peer ID (default: a random peer-xxxxxx)")
-    parser.add_argument(
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
         "--token",
         default=os.environ.get("MESHPEER_TOKEN") or None,
         help="access token for a server that requires one (default: $MESHPEER_TOKEN); "
-        "without --id, the ID is the token's",
+        "without --id, the ID is the token's. Prefer $MESHPEER_TOKEN or --token-file: "
+        "a --token value shows in ps to every user of the machine",
+    )
+    token.add_argument(
+        "--token-file",
+        dest="token",
+        type=_token_file,
+        metavar="FILE",
+        help="read the access token from FILE instead",
     )
     add_media_arguments(parser, width=640, height=480, fps=30)
     out = parser.add_argument_group("output")

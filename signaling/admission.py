@@ -6,62 +6,164 @@ Decided before the upgrade, so a refused client costs an HTTP response and nothi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from signaling.metrics import Refusal
 
+#: ``--allow-origin '*'``: any browser origin may connect.
+ANY_ORIGIN = "*"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+#: What a host name in an origin may hold (browsers send IDNs as punycode): no ``*``.
+_HOST_NAME = re.compile(r"[a-z0-9._-]+")
+
 
 class OriginError(ValueError):
-    """An ``--allow-origin`` value that is not ``scheme://host[:port]``."""
+    """An ``--allow-origin`` or ``--public-url`` value that is not an origin or a URL."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """A web origin as browsers compare them: scheme, host and port, the default port
+    filled in (``http://h`` and ``http://h:80`` are one origin), IPv6 hosts normalized."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, page: bool = False) -> Origin:
+        """``https://Example.com`` -> ``Origin("https", "example.com", 443)``, else OriginError.
+
+        ``page``: a page's URL (``--public-url``), whose path is not part of its origin.
+        """
+        expected = "https://host[:port]/..." if page else "https://host[:port]"
+        complaint = f"not {'an http(s) URL' if page else 'an origin'}: {text!r} ({expected})"
+        try:
+            parts = urlsplit(text.strip())
+            port = parts.port
+        except ValueError:  # a bad port, an unclosed [
+            raise OriginError(complaint) from None
+        host = parts.hostname
+        if parts.scheme not in DEFAULT_PORTS or not host or "@" in parts.netloc:
+            raise OriginError(complaint)
+        if not page and (parts.path not in ("", "/") or parts.query or parts.fragment):
+            raise OriginError(complaint)
+        try:
+            host = str(ipaddress.ip_address(host))  # [0:0::1] is [::1]
+        except ValueError:
+            if not _HOST_NAME.fullmatch(host):
+                raise OriginError(complaint) from None
+        return cls(parts.scheme, host, DEFAULT_PORTS[parts.scheme] if port is None else port)
+
+    @classmethod
+    def of_request(cls, scheme: str, host: str | None) -> Origin | None:
+        """The origin of a page fetched from this request's ``Host`` with its scheme."""
+        if host is None:
+            return None
+        try:
+            return cls.parse(f"{scheme}://{host}")
+        except OriginError:
+            return None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "" if DEFAULT_PORTS[self.scheme] == self.port else f":{self.port}"
+        return f"{self.scheme}://{host}{port}"
 
 
 def normalize_origin(text: str) -> str:
-    """``https://Example.com:443/`` -> ``https://example.com:443``: how browsers send it."""
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-        raise OriginError(f"not an origin: {text!r} (expected https://host[:port])")
-    if parts.query or parts.fragment or "@" in parts.netloc:
-        raise OriginError(f"not an origin: {text!r} (expected https://host[:port])")
-    return f"{parts.scheme}://{parts.netloc.lower()}"
+    """``https://Example.com:443/`` -> ``https://example.com``: how browsers send it; ``*``
+    stays (any origin)."""
+    return ANY_ORIGIN if text.strip() == ANY_ORIGIN else str(Origin.parse(text))
 
 
 @dataclass(frozen=True, slots=True)
 class OriginPolicy:
-    """Browsers' ``Origin`` allowed to connect; empty: any (the default, as before)."""
+    """Browsers' ``Origin`` allowed to connect: the server's own, and those listed.
 
-    allowed: frozenset[str] = frozenset()
+    A page of another site must not open a WebSocket to a server its visitor can reach (on
+    their machine, on their network) and join rooms as them: cross-site WebSocket hijacking.
+    """
+
+    allowed: frozenset[Origin] = frozenset()
+    #: ``--allow-origin '*'``: any origin.
+    any_origin: bool = False
+    #: The origin of ``--public-url``: the server's own as users of its proxy see it.
+    public: Origin | None = None
 
     @classmethod
-    def of(cls, origins: Iterable[str]) -> OriginPolicy:
-        return cls(frozenset(normalize_origin(o) for o in origins))
+    def of(cls, origins: Iterable[str], public_url: str | None = None) -> OriginPolicy:
+        listed = [o.strip() for o in origins]
+        return cls(
+            frozenset(Origin.parse(o) for o in listed if o != ANY_ORIGIN),
+            ANY_ORIGIN in listed,
+            Origin.parse(public_url, page=True) if public_url is not None else None,
+        )
 
-    def admits(self, origin: str | None, host: str | None) -> bool:
-        """``origin`` is the request's ``Origin`` header, ``host`` its ``Host`` header.
+    def admits(self, origin: str | None, scheme: str, host: str | None) -> bool:
+        """``origin`` is the request's ``Origin`` header, ``scheme`` and ``host`` (its
+        ``Host`` header) how it reached this server.
 
         No ``Origin``: not a browser (a bot, the CLI), not this rule's business. The page
-        this server serves itself is same-origin (its ``Origin`` names the ``Host`` asked
-        for), and always works.
+        this server serves itself is same-origin (scheme, host and port of the request).
         """
-        if not self.allowed or origin is None:
+        if origin is None or self.any_origin:
             return True
-        if host is not None and urlsplit(origin).netloc.lower() == host.lower():
+        try:
+            theirs = Origin.parse(origin)
+        except OriginError:
+            return False  # "null": a sandboxed frame, a file: page
+        if theirs in self.allowed or theirs == self.public:
             return True
-        return origin.lower() in self.allowed
+        return theirs == Origin.of_request(scheme, host)
 
 
-def client_address(peer: str | None, forwarded_for: str | None, trust_proxy: bool) -> str:
+@dataclass(frozen=True, slots=True)
+class ClientAddress:
+    """Who a connection is counted as, and why a forwarded value was not used."""
+
+    address: str
+    #: A trusted ``X-Forwarded-For`` entry that is not an address (the server logs it).
+    unusable: str | None = None
+
+
+def client_address(
+    peer: str | None, forwarded_for: Sequence[str], trust_proxy: bool
+) -> ClientAddress:
     """The address limits count against: the proxy's last ``X-Forwarded-For`` hop if trusted.
 
-    Only the last entry is the proxy's own observation; earlier ones are whatever the client
-    wrote, and trusting them would let anyone pick the address they are counted as.
+    ``forwarded_for`` holds the header's lines, read as one list joined with ``,``. Only its
+    last entry is the proxy's own observation: earlier ones, the first line included, are
+    whatever the client wrote, and trusting them would let anyone pick the address they are
+    counted as. An entry that is not an address leaves the socket's.
     """
-    if trust_proxy and forwarded_for:
-        last = forwarded_for.rsplit(",", 1)[-1].strip()
-        if last:
-            return last
-    return peer or "unknown"
+    socket_address = peer or "unknown"
+    if not trust_proxy or not forwarded_for:
+        return ClientAddress(socket_address)
+    last = ",".join(forwarded_for).rsplit(",", 1)[-1].strip()
+    try:
+        return ClientAddress(str(ipaddress.ip_address(last)))
+    except ValueError:
+        return ClientAddress(socket_address, last)
+
+
+def counted_address(address: str) -> str:
+    """What the per-address caps count: an IPv6 client by its /64 (the block one subscriber
+    gets, where picking a fresh address per connection is free), an IPv4-mapped address as
+    the IPv4 one, IPv4 per address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @dataclass(slots=True)
@@ -72,7 +174,8 @@ class _Address:
 
 
 class IpGate:
-    """Counts connections and connection attempts per client address.
+    """Counts connections and connection attempts per client address (an IPv6 client's
+    /64, :func:`counted_address`).
 
     Attempts are a token bucket per address: ``connects_per_minute`` tokens, refilled evenly
     over a minute, so a burst of that size is allowed and the sustained rate is the cap.
@@ -94,6 +197,7 @@ class IpGate:
 
         An admitted connection must be closed once (:meth:`close`).
         """
+        address = counted_address(address)
         entry = self._addresses.get(address)
         capacity = float(self.connects_per_minute)
         if entry is None:
@@ -111,7 +215,7 @@ class IpGate:
         return None
 
     def close(self, address: str) -> None:
-        entry = self._addresses.get(address)
+        entry = self._addresses.get(counted_address(address))
         if entry is not None and entry.connections > 0:
             entry.connections -= 1
 

@@ -1,32 +1,38 @@
 """Access tokens: an HS256 JWT that admits one peer ID to one room until it expires.
 
-Verification is pure: the caller passes the current Unix time; nothing here reads a clock,
-a file or the network. Any backend can mint tokens without meshpeer (docs/PROTOCOL.md,
-"Access tokens"):
+PyJWT checks the token (encoding, header, HS256 signature, ``aud``); this module adds our
+own rules on top: ``sub`` and ``room`` are names as a join's ``peerId`` and ``room`` are
+(:func:`signaling.protocol.check_name`), times are finite numbers checked against the
+``now`` the caller passes (so verification stays pure: nothing here reads a clock, a file or
+the network), and the join's room and ID must match. Any backend can mint tokens without
+meshpeer (docs/PROTOCOL.md, "Access tokens"):
 
     {"sub": "<peer ID>", "room": "<room>", "exp": <unix seconds>, "nbf"?: ..., "iat"?: ...}
 
 Only HS256 is accepted, whatever the token's header says (no ``alg: none``, no RS/HS
 confusion). A refusal names its reason for the server's log, never the token itself.
-PyJWT mints tokens (``meshpeer token``) and is the reference the checks are tested against.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
-import re
+import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 import jwt
+from jwt.exceptions import InvalidSubjectError
 
-from signaling.protocol import MAX_TOKEN_BYTES, CloseCode, ErrorCode, PeerId, RoomId
+from signaling.protocol import (
+    MAX_TOKEN_BYTES,
+    CloseCode,
+    ErrorCode,
+    PeerId,
+    ProtocolError,
+    RoomId,
+    check_name,
+)
 from signaling.session import JoinRequest, Reply, error_reply
 
 ALGORITHM = "HS256"
@@ -49,6 +55,8 @@ class Reason(StrEnum):
     EXPIRED = "expired"
     NOT_YET_VALID = "not yet valid"
     MISSING_CLAIM = "claim missing or ill-typed"
+    BAD_NAME = "claim is no valid name"
+    AUDIENCE = "token for another audience"
     WRONG_ROOM = "token for another room"
     WRONG_PEER = "token for another peer ID"
 
@@ -93,26 +101,57 @@ def check_secret(secret: bytes, what: str = "auth secret") -> bytes:
     return secret
 
 
-class TokenVerifier:
-    """Checks tokens against one secret."""
+#: PyJWT reads the clock itself: its time checks are off, ours use the ``now`` passed in.
+_PYJWT_OPTIONS: jwt.types.Options = {
+    "require": list(REQUIRED_CLAIMS),
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+}
 
-    def __init__(self, secret: bytes, leeway: float = LEEWAY) -> None:
+
+class TokenVerifier:
+    """Checks tokens against one secret and, when given one, one audience (``aud``)."""
+
+    def __init__(self, secret: bytes, leeway: float = LEEWAY, audience: str | None = None):
         self._secret = check_secret(secret)
         self.leeway = leeway
+        #: None: a token naming any audience is refused (it was minted for another service
+        #: that shares the secret); else a token must name this one.
+        self.audience = audience
 
     def verify(self, token: str | None, now: float) -> Grant:
         """The grant of a valid ``token`` at Unix time ``now``; raises :class:`TokenRefused`."""
         if not token:
             raise TokenRefused(Reason.MISSING)
-        if len(token) > MAX_TOKEN_BYTES or len(token.encode()) > MAX_TOKEN_BYTES:
+        if len(token.encode("utf-8", "replace")) > MAX_TOKEN_BYTES:
             raise TokenRefused(Reason.TOO_LARGE, f"over {MAX_TOKEN_BYTES} bytes")
-        claims = self._decode(token, now)
-        subject, room, expires = claims.get("sub"), claims.get("room"), claims.get("exp")
+        if not token.isascii():  # a JWT is base64url and dots (PyJWT would encode it to UTF-8,
+            raise TokenRefused(Reason.MALFORMED, "not ASCII")  # and fail on a lone surrogate)
+        try:
+            decoded = jwt.decode_complete(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                options=_PYJWT_OPTIONS,
+            )
+        except jwt.PyJWTError as exc:
+            raise _refusal(exc) from None
+        typ = decoded["header"].get("typ", "JWT")
+        if not isinstance(typ, str):  # RFC 7515 4.1.9; PyJWT leaves it unchecked
+            raise TokenRefused(Reason.MALFORMED, "'typ' is not a string")
+        claims: dict[str, Any] = decoded["payload"]
+        subject, room = claims["sub"], claims["room"]
         if not isinstance(subject, str) or not subject or not isinstance(room, str) or not room:
             raise TokenRefused(Reason.MISSING_CLAIM, "'sub' and 'room' must be non-empty strings")
-        if not isinstance(expires, int | float) or isinstance(expires, bool):
-            raise TokenRefused(Reason.MISSING_CLAIM, "'exp' must be a number")
-        return Grant(PeerId(subject), RoomId(room), float(expires))
+        try:  # exactly as a join's own: sub becomes the peer ID of a join that names none
+            check_name(subject, "sub")
+            check_name(room, "room")
+        except ProtocolError as exc:
+            raise TokenRefused(Reason.BAD_NAME, exc.message) from None
+        expires = _check_times(claims, now, self.leeway)
+        return Grant(PeerId(subject), RoomId(room), expires)
 
     def admit(self, token: str | None, room: RoomId, peer_id: PeerId | None, now: float) -> Grant:
         """Verify ``token`` for a join of ``room`` as ``peer_id`` (None: take it from ``sub``)."""
@@ -123,89 +162,59 @@ class TokenVerifier:
             raise TokenRefused(Reason.WRONG_PEER)
         return grant
 
-    def _decode(self, token: str, now: float) -> dict[str, Any]:
-        """The claims of a token signed with our secret, checked strictly.
 
-        Not PyJWT's decode: on the join path it cost 80 µs of server CPU per join (measured,
-        benchmarks/join_cost.py), this 15 µs. The rules are RFC 7515/7519's for HS256, and
-        tests/signaling/test_auth.py checks that this never admits a token PyJWT refuses.
-        """
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise TokenRefused(Reason.MALFORMED, "not three dot-separated segments")
-        header_part, payload_part, signature_part = parts
-        header = _json_segment(header_part, "header")
-        if header.get("alg") != ALGORITHM:
-            raise TokenRefused(Reason.ALGORITHM, f"alg is {str(header.get('alg'))[:20]!r}")
-        if not header.keys() <= _HEADER_PARAMETERS:  # crit, b64, jku ...: not for us
-            extra = sorted(header.keys() - _HEADER_PARAMETERS)[:3]
-            raise TokenRefused(Reason.MALFORMED, f"unsupported header parameters {extra}")
-        payload = _segment(payload_part, "payload")  # checks the alphabet: ASCII from here
-        signature = _segment(signature_part, "signature")
-        signed = f"{header_part}.{payload_part}".encode("ascii")
-        expected = hmac.new(self._secret, signed, hashlib.sha256).digest()
-        if not hmac.compare_digest(expected, signature):
-            raise TokenRefused(Reason.SIGNATURE)
-        claims = _json_object(payload, "payload")
-        for name in REQUIRED_CLAIMS:
-            if name not in claims:
-                raise TokenRefused(Reason.MISSING_CLAIM, f"no {name!r} claim")
-        _check_times(claims, now, self.leeway)
-        return claims
+def _refusal(exc: jwt.PyJWTError) -> TokenRefused:
+    """PyJWT's exception as our reason. Its message may quote a piece of the header (an
+    unknown ``crit`` extension): it is kept short and escaped, like any client string."""
+    detail = repr(str(exc)[:80])
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return TokenRefused(Reason.ALGORITHM)
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return TokenRefused(Reason.SIGNATURE)
+    if isinstance(exc, jwt.InvalidAudienceError) or (
+        isinstance(exc, jwt.MissingRequiredClaimError) and exc.claim == "aud"
+    ):
+        return TokenRefused(Reason.AUDIENCE, detail)
+    if isinstance(exc, jwt.MissingRequiredClaimError | InvalidSubjectError):
+        return TokenRefused(Reason.MISSING_CLAIM, detail)
+    return TokenRefused(Reason.MALFORMED, detail)
 
 
-try:  # optional ("fast" extra), as for the relay: stricter than json (no NaN), and faster
-    import orjson
-
-    _loads: Callable[[bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover - depends on what is installed
-    _loads = json.loads
-
-#: Header parameters a token may carry; anything else (``crit``, ``b64`` ...) is refused.
-_HEADER_PARAMETERS = frozenset({"alg", "typ", "kid"})
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _segment(text: str, name: str) -> bytes:
-    """One base64url segment, unpadded (RFC 7515 section 2), strictly."""
-    if _BASE64URL.fullmatch(text) is None or len(text) % 4 == 1:
-        raise TokenRefused(Reason.MALFORMED, f"{name} is not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _seconds(claims: dict[str, Any], name: str) -> float | None:
+    """A time claim as a finite float; None when absent. PyJWT's json reads NaN, Infinity
+    and 1e400 (infinite), and integers too big for a float: none of them is a time."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds):
+            return seconds
+    raise TokenRefused(Reason.MISSING_CLAIM, f"'{name}' must be a finite number")
 
 
-def _json_segment(text: str, name: str) -> dict[str, Any]:
-    return _json_object(_segment(text, name), name)
-
-
-def _json_object(data: bytes, name: str) -> dict[str, Any]:
-    try:
-        value = _loads(data)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
-        raise TokenRefused(Reason.MALFORMED, f"{name} is not JSON") from None
-    if not isinstance(value, dict):
-        raise TokenRefused(Reason.MALFORMED, f"{name} is not a JSON object")
-    return value
-
-
-def _check_times(claims: dict[str, Any], now: float, leeway: float) -> None:
-    for name in ("exp", "nbf", "iat"):
-        value = claims.get(name)
-        if name in claims and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise TokenRefused(Reason.MISSING_CLAIM, f"'{name}' must be a number")
-    if now - leeway >= claims["exp"]:
-        raise TokenRefused(Reason.EXPIRED, f"{now - claims['exp']:.0f} s ago")
-    nbf = claims.get("nbf")
-    if nbf is not None and now + leeway < nbf:
-        raise TokenRefused(Reason.NOT_YET_VALID, f"'nbf' is {nbf - now:.0f} s ahead")
-    iat = claims.get("iat")
-    if iat is not None and now + leeway < iat:
-        raise TokenRefused(Reason.NOT_YET_VALID, f"'iat' is {iat - now:.0f} s ahead")
+def _check_times(claims: dict[str, Any], now: float, leeway: float) -> float:
+    """``exp`` once ``exp``, ``nbf`` and ``iat`` are checked at ``now`` (PyJWT's rules)."""
+    expires, not_before, issued = (_seconds(claims, n) for n in ("exp", "nbf", "iat"))
+    if expires is None:  # pragma: no cover - PyJWT requires it
+        raise TokenRefused(Reason.MISSING_CLAIM, "no 'exp' claim")
+    if now - leeway >= expires:
+        raise TokenRefused(Reason.EXPIRED, f"{now - expires:.0f} s ago")
+    if not_before is not None and now + leeway < not_before:
+        raise TokenRefused(Reason.NOT_YET_VALID, f"'nbf' is {not_before - now:.0f} s ahead")
+    if issued is not None and now + leeway < issued:
+        raise TokenRefused(Reason.NOT_YET_VALID, f"'iat' is {issued - now:.0f} s ahead")
+    return expires
 
 
 def authorize(
     request: JoinRequest, verifier: TokenVerifier | None, now: float
 ) -> JoinRequest | Reply:
-    """The join as admitted (its ``peerId`` from the token when it named none), or a refusal.
+    """The join as admitted (its ``peerId`` from the token when it named none, and when the
+    token stops being accepted), or a refusal.
 
     Without a verifier (auth off) tokens are ignored, and a join still needs its ``peerId``.
     """
@@ -220,9 +229,10 @@ def authorize(
         grant = verifier.admit(join.token, request.room, join.peer_id or None, now)
     except TokenRefused as exc:
         return error_reply(exc.code, _REFUSAL_TEXT[exc.code] + str(exc), CloseCode.UNAUTHORIZED)
+    until = grant.expires + verifier.leeway
     if join.peer_id:
-        return request
-    return JoinRequest(replace(join, peer_id=grant.peer_id), request.room)
+        return replace(request, admitted_until=until)
+    return JoinRequest(replace(join, peer_id=grant.peer_id), request.room, until)
 
 
 _REFUSAL_TEXT = {
@@ -243,9 +253,22 @@ def read_claims(token: str) -> tuple[str | None, str | None]:
 
 
 def mint_token(
-    secret: bytes, room: str, peer_id: str, ttl: float = 3600.0, now: float | None = None
+    secret: bytes,
+    room: str,
+    peer_id: str,
+    ttl: float = 3600.0,
+    now: float | None = None,
+    audience: str | None = None,
 ) -> str:
-    """A token admitting ``peer_id`` to ``room`` for ``ttl`` seconds (``meshpeer token``)."""
+    """A token admitting ``peer_id`` to ``room`` for ``ttl`` seconds (``meshpeer token``),
+    for the server of ``audience`` (``--auth-audience``) when given."""
     issued = time.time() if now is None else now
-    claims = {"sub": peer_id, "room": room, "iat": int(issued), "exp": int(issued + ttl)}
+    claims: dict[str, Any] = {
+        "sub": peer_id,
+        "room": room,
+        "iat": int(issued),
+        "exp": int(issued + ttl),
+    }
+    if audience is not None:
+        claims["aud"] = audience
     return jwt.encode(claims, check_secret(secret), algorithm=ALGORITHM)

@@ -12,11 +12,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import web, web_response
 
-from signaling.admission import OriginError, normalize_origin
+from signaling.admission import Origin, OriginError, normalize_origin
 from signaling.auth import SecretError, check_secret, mint_token
 from signaling.flags import cap, count, duration, port, seconds
+from signaling.headers import SERVER_NAME
 from signaling.ice import IceServerError, parse_ice_server
 from signaling.redis_registry import RedisRegistry
 from signaling.server import ServerConfig, SignalingServer
@@ -33,6 +34,14 @@ def _origin(text: str) -> str:
         return normalize_origin(text)
     except OriginError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _public_url(text: str) -> str:
+    try:
+        Origin.parse(text, page=True)
+    except OriginError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
 
 
 def _minted_turn_url(text: str) -> str:
@@ -84,19 +93,34 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(also $MESHPEER_AUTH_SECRET; default: no tokens, anyone may join any room)",
     )
     access.add_argument(
+        "--auth-audience",
+        metavar="NAME",
+        help="tokens must name NAME in their 'aud' claim (default: tokens naming any audience "
+        "are refused, being minted for another service)",
+    )
+    access.add_argument(
         "--allow-origin",
         type=_origin,
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="browser origin allowed to connect, e.g. https://app.example.com (repeatable; "
-        "default any; the page served here always works; clients without Origin are not "
-        "affected)",
+        help="browser origin allowed to connect besides the server's own, e.g. "
+        "https://app.example.com (repeatable); '*': any site's pages (default: only the page "
+        "served here, and --public-url; clients that send no Origin, bots, are not affected)",
+    )
+    access.add_argument(
+        "--public-url",
+        type=_public_url,
+        metavar="URL",
+        help="the URL people open the page at through your reverse proxy, e.g. "
+        "https://rooms.example.com/: its origin is this server's own (default: the origin "
+        "of each request's scheme and Host)",
     )
     access.add_argument(
         "--trust-proxy",
         action="store_true",
-        help="count clients by the last X-Forwarded-For address (behind your reverse proxy)",
+        help="count clients by the last X-Forwarded-For address, the one your reverse proxy "
+        "appends (an IPv6 client by its /64, as without a proxy)",
     )
     access.add_argument(
         "--turn-url",
@@ -105,21 +129,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="URL",
         help="TURN server whose credentials are minted per peer, e.g. "
-        "turn:turn.example.com:3478?transport=udp (repeatable; needs --turn-secret-file)",
+        "turn:turn.example.com:3478?transport=udp (repeatable; needs --turn-secret-file; "
+        "use with --auth-secret-file, else anyone who reaches this server may relay)",
     )
     access.add_argument(
         "--turn-secret-file",
         type=Path,
         metavar="FILE",
-        help="the TURN server's static-auth-secret (coturn use-auth-secret), from FILE "
-        "(also $MESHPEER_TURN_SECRET)",
+        help="the TURN server's static-auth-secret (coturn use-auth-secret), from FILE, at "
+        "least 32 bytes (also $MESHPEER_TURN_SECRET)",
     )
     access.add_argument(
         "--turn-ttl",
         type=duration,
         default=DEFAULT_TTL,
         metavar="TIME",
-        help="lifetime of minted TURN credentials: 3600, 90m, 1h ... (default 1h)",
+        help="lifetime of minted TURN credentials, never beyond the access token's: 3600, 90m, "
+        "1h ... (default 1h)",
     )
     cluster = parser.add_argument_group("several nodes")
     cluster.add_argument(
@@ -180,6 +206,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="messages per connection allowed above --rate in a burst (default %(default)s)",
     )
     lim.add_argument(
+        "--byte-rate",
+        type=seconds,
+        default=_DEFAULTS.byte_rate,
+        metavar="BYTES",
+        help="bytes per second a connection's messages may cost to deliver, sustained: a "
+        "broadcast costs its size times the members it reaches (default %(default)d)",
+    )
+    lim.add_argument(
+        "--byte-burst",
+        type=count,
+        default=_DEFAULTS.byte_burst,
+        metavar="BYTES",
+        help="bytes of deliveries per connection allowed above --byte-rate in a burst "
+        "(default %(default)s)",
+    )
+    lim.add_argument(
         "--send-queue",
         type=count,
         default=_DEFAULTS.send_queue,
@@ -218,6 +260,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         probe_timeout=args.probe_timeout,
         rate=args.rate,
         burst=args.burst,
+        byte_rate=args.byte_rate,
+        byte_burst=args.byte_burst,
         send_queue=args.send_queue,
         ip_connections=args.ip_connections,
         ip_connects_per_minute=args.ip_connects_per_minute,
@@ -226,6 +270,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     auth_secret = read_secret(args.auth_secret_file, "MESHPEER_AUTH_SECRET", "auth secret")
     if auth_secret is not None:
         check_secret(auth_secret)
+    elif args.auth_audience is not None:
+        raise SecretError("--auth-audience needs --auth-secret-file (or $MESHPEER_AUTH_SECRET)")
     turn_secret = read_secret(args.turn_secret_file, "MESHPEER_TURN_SECRET", "TURN secret")
     turn = None
     if args.turn_url:
@@ -233,7 +279,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise SecretError("--turn-url needs --turn-secret-file (or $MESHPEER_TURN_SECRET)")
         turn = TurnMinter(
             tuple(parse_ice_server(u, minted=True) for u in args.turn_url),
-            turn_secret,
+            check_secret(turn_secret, "TURN secret"),
             args.turn_ttl,
         )
     elif args.turn_secret_file is not None:
@@ -242,7 +288,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         limits=limits,
         ice_servers=ice_servers,
         auth_secret=auth_secret,
+        auth_audience=args.auth_audience,
         allowed_origins=tuple(args.allow_origin),
+        public_url=args.public_url,
         trust_proxy=args.trust_proxy,
         turn=turn,
     )
@@ -293,6 +341,12 @@ def serve(args: argparse.Namespace) -> int:
             args.host,
             args.port,
         )
+    if config.turn is not None and config.auth_secret is None:
+        # On loopback too: a reverse proxy may publish it.
+        log.warning(
+            "--turn-url without --auth-secret-file: anyone who can reach this server gets "
+            "TURN credentials, an open relay through your TURN server"
+        )
     registry = None
     if args.redis_url:
         registry = RedisRegistry(args.redis_url, config.limits.max_peers, node=args.node_id)
@@ -310,6 +364,9 @@ def serve(args: argparse.Namespace) -> int:
         args.port,
         type(loop).__module__.split(".")[0],
     )
+    # What aiohttp answers itself, before any route (a request it cannot parse), takes its
+    # Server header from this module constant: our name there too, not aiohttp's version.
+    web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
     try:
         web.run_app(
             server.app(),
@@ -346,6 +403,11 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TIME",
         help="how long it is valid: 3600, 90m, 1h, 7d ... (default 1h)",
     )
+    parser.add_argument(
+        "--audience",
+        metavar="NAME",
+        help="the server's --auth-audience, put in the token's 'aud' claim (default: none)",
+    )
 
 
 def print_token(args: argparse.Namespace) -> int:
@@ -354,7 +416,7 @@ def print_token(args: argparse.Namespace) -> int:
         secret = read_secret(args.secret_file, "MESHPEER_AUTH_SECRET", "auth secret")
         if secret is None:
             raise SecretError("give --secret-file FILE (or set $MESHPEER_AUTH_SECRET)")
-        token = mint_token(secret, args.room, args.peer_id, args.ttl)
+        token = mint_token(secret, args.room, args.peer_id, args.ttl, audience=args.audience)
     except SecretError as exc:
         print(f"meshpeer token: {exc}", file=sys.stderr)
         return 2

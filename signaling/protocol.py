@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -240,14 +241,32 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def check_name(value: str, key: str = "name") -> str:
-    """A peer ID, room name or resume token as accepted: 1-128 characters, no control
-    characters. Raises :class:`ProtocolError` (``bad-message``) naming the rule broken."""
+    """A peer ID, room name or resume token as accepted: 1-128 characters, no control or
+    format characters nor lone surrogates, in Unicode NFC. Raises :class:`ProtocolError`
+    (``bad-message``) naming the rule broken.
+
+    Format characters (category Cf: bidi overrides, zero-width spaces and joiners, soft
+    hyphens) make names that look like others; so would two spellings of one accented
+    letter. A name not in NFC is refused rather than normalised: the joiner is never told
+    the ID it got (``peer-list`` does not carry it), so it would go on naming itself (in
+    ``from``, in its rejoins) differently from what the others were told.
+    """
     if not value:
         raise _bad(f"'{key}' must be a non-empty string, got \"\"")
     if len(value) > MAX_NAME_LENGTH:
         raise _bad(f"'{key}' is longer than {MAX_NAME_LENGTH} characters")
     if _CONTROL.search(value) is not None:
         raise _bad(f"'{key}' must not contain control characters (newlines, tabs, ...)")
+    if not value.isascii():  # ASCII has no format characters and is always NFC
+        categories = {unicodedata.category(c) for c in value}
+        if "Cf" in categories:
+            raise _bad(
+                f"'{key}' must not contain format characters (bidi controls, zero-width ...)"
+            )
+        if "Cs" in categories:  # JSON's "\ud800": no character, shown to others as "?"
+            raise _bad(f"'{key}' must not contain lone surrogates")
+        if not unicodedata.is_normalized("NFC", value):
+            raise _bad(f"'{key}' must be in Unicode NFC (accents composed with their letters)")
     return value
 
 

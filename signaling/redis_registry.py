@@ -21,6 +21,7 @@ a node that finds Redis emptied puts its members back. README, "Several server n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -69,6 +70,9 @@ RECONNECT_DELAY = 0.5
 NODES = "mp:nodes"
 #: Commands waiting for Redis; beyond this a node is far behind and drops what it sends.
 QUEUE_LIMIT = 65_536
+#: Bytes those commands may hold (publishes carry whole frames, up to max_frame_bytes: at the
+#: count bound alone, 4 GiB): beyond this, the same. About 2 s of a node's peak traffic.
+QUEUE_BYTES = 64 * 1024 * 1024
 #: Commands sent in one pipeline (one round trip).
 BATCH = 512
 #: A node refreshes its liveness key every HEARTBEAT seconds; one silent for NODE_TTL is
@@ -78,9 +82,12 @@ NODE_TTL = 5.0
 SWEEP_EVERY = 2.0
 #: Seconds after restoring into an emptied Redis before checking what others restored.
 RECONCILE_AFTER = 3 * HEARTBEAT + 1.0
-#: An empty room's join counter is kept this long (a late "left" must never match a new
-#: membership's sequence number).
-EMPTY_ROOM_TTL = 86_400
+#: Seconds an empty room's join counter is kept: a membership is known by its sequence
+#: number, and events of the old ones may still be on their way (a "left" published on the
+#: room's channel, a leave sent again after a short Redis outage): they must not meet a new
+#: membership with the same number. A leave later than this still never ends a newer
+#: membership (it must match its token too); meanwhile an abandoned room costs one key.
+EMPTY_ROOM_TTL = 600
 
 _JOIN = """
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
@@ -115,8 +122,7 @@ return out
 _LEAVE = """
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
 if not rec then return -1 end
-local seq = string.match(rec, '^[^|]*|([^|]*)|')
-if seq ~= ARGV[2] then return -1 end
+if string.match(rec, '^[^|]*|(.*)$') ~= ARGV[2] then return -1 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -145,13 +151,17 @@ return 'restored'
 
 
 def _keys(room: RoomId) -> list[str]:
-    """The room's hash, order and counter; one hash tag, so one slot in Redis Cluster."""
-    tag = f"mp:{{{room}}}"
-    return [f"{tag}:m", f"{tag}:o", f"{tag}:s"]
+    """The room's hash, order and counter. One hash tag, so one slot in Redis Cluster: a
+    hash of the name, which may hold braces of its own (``}`` would end a tag early); the
+    name follows it, so two rooms never share keys, whatever their hashes."""
+    digest = hashlib.blake2s(room.encode(), digest_size=4).hexdigest()
+    prefix = f"mp:{{{digest}}}:{room}"
+    return [f"{prefix}:m", f"{prefix}:o", f"{prefix}:s"]
 
 
-def _leave_args(room: RoomId, peer: PeerId, seq: int, left: str) -> list[str | int]:
-    return [peer, seq, room_channel(room), left, EMPTY_ROOM_TTL, room]
+def _leave_args(room: RoomId, peer: PeerId, seq: int, token: str, left: str) -> list[str | int]:
+    """The leave of membership ``seq`` (with ``token``) of ``peer``: it ends that one only."""
+    return [peer, f"{seq}|{token}", room_channel(room), left, EMPTY_ROOM_TTL, room]
 
 
 def _text(value: bytes | str) -> str:
@@ -174,6 +184,7 @@ class _Op:
     keys: list[str] = field(default_factory=list)
     args: list[str | int] = field(default_factory=list)
     result: asyncio.Future[Any] | None = None
+    size: int = 0  # bytes it holds, against the queue's byte bound
 
 
 def _packed(batch: list[_Op]) -> list[_Op]:
@@ -200,7 +211,9 @@ class RedisRegistry:
     """One node's part of rooms shared through Redis. ``start()`` before serving, ``close()``
     after; ``node`` names this node (random by default)."""
 
-    def __init__(self, url: str, max_peers: int, node: str | None = None) -> None:
+    def __init__(
+        self, url: str, max_peers: int, node: str | None = None, queue_bytes: int = QUEUE_BYTES
+    ) -> None:
         self.node = node or secrets.token_hex(6)
         self.max_peers = max_peers
         self._url = url
@@ -208,6 +221,8 @@ class RedisRegistry:
         self._pubsub: Any = None
         self._views: dict[RoomId, RoomView[Outbox]] = {}
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_LIMIT)
+        self._queue_bytes = queue_bytes
+        self._queued_bytes = 0
         #: Local joins under way per room (its channel stays subscribed meanwhile).
         self._joining: dict[RoomId, int] = {}
         self._subscribed: dict[str, asyncio.Future[None]] = {}
@@ -259,6 +274,7 @@ class RedisRegistry:
         stranded = []
         while not self._queue.empty():
             stranded.append(self._queue.get_nowait())
+        self._queued_bytes = 0
         _fail(stranded, ConnectionError("this node's registry is stopped"))
         # Bounded: a stopping node must not hang on a Redis that does not answer.
         redis, pubsub = self._redis, self._pubsub
@@ -337,7 +353,7 @@ class RedisRegistry:
             return  # replaced by a resume, or never joined
         self._ended(view, peer, entry.seq, close_here=False)
         left = Envelope(Kind.LEFT, self.node, room, peer, seq=entry.seq)
-        args = _leave_args(room, peer, entry.seq, encode(left))
+        args = _leave_args(room, peer, entry.seq, entry.token, encode(left))
         self._drop_interest(room)
         try:
             await self._run(_LEAVE, _keys(room), args)
@@ -370,6 +386,11 @@ class RedisRegistry:
         if view.remote_nodes(self.node):
             message = Envelope(Kind.BROADCAST, self.node, room, sender, data=data)
             self._publish(room_channel(room), encode(message))
+
+    def others(self, room: RoomId) -> int:
+        """Every member this node knows of in the room (on any node) but one."""
+        view = self._views.get(room)
+        return len(view.members) - 1 if view is not None and view.members else 0
 
     def counts(self) -> tuple[int, int]:
         """(rooms, peers) with members connected to this node."""
@@ -614,11 +635,12 @@ class RedisRegistry:
                 record = await redis.hget(_keys(room)[0], peer)
                 if record is None:
                     continue
-                owner, seq = _record(_text(record))
+                owner, seq, token = _text(record).split("|", 2)
                 if owner != node:
                     continue
-                left = encode(Envelope(Kind.LEFT, self.node, room, peer, seq=seq))
-                await self._run(_LEAVE, _keys(room), _leave_args(room, peer, seq, left))
+                left = encode(Envelope(Kind.LEFT, self.node, room, peer, seq=int(seq)))
+                args = _leave_args(room, peer, int(seq), token, left)
+                await self._run(_LEAVE, _keys(room), args)
             await redis.delete(f"mp:node:{node}:m")
             await redis.srem(NODES, node)
             log.warning("node %s stopped answering: its %d member(s) left", node, len(members))
@@ -629,29 +651,40 @@ class RedisRegistry:
         dies). Outside the scripts: a script touches only its room's keys, one hash slot,
         as Redis Cluster requires. Each membership's entry carries its token, so removing
         one never removes another of the same peer."""
-        op = _Op(command=(verb, f"mp:node:{self.node}:m", f"{room}\x1f{peer}\x1f{token}"))
-        try:
-            self._queue.put_nowait(op)
-        except asyncio.QueueFull:
+        entry = f"{room}\x1f{peer}\x1f{token}"
+        op = _Op(command=(verb, f"mp:node:{self.node}:m", entry), size=len(entry.encode()))
+        if not self._enqueue(op):
             self.dropped += 1
 
     def _publish(self, channel: str, text: str) -> None:
-        try:
-            self._queue.put_nowait(_Op(channel=channel, text=text))
+        size = len(text) if text.isascii() else len(text.encode())
+        if self._enqueue(_Op(channel=channel, text=text, size=size)):
             self.published += 1
-        except asyncio.QueueFull:
+        else:
             self.dropped += 1
-            log.warning("Redis is %d commands behind: dropping a message", QUEUE_LIMIT)
+            log.warning("Redis is %s behind: dropping a message", self._backlog())
 
     async def _run(self, script: str, keys: list[str], args: list[str | int]) -> Any:
         if not self._tasks or self._tasks[1].done():
             raise ConnectionError("this node's registry is stopped")
         result = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Op(script=script, keys=keys, args=args, result=result))
-        except asyncio.QueueFull:
-            raise ConnectionError(f"Redis is {QUEUE_LIMIT} commands behind") from None
+        size = sum(len(str(arg).encode()) for arg in args)
+        if not self._enqueue(_Op(script=script, keys=keys, args=args, result=result, size=size)):
+            raise ConnectionError(f"Redis is {self._backlog()} behind")
         return await result
+
+    def _enqueue(self, op: _Op) -> bool:
+        """Queue ``op`` for the writer; False when the queue is full, by count or by bytes
+        (an empty queue takes an op of any size)."""
+        queued = self._queued_bytes
+        if (queued and queued + op.size > self._queue_bytes) or self._queue.full():
+            return False
+        self._queue.put_nowait(op)
+        self._queued_bytes = queued + op.size
+        return True
+
+    def _backlog(self) -> str:
+        return f"{self._queue.qsize()} commands ({self._queued_bytes} bytes)"
 
     async def _write(self) -> None:
         assert self._redis is not None
@@ -660,6 +693,7 @@ class RedisRegistry:
             batch = [await self._queue.get()]
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._queued_bytes -= sum(op.size for op in batch)
             batch = _packed(batch)
             pipe = self._redis.pipeline(transaction=False)
             for op in batch:

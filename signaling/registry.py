@@ -60,6 +60,10 @@ class Registry(Protocol):
     def broadcast(self, room: RoomId, sender: PeerId, data: str) -> None:
         """Deliver to everyone in the room but ``sender``."""
 
+    def others(self, room: RoomId) -> int:
+        """How many members a broadcast by one member of ``room`` reaches: it prices the
+        broadcast against the sender's byte budget (``Limits.byte_rate``). Per message: cheap."""
+
     def counts(self) -> tuple[int, int]:
         """(rooms, peers), for health and metrics."""
 
@@ -125,6 +129,10 @@ class LocalRegistry:
         for peer, member in self.table.room_members(room).items():
             if peer != sender:
                 member.conn.push_fanout(data)
+
+    def others(self, room: RoomId) -> int:
+        members = len(self.table.room_members(room))
+        return members - 1 if members else 0
 
     def counts(self) -> tuple[int, int]:
         return self.table.room_count, self.table.peer_count

@@ -62,7 +62,10 @@ class RoomTable(Generic[C]):
                     f"peer id '{peer}' is already in room '{room}'",
                     holder.conn,
                 )
-            if not hmac.compare_digest(presented_token, holder.resume_token):
+            # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and
+            # JSON can carry lone surrogates, which only "surrogatepass" encodes.
+            presented = presented_token.encode("utf-8", "surrogatepass")
+            if not hmac.compare_digest(presented, holder.resume_token.encode()):
                 return Refused(
                     ErrorCode.BAD_RESUME_TOKEN,
                     CloseCode.BAD_RESUME_TOKEN,

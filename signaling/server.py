@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from signaling.admission import IpGate, OriginPolicy, client_address
 from signaling.auth import TokenRefused, TokenVerifier, authorize
 from signaling.connection import Connection, Flusher
+from signaling.headers import security_headers
 from signaling.ice import IceServer
 from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, LeaveReason, Metrics, Refusal
 from signaling.protocol import (
@@ -67,9 +68,14 @@ class ServerConfig:
     ice_servers: Sequence[IceServer] = ()
     #: When set, every join needs an HS256 access token signed with it (signaling.auth).
     auth_secret: bytes | None = None
-    #: Browser origins allowed to open a WebSocket (besides the server's own page); empty: any.
+    #: With auth on, tokens must name this audience (``aud``); None: tokens naming any are
+    #: refused (minted for another service that shares the secret).
+    auth_audience: str | None = None
+    #: Browser origins allowed to open a WebSocket besides the server's own; ``"*"``: any.
     allowed_origins: Sequence[str] = ()
-    #: Count clients by the last X-Forwarded-For hop (behind a reverse proxy you run).
+    #: The URL users of a reverse proxy reach the page at: its origin is the server's own too.
+    public_url: str | None = None
+    #: Count clients by the last X-Forwarded-For entry (behind a reverse proxy you run).
     trust_proxy: bool = False
     #: TURN URLs with per-peer credentials minted from a secret shared with the TURN server.
     turn: TurnMinter | None = None
@@ -94,6 +100,11 @@ async def _revalidate_page(request: web.Request, response: web.StreamResponse) -
         response.headers["Cache-Control"] = "no-cache"
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response: the page's, JSON, metrics, errors, WebSocket refusals (headers.py)."""
+    response.headers.update(security_headers(request.headers.get("Host")))
+
+
 class SignalingServer:
     """Owns the registry, the metrics and the open connections of one server process."""
 
@@ -110,15 +121,24 @@ class SignalingServer:
         #: Connections closed by a shutdown whose memberships wait for them to resume elsewhere.
         self._handing_over: set[Connection] = set()
         secret = self.config.auth_secret
-        self.verifier = TokenVerifier(secret) if secret is not None else None
-        self.origins = OriginPolicy.of(self.config.allowed_origins)
+        self.verifier = (
+            TokenVerifier(secret, audience=self.config.auth_audience)
+            if secret is not None
+            else None
+        )
+        self.origins = OriginPolicy.of(self.config.allowed_origins, self.config.public_url)
+        #: An X-Forwarded-For value that is not an address is logged the first time only.
+        self._bad_forwarded_logged = False
         self.ip_gate = IpGate(self.limits.ip_connections, self.limits.ip_connects_per_minute)
 
-    def ice_servers_for(self, peer: PeerId) -> tuple[IceServer, ...]:
-        """What a peer is handed: the static servers, then TURN with credentials for it."""
+    def ice_servers_for(
+        self, peer: PeerId, now: float, until: float | None = None
+    ) -> tuple[IceServer, ...]:
+        """What a peer is handed: the static servers, then TURN with credentials for it that
+        last no longer than its access token (accepted until ``until``)."""
         static = tuple(self.config.ice_servers)
         turn = self.config.turn
-        return static + turn.servers_for(peer, time.time()) if turn is not None else static
+        return static + turn.servers_for(peer, now, until) if turn is not None else static
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -130,6 +150,7 @@ class SignalingServer:
             app.router.add_get("/", self.handle_index)
             app.router.add_static("/static/", STATIC_DIR)
             app.on_response_prepare.append(_revalidate_page)
+        app.on_response_prepare.append(_security_headers)
         app.on_shutdown.append(self.shutdown)
         app.cleanup_ctx.append(_relay_gc_threshold)
         app.cleanup_ctx.append(self._registry_running)
@@ -171,18 +192,19 @@ class SignalingServer:
 
     async def handle_config(self, request: web.Request) -> web.Response:
         """The page's ICE servers; with auth on, only for a valid token (TURN is minted for it)."""
-        peer = PeerId("page")
+        peer, now, until = PeerId("page"), time.time(), None
         if self.verifier is not None:
-            token = request.query.get("token") or _bearer(request.headers.get("Authorization"))
+            token = _bearer(request.headers.get("Authorization")) or request.query.get("token")
             try:
-                peer = self.verifier.verify(token, time.time()).peer_id
+                grant = self.verifier.verify(token, now)
             except TokenRefused as exc:
                 return web.json_response(
                     {"error": exc.code.value, "message": str(exc)},
                     status=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-        servers = self.ice_servers_for(peer)
+            peer, until = grant.peer_id, grant.expires + self.verifier.leeway
+        servers = self.ice_servers_for(peer, now, until)
         return web.json_response(
             {"iceServers": [s.to_json() for s in servers]}, headers={"Cache-Control": "no-store"}
         )
@@ -193,11 +215,20 @@ class SignalingServer:
     # -- WebSocket --------------------------------------------------------------
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
-        address = client_address(
-            request.remote, headers.get("X-Forwarded-For"), self.config.trust_proxy
+        client = client_address(
+            request.remote, headers.getall("X-Forwarded-For", []), self.config.trust_proxy
         )
+        address = client.address
+        if client.unusable is not None and not self._bad_forwarded_logged:
+            self._bad_forwarded_logged = True
+            log.warning(
+                "X-Forwarded-For ends in %r, not an address: counting the proxy's %r "
+                "(check the proxy; logged once)",
+                client.unusable[:100],
+                address,
+            )
         origin = headers.get("Origin")
-        if not self.origins.admits(origin, request.host):
+        if not self.origins.admits(origin, request.scheme, headers.get("Host")):
             return self._refuse(Refusal.ORIGIN, address, f"origin {origin!r} is not allowed")
         refusal = self.ip_gate.open(address, time.monotonic())
         if refusal is not None:
@@ -265,15 +296,19 @@ class SignalingServer:
         clock = asyncio.get_running_loop().time
         registry = self.registry
         routed = self.metrics.routed
+        audience = registry.others
         text_frames = WSMsgType.TEXT  # an enum member lookup costs ~0.1 us on Python 3.11
         while True:
             msg = await ws.receive()
             kind = msg.type
             if kind is text_frames:
                 conn.frames_heard += 1
-                decision = session.receive(msg.data, clock())
+                room = conn.room  # None until joined
+                # A broadcast costs its size times the others in the room (byte budget).
+                others = audience(room) if room is not None else 0
+                decision = session.receive(msg.data, clock(), others)
                 if type(decision) is Forward:
-                    room, sender, to = conn.room, conn.peer_id, decision.to
+                    sender, to = conn.peer_id, decision.to
                     if room is None or sender is None:  # pragma: no cover - Forward => joined
                         continue
                     if to is None:
@@ -320,7 +355,8 @@ class SignalingServer:
                 return LeaveReason.DROPPED
 
     async def _join(self, conn: Connection, session: Session, request: JoinRequest) -> None:
-        admitted = authorize(request, self.verifier, time.time())
+        now = time.time()
+        admitted = authorize(request, self.verifier, now)
         if isinstance(admitted, Reply):
             session.closed()
             conn.send_error(admitted.error)
@@ -334,7 +370,7 @@ class SignalingServer:
             )
             return
         join = admitted.join
-        ice_servers = self.ice_servers_for(join.peer_id)
+        ice_servers = self.ice_servers_for(join.peer_id, now, admitted.admitted_until)
         outcome = await self.registry.join(admitted.room, join, conn, ice_servers)
         if isinstance(outcome, Refused):
             session.closed()  # a join sent right behind this one must not get in
@@ -344,7 +380,7 @@ class SignalingServer:
             return
         session.joined(join.peer_id, request.room)
         conn.peer_id, conn.room = join.peer_id, request.room
-        self._refresh_ice_later(conn)
+        self._refresh_ice_later(conn, now, admitted.admitted_until)
         self.metrics.joins_total += 1
         log.info(
             "%r joined room %r (%d peers)%s",
@@ -354,20 +390,23 @@ class SignalingServer:
             " resuming" if outcome.replaced is not None else "",
         )
 
-    def _refresh_ice_later(self, conn: Connection) -> None:
+    def _refresh_ice_later(self, conn: Connection, minted: float, until: float | None) -> None:
         """At half their lifetime, send the peer fresh TURN credentials (``ice-servers``):
-        connections it makes later (someone joins in hour two) need valid ones."""
+        connections it makes later (someone joins in hour two) need valid ones. Not once
+        they last as long as its access token (``until``): it gets none beyond that."""
         turn = self.config.turn
-        if turn is not None:
+        delay = turn.refresh_after(minted, until) if turn is not None else None
+        if delay is not None:
             loop = asyncio.get_running_loop()
-            conn.ice_refresh = loop.call_later(turn.ttl / 2, self._refresh_ice, conn)
+            conn.ice_refresh = loop.call_later(delay, self._refresh_ice, conn, until)
 
-    def _refresh_ice(self, conn: Connection) -> None:
+    def _refresh_ice(self, conn: Connection, until: float | None) -> None:
         peer = conn.peer_id
         if peer is None or self.shutting_down:
             return  # left
-        conn.push(serialize(IceServers(self.ice_servers_for(peer))))
-        self._refresh_ice_later(conn)
+        now = time.time()
+        conn.push(serialize(IceServers(self.ice_servers_for(peer, now, until))))
+        self._refresh_ice_later(conn, now, until)
 
     async def _leave(self, conn: Connection, reason: LeaveReason) -> None:
         """End ``conn``'s membership once (its handler and shutdown may both ask)."""

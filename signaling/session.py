@@ -47,6 +47,12 @@ class Limits:
     #: Sustained messages per second per connection, and the burst above it.
     rate: float = 100.0
     burst: int = 200
+    #: Bytes per second a connection's messages may cost to deliver, sustained, and the
+    #: burst above it: a broadcast costs its size times the members it reaches, a routed
+    #: message its size. Far above signaling (a full room's 10 KB offers every second is
+    #: 310 KB/s); far below a 64 KiB broadcast to 31 members at ``rate`` (200 MB/s).
+    byte_rate: float = 512 * 1024
+    byte_burst: int = 4 * 1024 * 1024
     #: Messages waiting to be sent to one client before it is dropped as too slow.
     send_queue: int = 512
     #: Open WebSockets per client address (0: no cap); more get HTTP 429.
@@ -55,13 +61,13 @@ class Limits:
     ip_connects_per_minute: int = 120
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "max_peers", "burst", "send_queue"):
+        for name in ("max_frame_bytes", "max_peers", "burst", "byte_burst", "send_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("ip_connections", "ip_connects_per_minute"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (no cap) or more, got {getattr(self, name)}")
-        for name in ("join_timeout", "heartbeat", "probe_timeout", "rate"):
+        for name in ("join_timeout", "heartbeat", "probe_timeout", "rate", "byte_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -80,6 +86,10 @@ _JOINED, _CLOSED = Phase.JOINED, Phase.CLOSED
 class JoinRequest:
     join: Join
     room: RoomId
+    #: Set by signaling.auth.authorize: Unix time the join's access token stops being
+    #: accepted (its ``exp`` plus the leeway); what the server hands out for it (TURN
+    #: credentials) must not outlive it. None without access tokens.
+    admitted_until: float | None = None
 
 
 class Forward(NamedTuple):
@@ -130,6 +140,11 @@ class Session:
         self._tokens = self._burst
         self._last = now
         self._throttled = False
+        # The byte budget's bucket, in bytes: refilled by _admit, spent by _afford.
+        self._byte_burst = float(limits.byte_burst)
+        self._byte_rate = limits.byte_rate
+        self._bytes = self._byte_burst
+        self._bytes_throttled = False
 
     def joined(self, peer: PeerId, room: RoomId) -> None:
         self.phase = Phase.JOINED
@@ -158,10 +173,15 @@ class Session:
         )
 
     def _admit(self, now: float) -> bool:
-        tokens = self._tokens + (now - self._last) * self._rate
+        """Take a token of the message rate; refill the byte budget too (one clock reading
+        for both: every frame comes through here before it can cost bytes)."""
+        elapsed = now - self._last
+        self._last = now
+        budget = self._bytes + elapsed * self._byte_rate
+        self._bytes = budget if budget < self._byte_burst else self._byte_burst
+        tokens = self._tokens + elapsed * self._rate
         if tokens > self._burst:
             tokens = self._burst
-        self._last = now
         if tokens >= 1.0:
             self._tokens = tokens - 1.0
             self._throttled = False
@@ -169,7 +189,9 @@ class Session:
         self._tokens = tokens
         return False
 
-    def receive(self, text: str, now: float) -> Decision:
+    def receive(self, text: str, now: float, others: int = 1) -> Decision:
+        """Decide on one text frame; ``others``: the members a broadcast would reach (the
+        room's size but this peer), which prices it against the byte budget."""
         phase = self.phase
         if phase is _CLOSED:
             return Ignore()  # closing: nothing the client still sends is acted on
@@ -192,8 +214,11 @@ class Session:
             if route is not None:
                 kind, claimed, to = route
                 if claimed == self.peer_id:  # the usual case: the client names itself
-                    return Forward(kind, to, text)
-                return self._forward(kind, claimed, to, text)
+                    cost = size if text.isascii() else _utf8_len(text)
+                    if self._afford(cost if to is not None else cost * others):
+                        return Forward(kind, to, text)
+                    return self._over_budget()
+                return self._paid(self._forward(kind, claimed, to, text), text, others)
         try:
             message = parse(text)
         except ProtocolError as exc:
@@ -211,7 +236,40 @@ class Session:
             return error_reply(
                 ErrorCode.RESERVED_TYPE, f"'{_type_of(text)}' messages come from the server only"
             )
-        return self._forward(message.type, message.sender, message.to, text)
+        forward = self._forward(message.type, message.sender, message.to, text)
+        return self._paid(forward, text, others)
+
+    def _paid(self, decision: Forward | Reply, text: str, others: int) -> Decision:
+        """``decision`` if it is not a Forward or the byte budget pays for it (text's UTF-8
+        size, times ``others`` for a broadcast)."""
+        if type(decision) is not Forward:
+            return decision
+        cost = len(text) if text.isascii() else _utf8_len(text)
+        if self._afford(cost if decision.to is not None else cost * others):
+            return decision
+        return self._over_budget()
+
+    def _afford(self, cost: int) -> bool:
+        """Take ``cost`` bytes from the byte budget (a token bucket refilled by ``_admit``).
+        A cost above the whole burst (a large broadcast in a large room) passes on a full
+        bucket and leaves it in debt, repaid before the next: it is never refused forever."""
+        budget = self._bytes
+        if budget >= cost or budget >= self._byte_burst:
+            self._bytes = budget - cost
+            self._bytes_throttled = False
+            return True
+        return False
+
+    def _over_budget(self) -> Reply | Ignore:
+        """Like the message rate: one ``rate-limited`` error per episode, the rest dropped."""
+        if self._bytes_throttled:
+            return Ignore()
+        self._bytes_throttled = True
+        return error_reply(
+            ErrorCode.RATE_LIMITED,
+            f"more than {self.limits.byte_rate:g} bytes/s to deliver (a broadcast costs its"
+            " size times the members it reaches): dropping messages until you slow down",
+        )
 
     def _join_request(self, join: Join) -> JoinRequest | Reply:
         """The join with its room and token resolved (its own, else the URL's)."""
@@ -253,6 +311,12 @@ class Session:
     def _is_bad_join(self, text: str) -> bool:
         """An invalid frame that was meant as a join ends the connection, as a failed join."""
         return self.phase is Phase.AWAITING_JOIN and _type_of(text) == "join"
+
+
+def _utf8_len(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; a lone surrogate (only a test can make one: frames off
+    the wire are valid UTF-8) counts its 3 bytes instead of raising."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _type_of(text: str) -> str:

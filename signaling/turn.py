@@ -36,6 +36,20 @@ class TurnMinter:
     secret: bytes
     ttl: float = DEFAULT_TTL
 
-    def servers_for(self, peer_id: str, now: float) -> tuple[IceServer, ...]:
-        username, credential = turn_credentials(self.secret, peer_id, int(now + self.ttl))
+    def expiry(self, now: float, until: float | None = None) -> int:
+        """When credentials minted at ``now`` expire: ``ttl`` later, but never after ``until``
+        (when the access token they are minted for stops being accepted)."""
+        return int(now + self.ttl if until is None else min(now + self.ttl, until))
+
+    def servers_for(
+        self, peer_id: str, now: float, until: float | None = None
+    ) -> tuple[IceServer, ...]:
+        username, credential = turn_credentials(self.secret, peer_id, self.expiry(now, until))
         return tuple(IceServer(server.url, username, credential) for server in self.urls)
+
+    def refresh_after(self, now: float, until: float | None = None) -> float | None:
+        """Seconds until fresh credentials are due (half their lifetime), or None when those
+        minted at ``now`` already last until ``until``: none minted later could last longer."""
+        if until is not None and now + self.ttl >= until:
+            return None
+        return self.ttl / 2

@@ -52,30 +52,36 @@ class RunningServer:
     server: SignalingServer
     runner: web.AppRunner
     port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def netloc(self) -> str:
+        """``host:port`` as a URL (and a browser's ``Host``) writes it: ``[::1]:8080``."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.netloc}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"ws://{self.netloc}/ws"
 
 
 @asynccontextmanager
 async def running_server(
-    config: ServerConfig | None = None, registry: Registry | None = None
+    config: ServerConfig | None = None, registry: Registry | None = None, host: str = "127.0.0.1"
 ) -> AsyncIterator[RunningServer]:
-    """A real SignalingServer on an ephemeral 127.0.0.1 port, shut down gracefully after."""
+    """A real SignalingServer on an ephemeral port of ``host``, shut down gracefully after."""
     server = SignalingServer(config, registry)
     runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=seconds(2))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, 0)
     await site.start()
     sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
     port = sockets[0].getsockname()[1]
     try:
-        yield RunningServer(server, runner, port)
+        yield RunningServer(server, runner, port, host)
     finally:
         await runner.cleanup()
 

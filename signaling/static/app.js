@@ -5,7 +5,7 @@ import { ChatPanel, sha256Hex } from "./chat.js";
 import { MAX_MESSAGE, messageSize } from "./chunks.js";
 import { openLocalMedia } from "./media.js";
 import { closeText, serverErrorText } from "./messages.js";
-import { configUrl, inviteUrl, pageUrl, readParams, signalingUrl } from "./params.js";
+import { configUrl, inviteUrl, pageUrl, readParams, signalingUrl, takeToken } from "./params.js";
 import { CHANNEL_LABEL, PeerLink, usableIceServers } from "./peer.js";
 import { SignalingClient } from "./signaling.js";
 import { View } from "./ui.js";
@@ -47,7 +47,8 @@ const MAX_INBOX_TEXT = 64 * 1024;
  */
 async function loadIceServers(token) {
   try {
-    const response = await fetch(configUrl(location.href, token), { cache: "no-store" });
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const response = await fetch(configUrl(location.href), { cache: "no-store", headers });
     if (!response.ok) return [];
     const config = await response.json();
     return usableIceServers(config?.iceServers);
@@ -449,7 +450,7 @@ class RoomPage {
       const room = document.getElementById("join-room").value.trim();
       const sameRoom = (room || "default") === (this.room ?? "default");
       if (peerId === this.peerId && sameRoom) {
-        location.reload(); // this page's own address, with its invitation if it has one
+        location.reload(); // this page's own address, with the invitation this tab keeps for it
       } else {
         location.assign(pageUrl(location.href, { room, peerId })); // an invitation cannot follow
       }
@@ -491,7 +492,8 @@ class RoomPage {
 }
 
 const view = new View(document);
-const page = new RoomPage(readParams(location.search), view);
+const invitation = takeToken(window); // read once, and out of the address bar
+const page = new RoomPage(readParams(location.search, invitation), view);
 view.onRetry = (peerId) => page.restartLink(peerId);
 /** For the browser console and automated checks: `meshpeer.snapshot()`. */
 window.meshpeer = {

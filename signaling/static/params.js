@@ -1,6 +1,8 @@
 // What the page's address asks for: ?room=NAME&id=NAME&watch=1&token=JWT.
 
 const MAX_NAME = 128;
+/** Where this tab keeps its invitation (sessionStorage: this tab only, gone with it). */
+const TOKEN_KEY = "meshpeer.invitation";
 
 /** A random, readable peer ID for visitors who did not pick one. */
 export function randomPeerId() {
@@ -9,8 +11,10 @@ export function randomPeerId() {
   return "guest-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** A name from the address, in NFC: the server refuses other spellings of a name (two
+ * spellings of "é" would be two people who look alike). */
 function cleanName(value) {
-  const text = (value ?? "").trim();
+  const text = (value ?? "").trim().normalize("NFC");
   return text ? text.slice(0, MAX_NAME) : null;
 }
 
@@ -42,16 +46,48 @@ function claimName(value) {
   return typeof value === "string" && value && value.length <= MAX_NAME ? value : null;
 }
 
+/** The invitation in an address's query (`?token=`), null when none. */
+export function queryToken(search) {
+  return new URLSearchParams(search).get("token")?.trim() || null;
+}
+
+/**
+ * This tab's invitation, read once. A `?token=` is taken out of the address at once
+ * (history.replaceState: it stays out of the history, bookmarks, screen shares and what is
+ * copied from the address bar) and kept in sessionStorage with the address it came with, so
+ * a reload of that address still joins; any other address opened in the tab does not get it.
+ * @param {Window} win the page's window (location, history, sessionStorage)
+ * @returns {string|null}
+ */
+export function takeToken(win) {
+  const address = new URL(win.location.href);
+  const token = queryToken(address.search);
+  address.searchParams.delete("token");
+  const here = address.origin + address.pathname + address.search; // whatever the hash
+  if (token) win.history.replaceState(win.history.state, "", address);
+  try {
+    if (token) {
+      win.sessionStorage.setItem(TOKEN_KEY, JSON.stringify({ here, token }));
+    } else {
+      const kept = JSON.parse(win.sessionStorage.getItem(TOKEN_KEY) ?? "null");
+      if (kept?.here === here && typeof kept.token === "string") return kept.token;
+    }
+  } catch {
+    // Storage refused (a privacy setting): this load has the token, a reload will not.
+  }
+  return token;
+}
+
 /**
  * @param {string} search location.search
+ * @param {string|null} token the invitation (takeToken); by default the one in `search`
  * @returns {{room: string|null, peerId: string, chosenId: boolean, watch: boolean,
  *            token: string|null}}
  *   room null means the server's default room; token is the invitation (a JWT) the server
- *   wants in every join when it runs with access tokens, null when the address has none.
+ *   wants in every join when it runs with access tokens, null when there is none.
  */
-export function readParams(search) {
+export function readParams(search, token = queryToken(search)) {
   const query = new URLSearchParams(search);
-  const token = query.get("token")?.trim() || null;
   const claims = token ? tokenClaims(token) : null;
   // The address wins over the token's claims: a mismatch is then the server's to explain.
   const id = cleanName(query.get("id")) ?? claimName(claims?.sub);
@@ -98,10 +134,11 @@ export function signalingUrl(pageHref, room = null) {
   return url.toString();
 }
 
-/** Where /config.json is for this page, with the token when the server wants one. */
-export function configUrl(pageHref, token) {
+/** Where /config.json is for this page (the token goes in an Authorization header, never in
+ * a URL that servers and proxies log). */
+export function configUrl(pageHref) {
   const url = new URL("config.json", pageHref);
-  url.search = token ? `?${new URLSearchParams({ token })}` : "";
+  url.search = "";
   url.hash = "";
   return url.toString();
 }

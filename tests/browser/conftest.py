@@ -37,7 +37,8 @@ async def signaling() -> AsyncIterator[RunningServer]:
 async def page_opener(browser: Browser, base_url: str) -> AsyncIterator[OpenPage]:
     """``await open_("alice", room="r", token=..., setup=...)``: a person in a fresh browser
     profile; ``setup(page)`` runs before the page loads (to route or listen from the start).
-    Closes every profile after, and fails on any uncaught exception in a page."""
+    Closes every profile after, and fails on any uncaught exception in a page and on
+    anything the page's Content-Security-Policy refused."""
     contexts: list[BrowserContext] = []
     pages: list[RoomPage] = []
 
@@ -66,6 +67,9 @@ async def page_opener(browser: Browser, base_url: str) -> AsyncIterator[OpenPage
     # An uncaught exception in the page is a bug whatever the test checked.
     crashes = [(p.peer_id, line) for p in pages for line in p.console if "pageerror" in line]
     assert not crashes, crashes
+    # The policy refusing something the page does is a bug in the page or in the policy.
+    refused = [(p.peer_id, line) for p in pages for line in p.csp_violations()]
+    assert not refused, refused
 
 
 @pytest_asyncio.fixture(loop_scope="module")

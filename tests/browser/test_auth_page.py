@@ -7,11 +7,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, Response, Route, WebSocketRoute
+from playwright.async_api import Browser, Page, Request, Response, Route, WebSocketRoute
 
 from signaling.auth import mint_token
 from signaling.ice import IceServer
@@ -64,11 +64,6 @@ async def open_auth(browser: Browser, auth_server: RunningServer) -> AsyncIterat
         yield open_
 
 
-def token_of(page: RoomPage) -> str:
-    """The token in a page's own address."""
-    return parse_qs(urlsplit(page.page.url).query)["token"][0]
-
-
 def ice_urls(servers: list[dict[str, Any]]) -> list[tuple[list[str], str | None]]:
     """RTCIceServer dictionaries as comparable (urls, username) pairs."""
     return [
@@ -98,7 +93,7 @@ async def test_two_pages_with_invitations_see_each_other(
 ) -> None:
     """alice's link names her and the room; bob's link is the token alone (the page reads
     his name and room from it). The token goes in every join and to /config.json, never
-    into the address the page offers to others."""
+    into the address the page offers to others, nor stays in its own."""
     alice_token = token("alice", "club")
     config: list[Response] = []
 
@@ -109,7 +104,7 @@ async def test_two_pages_with_invitations_see_each_other(
     snap = await alice.wait_joined()
     assert (snap["peerId"], snap["room"]) == ("alice", "club")
     assert [r.status for r in config] == [200]
-    assert f"token={alice_token}" in config[0].url
+    assert alice_token not in config[0].url
     empty = await alice.page.text_content("#empty") or ""
     assert "invitation link" in empty and alice_token not in empty
     assert await alice.page.query_selector("#empty a") is None  # no address that cannot work
@@ -123,15 +118,55 @@ async def test_two_pages_with_invitations_see_each_other(
     assert await alice.notices() == [] and await bob.notices() == []
     assert auth_server.server.metrics.connections_total == 2
 
-    # "Join again" after leaving, same name and room: the page's own address, token included.
+    # "Join again" after leaving, same name and room: the page's own address, and the token
+    # this tab keeps for it.
     await alice.leave()
     await alice.page.wait_for_selector("#join-dialog[open]")
     async with alice.page.expect_navigation():
         await alice.page.click("#join-form button[type=submit]")
-    assert token_of(alice) == alice_token
+    assert "token" not in alice.page.url
     await alice.wait_joined()
     await bob.wait_state("alice", "connected")
     await bob.wait_receiving("alice", "video")
+
+
+async def test_the_token_leaves_the_address_and_travels_in_a_header(
+    auth_server: RunningServer, open_auth: OpenAuthPage
+) -> None:
+    """An invitation is read once: taken out of the address (so out of the history, bookmarks
+    and screen shares), never in a Referer, sent to /config.json in ``Authorization``, and
+    kept for this tab's address only: a reload still joins, another room opened in the tab
+    does not get it."""
+    invitation = token("fay", "club")
+    requests: list[Request] = []
+
+    async def watch(page: Page) -> None:
+        page.on("request", lambda request: requests.append(request))
+
+    fay = await open_auth("fay", room="club", token=invitation, setup=watch)
+    await fay.wait_joined()
+    assert "token" not in fay.page.url and invitation not in fay.page.url
+    # The tab's about:blank, then the page: its first address replaced, not a third entry.
+    assert await fay.page.evaluate("history.length") == 2
+    for visit in (1, 2):
+        configs = [r for r in requests if urlsplit(r.url).path == "/config.json"]
+        assert len(configs) == visit
+        assert invitation not in configs[-1].url
+        sent = await configs[-1].all_headers()
+        assert sent.get("authorization") == f"Bearer {invitation}"
+        assert (await configs[-1].response()).status == 200  # type: ignore[union-attr]
+        for request in requests:
+            headers = await request.all_headers()
+            assert invitation not in headers.get("referer", ""), request.url
+        if visit == 1:
+            await fay.page.reload()
+            await fay.wait_joined()
+    assert "token" not in fay.page.url
+    assert auth_server.server.metrics.joins_total == 2
+    # The tab's next address is another room: the invitation does not follow.
+    await fay.page.goto(f"{auth_server.http_url}/?{urlencode({'room': 'lobby', 'id': 'fay'})}")
+    reason = await refusal(fay)
+    assert reason.startswith(AUTH_REQUIRED), reason
 
 
 async def test_page_without_invitation_says_so_and_does_not_retry(
@@ -204,7 +239,8 @@ async def test_ice_servers_from_peer_list_reach_the_connections(
         await page.route("**/config.json*", fake_config)
         await page.route_web_socket(SIGNALING_SOCKET, transcript.relay)
 
-    one = await open_auth("one", room="ice", token=token("one", "ice"), setup=intercept)
+    one_token = token("one", "ice")
+    one = await open_auth("one", room="ice", token=one_token, setup=intercept)
     await one.wait_joined()
     two = await open_auth("two", room="ice", token=token("two", "ice"))
     await one.wait_state("two", "connected")
@@ -235,7 +271,7 @@ async def test_ice_servers_from_peer_list_reach_the_connections(
     await eventually(rejoined, seconds(10), "the page to rejoin on a new socket")
     joins = transcript.of_type("join", transcript.sent)
     assert len(joins) == 2
-    assert joins[0]["token"] == joins[1]["token"] == token_of(one)  # kept for the rejoin
+    assert joins[0]["token"] == joins[1]["token"] == one_token  # kept for the rejoin
     assert joins[1].get("resumeToken") == lists[0]["resumeToken"]
     await one.wait_state("two", "connected")
     lists = transcript.of_type("peer-list", transcript.received)
@@ -269,8 +305,8 @@ async def test_invitation_links_never_carry_the_token(open_page: OpenPage) -> No
                 claims: params.tokenClaims(jwt),
                 invite: params.inviteUrl(href, 'lobby'),
                 other: params.pageUrl(href, {room: 'c', peerId: 'd'}),
-                config: params.configUrl(href, jwt),
-                plainConfig: params.configUrl('http://h/x/?room=a', null),
+                config: params.configUrl(href),
+                plainConfig: params.configUrl('http://h/x/?room=a'),
                 ws: params.signalingUrl(href),
                 final: messages.FINAL_CLOSE_CODES.has(4407),
                 texts: ['auth-required', 'token-expired', 'invalid-token'].map(
@@ -301,7 +337,7 @@ async def test_invitation_links_never_carry_the_token(open_page: OpenPage) -> No
     assert result["invite"] == "http://h/?room=lobby"
     assert result["other"] == "http://h/?watch=1&room=c&id=d#x"
     assert jwt not in result["other"] and jwt not in result["invite"]
-    assert result["config"] == f"http://h/config.json?token={jwt}"
+    assert result["config"] == "http://h/config.json"  # the token goes in a header
     assert result["plainConfig"] == "http://h/x/config.json"
     assert result["ws"] == "ws://h/ws"
     assert result["final"] is True

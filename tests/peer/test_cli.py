@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -193,3 +194,26 @@ async def test_join_chat_with_piped_stdin(server: RunningServer) -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_join_with_a_token_file(tmp_path: Path) -> None:
+    """`--token-file`: the token stays out of the command line (and so out of `ps`), and
+    names the peer and the room as `--token` does."""
+    from signaling.auth import mint_token
+    from signaling.server import ServerConfig
+    from tests.support import running_server
+
+    secret = b"meshpeer cli tests: 32+ bytes of secret"
+    token_file = tmp_path / "bot.token"
+    token_file.write_text(mint_token(secret, "lobby", "filebot") + "\n")
+    async with running_server(ServerConfig(auth_secret=secret)) as auth_server:
+        command = [
+            "-m", "peer", "join", auth_server.ws_url, "--token-file", str(token_file),
+            "--video", "none", "--audio", "none", "--duration", "0.5", "--quiet",
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *command, cwd=REPO, stderr=subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), seconds(30))
+        assert proc.returncode == 0, err.decode()
+        assert auth_server.server.metrics.joins_total == 1

@@ -53,6 +53,8 @@ def meshpeer_serve(argv: Sequence[str]) -> int:
         (["--probe-timeout", "-2"], "--probe-timeout: must be more than 0"),
         (["--rate", "nan"], "--rate: must be more than 0"),
         (["--rate", "inf"], "--rate: must be more than 0"),
+        (["--byte-rate", "0"], "--byte-rate: must be more than 0"),
+        (["--byte-burst", "1e6"], "--byte-burst: not an integer"),
         (["--no-such-flag"], "unrecognized arguments"),
     ],
 )
@@ -93,6 +95,8 @@ def test_every_limit_has_a_flag() -> None:
             "--probe-timeout=0.5",
             "--rate=7",
             "--burst=9",
+            "--byte-rate=5000.5",
+            "--byte-burst=6000",
             "--send-queue=11",
             "--ice-server=stun:127.0.0.1:3478",
         ]
@@ -112,6 +116,7 @@ def test_every_limit_has_a_flag() -> None:
         0.5,
         7.0,
     )
+    assert (limits.byte_rate, limits.byte_burst) == (5000.5, 6000)
     assert len(config.ice_servers) == 1
     defaults = signaling.cli.config_from_args(parser.parse_args(["serve"]))
     assert defaults.limits == Limits()

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 
 from signaling.protocol import PeerId, RoomId
-from signaling.redis_registry import RedisRegistry
+from signaling.redis_registry import RedisRegistry, _keys
 from tests.redis_server import running_redis
 from tests.signaling.test_properties import LIMITS, Client, Harness, actions, step
 
@@ -77,7 +77,7 @@ class ClusterHarness(Harness):
         """Each room in Redis, in join order, with the connection some node holds it by."""
         out: dict[str, list[tuple[str, object]]] = {}
         for room in {k[0] for k in self.live()} | set(self.order):
-            order = await self.redis.zrange(f"mp:{{{room}}}:o", 0, -1)
+            order = await self.redis.zrange(_keys(RoomId(room))[1], 0, -1)
             out[room] = [(peer, self.connection(RoomId(room), PeerId(peer))) for peer in order]
         return out
 

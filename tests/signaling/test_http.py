@@ -189,3 +189,67 @@ async def test_client_chosen_types_cannot_grow_or_break_the_metrics(
     assert len(routed) == MAX_TYPE_LABELS + 1
     assert sum(routed.values()) == len(kinds)
     assert routed[f'meshpeer_messages_routed_total{{type="{OTHER_TYPE_LABEL}"}}'] == 11
+
+
+async def test_every_response_carries_the_security_headers_and_no_server_version() -> None:
+    """The page's policy (no inline script, no framing, no Referer) and a ``Server`` that
+    names no library version: on the page, its modules, JSON, metrics, errors and refused
+    WebSocket upgrades alike."""
+    from dataclasses import replace
+
+    from signaling.server import ServerConfig
+    from tests.signaling.conftest import FAST_LIMITS
+    from tests.support import running_server
+
+    config = ServerConfig(
+        limits=replace(FAST_LIMITS, ip_connections=1), allowed_origins=("https://a.example",)
+    )
+    async with running_server(config) as server, aiohttp.ClientSession() as http:
+        seen: dict[str, aiohttp.ClientResponse] = {}
+        for path in ("/", "/static/app.js", "/config.json", "/healthz", "/metrics", "/nope"):
+            async with http.get(server.http_url + path) as response:
+                seen[path] = response
+        async with http.get(server.http_url + "/", headers={"Host": "[::1]:99"}) as response:
+            seen["/ (IPv6 Host)"] = response
+        upgrade = {"Connection": "Upgrade", "Upgrade": "websocket"}
+        evil = {**upgrade, "Origin": "https://evil.example"}
+        async with http.get(server.ws_url, headers=evil) as response:
+            seen["/ws 403"] = response
+        ws = await http.ws_connect(server.ws_url)  # the one connection this address may open
+        async with http.get(server.ws_url, headers=upgrade) as response:
+            seen["/ws 429"] = response
+        await ws.close()
+    statuses = {path: r.status for path, r in seen.items()}
+    assert statuses == {
+        "/": 200,
+        "/static/app.js": 200,
+        "/config.json": 200,
+        "/healthz": 200,
+        "/metrics": 200,
+        "/nope": 404,
+        "/ (IPv6 Host)": 200,
+        "/ws 403": 403,
+        "/ws 429": 429,
+    }
+    for path, response in seen.items():
+        headers = response.headers
+        assert headers["Server"] == "meshpeer", path
+        assert headers["Referrer-Policy"] == "no-referrer", path
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        directives = headers["Content-Security-Policy"].split("; ")
+        policy = {name: value for name, _, value in (d.partition(" ") for d in directives)}
+        assert policy["default-src"] == "'self'", path
+        assert policy["img-src"] == "'self' data: blob:", path
+        assert policy["media-src"] == "'self' blob:", path
+        assert policy["object-src"] == policy["base-uri"] == policy["frame-ancestors"] == "'none'"
+        assert "script-src" not in policy and "'unsafe-inline'" not in str(policy), path
+    # The page's own signaling socket, also for browsers whose 'self' does not cover ws:.
+    host = f"127.0.0.1:{server.port}"
+    assert (
+        seen["/"]
+        .headers["Content-Security-Policy"]
+        .count(f"connect-src 'self' ws://{host} wss://{host};")
+        == 1
+    )
+    # A Host that is not a plain name or IPv4 address is never copied into the header.
+    assert "connect-src 'self';" in seen["/ (IPv6 Host)"].headers["Content-Security-Policy"]

@@ -150,6 +150,51 @@ def test_parse_refuses_with_a_stable_code(text: str | bytes, code: ErrorCode) ->
     assert str(info.value) == info.value.message
 
 
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("a\u200bb", "format characters"),  # zero-width space
+        ("al\u200dice", "format characters"),  # zero-width joiner
+        ("\u202emallory", "format characters"),  # right-to-left override
+        ("\u2066bob\u2069", "format characters"),  # bidi isolates
+        ("al\u00adice", "format characters"),  # soft hyphen
+        ("\ufeffalice", "format characters"),  # byte order mark
+        ("alice\U000e0041", "format characters"),  # a tag character
+        ("x\ud800", "surrogates"),  # no character at all: "x?" to the others
+        ("Jose\u0301", "NFC"),  # e + combining acute: "José" spelled another way
+        ("\u212bngstr\u00f6m", "NFC"),  # the Angstrom sign: NFC makes it U+00C5
+        ("\ufb01sh", None),  # a compatibility ligature is NFC: allowed
+    ],
+)
+def test_look_alike_names_are_refused(name: str, rule: str | None) -> None:
+    """Two names that look alike are one name or a refusal, never two peers or rooms."""
+    for key in ("peerId", "room", "resumeToken"):
+        text = json.dumps({"type": "join", "peerId": "a", key: name})
+        if rule is None:
+            assert isinstance(parse(text), Join)
+            continue
+        with pytest.raises(ProtocolError, match=rule) as info:
+            parse(text)
+        assert info.value.code is ErrorCode.BAD_MESSAGE and key in info.value.message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Jos\u00e9",
+        "\u00c5ngstr\u00f6m",
+        "\u0395\u03bb\u03ad\u03bd\u03b7",
+        "\u65e5\u672c",
+        "\U0001f600",
+        "a b",
+    ],
+)
+def test_names_in_nfc_from_any_script_are_taken_as_sent(name: str) -> None:
+    assert parse(json.dumps({"type": "join", "peerId": name, "room": name})) == Join(
+        P(name), RoomId(name)
+    )
+
+
 def test_error_codes_and_close_codes_are_the_documented_values() -> None:
     assert {c.value for c in ErrorCode} == {
         "invalid-json",

@@ -54,6 +54,10 @@ class InterfaceOnly:
         self.calls["broadcast"] += 1
         self._inner.broadcast(room, sender, data)
 
+    def others(self, room: RoomId) -> int:
+        self.calls["others"] += 1
+        return self._inner.others(room)
+
     def counts(self) -> tuple[int, int]:
         self.calls["counts"] += 1
         return self._inner.counts()

@@ -96,7 +96,7 @@ def test_taken_id_is_refused_even_when_the_room_is_full() -> None:
     assert refuse(table, LOBBY, "a").code is ErrorCode.ID_TAKEN
 
 
-@pytest.mark.parametrize("token", ["wrong", "", "tok-a ", "TOK-A"])
+@pytest.mark.parametrize("token", ["wrong", "", "tok-a ", "TOK-A", "tok-\u00e1", "\U0001f600"])
 def test_wrong_resume_token_is_refused_with_4401_and_no_probe(token: str) -> None:
     table: RoomTable[Conn] = RoomTable(max_peers=10)
     owner = Conn("owner")

@@ -269,3 +269,119 @@ def test_dropped_messages_do_not_count_as_errors_or_forwards() -> None:
         ErrorCode.RATE_LIMITED
     )
     assert isinstance(session.receive('{"type":"chat","from":"mallory"}', 0.0), Ignore)
+
+
+# ---------------------------------------------------------------------------
+# Byte budget: what a connection's messages cost the server to deliver
+
+BUDGET = replace(
+    LIMITS, max_frame_bytes=20_000, rate=1e6, burst=10**6, byte_rate=1000.0, byte_burst=10_000
+)
+
+
+def chat_of(size: int, to: str | None = None) -> str:
+    """A chat frame of exactly ``size`` bytes, to one peer or (None) to the room."""
+    head = '{"type":"chat",' + (f'"to":"{to}",' if to else "") + '"t":"'
+    text = head + "x" * (size - len(head) - 2) + '"}'
+    assert len(text.encode()) == size
+    return text
+
+
+def test_default_byte_budget_never_bites_normal_signaling() -> None:
+    """A member of a full room that offers to every other member (10 KB SDP) and
+    broadcasts a 1 KB frame to them, every second for a minute, is never limited; one that
+    broadcasts maximal frames at the message rate is, within its first second."""
+    limits = Limits()
+    assert (limits.byte_rate, limits.byte_burst) == (512 * 1024, 4 * 1024 * 1024)
+    others = limits.max_peers - 1
+    session = joined(limits=limits)
+    offer = json.dumps({"type": "offer", "to": "bob", "sdp": "v=0\r\n" + "a" * 10_000})
+    status = chat_of(1000)
+    for second in range(60):
+        for i in range(others):
+            now = second + i / 100
+            assert isinstance(session.receive(offer, now, others), Forward), (second, i)
+        assert isinstance(session.receive(status, second + 0.5, others), Forward), second
+    flooder = joined(limits=limits)
+    biggest = chat_of(limits.max_frame_bytes)
+    results = [flooder.receive(biggest, n / limits.rate, others) for n in range(100)]
+    assert error_code(next(r for r in results if not isinstance(r, Forward)))[0] == (
+        ErrorCode.RATE_LIMITED
+    )
+
+
+def test_a_broadcast_costs_its_size_times_its_recipients() -> None:
+    """Same frames, same count: sent to one peer they all pass; broadcast to 4 others,
+    only as many as the burst pays for (10,000 bytes: 2 of 4 x 1,000)."""
+    routed = joined(limits=BUDGET)
+    for _ in range(10):
+        assert isinstance(routed.receive(chat_of(1000, to="bob"), 0.0, 4), Forward)
+    broadcaster = joined(limits=BUDGET)
+    for _ in range(2):
+        assert isinstance(broadcaster.receive(chat_of(1000), 0.0, 4), Forward)
+    assert error_code(broadcaster.receive(chat_of(1000), 0.0, 4)) == (
+        ErrorCode.RATE_LIMITED,
+        None,
+    )
+    # Still 2,000 bytes in the bucket: a routed frame of that size passes, a broadcast to
+    # nobody costs nothing.
+    assert isinstance(broadcaster.receive(chat_of(2000, to="bob"), 0.0, 4), Forward)
+    assert isinstance(broadcaster.receive(chat_of(1000), 0.0, 0), Forward)
+
+
+def test_an_exhausted_byte_budget_drops_like_the_message_rate() -> None:
+    """One ``rate-limited`` error per episode, the rest dropped silently, the connection
+    kept; the budget refills at byte_rate, up to byte_burst."""
+    session = joined(limits=BUDGET)
+    big = chat_of(5000)
+    assert [type(session.receive(big, 0.0, 2)) for _ in range(3)] == [Forward, Reply, Ignore]
+    assert isinstance(session.receive(chat_of(100, to="bob"), 0.0, 2), Ignore)
+    assert isinstance(session.receive('{"type":"offer","to":"bob","sdp":"x"}', 0.0, 2), Ignore)
+    # 4 s at 1,000 bytes/s: 4,000 bytes back, not enough for 2 x 5,000.
+    assert isinstance(session.receive(big, 4.0, 2), Ignore)
+    assert isinstance(session.receive(chat_of(4000, to="bob"), 4.0, 2), Forward)
+    # After a long pause the bucket is full again, but no fuller than the burst.
+    assert isinstance(session.receive(big, 100.0, 2), Forward)
+    assert error_code(session.receive(chat_of(100), 100.0, 2))[0] == ErrorCode.RATE_LIMITED
+
+
+def test_a_message_larger_than_the_byte_burst_needs_a_full_budget_and_leaves_a_debt() -> None:
+    """A 5,000-byte broadcast to 3 others (15,000 > byte_burst) is not refused forever:
+    it passes when the bucket is full, and the debt is repaid at byte_rate before the next."""
+    session = joined(limits=BUDGET)
+    big = chat_of(5000)
+    assert isinstance(session.receive(big, 0.0, 3), Forward)
+    assert error_code(session.receive(chat_of(100, to="bob"), 0.0, 3))[0] == (
+        ErrorCode.RATE_LIMITED
+    )
+    # -5,000 after it: 5.1 s later just 100 bytes are back.
+    assert isinstance(session.receive(chat_of(100, to="bob"), 5.1, 3), Forward)
+    # 9.9 s later 9,900 bytes are back: a bucket not quite full refuses it.
+    assert error_code(session.receive(big, 15.0, 3))[0] == ErrorCode.RATE_LIMITED
+    assert isinstance(session.receive(big, 15.2, 3), Forward)  # full again
+
+
+def test_the_byte_budget_counts_utf8_bytes() -> None:
+    session = joined(limits=BUDGET)
+    wide = '{"type":"chat","to":"bob","t":"' + "\u00e9" * 4000 + '"}'  # 8,034 bytes
+    assert len(wide) < 5000 < len(wide.encode())
+    assert isinstance(session.receive(wide, 0.0), Forward)
+    assert error_code(session.receive(wide, 0.0))[0] == ErrorCode.RATE_LIMITED
+    # A lone surrogate (never in a frame off the wire, which is UTF-8) is priced, not fatal.
+    lone = joined(limits=BUDGET).receive('{"type":"chat","t":"\ud800"}', 0.0)
+    assert isinstance(lone, Forward)
+
+
+def test_refused_frames_cost_no_bytes() -> None:
+    """Only what is delivered costs bytes; refused frames cost a message token each."""
+    session = joined(limits=BUDGET)
+    for text in ("x" * 15_000, json.dumps({"type": "chat", "from": "bob", "t": "x" * 15_000})):
+        assert error_code(session.receive(text, 0.0, 4))[0] != ErrorCode.RATE_LIMITED
+    assert isinstance(session.receive(chat_of(2000), 0.0, 4), Forward)
+
+
+@pytest.mark.parametrize(("field", "value"), [("byte_rate", 0.0), ("byte_burst", 0)])
+def test_byte_budget_limits_must_be_positive(field: str, value: float) -> None:
+    changes: dict[str, Any] = {field: value}
+    with pytest.raises(ValueError, match=field):
+        replace(Limits(), **changes)
