@@ -28,6 +28,7 @@ from playwright.async_api import (
     WebSocketRoute,
 )
 
+from signaling.server import STATIC_DIR
 from tests.support import seconds
 
 CHROMIUM = Path(os.environ.get("MESHPEER_CHROMIUM", "/usr/bin/chromium"))
@@ -61,7 +62,24 @@ async (peer) => {
 }
 """
 
+#: Every Content-Security-Policy violation in a page, to its console (where Chromium's own
+#: "Refused to ..." lines go too), so a test sees it whatever Chromium itself logs.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => console.error(
+  `csp-violation: ${event.effectiveDirective} refused ${event.blockedURI || "inline code"}`));
+"""
+
 T = TypeVar("T")
+
+
+def page_constant(module: str, name: str) -> float:
+    """The number in the page's ``const NAME = <number>;`` (``module``: e.g. ``app.js``): a
+    wait that races one of the page's own timers is derived from it, never scaled."""
+    source = (STATIC_DIR / module).read_text()
+    match = re.search(rf"^const {re.escape(name)} = ([0-9_.]+);", source, re.MULTILINE)
+    if match is None:
+        raise AssertionError(f"no `const {name} = <number>;` in {STATIC_DIR / module}")
+    return float(match.group(1).replace("_", ""))
 
 
 class Timeout(AssertionError):
@@ -238,6 +256,14 @@ class RoomPage:
     async def leave(self) -> None:
         await self.page.click("#leave")
 
+    def csp_violations(self) -> list[str]:
+        """What the page's Content-Security-Policy refused (REPORT_CSP_VIOLATIONS)."""
+        return [
+            line
+            for line in self.console
+            if "csp-violation" in line or "Content Security Policy" in line
+        ]
+
 
 async def open_room_page(
     context: BrowserContext,
@@ -260,5 +286,6 @@ async def open_room_page(
     room_page = RoomPage(page, peer_id)
     page.on("console", lambda msg: room_page.console.append(f"{msg.type}: {msg.text}"))
     page.on("pageerror", lambda exc: room_page.console.append(f"pageerror: {exc}"))
+    await page.add_init_script(REPORT_CSP_VIOLATIONS)
     await page.goto(f"{base_url}/?{urlencode(params)}")
     return room_page

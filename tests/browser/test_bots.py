@@ -8,7 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-import av
 import pytest
 from playwright.async_api import Browser, Playwright, WebSocket, WebSocketRoute
 
@@ -26,6 +25,7 @@ from tests.browser.pages import (
     open_room_page,
     persistent_browser,
 )
+from tests.media.clips import decoded_frames
 from tests.support import RunningServer, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -126,19 +126,6 @@ async def test_viewer_without_camera_connects_to_bots(
         assert candidates, "the page trickled no candidates"
         hosts = [c.split()[4] for c in candidates if " typ host " in c]
         assert hosts and all(h.endswith(".local") for h in hosts), candidates
-
-
-def decoded_frames(path: Path) -> dict[str, int]:
-    """Decode the whole file: frames per kind, and the video size."""
-    counts = {"video": 0, "audio": 0, "width": 0, "height": 0}
-    with av.open(str(path)) as container:
-        for frame in container.decode(*container.streams):
-            if isinstance(frame, av.VideoFrame):
-                counts["video"] += 1
-                counts["width"], counts["height"] = frame.width, frame.height
-            else:
-                counts["audio"] += 1
-    return counts
 
 
 @pytest.mark.parametrize("first", ["recorder", "browser"])

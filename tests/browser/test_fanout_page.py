@@ -34,8 +34,13 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 #: The sender's synthetic video: small, so the receivers and the browser fit on two cores.
 VIDEO = VideoSettings(width=320, height=240, fps=15)
-#: The issue's bound: first frame of a late receiver after its connection is up.
-FIRST_FRAME_BOUND = 0.5
+#: The issue's bound: first frame of a late receiver after its connection is up (scaled:
+#: a busy machine delays the page's decoding, not the keyframe its join asks for).
+FIRST_FRAME_BOUND = seconds(0.5)
+#: Share of the frames the shared encoder made that every receiver decodes (9 of 15 fps;
+#: a receiver handed a share of the stream, as a track split between connections is, gets
+#: half or less).
+DECODED_SHARE = 0.6
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -238,8 +243,9 @@ async def test_pages_and_an_agent_decode_one_shared_encode(
             assert (stats["frameWidth"], stats["frameHeight"]) == (VIDEO.width, VIDEO.height)
             assert (stats["videoWidth"], stats["videoHeight"]) == (VIDEO.width, VIDEO.height)
         assert sizes.size["sender"] == (VIDEO.width, VIDEO.height)
-        # A 15 fps source: every receiver gets most of it, none a share of it.
-        assert min(rates.values()) >= VIDEO.fps * 0.6, rates
+        # Every receiver gets most of what was encoded (however much a busy machine let the
+        # sender encode), none a share of it.
+        assert min(rates.values()) >= DECODED_SHARE * encoded / elapsed, (rates, encoded)
         # Still one encoder each, still serving all three.
         after = groups(source)
         described = {

@@ -136,7 +136,8 @@ async def test_page_keeps_playing_and_rejoins_when_the_server_is_killed(browser:
                 f"shown), in the page's video at the bot {bot_gap:.3f} s"
             )
             assert rejoined and bot_back, (log["joined"], bot.events)
-            assert rejoined <= due + 0.5, (rejoined - listening, due - listening)
+            # Its attempt, give or take the page noticing the join (a busy machine: scaled).
+            assert rejoined <= due + seconds(0.5), (rejoined - listening, due - listening)
             assert rejoined - listening <= seconds(REJOIN_TARGET)
             assert bot_back - listening <= seconds(REJOIN_TARGET)
             assert bot.agent.links[PeerId("web")] is link, "the bot replaced the connection"

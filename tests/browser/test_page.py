@@ -122,12 +122,16 @@ async def test_ice_servers_come_from_the_server(browser: Browser) -> None:
 
 
 async def test_glare_settles_with_the_lower_id_polite(open_page: OpenPage) -> None:
-    """Both sides renegotiate at the same instant: exactly one offer wins, media keeps flowing."""
+    """Both sides renegotiate at the same instant: the offers cross, the impolite side (ben)
+    ignores ann's, the polite one rolls its own back; exactly one offer wins, on the same
+    connection, and media keeps flowing."""
     ann = await open_page("ann", room="glare")
     await ann.wait_joined()
     ben = await open_page("ben", room="glare")
     await ann.wait_state("ben", "connected")
     await ben.wait_state("ann", "connected")
+    for me, peer in ((ann, "ben"), (ben, "ann")):
+        await me.page.evaluate("(peer) => { meshpeer.page.links.get(peer).pc.__glare = 1; }", peer)
     # Both add a transceiver at the same wall-clock instant: both offers cross on the wire.
     start_at = await ann.page.evaluate("Date.now() + 300")
     script = """([peer, at]) => new Promise((resolve) => setTimeout(() => {
@@ -155,8 +159,18 @@ async def test_glare_settles_with_the_lower_id_polite(open_page: OpenPage) -> No
     await ann.wait_receiving("ben")
     await ben.wait_receiving("ann")
     assert (await ann.snapshot())["peers"] == {"ben": "connected"}
-    # Only the higher ID ever ignores an offer ("ann" < "ben": ann is polite and rolls back).
-    assert not [line for line in ann.console if "ignoring" in line]
+    # The offers crossed: ben (higher ID, impolite) had its own out when ann's came and
+    # ignored it; ann (polite) never ignores, she rolled hers back and answered ben's.
+    assert [line for line in ben.console if "ignoring ann's offer (glare" in line], ben.console
+    assert not [line for line in ann.console if "ignoring" in line], ann.console
+    # One connection each side, the one they had: nothing was replaced.
+    for me, peer in ((ann, "ben"), (ben, "ann")):
+        same: bool = await me.page.evaluate(
+            """(peer) => meshpeer.page.links.size === 1
+                && meshpeer.page.links.get(peer).pc.__glare === 1""",
+            peer,
+        )
+        assert same, me.peer_id
 
 
 BRIGHTNESS = """(peer) => {
@@ -230,6 +244,7 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
                 full: params.readParams('?room=lobby&id=%20ann%20&watch=1'),
                 bare: params.readParams(''),
                 off: params.readParams('?watch=0&id=').watch,
+                nfc: params.readParams('?id=Jose%CC%81&room=Cafe%CC%81'),
                 ws: params.signalingUrl('https://example.org/?room=x#y'),
                 wsPlain: params.signalingUrl('http://127.0.0.1:8080/'),
                 wsRoom: params.signalingUrl('http://127.0.0.1:8080/?room=a', 'a b'),
@@ -258,6 +273,8 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
     assert result["bare"]["room"] is None and not result["bare"]["chosenId"]
     assert result["bare"]["peerId"].startswith("guest-")
     assert result["off"] is False
+    # The server refuses names not in NFC: the page sends its own ID and room in NFC.
+    assert (result["nfc"]["peerId"], result["nfc"]["room"]) == ("Jos\u00e9", "Caf\u00e9")
     assert result["ws"] == "wss://example.org/ws"
     assert result["wsPlain"] == "ws://127.0.0.1:8080/ws"
     assert result["wsRoom"] == "ws://127.0.0.1:8080/ws?room=a+b"  # for room affinity
@@ -268,3 +285,35 @@ async def test_page_modules_parse_addresses_and_descriptions(open_page: OpenPage
     assert result["quiet"] is None
     # Shared rooms unreachable (several nodes, Redis down): said plainly, and retried.
     assert "keeps trying" in result["busy"] and result["busyFinal"] is False
+
+
+async def test_the_page_runs_under_its_content_security_policy(
+    signaling: RunningServer, browser: Browser
+) -> None:
+    """The policy holds in the browser: the page joins without one refusal, while code slipped
+    in inline does not run and a socket to another host is refused, each reported to the
+    console where every page test looks (conftest.page_opener fails on it)."""
+    context = await browser.new_context(viewport=DESKTOP)
+    try:
+        me = await open_room_page(context, signaling.http_url, peer_id="strict", room="csp")
+        await me.wait_joined()
+        assert me.csp_violations() == []
+        ran = await me.page.evaluate(
+            """() => new Promise((resolve) => {
+                const script = document.createElement("script");
+                script.textContent = "window.injected = true";
+                document.head.append(script);
+                try { new WebSocket("ws://127.0.0.2:9/ws"); } catch {}
+                setTimeout(() => resolve(window.injected === true), 200);
+            })"""
+        )
+        assert ran is False
+
+        async def both_refused() -> list[str] | None:
+            lines = me.csp_violations()
+            joined = " ".join(lines)
+            return lines if "script-src" in joined and "connect-src" in joined else None
+
+        await eventually(both_refused, seconds(5), "both refusals in the console")
+    finally:
+        await context.close()

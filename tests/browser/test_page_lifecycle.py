@@ -16,7 +16,13 @@ from signaling.metrics import LeaveReason
 from signaling.protocol import CloseCode, PeerId
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import SIGNALING_SOCKET, RoomPage, Transcript, eventually
+from tests.browser.pages import (
+    SIGNALING_SOCKET,
+    RoomPage,
+    Transcript,
+    eventually,
+    page_constant,
+)
 from tests.support import RunningServer, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -53,6 +59,34 @@ COUNT_VIDEO_LISTENERS = """(() => {
 })()"""
 
 
+#: The page's grace for a working connection after its peer's ``peer-left`` (app.js), s.
+PEER_LEFT_GRACE = page_constant("app.js", "PEER_LEFT_GRACE_MS") / 1000
+#: performance.now() is coarsened (Chromium: 0.1 ms) and a timer may round down by as much.
+CLOCK_SLACK = 0.002
+
+#: In the page, before a ``peer-left`` for PEER comes: right after the page handled it (a
+#: listener behind the page's own), whether the marked connection was still open, and when
+#: (page clock, ms) it closed. window.peerLeftWatch = {leftAt, openAtLeft, closedAt}.
+WATCH_PEER_LEFT = """(peer) => {
+    const pc = window.markedPc;
+    const watch = { leftAt: null, openAtLeft: null, closedAt: null };
+    window.peerLeftWatch = watch;
+    meshpeer.page.signaling.addEventListener('message', ({ detail }) => {
+        if (detail.type !== 'peer-left' || detail.peerId !== peer || watch.leftAt !== null) {
+            return;
+        }
+        watch.leftAt = performance.now();
+        watch.openAtLeft =
+            meshpeer.page.links.get(peer)?.pc === pc && pc.connectionState !== 'closed';
+    });
+    const poll = setInterval(() => {
+        if (pc.connectionState !== 'closed') return;
+        watch.closedAt = performance.now();
+        clearInterval(poll);
+    }, 2);
+}"""
+
+
 async def mark(me: RoomPage, peer: str) -> None:
     """Tag the RTCPeerConnection ``me`` holds to ``peer``, to tell later if it is the same."""
     await me.page.evaluate(
@@ -68,11 +102,6 @@ async def same_connection(me: RoomPage, peer: str) -> bool:
         peer,
     )
     return same
-
-
-async def marked_closed(me: RoomPage) -> bool:
-    closed: bool = await me.page.evaluate("window.markedPc.connectionState === 'closed'")
-    return closed
 
 
 async def test_leave_before_the_camera_answers(
@@ -138,7 +167,7 @@ async def test_rejoin_keeps_working_connections(open_page: OpenPage) -> None:
         return len(transcript.routes) == 2 and bool((await one.snapshot())["joined"])
 
     await eventually(rejoined, seconds(10), "the page to rejoin on a new socket")
-    await asyncio.sleep(seconds(1))  # past two's grace for one's peer-left
+    await asyncio.sleep(PEER_LEFT_GRACE + seconds(0.5))  # past two's grace for one's peer-left
     assert await same_connection(one, "two")
     assert await same_connection(two, "one")  # one's resume: peer-left then peer-joined
     assert len(transcript.of_type("offer", transcript.sent)) == offers
@@ -184,7 +213,7 @@ async def test_rejoin_keeps_the_connection_with_a_bot(
             return len(transcript.routes) == 2 and bool((await web.snapshot())["joined"])
 
         await eventually(rejoined, seconds(10), "the page to rejoin on a new socket")
-        await asyncio.sleep(seconds(1))
+        await asyncio.sleep(bot.agent.peer_left_grace + seconds(0.5))  # past the bot's grace
         assert await same_connection(web, "bot")
         assert bot.agent.links[PeerId("web")] is old_link
         assert len(transcript.of_type("offer", transcript.sent)) == offers
@@ -196,9 +225,12 @@ async def test_rejoin_keeps_the_connection_with_a_bot(
 async def test_peer_left_closes_a_working_connection_after_a_grace(
     case: str, open_page: OpenPage
 ) -> None:
-    """``peer-left`` for a connected peer: closed after 0.5 s, unless the same peer's
-    ``peer-joined`` follows at once (a resume) or the server closes with 1001 (shutting
-    down: it announces everyone as leaving, but their media still flows)."""
+    """``peer-left`` for a connected peer: closed after PEER_LEFT_GRACE, unless the same
+    peer's ``peer-joined`` follows at once (a resume) or the server closes with 1001
+    (shutting down: it announces everyone as leaving, but their media still flows).
+
+    "Not at once" and "after the grace" are read on the page's own clock, from the moment
+    it handled the ``peer-left``: a slow test process cannot blur them."""
     transcript = Transcript()
 
     async def relay(page: Page) -> None:
@@ -209,6 +241,7 @@ async def test_peer_left_closes_a_working_connection_after_a_grace(
     two = await open_page("two", room=f"grace-{case}")
     await one.wait_receiving("two")
     await mark(one, "two")
+    await one.page.evaluate(WATCH_PEER_LEFT, "two")
 
     transcript.to_page({"type": "peer-left", "peerId": "two"})
     if case == "resumed":
@@ -216,17 +249,24 @@ async def test_peer_left_closes_a_working_connection_after_a_grace(
     elif case == "server-going-away":
         await transcript.routes[-1].close(code=1001, reason="server shutting down")
 
-    await asyncio.sleep(seconds(0.25))
-    assert await same_connection(one, "two")  # not at once, in every case
+    async def watched(key: str) -> dict[str, Any] | None:
+        watch: dict[str, Any] = await one.page.evaluate("window.peerLeftWatch")
+        return watch if watch[key] is not None else None
+
+    watch = await eventually(lambda: watched("leftAt"), seconds(5), "the page's peer-left")
+    assert watch["openAtLeft"], watch  # not at once, in every case
     if case == "left":
-
-        async def closed() -> bool:
-            return await marked_closed(one)
-
-        await eventually(closed, seconds(2), "the connection to close after the grace")
+        watch = await eventually(
+            lambda: watched("closedAt"),
+            PEER_LEFT_GRACE + seconds(2),
+            "the connection to close after the grace",
+        )
+        kept = (watch["closedAt"] - watch["leftAt"]) / 1000
+        assert kept >= PEER_LEFT_GRACE - CLOCK_SLACK, (kept, watch)
         return
 
-    await asyncio.sleep(seconds(1))
+    await asyncio.sleep(PEER_LEFT_GRACE + seconds(1))  # well past the grace
+    assert (await one.page.evaluate("window.peerLeftWatch"))["closedAt"] is None
     assert await same_connection(one, "two")
     assert (await one.snapshot())["peers"] == {"two": "connected"}
     assert await one.tile_names() == ["two"]
@@ -236,7 +276,7 @@ async def test_peer_left_closes_a_working_connection_after_a_grace(
             return len(transcript.routes) == 2 and bool((await one.snapshot())["joined"])
 
         await eventually(rejoined, seconds(10), "the page to rejoin after the 1001")
-        await asyncio.sleep(seconds(1))
+        await asyncio.sleep(PEER_LEFT_GRACE + seconds(0.5))
         assert await same_connection(one, "two")
         assert await one.notices() == []
     await one.wait_receiving("two")
@@ -327,9 +367,11 @@ async def test_reconnect_delays_have_jitter(open_page: OpenPage) -> None:
             try {
                 for (const random of [0, 0.999999]) {
                     Math.random = () => random;
-                    // Nothing listens on port 9: the socket closes at once and a retry is due.
-                    const client = new SignalingClient(
-                        'ws://127.0.0.1:9/ws', { peerId: 'x', room: null });
+                    // No socket at that path (404): it closes at once and a retry is due.
+                    // This server, as the page's policy allows no other (connect-src).
+                    const url = new URL('/no-socket-here', location.href);
+                    url.protocol = 'ws:';
+                    const client = new SignalingClient(url.href, { peerId: 'x', room: null });
                     const closed = new Promise((resolve) =>
                         client.addEventListener('disconnected', resolve, { once: true }));
                     client.connect();
@@ -378,8 +420,14 @@ async def test_early_candidates_are_bounded(signaling: RunningServer, open_page:
             )
             return count
 
-        await eventually(queued, seconds(10), "candidates queued at the page")
-        await asyncio.sleep(seconds(0.5))  # all 100 have arrived by now
+        async def all_handled() -> bool:
+            handled: int = await web.page.evaluate(
+                """() => { const link = meshpeer.page.links.get('ghost');
+                    return link.pendingCandidates.length + link.droppedCandidates; }"""
+            )
+            return handled == 100
+
+        await eventually(all_handled, seconds(10), "the page to take all 100 candidates")
         assert await queued() == 64
         kept = await web.page.evaluate(
             "meshpeer.page.links.get('ghost').pendingCandidates.map((c) => c.candidate)"

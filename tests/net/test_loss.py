@@ -54,23 +54,25 @@ from tests.net.topology import (
     _nft,
     call_in,
     exec_argv,
-    netns_available,
     topology,
 )
 from tests.support import seconds
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(netns_available() is not None, reason=str(netns_available())),
+    pytest.mark.usefixtures("netns"),
 ]
 
 ROOM = "loss"
 LOSS_PERCENT = 5
 #: Seconds measured with the loss on.
 WINDOW = 15.0
-#: The lossy receiver's longest time without a decoded frame, and its lowest frame rate.
-MAX_FREEZE = 1.0
-MIN_FPS = 20.0  # of 30
+#: The longest time without a decoded frame, each receiver: measured 0.13-0.27 s here (a
+#: lost retransmission nobody asked for again froze it 1.1-6.6 s), scaled for slow machines.
+MAX_FREEZE = seconds(1.0)
+#: The lossy receiver's decoded frame rate, at least this share of the clean one's (the same
+#: stream, on the same machine: 20 of 30 fps, whatever the load takes from both).
+MIN_FPS_SHARE = 2 / 3
 #: Keyframes captured closer together than this broke the gate's spacing (its interval,
 #: less a margin for the encoder reading frames a little after their capture).
 TOO_CLOSE = KEYFRAME_INTERVAL - 0.1
@@ -280,7 +282,7 @@ def test_a_lossy_receiver_keeps_decoding_and_spares_the_others(
     lossy_options: tuple[str, ...],
 ) -> None:
     """5% of the UDP into one receiver dropped for WINDOW s: it decodes on (no freeze over
-    MAX_FREEZE, MIN_FPS), the other sees keyframes no closer than the gate allows."""
+    MAX_FREEZE, MIN_FPS_SHARE), the other sees keyframes no closer than the gate allows."""
     with loss_room() as room:
         lossy_client, clean_client = room.topo.clients
         sender = room.start_sender()
@@ -331,8 +333,11 @@ def test_a_lossy_receiver_keeps_decoding_and_spares_the_others(
         failures = []
         if lossy_got["largest_gap"] > MAX_FREEZE:
             failures.append(f"the lossy receiver froze: {freeze(lossy_got)}")
-        if lossy_got["fps"] < MIN_FPS:
-            failures.append(f"the lossy receiver decoded {lossy_got['fps']} fps")
+        if lossy_got["fps"] < MIN_FPS_SHARE * clean_got["fps"]:
+            failures.append(
+                f"the lossy receiver decoded {lossy_got['fps']} fps, the clean one "
+                f"{clean_got['fps']}"
+            )
         if clean_got["largest_gap"] > MAX_FREEZE:
             failures.append(f"the clean receiver froze: {freeze(clean_got)}")
         # The clean receiver sees at most one keyframe per interval (+ the edges) ...

@@ -32,12 +32,12 @@ from tests.browser.pages import (
     persistent_browser,
 )
 from tests.net.coturn import Coturn, running_coturn
-from tests.net.topology import Topology, call_in, netns_available, netns_wrapper, topology
+from tests.net.topology import Topology, call_in, netns_wrapper, topology
 from tests.support import seconds
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(netns_available() is not None, reason=str(netns_available())),
+    pytest.mark.usefixtures("netns"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -344,7 +344,13 @@ def test_where_udp_is_blocked_the_agents_relay_over_tcp() -> None:
         for me, _ in pairs:
             # Only relay-relay can work: each side's only candidate is its TCP-borne relay.
             assert me.latest(_other(pairs, me).peer_id)["route"] == "relay-relay"  # type: ignore[index]
-        assert re.search(r"TCP socket|tcp", room.turn.log(), re.IGNORECASE)
+        # coturn took each agent's allocation over a TCP connection from its address (its
+        # start-up lines name TCP too, but no client address).
+        log = room.turn.log()
+        for client, agent in ((one, alice), (two, bob)):
+            tcp_from = rf"IPv4\. tcp or tls connected to: {re.escape(client.addr)}:\d+"
+            assert re.search(tcp_from, log), (client.addr, log[-3000:])
+            assert _allocated_for(room.turn, agent.peer_id), log[-3000:]
         first = {me.peer_id: me.first_frame_s(other.peer_id) for me, other in pairs}
         print(f"\nUDP blocked: relayed over TCP, first video frame (s since join): {first}")
 

@@ -9,9 +9,7 @@ import subprocess
 import pytest
 
 from tests.net.coturn import rest_credentials, running_coturn, stun_probe
-from tests.net.topology import Topology, call_in, netns_available, topology
-
-pytestmark = pytest.mark.skipif(netns_available() is not None, reason=str(netns_available()))
+from tests.net.topology import Topology, call_in, topology
 
 
 def _udp(ns: str) -> socket.socket:
@@ -38,6 +36,7 @@ def _namespaces() -> set[str]:
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
 
 
+@pytest.mark.usefixtures("netns")
 def test_clients_reach_the_hub_but_not_each_other() -> None:
     with topology(2) as topo:
         one, two = topo.clients
@@ -50,6 +49,7 @@ def test_clients_reach_the_hub_but_not_each_other() -> None:
         assert not _arrives(topo, one.ns, topo.hub, topo.dead_addr)
 
 
+@pytest.mark.usefixtures("netns")
 def test_cut_and_heal() -> None:
     with topology(1) as topo:
         (client,) = topo.clients
@@ -59,6 +59,7 @@ def test_cut_and_heal() -> None:
         assert _arrives(topo, client.ns, topo.hub, topo.service_addr)
 
 
+@pytest.mark.usefixtures("netns")
 def test_coturn_answers_stun_from_a_client_and_everything_is_removed_after() -> None:
     with topology(2) as topo, running_coturn(topo) as turn:
         names = set(topo.namespaces)

@@ -39,6 +39,9 @@ DEAD_ADDR = "10.77.0.2"
 PREFIX = "mp-"
 _CLONE_NEWNET = 0x40000000
 _STALE = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]+-")
+#: Set (to anything but 0) on a machine that cannot have network namespaces: the tests that
+#: need them skip with the reason instead of failing (tests/net/conftest.py).
+NO_NETNS_ENV = "MESHPEER_TEST_NO_NETNS"
 
 
 def _ip(*args: str, input: str | None = None) -> None:
@@ -100,7 +103,7 @@ def remove_stale_namespaces() -> list[str]:
 
 @cache
 def netns_available() -> str | None:
-    """None when namespaces work here, else why not (a ``pytest.skip`` reason)."""
+    """None when namespaces work here, else why not (the ``netns`` fixture's failure)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
     for tool in ("ip", "nft"):

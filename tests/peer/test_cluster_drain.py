@@ -26,6 +26,11 @@ from tests.support import RunningServer, running_server, seconds
 
 pytestmark = pytest.mark.slow
 
+#: The longest time bob goes without a frame of alice across the handover, s. At 15 fps a
+#: frame comes every 0.07 s; a replaced connection (offer, answer, ICE, DTLS, a keyframe)
+#: costs several times this. Scaled: a busy machine delays frames, not the handover.
+MAX_GAP = 0.5
+
 
 def holder(nodes: list[RunningServer], peer: str) -> RunningServer:
     (found,) = [
@@ -80,4 +85,4 @@ async def test_a_node_shut_down_hands_its_peers_over_without_stopping_media() ->
                     "a connection was replaced"
                 )
                 gap = times.max_gap("alice", stopped_at - 0.5, time.monotonic())
-                assert gap < 0.5, f"bob's picture of alice froze for {gap:.2f} s"
+                assert gap < seconds(MAX_GAP), f"bob's picture of alice froze for {gap:.2f} s"

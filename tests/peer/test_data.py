@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,7 +36,12 @@ class Inbox:
 
     def __init__(self, agent: Agent) -> None:
         self.events: list[ev.Event] = []
-        agent.add_listener(self.events.append)
+        self.times: list[float] = []  # time.monotonic() of each event (the loop's clock)
+        agent.add_listener(self._add)
+
+    def _add(self, event: ev.Event) -> None:
+        self.events.append(event)
+        self.times.append(time.monotonic())
 
     def received(self, peer: str, channel: str = MESHPEER) -> list[str | bytes]:
         return [
@@ -45,9 +51,15 @@ class Inbox:
         ]
 
     def dropped(self, peer: str, *, incoming: bool = False) -> list[ev.DataDropped]:
+        return [e for _, e in self.dropped_at(peer, incoming=incoming)]
+
+    def dropped_at(
+        self, peer: str, *, incoming: bool = False
+    ) -> list[tuple[float, ev.DataDropped]]:
+        """Each drop with the time.monotonic() at which it was reported."""
         return [
-            e
-            for e in self.events
+            (t, e)
+            for t, e in zip(self.times, self.events, strict=True)
             if isinstance(e, ev.DataDropped) and e.peer == peer and e.incoming is incoming
         ]
 
@@ -183,15 +195,17 @@ async def test_messages_waiting_for_a_channel_are_bounded_and_expire(
         limits = DataLimits(wait=1.0)
         async with data_agents(server.ws_url, ["alice"], data_limits=limits) as ((alice, inbox),):
             await wait_for(lambda: PeerId("ghost") in alice.members, 5, "the peer-list")
+            sent_at = time.monotonic()
             queued = [alice.send_data(f"m{i}", to="ghost") for i in range(70)]
             assert queued == [1] * 64 + [0] * 6
             full = inbox.dropped("ghost")
             assert len(full) == 6 and all("queue is full" in d.reason for d in full)
-            await asyncio.sleep(seconds(0.5))
-            assert len(inbox.dropped("ghost")) == 6  # the others still wait
             await wait_for(lambda: len(inbox.dropped("ghost")) == 70, 5, "the wait to end")
-            expired = inbox.dropped("ghost")[6:]
-            assert all("no open channel within 1 s" in d.reason for d in expired)
+            expired = inbox.dropped_at("ghost")[6:]
+            assert all("no open channel within 1 s" in d.reason for _, d in expired)
+            # The others waited their whole time (on the loop's clock, whatever the load).
+            waited = min(t for t, _ in expired) - sent_at
+            assert waited >= limits.wait, waited
             assert channel_to(alice, "ghost").queued == 0
         await ghost.ws.close()
 

@@ -19,6 +19,7 @@ from peer.signaling_client import JoinRefused
 from signaling.auth import mint_token
 from signaling.protocol import PeerId
 from signaling.server import ServerConfig
+from tests.media.clips import decoded_frames
 from tests.peer.helpers import frames_from, wait_for
 from tests.support import RunningServer, running_server, seconds
 
@@ -79,23 +80,43 @@ async def test_echo_bot_sends_each_peer_its_own_video(server: RunningServer) -> 
             await stop(echo)
 
 
+#: Seconds the recorder bot records once both files are open (scaled: a slow machine gets
+#: longer to record what the counts below ask for).
+RECORDED = 2.0
+
+
 async def test_recorder_bot_records_everyone(server: RunningServer, tmp_path: Path) -> None:
+    """Two senders (160x120 and 320x240, 15 fps, a tone): one file each, holding their own
+    picture and sound, decoded frame by frame."""
     bot = asyncio.create_task(load("recorder_bot").main(server.ws_url, "test", str(tmp_path)))
-    media = open_local_media(
-        "synthetic", "tone", label="alice", settings=VideoSettings(160, 120, 15)
-    )
-    alice = Agent(server.ws_url, room="test", peer_id="alice", media=media)
+    sizes = {"alice": (160, 120), "bob": (320, 240)}
+    medias = {
+        name: open_local_media("synthetic", "tone", label=name, settings=VideoSettings(w, h, 15))
+        for name, (w, h) in sizes.items()
+    }
+    senders = [Agent(server.ws_url, room="test", peer_id=n, media=m) for n, m in medias.items()]
     try:
         await wait_for(lambda: server.server.registry.counts()[1] == 1, 10, "the bot's join")
-        await alice.join()
-        await wait_for(lambda: PeerId("recorder") in alice.links, 10, "the bot's connection")
-        await asyncio.sleep(seconds(1.5))
+        for agent in senders:
+            await agent.join()
+        await wait_for(
+            lambda: all(PeerId("recorder") in a.links for a in senders), 10, "the connections"
+        )
+        await wait_for(lambda: len(files_in(tmp_path)) == 2, 15, "a file for each sender")
+        await asyncio.sleep(seconds(RECORDED))
     finally:
-        await alice.leave()
-        media.stop()
+        await asyncio.gather(*(agent.leave() for agent in senders))
+        for media in medias.values():
+            media.stop()
         await stop(bot)
-    (recording,) = files_in(tmp_path)
-    assert "alice" in recording.name and recording.stat().st_size > 1000
+    files = {name: [f for f in files_in(tmp_path) if name in f.name] for name in sizes}
+    assert all(len(found) == 1 for found in files.values()), files
+    for name, (path,) in files.items():
+        counts = await asyncio.to_thread(decoded_frames, path)
+        # Half of what RECORDED s hold (15 video frames a second, 50 of 20 ms sound).
+        assert counts["video"] >= 15 * RECORDED / 2, (name, counts)
+        assert counts["audio"] >= 50 * RECORDED / 2, (name, counts)
+        assert (counts["width"], counts["height"]) == sizes[name], (name, counts)
 
 
 def files_in(folder: Path) -> list[Path]:

@@ -19,9 +19,17 @@ from peer.media.feedback import KEYFRAME_INTERVAL
 from signaling.protocol import PeerId
 from tests.keyframes import Keyframes, label_vp8_keyframes
 from tests.peer.helpers import frames_from, small_media, wait_for
-from tests.support import RunningServer
+from tests.support import RunningServer, seconds
 
 pytestmark = pytest.mark.slow
+
+#: A late receiver's first frame after its connection is up, s: a keyframe the join asked
+#: for (0.1-0.25 s measured here); without it, the next one would come only on a receiver's
+#: picture-loss request.
+FIRST_FRAME = 0.5
+#: Share of the source's frames a receiver decodes while another floods picture-loss
+#: requests (10 of 15 fps).
+NOT_STARVED = 2 / 3
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +95,7 @@ async def test_every_receiver_decodes_one_shared_encode(server: RunningServer) -
         source = media.video
         assert source is not None
         before_frames, before_encoded = source.frames, stats["video"].frames  # type: ignore[attr-defined]
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(seconds(1.0))
         after = {s.kind: s for s in sender.encoder_stats()}["video"]
         made = source.frames - before_frames  # type: ignore[attr-defined]
         assert made >= 5
@@ -119,7 +127,7 @@ async def test_a_late_receiver_gets_a_keyframe_at_once(server: RunningServer) ->
         assert link.connected_at is not None
         first = late_frames.frames["sender"][0] - link.connected_at
         print(f"\nlate receiver: first frame {first * 1000:.0f} ms after connecting")
-        assert first <= 0.5
+        assert first <= seconds(FIRST_FRAME), first
         assert late_frames.keys.get("sender"), "the first frame decoded was a keyframe"
         assert late_frames.keys["sender"][0] == late_frames.frames["sender"][0]
     finally:
@@ -149,6 +157,9 @@ async def test_picture_loss_floods_are_coalesced(server: RunningServer) -> None:
             if t.kind == "video"
         )
         ssrc = video.getSynchronizationSources()[0].source
+        source = media.video
+        assert source is not None
+        made_before = source.frames  # type: ignore[attr-defined]
         start = time.monotonic()
         plis = 0
         while time.monotonic() - start < 3.0:
@@ -156,14 +167,20 @@ async def test_picture_loss_floods_are_coalesced(server: RunningServer) -> None:
             plis += 1
             await asyncio.sleep(0.05)
         end = time.monotonic()
+        made = source.frames - made_before  # type: ignore[attr-defined]
         await asyncio.sleep(0.3)  # frames in flight
         keys = clean_frames.keys_between("sender", start, end + 0.3)
         group = next(s for s in sender.encoder_stats() if s.kind == "video")
-        print(f"\n{plis} PLIs in {end - start:.1f} s: {keys} keyframes at the clean receiver")
+        decoded = len([t for t in clean_frames.frames["sender"] if start <= t <= end])
+        print(
+            f"\n{plis} PLIs in {end - start:.1f} s: {keys} keyframes at the clean receiver, "
+            f"{decoded} frames decoded of {made} made"
+        )
         assert group.keyframe_requests >= plis * 0.8  # they reached the shared encoder
         assert 2 <= keys <= (end + 0.3 - start) / KEYFRAME_INTERVAL + 1
-        fps = len([t for t in clean_frames.frames["sender"] if start <= t <= end]) / (end - start)
-        assert fps >= 10  # 15 fps source
+        # Not starved: most of what the source made meanwhile (10 of 15 fps), however many
+        # frames a busy machine let it make.
+        assert decoded >= NOT_STARVED * made, (decoded, made)
     finally:
         await asyncio.gather(sender.leave(), clean.leave(), noisy.leave())
         media.stop()
@@ -260,9 +277,13 @@ async def test_a_track_sent_to_several_peers_is_encoded_once(server: RunningServ
         )
         assert video_groups(bot) == [("video/vp8", 2)]
         start = [frames_from(r, "bot") for r in receivers]
-        await asyncio.sleep(2.0)
-        rates = [(frames_from(r, "bot") - s) / 2.0 for r, s in zip(receivers, start, strict=True)]
-        assert min(rates) >= 11, rates  # the 15 fps source, not 7.5 each
+        made_before = own.video.frames  # type: ignore[attr-defined]
+        await asyncio.sleep(seconds(2.0))
+        made = own.video.frames - made_before  # type: ignore[attr-defined]
+        got = [frames_from(r, "bot") - s for r, s in zip(receivers, start, strict=True)]
+        print(f"\none track to two peers: {got} frames decoded of {made} made")
+        # Each gets the whole source (a track split between two connections: half each).
+        assert min(got) >= 0.75 * made, (got, made)
     finally:
         await asyncio.gather(bot.leave(), *(r.leave() for r in receivers))
         own.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -105,8 +106,20 @@ async def test_event_stream_and_remote_track_copy(server: RunningServer) -> None
         assert [e async for e in bob.events() if isinstance(e, ev.Failed)] == []
 
 
-async def test_glare_resolves_to_one_working_connection(server: RunningServer) -> None:
-    """Both sides offer at the same moment: the lower ID yields, one connection carries media."""
+def fingerprints(sdp: str | None) -> set[str]:
+    """The DTLS certificate fingerprints an SDP names: which RTCPeerConnection made it."""
+    assert sdp is not None
+    found = {line for line in sdp.splitlines() if line.startswith("a=fingerprint:")}
+    assert found, sdp
+    return found
+
+
+async def test_glare_resolves_to_one_working_connection(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both sides offer at the same moment: the offers cross, the higher ID (bob) ignores
+    alice's, the lower ID yields and answers bob's; one connection carries media."""
+    caplog.set_level(logging.INFO, logger="peer.negotiation")
     async with agents(server.ws_url, ["alice", "bob"]) as (alice, bob):
         await wait_for(lambda: full_mesh_flowing([alice, bob]), 10, "the first connection")
         old = alice.links[PeerId("bob")]
@@ -120,9 +133,17 @@ async def test_glare_resolves_to_one_working_connection(server: RunningServer) -
             10,
             "a new connection after glare",
         )
-        # bob (higher ID) kept its offer: both ends are bob's offer
-        assert bob.links[PeerId("alice")].role == "offerer"
-        assert alice.links[PeerId("bob")].role == "answerer"
+        # The offers crossed: each side had its own out when the other's came.
+        said = [r.getMessage() for r in caplog.records if r.name == "peer.negotiation"]
+        assert "glare with alice: we are not polite, ignoring its offer" in said, said  # bob
+        assert "glare with bob: we are polite, dropping our offer" in said, said  # alice
+        # bob (higher ID) kept its offer: both ends are bob's offer, one connection.
+        to_alice, to_bob = bob.links[PeerId("alice")], alice.links[PeerId("bob")]
+        assert to_alice.role == "offerer" and to_bob.role == "answerer"
+        assert fingerprints(to_bob.remote_sdp) == fingerprints(to_alice.pc.localDescription.sdp)
+        assert fingerprints(to_alice.remote_sdp) == fingerprints(to_bob.pc.localDescription.sdp)
+        assert len(alice.links) == len(bob.links) == 1
+        assert old.state is LinkState.CLOSED
         await wait_for(lambda: full_mesh_flowing([alice, bob], 3), 10, "media after glare")
 
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pytest
@@ -27,6 +28,14 @@ FAST_LIMITS = Limits(
 )
 
 ServerFactory = Callable[..., AbstractAsyncContextManager[RunningServer]]
+NodesFactory = Callable[..., AbstractAsyncContextManager[list[RunningServer]]]
+#: How a test's servers are set up: one in memory, or two nodes sharing rooms through Redis.
+NODE_KINDS = ["1-node", "2-nodes"]
+
+
+def ws_urls(nodes: list[RunningServer]) -> list[str]:
+    """Where clients of ``nodes`` connect (``clients(ws_urls(nodes))`` alternates)."""
+    return [node.ws_url for node in nodes]
 
 
 @pytest.fixture
@@ -47,22 +56,38 @@ async def cluster(
     config = ServerConfig(limits=replace(FAST_LIMITS, **changes), handover=handover)
     servers = []
     for index in range(count):  # each server starts and closes its registry
-        registry = RedisRegistry(redis_url, FAST_LIMITS.max_peers, node=f"n{index}")
+        registry = RedisRegistry(redis_url, config.limits.max_peers, node=f"n{index}")
         servers.append(await stack.enter_async_context(running_server(config, registry)))
     return servers
 
 
-@pytest.fixture(params=["1-node", "2-nodes"])
-async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[RunningServer]]:
-    """The servers the clients of a test use: one in memory, or two nodes sharing rooms
-    through a real redis-server (clients alternate between them)."""
-    if request.param == "1-node":
-        async with running_server(ServerConfig(limits=FAST_LIMITS)) as running:
+@asynccontextmanager
+async def open_nodes(kind: str, **changes: Any) -> AsyncIterator[list[RunningServer]]:
+    """The servers of a ``kind`` in NODE_KINDS, with FAST_LIMITS changed by ``changes``."""
+    if kind == "1-node":
+        config = ServerConfig(limits=replace(FAST_LIMITS, **changes))
+        async with running_server(config) as running:
             yield [running]
         return
     with running_redis() as redis:
         async with AsyncExitStack() as stack:
-            yield await cluster(stack, redis.url, 2)
+            yield await cluster(stack, redis.url, 2, **changes)
+
+
+@pytest.fixture(params=NODE_KINDS)
+async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[list[RunningServer]]:
+    """The servers the clients of a test use: one in memory, or two nodes sharing rooms
+    through a real redis-server (clients alternate between them)."""
+    async with open_nodes(request.param) as opened:
+        yield opened
+
+
+@pytest.fixture(params=NODE_KINDS)
+def make_nodes(request: pytest.FixtureRequest) -> NodesFactory:
+    """``async with make_nodes(max_peers=2) as nodes``: ``make_server``'s changed limits,
+    on one server and again on two nodes (clients connect to ``ws_urls(nodes)``; counters
+    are per node: add them up)."""
+    return partial(open_nodes, request.param)
 
 
 @pytest.fixture

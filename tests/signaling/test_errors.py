@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from signaling.server import ServerConfig
+from tests.redis_server import running_redis
 from tests.signaling.clients import Clients, RawClient, clients
-from tests.signaling.conftest import FAST_LIMITS, ServerFactory
-from tests.support import RunningServer, seconds
+from tests.signaling.conftest import FAST_LIMITS, NodesFactory, cluster, ws_urls
+from tests.support import RunningServer, running_server, seconds
 
 #: This test reads one server's own counters or log: it runs on one node.
 ONE_NODE = pytest.mark.parametrize("nodes", ["1-node"], indirect=True)
@@ -87,6 +93,10 @@ async def test_error_frame_shape(peers: Clients) -> None:
         {"type": "join", "peerId": "c1\u0085"},
         {"type": "join", "peerId": "sep\u2028"},
         {"type": "join", "peerId": "a", "room": "lobby\r\nX"},
+        {"type": "join", "peerId": "\u202emallory"},  # look-alikes: a bidi override,
+        {"type": "join", "peerId": "a", "room": "lob\u200bby"},  # a zero-width space,
+        {"type": "join", "peerId": "Jose\u0301"},  # a name not in NFC,
+        {"type": "join", "peerId": "x\ud800"},  # a lone surrogate (others saw "x?")
     ],
 )
 async def test_bad_join_gets_bad_message_then_close_4400(peers: Clients, join: object) -> None:
@@ -114,10 +124,13 @@ async def test_taken_id_gets_id_taken_then_close_4409_and_owner_is_untouched(
     assert (await owner.roundtrip(other, text="yes"))["text"] == "yes"
 
 
-async def test_wrong_resume_token_gets_bad_resume_token_then_close_4401(peers: Clients) -> None:
+@pytest.mark.parametrize("guess", ["guess", "cl\u00e9", "\U0001f600" * 24])
+async def test_wrong_resume_token_gets_bad_resume_token_then_close_4401(
+    peers: Clients, guess: str
+) -> None:
     owner = await peers.join("alice")
     thief = await peers.connect("thief")
-    await thief.send(type="join", peerId="alice", resumeToken="guess")
+    await thief.send(type="join", peerId="alice", resumeToken=guess)
     await thief.recv_error("bad-resume-token")
     assert await thief.expect_close() == 4401
     bob = await peers.join("bob")
@@ -126,8 +139,9 @@ async def test_wrong_resume_token_gets_bad_resume_token_then_close_4401(peers: C
     assert (await bob.roundtrip(owner))["from"] == "bob"
 
 
-async def test_full_room_gets_room_full_then_close_4403(make_server: ServerFactory) -> None:
-    async with make_server(max_peers=2) as srv, clients(srv.ws_url) as peers:
+async def test_full_room_gets_room_full_then_close_4403(make_nodes: NodesFactory) -> None:
+    """Two seats, counted across nodes: a and b on different nodes fill the room."""
+    async with make_nodes(max_peers=2) as nodes, clients(ws_urls(nodes)) as peers:
         a = await peers.join("a")
         b = await peers.join("b")
         await a.recv_type("peer-joined")
@@ -144,8 +158,8 @@ async def test_full_room_gets_room_full_then_close_4403(make_server: ServerFacto
         assert (await peers.join("c")).peers == ["a"]  # a seat is free again
 
 
-async def test_join_timeout_gets_join_timeout_then_close_4408(make_server: ServerFactory) -> None:
-    async with make_server(join_timeout=seconds(0.3)) as srv, clients(srv.ws_url) as peers:
+async def test_join_timeout_gets_join_timeout_then_close_4408(make_nodes: NodesFactory) -> None:
+    async with make_nodes(join_timeout=seconds(0.3)) as nodes, clients(ws_urls(nodes)) as peers:
         idle = await peers.connect("idle")
         await idle.recv_error("join-timeout")
         assert await idle.expect_close() == 4408
@@ -188,9 +202,9 @@ async def test_just_under_four_times_the_limit_is_an_error_not_a_close(peers: Cl
 
 
 async def test_flooding_is_rate_limited_with_one_error_and_recovers(
-    make_server: ServerFactory,
+    make_nodes: NodesFactory,
 ) -> None:
-    async with make_server(rate=2.0, burst=10) as srv, clients(srv.ws_url) as peers:
+    async with make_nodes(rate=2.0, burst=10) as nodes, clients(ws_urls(nodes)) as peers:
         flooder = await peers.join("flooder")  # the join used one token
         bob = await peers.join("bob")
         await flooder.recv_type("peer-joined")
@@ -209,14 +223,14 @@ async def test_flooding_is_rate_limited_with_one_error_and_recovers(
         # One error for the episode, not one per dropped message.
         with pytest.raises(TimeoutError):
             await flooder.ws.receive(timeout=0.1)
-        assert srv.server.metrics.errors["rate-limited"] == 1
+        assert sum(node.server.metrics.errors["rate-limited"] for node in nodes) == 1
 
 
 async def test_oversized_frames_count_against_the_rate_like_any_other(
-    make_server: ServerFactory,
+    make_nodes: NodesFactory,
 ) -> None:
     """A flood of oversized frames used to get one error each, around the rate limit."""
-    async with make_server(rate=2.0, burst=10) as srv, clients(srv.ws_url) as peers:
+    async with make_nodes(rate=2.0, burst=10) as nodes, clients(ws_urls(nodes)) as peers:
         flooder = await peers.join("flooder")
         too_big = json.dumps({"type": "chat", "pad": "x" * FAST_LIMITS.max_frame_bytes})
         for _ in range(40):
@@ -230,6 +244,61 @@ async def test_oversized_frames_count_against_the_rate_like_any_other(
             codes.append(json.loads(msg.data)["code"])
         assert codes.count("frame-too-large") <= 10  # the burst's worth, not 40
         assert codes.count("rate-limited") == 1
+
+
+@asynccontextmanager
+async def servers(count: int, **changes: Any) -> AsyncIterator[list[RunningServer]]:
+    """One server with FAST_LIMITS changed, or ``count`` nodes sharing rooms through a real
+    redis-server."""
+    if count == 1:
+        async with running_server(ServerConfig(limits=replace(FAST_LIMITS, **changes))) as srv:
+            yield [srv]
+        return
+    with running_redis() as redis:
+        async with AsyncExitStack() as stack:
+            yield await cluster(stack, redis.url, count, **changes)
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["1-node", "2-nodes"])
+async def test_a_broadcaster_of_large_frames_is_limited_by_bytes_a_router_is_not(
+    count: int,
+) -> None:
+    """Alice broadcasts 12 frames of ~3 KB to the 3 others of a room, Bob sends 12 alike to
+    Carol alone. The byte budget pays for 4.5 of Alice's (each costs 3 x its size), all
+    of Bob's (each costs its size): Alice gets one ``rate-limited``, the rest of her flood
+    is dropped, her connection lives on; Bob is not limited. The budget refills too
+    slowly (1 byte/s) to change that, however slow the machine."""
+    frame = json.dumps({"type": "chat", "n": 0, "pad": "x" * 3000})
+    cost = 3 * len(frame)
+    async with (
+        servers(count, byte_rate=1.0, byte_burst=4 * cost + cost // 2) as nodes,
+        clients([node.ws_url for node in nodes]) as peers,
+    ):
+        alice, bob, carol, dave = [await peers.join(name) for name in ("a", "b", "c", "d")]
+        for peer, joined_after in ((alice, 3), (bob, 2), (carol, 1)):
+            for _ in range(joined_after):
+                await peer.recv_type("peer-joined")
+        for n in range(12):
+            await alice.send(type="chat", n=n, pad="x" * 3000)
+            await bob.send(type="chat", to="c", n=n, pad="x" * 3000)
+        await alice.send(type="fence", to="c")  # small: the budget's remainder pays for it
+        await bob.send(type="fence", to="c")
+        got: dict[str, list[int]] = {"a": [], "b": []}
+        fences = 0
+        while fences < 2:
+            frame_in = await carol.recv()
+            if frame_in["type"] == "fence":
+                fences += 1
+            else:
+                got[frame_in["from"]].append(frame_in["n"])
+        assert got == {"a": [0, 1, 2, 3], "b": list(range(12))}
+        assert [(await dave.recv())["n"] for _ in range(4)] == [0, 1, 2, 3]
+        assert [(await bob.recv())["n"] for _ in range(4)] == [0, 1, 2, 3]
+        error = await alice.recv_error("rate-limited")
+        assert "bytes/s" in error["message"]
+        for peer in (alice, bob, dave):
+            await peer.expect_silence(0.2)
+        assert nodes[0].server.metrics.errors["rate-limited"] == 1
 
 
 async def test_a_bad_room_in_the_url_is_refused_like_one_in_the_join(peers: Clients) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.signaling.clients import Clients, Peer, RawClient, clients, drain_until_close
-from tests.signaling.conftest import FAST_LIMITS, ServerFactory
+from tests.signaling.conftest import FAST_LIMITS, NodesFactory, ServerFactory, ws_urls
 from tests.support import running_server, seconds
 
 DeadOwner = Callable[[Clients, int, str], Awaitable[Any]]
@@ -31,17 +31,18 @@ async def autoping_off_owner(peers: Clients, port: int, name: str) -> Peer:
 
 @pytest.mark.parametrize("dead_owner", [silent_raw_owner, autoping_off_owner])
 async def test_heartbeat_drops_a_client_that_stops_answering_pings(
-    make_server: ServerFactory, dead_owner: DeadOwner
+    make_nodes: NodesFactory, dead_owner: DeadOwner
 ) -> None:
-    async with make_server(heartbeat=seconds(0.4)) as srv, clients(srv.ws_url) as peers:
-        watcher = await peers.join("watcher")
+    heartbeat = seconds(0.4)
+    async with make_nodes(heartbeat=heartbeat) as nodes, clients(ws_urls(nodes)) as peers:
+        watcher = await peers.join("watcher")  # on the first node, the dead one on the last
         started = time.monotonic()
-        dead = await dead_owner(peers, srv.port, "dead")
+        dead = await dead_owner(peers, nodes[-1].port, "dead")
         assert await watcher.recv() == {"type": "peer-joined", "peerId": "dead"}
         # The watcher keeps reading (so it answers pings) and outlives several heartbeats.
         assert await watcher.recv(within=5) == {"type": "peer-left", "peerId": "dead"}
-        assert time.monotonic() - started >= 0.4 * 1.5 * 0.9  # a ping, then half a beat
-        assert srv.server.metrics.leaves["heartbeat"] == 1
+        assert time.monotonic() - started >= heartbeat * 1.5 * 0.9  # a ping, then half a beat
+        assert sum(node.server.metrics.leaves["heartbeat"] for node in nodes) == 1
         await watcher.expect_silence(seconds(0.5))  # still connected across heartbeats
         newcomer = await peers.join("newcomer")
         assert newcomer.peers == ["watcher"]
@@ -51,25 +52,25 @@ async def test_heartbeat_drops_a_client_that_stops_answering_pings(
 
 @pytest.mark.parametrize("dead_owner", [silent_raw_owner, autoping_off_owner])
 async def test_dead_owner_loses_its_id_to_a_rejoin_within_the_probe_timeout(
-    make_server: ServerFactory, dead_owner: DeadOwner
+    make_nodes: NodesFactory, dead_owner: DeadOwner
 ) -> None:
     # A long heartbeat: only the probe can notice the dead owner this fast.
     async with (
-        make_server(heartbeat=seconds(30), probe_timeout=seconds(0.3)) as srv,
-        clients(srv.ws_url) as peers,
+        make_nodes(heartbeat=seconds(30), probe_timeout=seconds(0.3)) as nodes,
+        clients(ws_urls(nodes)) as peers,
     ):
         watcher = await peers.join("watcher")
-        dead = await dead_owner(peers, srv.port, "alice")
+        dead = await dead_owner(peers, nodes[-1].port, "alice")
         assert await watcher.recv() == {"type": "peer-joined", "peerId": "alice"}
 
         started = time.monotonic()
-        first = await peers.connect("alice")
+        first = await peers.connect("alice", url=nodes[0].ws_url)  # the other node, if two
         await first.send(type="join", peerId="alice")
         await first.recv_error("id-taken")
         assert await first.expect_close() == 4409
         # The refused join made the server ping the owner; it did not answer.
         assert await watcher.recv() == {"type": "peer-left", "peerId": "alice"}
-        assert srv.server.metrics.leaves["unresponsive"] == 1
+        assert sum(node.server.metrics.leaves["unresponsive"] for node in nodes) == 1
         retry = await peers.join("alice")  # the client's retry a moment later succeeds
         assert retry.peers == ["watcher"]
         assert time.monotonic() - started < seconds(5)
@@ -79,12 +80,10 @@ async def test_dead_owner_loses_its_id_to_a_rejoin_within_the_probe_timeout(
             await dead.close()
 
 
-async def test_live_owner_answers_the_probe_and_keeps_its_id(
-    make_server: ServerFactory,
-) -> None:
+async def test_live_owner_answers_the_probe_and_keeps_its_id(make_nodes: NodesFactory) -> None:
     async with (
-        make_server(heartbeat=seconds(30), probe_timeout=seconds(0.3)) as srv,
-        clients(srv.ws_url) as peers,
+        make_nodes(heartbeat=seconds(30), probe_timeout=seconds(0.3)) as nodes,
+        clients(ws_urls(nodes)) as peers,
     ):
         owner = await peers.join("alice")
         watcher = await peers.join("watcher")
@@ -96,7 +95,7 @@ async def test_live_owner_answers_the_probe_and_keeps_its_id(
             assert await imposter.expect_close() == 4409
             # The owner is reading (aiohttp answers the probe's ping) well past the timeout.
             await owner.expect_silence(seconds(0.6))
-        assert srv.server.metrics.leaves["unresponsive"] == 0
+        assert sum(node.server.metrics.leaves["unresponsive"] for node in nodes) == 0
         # Still the owner: messages reach it, and nobody saw it leave.
         assert (await watcher.roundtrip(owner, text="still you?"))["text"] == "still you?"
         await owner.send(type="fence")
@@ -157,7 +156,7 @@ async def test_resume_replaces_a_dead_socket_without_waiting(make_server: Server
 
 
 async def test_stalled_client_is_dropped_and_costs_the_others_nothing(
-    make_server: ServerFactory,
+    make_nodes: NodesFactory,
 ) -> None:
     limits: dict[str, Any] = {
         "max_frame_bytes": 64 * 1024,
@@ -165,11 +164,13 @@ async def test_stalled_client_is_dropped_and_costs_the_others_nothing(
         "heartbeat": seconds(30),  # the queue, not the heartbeat, must catch it
         "rate": 10_000.0,
         "burst": 10_000,
+        "byte_rate": 1e12,  # alice's 60 KB broadcasts must fill the stalled client's buffers
+        "byte_burst": 10**12,
     }
-    async with make_server(**limits) as srv, clients(srv.ws_url) as peers:
+    async with make_nodes(**limits) as nodes, clients(ws_urls(nodes)) as peers:
         alice, bob = await peers.join("alice"), await peers.join("bob")
         await alice.recv_type("peer-joined")
-        stalled = await RawClient.connect(srv.port, rcvbuf=4096)
+        stalled = await RawClient.connect(nodes[-1].port, rcvbuf=4096)  # with bob, if two
         await stalled.join("stalled")  # ... and never reads again
         assert await alice.recv() == {"type": "peer-joined", "peerId": "stalled"}
         assert await bob.recv() == {"type": "peer-joined", "peerId": "stalled"}
@@ -193,9 +194,9 @@ async def test_stalled_client_is_dropped_and_costs_the_others_nothing(
         # everything alice sent.
         assert dropped_after < 400, dropped_after
         assert await alice.recv() == {"type": "peer-left", "peerId": "stalled"}
-        metrics = srv.server.metrics
-        assert metrics.slow_clients_dropped_total == 1
-        assert metrics.leaves["slow"] == 1
+        metrics = [node.server.metrics for node in nodes]
+        assert sum(m.slow_clients_dropped_total for m in metrics) == 1
+        assert sum(m.leaves["slow"] for m in metrics) == 1
         # Everyone else kept normal latency the whole time (no head-of-line blocking).
         latencies.sort()
         assert latencies[len(latencies) // 2] < seconds(0.2), latencies
@@ -203,7 +204,7 @@ async def test_stalled_client_is_dropped_and_costs_the_others_nothing(
         # The dropped client's connection is gone, the others still talk.
         await stalled.wait_closed()
         assert (await bob.roundtrip(alice, text="ok"))["text"] == "ok"
-        assert len(srv.server.connections) == 2
+        assert sum(len(node.server.connections) for node in nodes) == 2
 
 
 async def test_dropped_tcp_without_close_frame_gives_peer_left(peers: Clients) -> None:
