@@ -168,10 +168,10 @@ async def test_snapshot_writer_writes_periodically_and_on_stop(tmp_path: Path) -
 def xvfb() -> Iterator[str]:
     """A private Xvfb on a free display number (it picks one itself: -displayfd)."""
     if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (./dev setup installs xvfb)")
+        pytest.fail("Xvfb is not installed (./dev setup installs xvfb)")
     for tool in ("xwininfo", "xdotool"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (./dev setup installs x11-utils and xdotool)")
+            pytest.fail(f"{tool} is not installed (./dev setup installs x11-utils and xdotool)")
     read_fd, write_fd = os.pipe()
     process = subprocess.Popen(
         ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],

@@ -363,7 +363,7 @@ def test_wrong_turn_secret_is_reported_and_the_agents_still_leave_on_time() -> N
     """The server mints credentials coturn refuses: each agent says so in plain words at
     once, no connection is made (there is no other path), and --duration still ends it."""
     duration = 6.0
-    with relay_room(server_secret="not-the-secret-coturn-has") as room:
+    with relay_room(server_secret="not-the-secret-coturn-has-but-32-bytes-long") as room:
         one, two = room.topo.clients
         alice = room.join(one.ns, "alice", duration=duration)
         bob = room.join(two.ns, "bob", duration=duration)

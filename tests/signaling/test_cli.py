@@ -137,7 +137,7 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     except ImportError:
         openssl = shutil.which("openssl")
         if openssl is None:
-            pytest.skip("neither the cryptography package nor openssl is available")
+            pytest.fail("neither the cryptography package nor openssl is available")
         subprocess.run(
             [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
@@ -280,7 +280,7 @@ async def test_python_m_signaling_stops_cleanly_on_sigterm() -> None:
 async def test_meshpeer_serve_over_tls_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     meshpeer = Path(sys.executable).with_name("meshpeer")
     if not meshpeer.exists():
-        pytest.skip("the meshpeer entry point is not installed (pip install -e .)")
+        pytest.fail("the meshpeer entry point is not installed (pip install -e .)")
     cert, key = make_certificate(tmp_path)
     context = ssl.create_default_context(cafile=str(cert))
     command = [str(meshpeer), "serve", "--certfile", str(cert), "--keyfile", str(key)]

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import replace
-from typing import Any
 
 import pytest
 
-from signaling.server import ServerConfig
-from tests.redis_server import running_redis
 from tests.signaling.clients import Clients, RawClient, clients
-from tests.signaling.conftest import FAST_LIMITS, NodesFactory, cluster, ws_urls
-from tests.support import RunningServer, running_server, seconds
+from tests.signaling.conftest import FAST_LIMITS, NodesFactory, ws_urls
+from tests.support import RunningServer, seconds
 
 #: This test reads one server's own counters or log: it runs on one node.
 ONE_NODE = pytest.mark.parametrize("nodes", ["1-node"], indirect=True)
@@ -246,22 +240,8 @@ async def test_oversized_frames_count_against_the_rate_like_any_other(
         assert codes.count("rate-limited") == 1
 
 
-@asynccontextmanager
-async def servers(count: int, **changes: Any) -> AsyncIterator[list[RunningServer]]:
-    """One server with FAST_LIMITS changed, or ``count`` nodes sharing rooms through a real
-    redis-server."""
-    if count == 1:
-        async with running_server(ServerConfig(limits=replace(FAST_LIMITS, **changes))) as srv:
-            yield [srv]
-        return
-    with running_redis() as redis:
-        async with AsyncExitStack() as stack:
-            yield await cluster(stack, redis.url, count, **changes)
-
-
-@pytest.mark.parametrize("count", [1, 2], ids=["1-node", "2-nodes"])
 async def test_a_broadcaster_of_large_frames_is_limited_by_bytes_a_router_is_not(
-    count: int,
+    make_nodes: NodesFactory,
 ) -> None:
     """Alice broadcasts 12 frames of ~3 KB to the 3 others of a room, Bob sends 12 alike to
     Carol alone. The byte budget pays for 4.5 of Alice's (each costs 3 x its size), all
@@ -271,8 +251,8 @@ async def test_a_broadcaster_of_large_frames_is_limited_by_bytes_a_router_is_not
     frame = json.dumps({"type": "chat", "n": 0, "pad": "x" * 3000})
     cost = 3 * len(frame)
     async with (
-        servers(count, byte_rate=1.0, byte_burst=4 * cost + cost // 2) as nodes,
-        clients([node.ws_url for node in nodes]) as peers,
+        make_nodes(byte_rate=1.0, byte_burst=4 * cost + cost // 2) as nodes,
+        clients(ws_urls(nodes)) as peers,
     ):
         alice, bob, carol, dave = [await peers.join(name) for name in ("a", "b", "c", "d")]
         for peer, joined_after in ((alice, 3), (bob, 2), (carol, 1)):
