@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aioice import ice as aioice_ice
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -54,6 +55,22 @@ _PC_STATES = {
     "failed": LinkState.FAILED,
     "closed": LinkState.CLOSED,
 }
+
+
+def mdns_on_this_loop() -> None:
+    """Give aioice a fresh mDNS responder when the event loop is not the one it made it on.
+
+    aioice keeps one responder per process (``aioice.ice._mdns``: a lock, a socket, its
+    users), bound to the loop that first resolved a name. On a second loop in the same
+    process (``asyncio.run`` twice, a bot's pytest-asyncio tests) every resolution failed
+    with "bound to a different event loop". Pinned by tests/peer/test_aiortc_internals.py.
+    """
+    state = aioice_ice._mdns
+    loop = asyncio.get_running_loop()
+    if getattr(state, "loop", loop) is not loop:
+        for name in ("lock", "protocol", "subscribers"):
+            state.__dict__.pop(name, None)
+    state.loop = loop
 
 
 class PeerLink:
@@ -285,6 +302,7 @@ class PeerLink:
                 return
             if is_mdns(candidate):
                 # aioice resolves mDNS names inline, up to 1 s each: off the peer's queue.
+                mdns_on_this_loop()
                 task = asyncio.get_running_loop().create_task(self._add(candidate))
                 self._resolving.add(task)
                 task.add_done_callback(self._resolving.discard)
@@ -302,6 +320,7 @@ class PeerLink:
 
     def _trim(self, sdp: str) -> str:
         """The remote description without the candidates the budget refuses."""
+        mdns_on_this_loop()  # aiortc resolves the description's .local names
         trimmed, refusals = self._budget.trim(sdp, len(self._resolving))
         for refusal in refusals:
             self._refuse(refusal)

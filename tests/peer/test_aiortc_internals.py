@@ -10,6 +10,9 @@ peer.media.fanout (shared encoding):
 peer.link (inbound stats): a receiver's per-SSRC counters (``__remote_streams``) and
 which SSRCs are retransmissions (``__rtx_ssrc``): getStats gives all of them one id.
 
+peer.link (mDNS): aioice keeps its mDNS responder in ``aioice.ice._mdns`` (``lock``,
+``protocol``, ``subscribers``), bound to the first event loop that resolves a name.
+
 peer.nack (NACKs asked again):
 - a video receiver's NACK generator keeps the missing sequence numbers in ``missing``, and
   ``_send_rtcp_nack(ssrc, lost)`` sends a NACK the sender answers.
@@ -21,9 +24,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from aioice.ice import get_or_create_mdns_protocol, unref_mdns_protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
+from peer.link import mdns_on_this_loop
 from peer.media.fanout import EncodedTrack, EncoderGroup, Publisher, SenderPort
 from peer.media.synthetic import SyntheticVideoTrack
 from peer.nack import NackRepeater
@@ -171,3 +176,19 @@ async def test_per_stream_counters_of_a_receiver(pair: Pair) -> None:
     media = streams[pair.sender._ssrc]
     assert media.packets_received >= 5 and media.packets_lost == 0
     assert all(ssrc in rtx for ssrc in streams if ssrc != pair.sender._ssrc)
+
+
+def test_aioice_mdns_responder_works_again_on_a_second_event_loop() -> None:
+    """Two loops, one after the other, each with users contending for aioice's responder:
+    without mdns_on_this_loop the second fails ("bound to a different event loop")."""
+
+    async def contend() -> None:
+        mdns_on_this_loop()
+        users = [object() for _ in range(3)]
+        protocols = await asyncio.gather(*(get_or_create_mdns_protocol(u) for u in users))
+        assert len({id(p) for p in protocols}) == 1
+        for user in users:
+            await unref_mdns_protocol(user)
+
+    for _ in range(2):
+        asyncio.run(contend())
