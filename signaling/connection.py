@@ -17,8 +17,9 @@ from time import perf_counter
 
 from aiohttp import web
 
-from signaling.metrics import LeaveReason, Metrics
+from signaling.metrics import Metrics
 from signaling.protocol import CloseCode, Error, PeerId, RoomId, serialize
+from signaling.reasons import LeaveReason
 from signaling.session import Limits
 
 log = logging.getLogger(__name__)

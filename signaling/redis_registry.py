@@ -45,8 +45,6 @@ from signaling.cluster import (
 from signaling.ice import IceServer
 from signaling.metrics import ClusterStats
 from signaling.protocol import (
-    CloseCode,
-    ErrorCode,
     Join,
     PeerId,
     PeerJoined,
@@ -302,11 +300,7 @@ class RedisRegistry:
             return await self._join(room, join, outbox, ice_servers)
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("refusing a join of room %r: Redis unavailable (%r)", room, exc)
-            return Refused(
-                ErrorCode.UNAVAILABLE,
-                CloseCode.TRY_AGAIN_LATER,
-                "the shared room service is unavailable; try again shortly",
-            )
+            return Refused.unavailable()
         finally:
             self._joining[room] -= 1
             if not self._joining[room]:
@@ -410,22 +404,10 @@ class RedisRegistry:
             elif holder != self.node:
                 probe = Envelope(Kind.PROBE, self.node, room, peer)
                 self._publish(node_channel(holder), encode(probe))
-            return Refused(
-                ErrorCode.ID_TAKEN,
-                CloseCode.ID_TAKEN,
-                f"peer id '{peer}' is already in room '{room}'",
-            )
+            return Refused.id_taken(room, peer)
         if status == "bad-token":
-            return Refused(
-                ErrorCode.BAD_RESUME_TOKEN,
-                CloseCode.BAD_RESUME_TOKEN,
-                f"resume token does not match peer id '{peer}' in room '{room}'",
-            )
-        return Refused(
-            ErrorCode.ROOM_FULL,
-            CloseCode.ROOM_FULL,
-            f"room '{room}' is full ({self.max_peers} peers)",
-        )
+            return Refused.bad_resume_token(room, peer)
+        return Refused.room_full(room, self.max_peers)
 
     def _tell_joined(self, view: RoomView[Outbox], peer: PeerId, seq: int) -> None:
         notice = serialize(PeerJoined(peer))

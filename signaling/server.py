@@ -21,7 +21,7 @@ from signaling.auth import TokenRefused, TokenVerifier, authorize
 from signaling.connection import Connection, Flusher
 from signaling.headers import security_headers
 from signaling.ice import IceServer
-from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, LeaveReason, Metrics, Refusal
+from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, Metrics
 from signaling.protocol import (
     CloseCode,
     Error,
@@ -31,6 +31,7 @@ from signaling.protocol import (
     RoomId,
     serialize,
 )
+from signaling.reasons import LeaveReason, Refusal
 from signaling.registry import LocalRegistry, Registry
 from signaling.rooms import Refused
 from signaling.session import Forward, JoinRequest, Limits, Phase, Reply, Session
