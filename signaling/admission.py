@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from signaling.metrics import Refusal
+from signaling.reasons import Refusal
 
 #: ``--allow-origin '*'``: any browser origin may connect.
 ANY_ORIGIN = "*"

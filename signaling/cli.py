@@ -9,7 +9,8 @@ import logging
 import os
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from aiohttp import web, web_response
@@ -27,6 +28,78 @@ from signaling.turn import DEFAULT_TTL, TurnMinter
 log = logging.getLogger(__name__)
 
 _DEFAULTS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class _LimitFlag:
+    """How one ``Limits`` field is set from the command line: ``--max-peers`` for
+    ``max_peers``, its value type (a bad value is a usage error naming the rule), its help."""
+
+    type: Callable[[str], float]
+    help: str
+    metavar: str | None = None
+
+
+#: One flag per ``Limits`` field, in the order of the fields; a field missing here fails
+#: at start-up (``_limit_flags``), so a new limit cannot ship without its flag.
+_LIMIT_FLAGS = {
+    "max_frame_bytes": _LimitFlag(count, "largest frame accepted (default %(default)s)"),
+    "max_peers": _LimitFlag(count, "peers per room (default %(default)s)"),
+    "join_timeout": _LimitFlag(
+        seconds, "seconds a new connection has to send join (default %(default)s)"
+    ),
+    "heartbeat": _LimitFlag(
+        seconds,
+        "seconds between pings; no pong within half of it drops the client (default %(default)s)",
+    ),
+    "probe_timeout": _LimitFlag(
+        seconds,
+        "seconds an ID's holder has to answer a ping when the ID is asked "
+        "for again (default %(default)s)",
+    ),
+    "rate": _LimitFlag(
+        seconds, "messages per second per connection, sustained (default %(default)s)"
+    ),
+    "burst": _LimitFlag(
+        count, "messages per connection allowed above --rate in a burst (default %(default)s)"
+    ),
+    "byte_rate": _LimitFlag(
+        seconds,
+        "bytes per second a connection's messages may cost to deliver, sustained: a "
+        "broadcast costs its size times the members it reaches (default %(default)d)",
+        "BYTES",
+    ),
+    "byte_burst": _LimitFlag(
+        count,
+        "bytes of deliveries per connection allowed above --byte-rate in a burst "
+        "(default %(default)s)",
+        "BYTES",
+    ),
+    "send_queue": _LimitFlag(
+        count,
+        "messages queued for one client before it is dropped as too slow (default %(default)s)",
+    ),
+    "ip_connections": _LimitFlag(
+        cap,
+        "open WebSockets per client address, more get HTTP 429 (default %(default)s; 0: no cap)",
+        "N",
+    ),
+    "ip_connects_per_minute": _LimitFlag(
+        cap,
+        "new WebSockets (join attempts) per client address per minute, more get HTTP 429 "
+        "(default %(default)s; 0: no cap)",
+        "N",
+    ),
+}
+
+
+def _limit_flags() -> list[tuple[str, _LimitFlag]]:
+    """Each ``Limits`` field with its flag, in field order."""
+    return [(f.name, _LIMIT_FLAGS[f.name]) for f in fields(Limits)]
+
+
+def _flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
 
 
 def _origin(text: str) -> str:
@@ -161,89 +234,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="this node's name among those sharing rooms (default: random)",
     )
     lim = parser.add_argument_group("limits")
-    lim.add_argument(
-        "--max-frame-bytes",
-        type=count,
-        default=_DEFAULTS.max_frame_bytes,
-        help="largest frame accepted (default %(default)s)",
-    )
-    lim.add_argument(
-        "--max-peers",
-        type=count,
-        default=_DEFAULTS.max_peers,
-        help="peers per room (default %(default)s)",
-    )
-    lim.add_argument(
-        "--join-timeout",
-        type=seconds,
-        default=_DEFAULTS.join_timeout,
-        help="seconds a new connection has to send join (default %(default)s)",
-    )
-    lim.add_argument(
-        "--heartbeat",
-        type=seconds,
-        default=_DEFAULTS.heartbeat,
-        help="seconds between pings; no pong within half of it drops the client "
-        "(default %(default)s)",
-    )
-    lim.add_argument(
-        "--probe-timeout",
-        type=seconds,
-        default=_DEFAULTS.probe_timeout,
-        help="seconds an ID's holder has to answer a ping when the ID is asked "
-        "for again (default %(default)s)",
-    )
-    lim.add_argument(
-        "--rate",
-        type=seconds,
-        default=_DEFAULTS.rate,
-        help="messages per second per connection, sustained (default %(default)s)",
-    )
-    lim.add_argument(
-        "--burst",
-        type=count,
-        default=_DEFAULTS.burst,
-        help="messages per connection allowed above --rate in a burst (default %(default)s)",
-    )
-    lim.add_argument(
-        "--byte-rate",
-        type=seconds,
-        default=_DEFAULTS.byte_rate,
-        metavar="BYTES",
-        help="bytes per second a connection's messages may cost to deliver, sustained: a "
-        "broadcast costs its size times the members it reaches (default %(default)d)",
-    )
-    lim.add_argument(
-        "--byte-burst",
-        type=count,
-        default=_DEFAULTS.byte_burst,
-        metavar="BYTES",
-        help="bytes of deliveries per connection allowed above --byte-rate in a burst "
-        "(default %(default)s)",
-    )
-    lim.add_argument(
-        "--send-queue",
-        type=count,
-        default=_DEFAULTS.send_queue,
-        help="messages queued for one client before it is dropped as too slow "
-        "(default %(default)s)",
-    )
-    lim.add_argument(
-        "--ip-connections",
-        type=cap,
-        default=_DEFAULTS.ip_connections,
-        metavar="N",
-        help="open WebSockets per client address, more get HTTP 429 (default %(default)s; "
-        "0: no cap)",
-    )
-    lim.add_argument(
-        "--ip-connects-per-minute",
-        type=cap,
-        default=_DEFAULTS.ip_connects_per_minute,
-        metavar="N",
-        help="new WebSockets (join attempts) per client address per minute, more get HTTP 429 "
-        "(default %(default)s; 0: no cap)",
-    )
+    for name, flag in _limit_flags():
+        lim.add_argument(
+            _flag_name(name),
+            type=flag.type,
+            default=getattr(_DEFAULTS, name),
+            metavar=flag.metavar,
+            help=flag.help,
+        )
     parser.add_argument(
         "--no-uvloop",
         action="store_true",
@@ -252,20 +250,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    limits = Limits(
-        max_frame_bytes=args.max_frame_bytes,
-        max_peers=args.max_peers,
-        join_timeout=args.join_timeout,
-        heartbeat=args.heartbeat,
-        probe_timeout=args.probe_timeout,
-        rate=args.rate,
-        burst=args.burst,
-        byte_rate=args.byte_rate,
-        byte_burst=args.byte_burst,
-        send_queue=args.send_queue,
-        ip_connections=args.ip_connections,
-        ip_connects_per_minute=args.ip_connects_per_minute,
-    )
+    limits = Limits(**{name: getattr(args, name) for name, _ in _limit_flags()})
     ice_servers = tuple(parse_ice_server(url) for url in args.ice_server)
     auth_secret = read_secret(args.auth_secret_file, "MESHPEER_AUTH_SECRET", "auth secret")
     if auth_secret is not None:

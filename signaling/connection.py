@@ -17,9 +17,10 @@ from time import perf_counter
 
 from aiohttp import web
 
-from signaling.metrics import LeaveReason, Metrics
+from signaling.metrics import Metrics
 from signaling.protocol import CloseCode, Error, PeerId, RoomId, serialize
-from signaling.session import Limits
+from signaling.reasons import LeaveReason
+from signaling.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -154,17 +155,17 @@ class Connection:
         self,
         ws: web.WebSocketResponse,
         request: web.Request,
-        limits: Limits,
+        session: Session,
         metrics: Metrics,
         address: str = "",
         flusher: Flusher | None = None,
     ) -> None:
         self.ws = ws
         self.request = request
-        self.limits = limits
+        #: The conversation's state: phase, who joined and where.
+        self.session = session
+        self.limits = limits = session.limits
         self.metrics = metrics
-        self.peer_id: PeerId | None = None
-        self.room: RoomId | None = None
         self.address = address  # the client's, as the per-address caps count it
         self.reason: LeaveReason | None = None  # set when the server ends the connection
         #: Its membership was taken over by a resume (here or on another node).
@@ -200,6 +201,15 @@ class Connection:
         self.ice_refresh: asyncio.TimerHandle | None = None
         self._ping_task: asyncio.Task[None] | None = None
         self.writer = self._loop.create_task(self._write_loop())
+
+    @property
+    def peer_id(self) -> PeerId | None:
+        """Who this client joined as, until its membership ends (kept by its session)."""
+        return self.session.peer_id
+
+    @property
+    def room(self) -> RoomId | None:
+        return self.session.room
 
     # -- Outbox ---------------------------------------------------------------
     def push(self, data: str) -> None:

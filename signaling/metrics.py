@@ -5,33 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 #: Message types are chosen by clients: past this many distinct ``type`` labels, the rest
 #: are counted under ``OTHER_TYPE_LABEL`` so a client cannot grow /metrics without bound.
 MAX_TYPE_LABELS = 32
 OTHER_TYPE_LABEL = "(other)"
-
-
-class LeaveReason(StrEnum):
-    """Why a joined peer left: the ``reason`` label of ``meshpeer_leaves_total``."""
-
-    CLOSED = "closed"  # the client sent a close frame
-    DROPPED = "dropped"  # the TCP connection ended without a close frame
-    HEARTBEAT = "heartbeat"  # no pong within the heartbeat timeout
-    UNRESPONSIVE = "unresponsive"  # failed a liveness probe when its ID was asked for
-    SLOW = "slow"  # its outgoing queue overflowed
-    TOO_BIG = "too-big"  # sent a frame over the hard transport limit
-    REPLACED = "replaced"  # the same peer resumed on a new connection
-    SHUTDOWN = "shutdown"  # the server is stopping
-
-
-class Refusal(StrEnum):
-    """Why a WebSocket upgrade was refused: the ``reason`` label of ``meshpeer_refused_total``."""
-
-    ORIGIN = "origin"  # HTTP 403: a browser Origin not in --allow-origin
-    IP_CONNECTIONS = "ip-connections"  # HTTP 429: too many open connections from one address
-    IP_RATE = "ip-rate"  # HTTP 429: too many new connections a minute from one address
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,46 @@ class Accepted(Generic[C]):
 
 @dataclass(frozen=True, slots=True)
 class Refused(Generic[C]):
+    """The join did not go through. Made by the constructors below, the one place each
+    refusal's code and text are written, whichever registry refuses."""
+
     code: ErrorCode
     close_code: CloseCode
     message: str
     #: The live owner of a taken ID: worth a liveness probe, it may be a dead socket.
     holder: C | None = None
+
+    @classmethod
+    def id_taken(cls, room: RoomId, peer: PeerId, holder: C | None = None) -> Refused[C]:
+        return cls(
+            ErrorCode.ID_TAKEN,
+            CloseCode.ID_TAKEN,
+            f"peer id '{peer}' is already in room '{room}'",
+            holder,
+        )
+
+    @classmethod
+    def bad_resume_token(cls, room: RoomId, peer: PeerId) -> Refused[C]:
+        return cls(
+            ErrorCode.BAD_RESUME_TOKEN,
+            CloseCode.BAD_RESUME_TOKEN,
+            f"resume token does not match peer id '{peer}' in room '{room}'",
+        )
+
+    @classmethod
+    def room_full(cls, room: RoomId, max_peers: int) -> Refused[C]:
+        return cls(
+            ErrorCode.ROOM_FULL, CloseCode.ROOM_FULL, f"room '{room}' is full ({max_peers} peers)"
+        )
+
+    @classmethod
+    def unavailable(cls) -> Refused[C]:
+        """Shared rooms that cannot be reached now (Redis): the client tries again later."""
+        return cls(
+            ErrorCode.UNAVAILABLE,
+            CloseCode.TRY_AGAIN_LATER,
+            "the shared room service is unavailable; try again shortly",
+        )
 
 
 class RoomTable(Generic[C]):
@@ -56,29 +91,16 @@ class RoomTable(Generic[C]):
         replaced: Member[C] | None = None
         if holder is not None:
             if presented_token is None:
-                return Refused(
-                    ErrorCode.ID_TAKEN,
-                    CloseCode.ID_TAKEN,
-                    f"peer id '{peer}' is already in room '{room}'",
-                    holder.conn,
-                )
+                return Refused.id_taken(room, peer, holder.conn)
             # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and
             # JSON can carry lone surrogates, which only "surrogatepass" encodes.
             presented = presented_token.encode("utf-8", "surrogatepass")
             if not hmac.compare_digest(presented, holder.resume_token.encode()):
-                return Refused(
-                    ErrorCode.BAD_RESUME_TOKEN,
-                    CloseCode.BAD_RESUME_TOKEN,
-                    f"resume token does not match peer id '{peer}' in room '{room}'",
-                )
+                return Refused.bad_resume_token(room, peer)
             replaced = holder
             del members[peer]
         elif len(members) >= self.max_peers:
-            return Refused(
-                ErrorCode.ROOM_FULL,
-                CloseCode.ROOM_FULL,
-                f"room '{room}' is full ({self.max_peers} peers)",
-            )
+            return Refused.room_full(room, self.max_peers)
         peers = tuple(members)
         member = Member(peer, conn, new_token)
         members[peer] = member

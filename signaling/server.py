@@ -21,7 +21,7 @@ from signaling.auth import TokenRefused, TokenVerifier, authorize
 from signaling.connection import Connection, Flusher
 from signaling.headers import security_headers
 from signaling.ice import IceServer
-from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, LeaveReason, Metrics, Refusal
+from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, Metrics
 from signaling.protocol import (
     CloseCode,
     Error,
@@ -31,9 +31,10 @@ from signaling.protocol import (
     RoomId,
     serialize,
 )
+from signaling.reasons import LeaveReason, Refusal
 from signaling.registry import LocalRegistry, Registry
 from signaling.rooms import Refused
-from signaling.session import Forward, JoinRequest, Limits, Phase, Reply, Session
+from signaling.session import Forward, JoinRequest, Limits, Reply, Session
 from signaling.turn import TurnMinter
 
 #: Client-chosen strings (peer IDs, rooms, forwarded addresses) are logged with %r: quoted
@@ -267,10 +268,10 @@ class SignalingServer:
             RoomId(room_param) if room_param else None,
             request.query.get("token") or None,
         )
-        conn = Connection(ws, request, limits, self.metrics, address, self.flusher)
+        conn = Connection(ws, request, session, self.metrics, address, self.flusher)
         self.connections.add(conn)
         self.metrics.connections_total += 1
-        join_timer = loop.call_later(limits.join_timeout, self._join_timed_out, conn, session)
+        join_timer = loop.call_later(limits.join_timeout, self._join_timed_out, conn)
         reason = LeaveReason.DROPPED
         try:
             reason = await self._read_loop(ws, conn, session)
@@ -282,13 +283,10 @@ class SignalingServer:
             await conn.stop()
         return ws
 
-    def _join_timed_out(self, conn: Connection, session: Session) -> None:
-        if session.phase is Phase.AWAITING_JOIN:
-            session.closed()
-            conn.send_error(
-                Error(ErrorCode.JOIN_TIMEOUT, f"no 'join' within {self.limits.join_timeout:g} s")
-            )
-            conn.end(CloseCode.JOIN_TIMEOUT, LeaveReason.CLOSED)
+    def _join_timed_out(self, conn: Connection) -> None:
+        decision = conn.session.join_timed_out()
+        if isinstance(decision, Reply):
+            _reply(conn, decision)
 
     async def _read_loop(
         self, ws: web.WebSocketResponse, conn: Connection, session: Session
@@ -303,12 +301,12 @@ class SignalingServer:
             kind = msg.type
             if kind is text_frames:
                 conn.frames_heard += 1
-                room = conn.room  # None until joined
+                room = session.room  # None until joined
                 # A broadcast costs its size times the others in the room (byte budget).
                 others = audience(room) if room is not None else 0
                 decision = session.receive(msg.data, clock(), others)
                 if type(decision) is Forward:
-                    sender, to = conn.peer_id, decision.to
+                    sender, to = session.peer_id, decision.to
                     if room is None or sender is None:  # pragma: no cover - Forward => joined
                         continue
                     if to is None:
@@ -325,9 +323,7 @@ class SignalingServer:
                 elif isinstance(decision, JoinRequest):
                     await self._join(conn, session, decision)
                 elif isinstance(decision, Reply):
-                    conn.send_error(decision.error)
-                    if decision.close is not None:
-                        conn.end(decision.close, LeaveReason.CLOSED)
+                    _reply(conn, decision)
             elif kind is WSMsgType.PING:
                 conn.frames_heard += 1
                 await ws.pong(msg.data)
@@ -337,7 +333,7 @@ class SignalingServer:
                 conn.frames_heard += 1
                 refused = session.receive_binary(clock())
                 if isinstance(refused, Reply):
-                    conn.send_error(refused.error)
+                    _reply(conn, refused)
             elif kind is WSMsgType.CLOSE:
                 if conn.close_sent:
                     conn.handshake_done()
@@ -358,9 +354,7 @@ class SignalingServer:
         now = time.time()
         admitted = authorize(request, self.verifier, now)
         if isinstance(admitted, Reply):
-            session.closed()
-            conn.send_error(admitted.error)
-            conn.end(admitted.close or CloseCode.BAD_JOIN, LeaveReason.CLOSED)
+            _reply(conn, session.refused(admitted.error, admitted.close or CloseCode.BAD_JOIN))
             # Client-chosen names in repr(): control characters cannot forge log lines.
             log.info(
                 "refused a join of room %r from %r: %s",
@@ -373,13 +367,10 @@ class SignalingServer:
         ice_servers = self.ice_servers_for(join.peer_id, now, admitted.admitted_until)
         outcome = await self.registry.join(admitted.room, join, conn, ice_servers)
         if isinstance(outcome, Refused):
-            session.closed()  # a join sent right behind this one must not get in
-            conn.send_error(Error(outcome.code, outcome.message))
-            conn.end(outcome.close_code, LeaveReason.CLOSED)
+            _reply(conn, session.refused(Error(outcome.code, outcome.message), outcome.close_code))
             log.info("refused %r in room %r: %s", join.peer_id, request.room, outcome.code)
             return
         session.joined(join.peer_id, request.room)
-        conn.peer_id, conn.room = join.peer_id, request.room
         self._refresh_ice_later(conn, now, admitted.admitted_until)
         self.metrics.joins_total += 1
         log.info(
@@ -410,10 +401,12 @@ class SignalingServer:
 
     async def _leave(self, conn: Connection, reason: LeaveReason) -> None:
         """End ``conn``'s membership once (its handler and shutdown may both ask)."""
-        peer, room = conn.peer_id, conn.room
-        if peer is None or room is None or conn in self._handing_over:
+        if conn in self._handing_over:
             return
-        conn.peer_id = None
+        membership = conn.session.leave()
+        if membership is None:
+            return
+        peer, room = membership
         await self.registry.leave(room, peer, conn)
         self.metrics.leaves[reason] += 1
         log.info("%r left room %r (%s)", peer, room, reason)
@@ -455,3 +448,10 @@ class SignalingServer:
             log.info("%d member(s) did not resume on another node: they leave", len(members))
         # At once, not one round trip to Redis after another.
         await asyncio.gather(*(self._leave(conn, LeaveReason.SHUTDOWN) for conn in members))
+
+
+def _reply(conn: Connection, reply: Reply) -> None:
+    """Carry out a session's ``Reply``: the error, then the close if it asks for one."""
+    conn.send_error(reply.error)
+    if reply.close is not None:
+        conn.end(reply.close, LeaveReason.CLOSED)

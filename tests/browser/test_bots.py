@@ -13,8 +13,8 @@ from playwright.async_api import Browser, Playwright, WebSocket, WebSocketRoute
 
 from peer.media.recorder import Recorder
 from peer.mesh import LinkState
-from signaling.metrics import LeaveReason
 from signaling.protocol import CloseCode, PeerId
+from signaling.reasons import LeaveReason
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage
 from tests.browser.pages import (

@@ -35,7 +35,6 @@ from signaling.auth import (
     read_claims,
 )
 from signaling.ice import IceServer
-from signaling.metrics import Refusal
 from signaling.protocol import (
     MAX_NAME_LENGTH,
     MAX_TOKEN_BYTES,
@@ -47,6 +46,7 @@ from signaling.protocol import (
     parse,
     serialize,
 )
+from signaling.reasons import Refusal
 from signaling.session import JoinRequest, Reply
 from signaling.turn import TurnMinter, turn_credentials
 

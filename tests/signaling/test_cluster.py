@@ -23,21 +23,10 @@ from hypothesis import strategies as st
 
 from signaling.cluster import Envelope, Kind, RoomView, decode, encode, pack, room_channel, unpack
 from signaling.protocol import PeerId, RoomId
-from signaling.redis_registry import (
-    _JOIN,
-    _LEAVE,
-    _RESTORE,
-    EMPTY_ROOM_TTL,
-    HEARTBEAT,
-    NODE_TTL,
-    RECONNECT_DELAY,
-    SWEEP_EVERY,
-    RedisRegistry,
-    _keys,
-    _leave_args,
-    _Op,
-    _packed,
-)
+from signaling.redis_liveness import HEARTBEAT, NODE_TTL, SWEEP_EVERY
+from signaling.redis_pipe import Op, pack_publishes
+from signaling.redis_registry import RECONNECT_DELAY, RedisRegistry
+from signaling.redis_rooms import EMPTY_ROOM_TTL, JOIN, LEAVE, RESTORE, leave_args, room_keys
 from signaling.server import ServerConfig
 from tests.redis_server import RedisServer, running_redis
 from tests.signaling.clients import Clients, Peer, clients, eventually
@@ -90,12 +79,12 @@ def test_a_writer_batch_packs_only_runs_to_one_channel() -> None:
     """Consecutive publishes to one channel become one; a script or another channel ends
     the run, so nothing changes order."""
     ops = [
-        _Op(channel="x", text=encode(Envelope(Kind.MESSAGE, "n", RoomId("r"), PeerId(str(i)))))
+        Op(channel="x", text=encode(Envelope(Kind.MESSAGE, "n", RoomId("r"), PeerId(str(i)))))
         for i in range(5)
     ]
-    script = _Op(script="return 1")
-    other = _Op(channel="y", text=ops[0].text)
-    packed = _packed([ops[0], ops[1], script, ops[2], other, ops[3], ops[4]])
+    script = Op(script="return 1")
+    other = Op(channel="y", text=ops[0].text)
+    packed = pack_publishes([ops[0], ops[1], script, ops[2], other, ops[3], ops[4]])
     assert [op.script or op.channel for op in packed] == ["x", "return 1", "x", "y", "x"]
     assert [[e.peer for e in unpack(op.text)] for op in packed if not op.script] == [
         ["0", "1"], ["2"], ["0"], ["3", "4"],
@@ -107,7 +96,7 @@ def test_scripts_touch_only_their_rooms_keys() -> None:
     reads or writes is one it declares, and a room's keys share one hash tag (one slot).
     (A one-shard cluster would not catch a stray key: Redis 7 lets a script reach any key
     of a slot the shard holds.)"""
-    for script in (_JOIN, _LEAVE, _RESTORE):
+    for script in (JOIN, LEAVE, RESTORE):
         calls = re.findall(r"redis\.call\('(\w+)', ([^,)]+)", script)
         assert calls
         for command, first in calls:
@@ -115,11 +104,11 @@ def test_scripts_touch_only_their_rooms_keys() -> None:
                 assert first.startswith("KEYS["), (command, first)
     rooms = ["a room", "}", "{", "{}", "}{", "a}b", "{a}", "lobby{", "x" * 128]
     for room in rooms:
-        keys = _keys(RoomId(room))
+        keys = room_keys(RoomId(room))
         tags = {hash_tag(key) for key in keys}
         assert len(tags) == 1, (room, keys)  # one slot
         assert tags.isdisjoint(keys), (room, keys)  # a real tag, not the whole key
-    assert len({key for room in rooms for key in _keys(RoomId(room))}) == 3 * len(rooms)
+    assert len({key for room in rooms for key in room_keys(RoomId(room))}) == 3 * len(rooms)
 
 
 def hash_tag(key: str) -> str:
@@ -393,7 +382,7 @@ async def test_rooms_named_with_braces_work_across_nodes_and_expire_once_empty(
         stored = set(await client.keys("mp:*"))
         tags = set()
         for room in rooms:
-            members, order, counter = _keys(RoomId(room))
+            members, order, counter = room_keys(RoomId(room))
             deadline = time.monotonic() + seconds(5)
             while await client.exists(members, order):  # bob's leave is on its way
                 assert time.monotonic() < deadline, f"room {room!r} still has members"
@@ -410,20 +399,20 @@ async def test_a_late_leave_never_ends_a_newer_membership(redis: RedisServer) ->
     same sequence number again, but not the same token, and stays."""
     client = aioredis.Redis.from_url(redis.url, decode_responses=True)
     room, alice = RoomId("late"), PeerId("alice")
-    keys = _keys(room)
+    keys = room_keys(room)
 
     async def join(token: str) -> list[str]:
         args: list[str | int] = [alice, "n0", token, "", 4, room_channel(room), "n0", room]
-        result: list[str] = await client.eval(_JOIN, len(keys), *keys, *args)
+        result: list[str] = await client.eval(JOIN, len(keys), *keys, *args)
         return result
 
     try:
         assert (await join("first"))[:2] == ["ok", "1"]
-        late = _leave_args(room, alice, 1, "first", "left")
-        assert await client.eval(_LEAVE, len(keys), *keys, *late) == 0
+        late = leave_args(room, alice, 1, "first", "left")
+        assert await client.eval(LEAVE, len(keys), *keys, *late) == 0
         await client.delete(keys[2])  # the counter expired
         assert (await join("second"))[:2] == ["ok", "1"]
-        assert await client.eval(_LEAVE, len(keys), *keys, *late) == -1  # the late one
+        assert await client.eval(LEAVE, len(keys), *keys, *late) == -1  # the late one
         assert await client.hexists(keys[0], alice)
     finally:
         await client.aclose()

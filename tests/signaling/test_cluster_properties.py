@@ -19,7 +19,8 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 
 from signaling.protocol import PeerId, RoomId
-from signaling.redis_registry import RedisRegistry, _keys
+from signaling.redis_registry import RedisRegistry
+from signaling.redis_rooms import room_keys
 from tests.redis_server import running_redis
 from tests.signaling.test_properties import LIMITS, Client, Harness, actions, step
 
@@ -77,7 +78,7 @@ class ClusterHarness(Harness):
         """Each room in Redis, in join order, with the connection some node holds it by."""
         out: dict[str, list[tuple[str, object]]] = {}
         for room in {k[0] for k in self.live()} | set(self.order):
-            order = await self.redis.zrange(_keys(RoomId(room))[1], 0, -1)
+            order = await self.redis.zrange(room_keys(RoomId(room))[1], 0, -1)
             out[room] = [(peer, self.connection(RoomId(room), PeerId(peer))) for peer in order]
         return out
 
@@ -149,7 +150,7 @@ def test_the_cluster_harness_catches_a_lost_cross_node_message() -> None:
             nodes = [RedisRegistry(server.url, LIMITS.max_peers, node=f"lost{i}") for i in range(2)]
             for node in nodes:
                 await node.start()
-            nodes[1]._publish = lambda channel, text: None  # type: ignore[method-assign]
+            nodes[1]._pipe.publish = lambda channel, text: None  # type: ignore[method-assign]
             try:
                 h = ClusterHarness(nodes, redis, settle=1.0)
                 await play_checked(h, script)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from signaling.protocol import DEFAULT_ROOM, CloseCode, ErrorCode, Join, PeerId, RoomId
+from signaling.protocol import DEFAULT_ROOM, CloseCode, Error, ErrorCode, Join, PeerId, RoomId
 from signaling.session import (
     Decision,
     Forward,
@@ -88,6 +88,46 @@ def test_phases_move_from_awaiting_join_to_joined_to_closed() -> None:
     session.closed()
     assert session.phase.value == "closed"
     assert isinstance(session.receive('{"type":"chat"}', 0.0), Ignore)
+
+
+def test_a_join_timeout_closes_a_session_that_has_not_joined() -> None:
+    session = Session(LIMITS, 0.0)
+    assert error_code(session.join_timed_out()) == (ErrorCode.JOIN_TIMEOUT, CloseCode.JOIN_TIMEOUT)
+    assert session.phase is Phase.CLOSING
+    # A join that arrives while the connection closes is not acted on.
+    assert isinstance(session.receive('{"type":"join","peerId":"a"}', 0.0), Ignore)
+    assert isinstance(session.receive_binary(0.0), Ignore)
+    session.closed()
+    assert session.phase is Phase.CLOSED
+
+
+def test_a_join_timeout_leaves_a_joined_session_alone() -> None:
+    session = joined()
+    assert isinstance(session.join_timed_out(), Ignore)
+    assert session.phase is Phase.JOINED
+
+
+def test_a_refused_join_closes_with_the_refusals_code() -> None:
+    session = Session(LIMITS, 0.0)
+    assert isinstance(session.receive('{"type":"join","peerId":"a"}', 0.0), JoinRequest)
+    refusal = Error(ErrorCode.ROOM_FULL, "room 'r' is full (2 peers)")
+    assert session.refused(refusal, CloseCode.ROOM_FULL) == Reply(refusal, CloseCode.ROOM_FULL)
+    assert session.phase is Phase.CLOSING
+    # A join sent right behind the refused one must not get in.
+    assert isinstance(session.receive('{"type":"join","peerId":"a"}', 0.0), Ignore)
+
+
+def test_a_membership_ends_once_and_nothing_is_relayed_after() -> None:
+    session = joined("a", "r")
+    assert session.leave() == ("a", "r")
+    assert session.leave() is None
+    assert (session.phase, session.peer_id) == (Phase.CLOSING, None)
+    assert isinstance(session.receive('{"type":"offer","to":"b","sdp":"x"}', 0.0), Ignore)
+    assert Session(LIMITS, 0.0).leave() is None  # never joined
+    gone = joined("a", "r")
+    gone.closed()
+    assert gone.leave() == ("a", "r")
+    assert gone.phase is Phase.CLOSED  # a closed socket stays closed
 
 
 @pytest.mark.parametrize(
