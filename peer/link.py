@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioice import ice as aioice_ice
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -26,6 +25,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
+from peer._aiortc import inbound_counts, mdns_on_this_loop, nominated_route
 from peer.candidates import (
     CandidateBudget,
     CandidateError,
@@ -55,22 +55,6 @@ _PC_STATES = {
     "failed": LinkState.FAILED,
     "closed": LinkState.CLOSED,
 }
-
-
-def mdns_on_this_loop() -> None:
-    """Give aioice a fresh mDNS responder when the event loop is not the one it made it on.
-
-    aioice keeps one responder per process (``aioice.ice._mdns``: a lock, a socket, its
-    users), bound to the loop that first resolved a name. On a second loop in the same
-    process (``asyncio.run`` twice, a bot's pytest-asyncio tests) every resolution failed
-    with "bound to a different event loop". Pinned by tests/peer/test_aiortc_internals.py.
-    """
-    state = aioice_ice._mdns
-    loop = asyncio.get_running_loop()
-    if getattr(state, "loop", loop) is not loop:
-        for name in ("lock", "protocol", "subscribers"):
-            state.__dict__.pop(name, None)
-    state.loop = loop
 
 
 class PeerLink:
@@ -477,19 +461,15 @@ class PeerLink:
 
         aiortc's getStats gives every stream of one receiver the same id, so once
         retransmissions flow its report keeps the RTX stream's counts instead of the
-        media's (tests/net/test_loss.py saw it; pinned in test_aiortc_internals.py).
+        media's (tests/net/test_loss.py saw it; read through :mod:`peer._aiortc`).
         """
         received = lost = 0
         for transceiver in self.pc.getTransceivers():
-            receiver = transceiver.receiver
-            streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
-            rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", None)
-            if streams is None or rtx is None:
+            counts = inbound_counts(transceiver.receiver)
+            if counts is None:
                 return None
-            for ssrc, stream in streams.items():
-                if ssrc not in rtx:
-                    received += stream.packets_received
-                    lost += max(0, stream.packets_lost)
+            received += counts.received
+            lost += counts.lost
         return received, lost
 
     def route(self) -> str:
@@ -497,14 +477,12 @@ class PeerLink:
         we send through our TURN relay), or "" before ICE has chosen one.
 
         aiortc's stats have no candidate pairs, so this reads aioice's nominated pair
-        (``RTCIceTransport._connection._nominated``); tests/net pins it on a real relay.
+        (:func:`peer._aiortc.nominated_route`); tests/net pins it on a real relay.
         """
         for transceiver in self.pc.getTransceivers():
-            dtls = transceiver.sender.transport or transceiver.receiver.transport
-            connection = getattr(getattr(dtls, "transport", None), "_connection", None)
-            nominated = getattr(connection, "_nominated", None) or {}
-            for pair in nominated.values():
-                return f"{pair.local_candidate.type}-{pair.remote_candidate.type}"
+            route = nominated_route(transceiver)
+            if route is not None:
+                return route
         return ""
 
     async def close(self) -> None:
