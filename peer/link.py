@@ -254,24 +254,33 @@ class PeerLink:
         await self._end_stopped_tracks()  # after a renegotiation of ours
 
     async def add_candidate(self, candidate: IceCandidate | None) -> None:
-        """Apply a trickled candidate now, or keep it until the remote description is set.
+        """Apply a trickled candidate now: the remote description is set (what
+        :func:`peer.mesh.on_candidate` answers with APPLY). Within the link's
+        :class:`peer.candidates.CandidateBudget`: the rest is dropped."""
+        for parsed in self._parse(candidate):
+            await self._apply_candidate(parsed)
 
-        Within the link's :class:`peer.candidates.CandidateBudget`: the rest is dropped.
-        """
+    def queue_candidate(self, candidate: IceCandidate | None) -> None:
+        """Keep a trickled candidate until the remote description is set (QUEUE from
+        :func:`peer.mesh.on_candidate`): aiortc would drop it. No more than the budget
+        would take."""
+        for parsed in self._parse(candidate):
+            if parsed is None:
+                if None not in self._pending:
+                    self._pending.append(None)
+            elif len(self._pending) < self._budget.limit:
+                self._pending.append(parsed)
+            else:
+                self._refuse(self._budget.refuse(Refusal.TOO_MANY))
+
+    def _parse(self, candidate: IceCandidate | None) -> list[RTCIceCandidate | None]:
+        """``[candidate]`` as aiortc takes it (None: end of candidates), or ``[]`` for one
+        that does not parse (logged)."""
         try:
-            parsed = parse_remote_candidate(candidate) if candidate is not None else None
+            return [parse_remote_candidate(candidate) if candidate is not None else None]
         except CandidateError as exc:
             log.warning("ignoring candidate from %s: %s", self.remote, exc)
-            return
-        if self.has_remote_description:
-            await self._apply_candidate(parsed)
-        elif parsed is None:
-            if None not in self._pending:
-                self._pending.append(None)
-        elif len(self._pending) < self._budget.limit:  # no more than the budget would take
-            self._pending.append(parsed)
-        else:
-            self._refuse(self._budget.refuse(Refusal.TOO_MANY))
+            return []
 
     async def _flush_candidates(self) -> None:
         pending, self._pending = self._pending, []
