@@ -61,7 +61,7 @@ from peer.serial import PeerWork
 from peer.signaling_client import SignalingClient
 from peer.stats import PeerStats, report_every
 from peer.timers import PeerTimers
-from signaling.auth import read_claims
+from peer.tokens import read_claims
 from signaling.protocol import (
     Answer,
     Candidate,

@@ -6,7 +6,7 @@ peer that reads slowly (or not at all) would grow our memory, and a send that wa
 would hold up everyone else. Each :class:`DataChannel` keeps its own bounded queue and one
 task that hands it to aiortc while ``bufferedAmount`` is under a high-water mark and waits
 for ``bufferedamountlow`` otherwise: a stalled peer fills only its own queue; beyond that its
-messages are dropped and reported (:class:`peer.events.DataDropped` and a log line).
+messages are dropped and reported (:class:`DataDropped` and a log line).
 
 - The ``meshpeer`` channel to a peer is one :class:`DataChannel` for as long as the peer is in
   the room. When its connection is replaced, the new connection's channel takes over the
@@ -28,17 +28,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from peer import events as ev
 from peer.chunking import MAX_FRAME, MAX_MESSAGE, Dropped, Message, Reassembler, frames
 from peer.errors import MeshpeerError
 from signaling.protocol import PeerId
 
 if TYPE_CHECKING:
-    from aiortc import RTCDataChannel
-
-    from peer.link import PeerLink
+    from aiortc import RTCDataChannel, RTCPeerConnection
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +44,53 @@ MESHPEER = "meshpeer"
 
 #: Drop log lines per channel: at most one a second, with a count of those left out.
 _LOG_EVERY = 1.0
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    """A message from ``peer`` on the data channel labelled ``channel``: ``str`` if it was
+    sent as text, ``bytes`` otherwise; whole (the ``meshpeer`` channel joins its pieces)."""
+
+    peer: PeerId
+    data: str | bytes
+    channel: str = "meshpeer"
+
+
+@dataclass(frozen=True)
+class DataDropped:
+    """A data channel message was lost: one we sent to ``peer`` (``incoming`` False: its
+    queue was full, nothing opened in time, the connection or the peer went) or one it sent
+    us (cut off, over the size limit, malformed). ``size``: its bytes, as far as known."""
+
+    peer: PeerId
+    reason: str
+    size: int
+    channel: str = "meshpeer"
+    incoming: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelOpened:
+    """A data channel to ``peer`` opened: the ``meshpeer`` one of each new connection, one we
+    opened, or one the peer opened (``channel.send`` answers on it)."""
+
+    peer: PeerId
+    label: str
+    channel: DataChannel
+
+
+#: What a channel tells the agent's user (re-exported by :mod:`peer.events`).
+ChannelEvent: TypeAlias = DataReceived | DataDropped | ChannelOpened
+
+
+class ChannelOwner(Protocol):
+    """The connection channels belong to (a :class:`peer.link.PeerLink`), as seen from here."""
+
+    @property
+    def remote(self) -> PeerId: ...
+
+    @property
+    def pc(self) -> RTCPeerConnection: ...
 
 
 @dataclass(frozen=True)
@@ -117,7 +161,7 @@ class DataChannel:
         *,
         framed: bool,
         limits: DataLimits,
-        emit: Callable[[ev.Event], None],
+        emit: Callable[[ChannelEvent], None],
     ) -> None:
         self.peer = peer
         self.label = label
@@ -129,7 +173,7 @@ class DataChannel:
         self.dropped = 0
         self._emit = emit
         self._rtc: RTCDataChannel | None = None
-        self._owner: PeerLink | None = None
+        self._owner: ChannelOwner | None = None
         self._listeners: list[tuple[str, Callable[..., Any]]] = []
         self._reassembler = Reassembler(limits.message) if framed else None
         self._queue: deque[_Queued] = deque()
@@ -201,7 +245,7 @@ class DataChannel:
         self._kick()
         return True
 
-    def attach(self, rtc: RTCDataChannel, owner: PeerLink) -> None:
+    def attach(self, rtc: RTCDataChannel, owner: ChannelOwner) -> None:
         """``rtc`` (a channel of the connection ``owner``) carries this channel from now on."""
         if self._rtc is not None:
             self.detach(self._rtc)
@@ -218,7 +262,7 @@ class DataChannel:
         else:
             self._kick()
 
-    def detach_from(self, owner: PeerLink) -> None:
+    def detach_from(self, owner: ChannelOwner) -> None:
         """The connection ``owner`` closed: stop using its channel, if it is ours."""
         if self._rtc is not None and self._owner is owner:
             self.detach(self._rtc)
@@ -273,19 +317,19 @@ class DataChannel:
 
     def _opened(self) -> None:
         log.info("data channel %r to %s open", self.label, self.peer)
-        self._emit(ev.ChannelOpened(self.peer, self.label, self))
+        self._emit(ChannelOpened(self.peer, self.label, self))
         self._kick()
 
     def _received(self, message: Message) -> None:
         try:
             if self._reassembler is None:
-                self._emit(ev.DataReceived(self.peer, message, self.label))
+                self._emit(DataReceived(self.peer, message, self.label))
                 return
             result = self._reassembler.feed(message)
             if isinstance(result, Dropped):
                 self._dropped(result.reason, result.size, incoming=True)
             elif result is not None:
-                self._emit(ev.DataReceived(self.peer, result, self.label))
+                self._emit(DataReceived(self.peer, result, self.label))
         except Exception:  # never into aiortc's receive loop
             log.exception("handling a message from %s on %r failed", self.peer, self.label)
 
@@ -386,7 +430,7 @@ class DataChannel:
 
     def _dropped(self, reason: str, size: int, *, incoming: bool = False) -> None:
         self.dropped += 1
-        self._emit(ev.DataDropped(self.peer, reason, size, self.label, incoming))
+        self._emit(DataDropped(self.peer, reason, size, self.label, incoming))
         now = time.monotonic()
         if now < self._quiet_until:
             self._unlogged += 1
@@ -404,12 +448,14 @@ class DataPlane:
     """Every data channel of one agent: a ``meshpeer`` :class:`DataChannel` per remote peer
     (kept across its connections) and the extra channels of each connection."""
 
-    def __init__(self, emit: Callable[[ev.Event], None], limits: DataLimits | None = None) -> None:
+    def __init__(
+        self, emit: Callable[[ChannelEvent], None], limits: DataLimits | None = None
+    ) -> None:
         self.limits = limits or DataLimits()
         self._emit = emit
         #: The meshpeer channel per peer, made when first used.
         self.meshpeer: dict[PeerId, DataChannel] = {}
-        self._extras: dict[PeerLink, list[DataChannel]] = {}
+        self._extras: dict[ChannelOwner, list[DataChannel]] = {}
 
     def channel(self, peer: PeerId) -> DataChannel:
         channel = self.meshpeer.get(peer)
@@ -423,7 +469,7 @@ class DataPlane:
         message, size = prepare(data, self.limits.message, MESHPEER)
         return sum(self.channel(peer).put(message, size) for peer in peers)
 
-    def added(self, link: PeerLink, rtc: RTCDataChannel) -> None:
+    def added(self, link: ChannelOwner, rtc: RTCDataChannel) -> None:
         """A channel of ``link``: our meshpeer one (offerer), or one the remote opened."""
         if rtc.label == MESHPEER:
             self.channel(link.remote).attach(rtc, link)
@@ -431,14 +477,14 @@ class DataPlane:
             self._extra(link, rtc)
 
     def open_channel(
-        self, link: PeerLink, label: str, *, ordered: bool, max_retransmits: int | None
+        self, link: ChannelOwner, label: str, *, ordered: bool, max_retransmits: int | None
     ) -> DataChannel:
         if label == MESHPEER:
             raise MeshpeerError(f"{MESHPEER!r} is the agent's own channel: use send_data")
         rtc = link.pc.createDataChannel(label, ordered=ordered, maxRetransmits=max_retransmits)
         return self._extra(link, rtc)
 
-    def _extra(self, link: PeerLink, rtc: RTCDataChannel) -> DataChannel:
+    def _extra(self, link: ChannelOwner, rtc: RTCDataChannel) -> DataChannel:
         channel = DataChannel(
             link.remote, rtc.label, framed=False, limits=self.limits, emit=self._emit
         )
@@ -447,7 +493,7 @@ class DataPlane:
         channel.attach(rtc, link)
         return channel
 
-    def link_closed(self, link: PeerLink) -> None:
+    def link_closed(self, link: ChannelOwner) -> None:
         """``link`` is closed: its meshpeer channel waits for the next; its extras close."""
         channel = self.meshpeer.get(link.remote)
         if channel is not None:

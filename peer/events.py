@@ -14,11 +14,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+# The data channel's events live beside the channel (it makes them); they are events of
+# this module all the same: ``ev.DataReceived``, ``ev.DataDropped``, ``ev.ChannelOpened``.
+from peer.datachannel import ChannelOpened as ChannelOpened
+from peer.datachannel import DataDropped as DataDropped
+from peer.datachannel import DataReceived as DataReceived
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
 
 if TYPE_CHECKING:
-    from peer.datachannel import DataChannel
     from peer.stats import PeerStats
 
 log = logging.getLogger(__name__)
@@ -128,39 +132,6 @@ class RoomMessage:
     sender: PeerId | None
     type: str
     data: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class DataReceived:
-    """A message from ``peer`` on the data channel labelled ``channel``: ``str`` if it was
-    sent as text, ``bytes`` otherwise; whole (the ``meshpeer`` channel joins its pieces)."""
-
-    peer: PeerId
-    data: str | bytes
-    channel: str = "meshpeer"
-
-
-@dataclass(frozen=True)
-class DataDropped:
-    """A data channel message was lost: one we sent to ``peer`` (``incoming`` False: its
-    queue was full, nothing opened in time, the connection or the peer went) or one it sent
-    us (cut off, over the size limit, malformed). ``size``: its bytes, as far as known."""
-
-    peer: PeerId
-    reason: str
-    size: int
-    channel: str = "meshpeer"
-    incoming: bool = False
-
-
-@dataclass(frozen=True)
-class ChannelOpened:
-    """A data channel to ``peer`` opened: the ``meshpeer`` one of each new connection, one we
-    opened, or one the peer opened (``channel.send`` answers on it)."""
-
-    peer: PeerId
-    label: str
-    channel: DataChannel
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioice import ice as aioice_ice
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -26,6 +25,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
+from peer._aiortc import inbound_counts, mdns_on_this_loop, nominated_route
 from peer.candidates import (
     CandidateBudget,
     CandidateError,
@@ -55,22 +55,6 @@ _PC_STATES = {
     "failed": LinkState.FAILED,
     "closed": LinkState.CLOSED,
 }
-
-
-def mdns_on_this_loop() -> None:
-    """Give aioice a fresh mDNS responder when the event loop is not the one it made it on.
-
-    aioice keeps one responder per process (``aioice.ice._mdns``: a lock, a socket, its
-    users), bound to the loop that first resolved a name. On a second loop in the same
-    process (``asyncio.run`` twice, a bot's pytest-asyncio tests) every resolution failed
-    with "bound to a different event loop". Pinned by tests/peer/test_aiortc_internals.py.
-    """
-    state = aioice_ice._mdns
-    loop = asyncio.get_running_loop()
-    if getattr(state, "loop", loop) is not loop:
-        for name in ("lock", "protocol", "subscribers"):
-            state.__dict__.pop(name, None)
-    state.loop = loop
 
 
 class PeerLink:
@@ -270,24 +254,33 @@ class PeerLink:
         await self._end_stopped_tracks()  # after a renegotiation of ours
 
     async def add_candidate(self, candidate: IceCandidate | None) -> None:
-        """Apply a trickled candidate now, or keep it until the remote description is set.
+        """Apply a trickled candidate now: the remote description is set (what
+        :func:`peer.mesh.on_candidate` answers with APPLY). Within the link's
+        :class:`peer.candidates.CandidateBudget`: the rest is dropped."""
+        for parsed in self._parse(candidate):
+            await self._apply_candidate(parsed)
 
-        Within the link's :class:`peer.candidates.CandidateBudget`: the rest is dropped.
-        """
+    def queue_candidate(self, candidate: IceCandidate | None) -> None:
+        """Keep a trickled candidate until the remote description is set (QUEUE from
+        :func:`peer.mesh.on_candidate`): aiortc would drop it. No more than the budget
+        would take."""
+        for parsed in self._parse(candidate):
+            if parsed is None:
+                if None not in self._pending:
+                    self._pending.append(None)
+            elif len(self._pending) < self._budget.limit:
+                self._pending.append(parsed)
+            else:
+                self._refuse(self._budget.refuse(Refusal.TOO_MANY))
+
+    def _parse(self, candidate: IceCandidate | None) -> list[RTCIceCandidate | None]:
+        """``[candidate]`` as aiortc takes it (None: end of candidates), or ``[]`` for one
+        that does not parse (logged)."""
         try:
-            parsed = parse_remote_candidate(candidate) if candidate is not None else None
+            return [parse_remote_candidate(candidate) if candidate is not None else None]
         except CandidateError as exc:
             log.warning("ignoring candidate from %s: %s", self.remote, exc)
-            return
-        if self.has_remote_description:
-            await self._apply_candidate(parsed)
-        elif parsed is None:
-            if None not in self._pending:
-                self._pending.append(None)
-        elif len(self._pending) < self._budget.limit:  # no more than the budget would take
-            self._pending.append(parsed)
-        else:
-            self._refuse(self._budget.refuse(Refusal.TOO_MANY))
+            return []
 
     async def _flush_candidates(self) -> None:
         pending, self._pending = self._pending, []
@@ -477,19 +470,15 @@ class PeerLink:
 
         aiortc's getStats gives every stream of one receiver the same id, so once
         retransmissions flow its report keeps the RTX stream's counts instead of the
-        media's (tests/net/test_loss.py saw it; pinned in test_aiortc_internals.py).
+        media's (tests/net/test_loss.py saw it; read through :mod:`peer._aiortc`).
         """
         received = lost = 0
         for transceiver in self.pc.getTransceivers():
-            receiver = transceiver.receiver
-            streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
-            rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", None)
-            if streams is None or rtx is None:
+            counts = inbound_counts(transceiver.receiver)
+            if counts is None:
                 return None
-            for ssrc, stream in streams.items():
-                if ssrc not in rtx:
-                    received += stream.packets_received
-                    lost += max(0, stream.packets_lost)
+            received += counts.received
+            lost += counts.lost
         return received, lost
 
     def route(self) -> str:
@@ -497,14 +486,12 @@ class PeerLink:
         we send through our TURN relay), or "" before ICE has chosen one.
 
         aiortc's stats have no candidate pairs, so this reads aioice's nominated pair
-        (``RTCIceTransport._connection._nominated``); tests/net pins it on a real relay.
+        (:func:`peer._aiortc.nominated_route`); tests/net pins it on a real relay.
         """
         for transceiver in self.pc.getTransceivers():
-            dtls = transceiver.sender.transport or transceiver.receiver.transport
-            connection = getattr(getattr(dtls, "transport", None), "_connection", None)
-            nominated = getattr(connection, "_nominated", None) or {}
-            for pair in nominated.values():
-                return f"{pair.local_candidate.type}-{pair.remote_candidate.type}"
+            route = nominated_route(transceiver)
+            if route is not None:
+                return route
         return ""
 
     async def close(self) -> None:

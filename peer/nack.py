@@ -8,8 +8,8 @@ for a keyframe): at 5% loss, frozen pictures of 1 to 6.6 s in a quarter of 15 s 
 packets still missing, as browsers do, until they arrive or are too old for the sender
 to have them.
 
-It uses two aiortc internals, pinned by tests/peer/test_aiortc_internals.py: the
-receiver's NACK generator (its set of missing sequence numbers) and ``_send_rtcp_nack``.
+It uses two aiortc internals, through :mod:`peer._aiortc`: the receiver's NACK generator
+(its set of missing sequence numbers) and its NACK sender.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import logging
 import time
 
 from aiortc import RTCRtpReceiver
+
+from peer._aiortc import nack_generator, replace_nack_sender
 
 __all__ = ["NackRepeater"]
 
@@ -36,14 +38,13 @@ class NackRepeater:
 
     def __init__(self, receiver: RTCRtpReceiver) -> None:
         self._receiver = receiver
-        self._generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
-        self._send = receiver._send_rtcp_nack
+        self._generator = nack_generator(receiver)
         self._ssrc: int | None = None
         #: When each missing packet was first asked for (time.monotonic()).
         self._asked: dict[int, float] = {}
         #: NACKs sent again, for tests and stats.
         self.repeats = 0
-        receiver._send_rtcp_nack = self._first_nack  # type: ignore[method-assign]
+        self._send = replace_nack_sender(receiver, self._first_nack)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     @property

@@ -266,8 +266,10 @@ class Negotiator:
         action = mesh.on_candidate(state, link is not None and link.has_remote_description)
         if action is Action.IGNORE or link is None:
             log.debug("candidate from %s without a connection ignored", peer)
-            return
-        await link.add_candidate(message.candidate)
+        elif action is Action.QUEUE:
+            link.queue_candidate(message.candidate)
+        else:
+            await link.add_candidate(message.candidate)
 
     async def close_link(
         self, peer: PeerId, *, forget: bool = True, only: PeerLink | None = None

@@ -28,7 +28,7 @@ from peer.datachannel import MESHPEER
 from peer.errors import MeshpeerError
 from peer.ice import IceServerError
 from peer.media.fanout import Encoding
-from signaling.auth import read_claims
+from peer.tokens import read_claims
 
 log = logging.getLogger(__name__)
 

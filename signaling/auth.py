@@ -242,16 +242,6 @@ _REFUSAL_TEXT = {
 }
 
 
-def read_claims(token: str) -> tuple[str | None, str | None]:
-    """``(sub, room)`` of a token, unverified: a client reading its own token's defaults."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return None, None
-    sub, room = claims.get("sub"), claims.get("room")
-    return (sub if isinstance(sub, str) else None), (room if isinstance(room, str) else None)
-
-
 def mint_token(
     secret: bytes,
     room: str,

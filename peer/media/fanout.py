@@ -18,9 +18,9 @@ the source, encodes on its own thread and hands each packet to its members:
   next keyframe: it never grows memory or slows the others.
 - The last member leaving closes the group: its task, thread and encoder go with it.
 
-Three aiortc internals are used, pinned by ``tests/peer/test_aiortc_internals.py``: a
-transceiver's negotiated ``_codecs``, the sender's ``_send_keyframe`` (PLI/FIR) and its
-private encoder slot, where a ``SenderPort`` takes the REMB estimates.
+Three aiortc internals are used, through :mod:`peer._aiortc`: a transceiver's negotiated
+codecs, the sender's keyframe hook (PLI/FIR) and its private encoder slot, where a
+``SenderPort`` takes the REMB estimates.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from peer._aiortc import negotiated_codecs, on_keyframe_request, put_encoder
 from peer.media.encoders import (
     AudioEncoder,
     VideoEncoder,
@@ -367,7 +368,7 @@ class EncodedTrack(MediaStreamTrack):
     def attach(self, transceiver: RTCRtpTransceiver) -> None:
         self._transceiver = transceiver
         # aiortc sends PLI/FIR here; it would flag the sender's own (unused) encoder.
-        transceiver.sender._send_keyframe = self._picture_lost  # type: ignore[method-assign]
+        on_keyframe_request(transceiver.sender, self._picture_lost)
 
     async def recv(self) -> Any:
         if self._group is None and self._fallback is None:
@@ -413,9 +414,9 @@ class EncodedTrack(MediaStreamTrack):
     def _bind(self) -> None:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._transceiver is None or not self._transceiver._codecs:
+        if self._transceiver is None or not negotiated_codecs(self._transceiver):
             raise RuntimeError("EncodedTrack read before PeerLink attached it to a transceiver")
-        codec = self._transceiver._codecs[0]
+        codec = negotiated_codecs(self._transceiver)[0]
         group = self._publisher.group_for(codec)
         if group is None:
             log.info("%s: no shared encoder, this connection encodes itself", codec.mimeType)
@@ -423,7 +424,7 @@ class EncodedTrack(MediaStreamTrack):
             return
         self.bind(group)
         sender = self._transceiver.sender
-        sender._RTCRtpSender__encoder = SenderPort(get_encoder(codec), self)  # type: ignore[attr-defined]
+        put_encoder(sender, SenderPort(get_encoder(codec), self))
 
     def bind(self, group: EncoderGroup) -> None:
         """Take ``group``'s packets from now on (done on the first read when attached)."""

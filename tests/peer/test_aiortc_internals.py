@@ -1,21 +1,27 @@
-"""The aiortc details meshpeer leans on, pinned between two real RTCPeerConnections on
-loopback: an aiortc upgrade that changes one of them fails here, by name.
+"""The aiortc details meshpeer leans on, all of them behind :mod:`peer._aiortc`, pinned
+between two real RTCPeerConnections on loopback: an aiortc upgrade that changes one of
+them fails here, by name.
 
-peer.media.fanout (shared encoding):
-- a transceiver's negotiated codecs are in ``_codecs`` when its sender first reads;
-- the sender keeps the encoder we put in its private slot and packs our packets with it;
-- an RTCP PLI reaches ``sender._send_keyframe`` (replaced by the shared encoder's);
+Shared encoding (peer.media.fanout):
+- ``negotiated_codecs``: a transceiver's negotiated codecs are there when its sender
+  first reads;
+- ``put_encoder``/``encoder_slot``: the sender keeps the encoder we put in its private
+  slot and packs our packets with it;
+- ``on_keyframe_request``: an RTCP PLI reaches our callback (the shared encoder's);
 - an RTCP REMB sets ``target_bitrate`` on the encoder in that slot.
 
-peer.link (inbound stats): a receiver's per-SSRC counters (``__remote_streams``) and
-which SSRCs are retransmissions (``__rtx_ssrc``): getStats gives all of them one id.
+Inbound stats (peer.link): ``inbound_counts`` reads a receiver's per-SSRC counters and
+which SSRCs are retransmissions (getStats gives all of them one id); ``nominated_route``
+reads the ICE pair aioice nominated.
 
-peer.link (mDNS): aioice keeps its mDNS responder in ``aioice.ice._mdns`` (``lock``,
-``protocol``, ``subscribers``), bound to the first event loop that resolves a name.
+mDNS (peer.link): ``mdns_on_this_loop`` resets aioice's responder (``aioice.ice._mdns``:
+``lock``, ``protocol``, ``subscribers``), bound to the first event loop that resolves a name.
 
-peer.nack (NACKs asked again):
-- a video receiver's NACK generator keeps the missing sequence numbers in ``missing``, and
-  ``_send_rtcp_nack(ssrc, lost)`` sends a NACK the sender answers.
+NACKs asked again (peer.nack):
+- ``nack_generator``: a video receiver's NACK generator keeps the missing sequence
+  numbers in ``missing``;
+- ``replace_nack_sender``: the receiver's ``(ssrc, lost)`` NACK sender, which the sender
+  answers, can be replaced.
 """
 
 from __future__ import annotations
@@ -28,7 +34,15 @@ from aioice.ice import get_or_create_mdns_protocol, unref_mdns_protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
-from peer.link import mdns_on_this_loop
+from peer._aiortc import (
+    InboundCounts,
+    encoder_slot,
+    inbound_counts,
+    mdns_on_this_loop,
+    nack_generator,
+    negotiated_codecs,
+    nominated_route,
+)
 from peer.media.fanout import EncodedTrack, EncoderGroup, Publisher, SenderPort
 from peer.media.synthetic import SyntheticVideoTrack
 from peer.nack import NackRepeater
@@ -99,8 +113,9 @@ async def test_negotiated_codecs_and_the_encoder_slot(pair: Pair) -> None:
     await wait_for(lambda: pair.frames >= 10, 15, "frames through the pack path")
     transceiver = pair.sender.track._transceiver  # type: ignore[union-attr]
     assert transceiver is not None
-    assert transceiver._codecs and transceiver._codecs[0].mimeType.lower() == "video/vp8"
-    slot = pair.sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
+    codecs = negotiated_codecs(transceiver)
+    assert codecs and codecs[0].mimeType.lower() == "video/vp8"
+    slot = encoder_slot(pair.sender)
     assert isinstance(slot, SenderPort), f"aiortc replaced the sender's encoder with {slot!r}"
     assert pair.group.stats()[0].frames >= 10
 
@@ -140,7 +155,8 @@ async def test_remb_reaches_the_shared_encoder(pair: Pair) -> None:
 
 async def test_nacks_are_asked_again_while_a_packet_is_missing(pair: Pair) -> None:
     await wait_for(lambda: pair.frames >= 5, 15, "frames")
-    generator = pair.receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    generator = nack_generator(pair.receiver)
+    assert generator is not None
     assert isinstance(generator.missing, set)
     ssrc = pair.sender._ssrc
     repeater = NackRepeater(pair.receiver)
@@ -176,6 +192,15 @@ async def test_per_stream_counters_of_a_receiver(pair: Pair) -> None:
     media = streams[pair.sender._ssrc]
     assert media.packets_received >= 5 and media.packets_lost == 0
     assert all(ssrc in rtx for ssrc in streams if ssrc != pair.sender._ssrc)
+    # What inbound_counts makes of them: the media stream's, retransmissions left out.
+    assert inbound_counts(pair.receiver) == InboundCounts(media.packets_received, 0)
+
+
+async def test_the_nominated_pair(pair: Pair) -> None:
+    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    transceiver = pair.sender.track._transceiver  # type: ignore[union-attr]
+    assert transceiver is not None
+    assert nominated_route(transceiver) == "host-host"
 
 
 def test_aioice_mdns_responder_works_again_on_a_second_event_loop() -> None:

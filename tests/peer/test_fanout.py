@@ -12,6 +12,7 @@ import pytest
 from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from peer._aiortc import encoder_slot
 from peer.agent import Agent
 from peer.link import PeerLink
 from peer.media.fanout import EncodedTrack, Encoding, SenderPort
@@ -90,7 +91,7 @@ async def test_every_receiver_decodes_one_shared_encode(server: RunningServer) -
         for link in sender.links.values():
             for transceiver in link.pc.getTransceivers():
                 assert isinstance(transceiver.sender.track, EncodedTrack)
-                assert isinstance(transceiver.sender._RTCRtpSender__encoder, SenderPort)  # type: ignore[attr-defined]
+                assert isinstance(encoder_slot(transceiver.sender), SenderPort)
         # One encode per source frame, not one per receiver.
         source = media.video
         assert source is not None

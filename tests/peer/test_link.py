@@ -55,8 +55,8 @@ async def test_candidates_before_the_offer_are_kept_and_applied() -> None:
         offer, trickled = split_candidates(await offerer.make_offer())
         assert trickled, "aiortc puts its candidates in the SDP"
         for candidate in trickled:
-            await answerer.add_candidate(candidate)  # no remote description yet: queued
-        await answerer.add_candidate(None)
+            answerer.queue_candidate(candidate)  # no remote description yet: queued
+        answerer.queue_candidate(None)
         assert not answerer.has_remote_description
         answer = await answerer.accept_offer(offer)
         # the offerer never learns the answerer's candidates: only the answerer's checks,

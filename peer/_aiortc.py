@@ -1,0 +1,142 @@
+"""Every private aiortc and aioice field or method meshpeer touches, each behind one name.
+
+aiortc 1.16 and aioice 0.13 offer no public way to do these; an upgrade that moves one of
+them breaks a function here, and tests/peer/test_aiortc_internals.py, which pins exactly
+these assumptions between two real connections, fails by name. Nothing else in ``peer``
+reaches into aiortc's privates.
+
+- Shared encoding (:mod:`peer.media.fanout`): a transceiver's negotiated codecs, the
+  sender's keyframe hook (PLI/FIR) and its encoder slot (packets packed, REMB set there).
+- Inbound stats (:mod:`peer.link`): a receiver's per-SSRC counters and which SSRCs are
+  retransmissions (getStats gives them all one id), and ICE's nominated pair.
+- mDNS (:mod:`peer.link`): aioice's per-process responder, bound to one event loop.
+- NACKs asked again (:mod:`peer.nack`): the receiver's NACK generator and NACK sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aioice import ice as aioice_ice
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+__all__ = [
+    "InboundCounts",
+    "encoder_slot",
+    "inbound_counts",
+    "mdns_on_this_loop",
+    "nack_generator",
+    "negotiated_codecs",
+    "nominated_route",
+    "on_keyframe_request",
+    "put_encoder",
+    "replace_nack_sender",
+]
+
+#: ``RTCRtpReceiver._send_rtcp_nack``'s shape: (media SSRC, lost sequence numbers).
+NackSender = Callable[[int, list[int]], Awaitable[None]]
+
+
+# -- shared encoding (peer.media.fanout) -------------------------------------------------
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs negotiated for ``transceiver``, preferred first (empty before the answer)."""
+    return transceiver._codecs
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` on each PLI/FIR for ``sender`` instead of flagging its own encoder
+    (unused on the pack path)."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+def put_encoder(sender: RTCRtpSender, encoder: object) -> None:
+    """Put ``encoder`` in ``sender``'s private encoder slot: aiortc packs packets with it
+    (``pack``) and sets REMB estimates on it (``target_bitrate``)."""
+    sender._RTCRtpSender__encoder = encoder  # type: ignore[attr-defined]
+
+
+def encoder_slot(sender: RTCRtpSender) -> object:
+    """What ``sender``'s private encoder slot holds now (None before its first frame)."""
+    slot: object = getattr(sender, "_RTCRtpSender__encoder", None)
+    return slot
+
+
+# -- inbound stats and route (peer.link) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboundCounts:
+    """RTP packets of a receiver's media streams, retransmission streams left out."""
+
+    received: int
+    lost: int
+
+
+def inbound_counts(receiver: RTCRtpReceiver) -> InboundCounts | None:
+    """``receiver``'s media packets received and lost; None if aiortc's fields moved.
+
+    aiortc's getStats gives every stream of one receiver the same id, so once
+    retransmissions flow its report keeps the RTX stream's counts instead of the media's.
+    """
+    streams: Mapping[int, Any] | None = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
+    rtx: Mapping[int, int] | None = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", None)
+    if streams is None or rtx is None:
+        return None
+    received = lost = 0
+    for ssrc, stream in streams.items():
+        if ssrc not in rtx:
+            received += stream.packets_received
+            lost += max(0, stream.packets_lost)
+    return InboundCounts(received, lost)
+
+
+def nominated_route(transceiver: RTCRtpTransceiver) -> str | None:
+    """``"<local>-<remote>"`` candidate types of the ICE pair nominated under
+    ``transceiver``'s transport (``RTCIceTransport._connection._nominated``), or None."""
+    dtls = transceiver.sender.transport or transceiver.receiver.transport
+    connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+    nominated = getattr(connection, "_nominated", None) or {}
+    for pair in nominated.values():
+        return f"{pair.local_candidate.type}-{pair.remote_candidate.type}"
+    return None
+
+
+# -- mDNS (peer.link) --------------------------------------------------------------------
+
+
+def mdns_on_this_loop() -> None:
+    """Give aioice a fresh mDNS responder when the event loop is not the one it made it on.
+
+    aioice keeps one responder per process (``aioice.ice._mdns``: a lock, a socket, its
+    users), bound to the loop that first resolved a name. On a second loop in the same
+    process (``asyncio.run`` twice, a bot's pytest-asyncio tests) every resolution failed
+    with "bound to a different event loop".
+    """
+    state = aioice_ice._mdns
+    loop = asyncio.get_running_loop()
+    if getattr(state, "loop", loop) is not loop:
+        for name in ("lock", "protocol", "subscribers"):
+            state.__dict__.pop(name, None)
+    state.loop = loop
+
+
+# -- NACKs (peer.nack) -------------------------------------------------------------------
+
+
+def nack_generator(receiver: RTCRtpReceiver) -> Any | None:
+    """``receiver``'s NACK generator (its ``missing`` set of sequence numbers), or None
+    (an audio receiver has none)."""
+    return getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+
+
+def replace_nack_sender(receiver: RTCRtpReceiver, replacement: NackSender) -> NackSender:
+    """Have ``receiver`` send its NACKs through ``replacement``; return its own sender."""
+    original: NackSender = receiver._send_rtcp_nack
+    receiver._send_rtcp_nack = replacement  # type: ignore[method-assign,assignment]
+    return original
