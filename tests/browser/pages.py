@@ -62,6 +62,26 @@ async (peer) => {
 }
 """
 
+#: Installed in a page: epoch ms of every video frame the tile of ``peer`` presents
+#: (requestVideoFrameCallback), and of every change of the page's ``joined``.
+WATCH_JS = """
+(peer) => {
+  const now = () => performance.timeOrigin + performance.now();
+  const video = document.querySelector(`.tile[data-peer='${CSS.escape(peer)}'] video`);
+  const log = { frames: [], joined: [] };
+  window.__faults = log;
+  const tick = () => { log.frames.push(now()); video.requestVideoFrameCallback(tick); };
+  video.requestVideoFrameCallback(tick);
+  let joined = meshpeer.page.joined;
+  setInterval(() => {
+    if (meshpeer.page.joined !== joined) {
+      joined = meshpeer.page.joined;
+      log.joined.push([now(), joined]);
+    }
+  }, 10);
+}
+"""
+
 #: Every Content-Security-Policy violation in a page, to its console (where Chromium's own
 #: "Refused to ..." lines go too), so a test sees it whatever Chromium itself logs.
 REPORT_CSP_VIOLATIONS = """

@@ -16,9 +16,8 @@ from peer.agent import Agent
 from peer.cli import build_parser, main
 from peer.media.recorder import Recorder
 from signaling.protocol import PeerId, RoomId
-from tests.peer.helpers import agents, frames_from, small_media, wait_for
-from tests.peer.test_resilience import REPO, join_command
-from tests.support import RunningServer, free_port, seconds
+from tests.peer.helpers import agents, frames_from, join_command, small_media, wait_for
+from tests.support import REPO, RunningServer, free_port, seconds
 
 pytestmark = pytest.mark.slow
 

@@ -23,10 +23,9 @@ from peer.agent import Agent
 from peer.datachannel import MESHPEER, DataChannel, DataLimits
 from peer.errors import MeshpeerError
 from signaling.protocol import PeerId
-from tests.peer.helpers import wait_for
-from tests.peer.test_resilience import REPO, join_command
+from tests.peer.helpers import join_command, wait_for
 from tests.signaling.clients import clients
-from tests.support import RunningServer, seconds
+from tests.support import REPO, RunningServer, seconds
 
 pytestmark = pytest.mark.slow
 

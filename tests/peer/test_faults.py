@@ -29,15 +29,18 @@ from peer.media.recorder import Recorder
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
 from tests.peer.helpers import (
+    REJOIN_TARGET,
     FrameTimes,
     agents,
     frames_from,
     full_mesh_flowing,
+    join_command,
+    serve,
     serve_at,
+    stop,
     wait_for,
 )
-from tests.peer.test_resilience import REPO, _serve, join_command
-from tests.support import RunningServer, free_port, seconds
+from tests.support import REPO, RunningServer, free_port, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +48,6 @@ pytestmark = pytest.mark.slow
 HEARTBEAT_BOUND = 7.5
 #: The agent's reconnect backoff at its longest: 5 s, +25% jitter.
 MAX_BACKOFF = 5.0 * 1.25
-#: Seconds from the restarted server listening (2 s after the kill) to both bots being
-#: back (issue 8): the backoff (0.25, 0.5, then 1 s, each +-25%, for ~7 s) has attempts at
-#: most 1.25 s apart then; the rest is the join itself on a busy machine.
-REJOIN_TARGET = 2.0
 
 
 async def healthz(port: int) -> dict[str, Any]:
@@ -74,12 +73,6 @@ async def wait_healthz_peers(port: int, peers: int, within: float) -> float:
                 return time.monotonic()
         await asyncio.sleep(0.05)
     raise AssertionError(f"/healthz never counted {peers} peers (last: {last!r})")
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
 
 
 class Rejoins:
@@ -154,7 +147,7 @@ async def test_killed_server_media_never_stalls_and_the_bots_rejoin_at_once(
     server listens (see REJOIN_TARGET)."""
     port = free_port()
     url = f"ws://127.0.0.1:{port}/ws"
-    server = await _serve(port)
+    server = await serve(port)
     restart: asyncio.Future[asyncio.subprocess.Process] | None = None
     times = FrameTimes()
     try:
@@ -320,7 +313,7 @@ async def test_server_back_while_the_backoff_is_at_its_longest(attempts: _Attemp
     in the room again within that interval (6.25 s), with their media connections untouched."""
     port = free_port()
     url = f"ws://127.0.0.1:{port}/ws"
-    server = await _serve(port)
+    server = await serve(port)
     try:
         async with agents(url, ["alice", "bob"]) as pair:
             rejoins = Rejoins(pair)
@@ -337,7 +330,7 @@ async def test_server_back_while_the_backoff_is_at_its_longest(attempts: _Attemp
                 f"{longest} failed reconnect attempts per agent",
             )
             down_attempts = list(attempts.at)
-            server = await _serve(port)
+            server = await serve(port)
             listening = time.monotonic()
             await wait_for(
                 lambda: all(a.signaling_connected and a.reconnects == 1 for a in pair),

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,19 +15,26 @@ from peer import events as ev
 from peer.agent import Agent
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
-from tests.peer.helpers import agents, frames_from, full_mesh_flowing, small_media, wait_for
-from tests.support import RunningServer, free_port, reference_server_binary, running_server, seconds
+from tests.peer.helpers import (
+    agents,
+    connectable,
+    frames_from,
+    full_mesh_flowing,
+    join_command,
+    serve,
+    small_media,
+    wait_for,
+)
+from tests.support import (
+    REPO,
+    RunningServer,
+    free_port,
+    reference_server_binary,
+    running_server,
+    seconds,
+)
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def join_command(url: str, peer_id: str, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "peer", "join", url, "--room", "test", "--id", peer_id,
-        "--width", "160", "--height", "120", "--fps", "15", "--quiet", *extra,
-    ]  # fmt: skip
 
 
 async def test_crashed_peer_is_cleaned_up(server: RunningServer) -> None:
@@ -148,22 +154,9 @@ def reference_url() -> Iterator[str]:
         proc.wait()
 
 
-async def _connectable(url: str) -> None:
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    for _ in range(100):
-        try:
-            _, writer = await asyncio.open_connection(host, int(port))
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise AssertionError(f"nothing listens on {url}")
-
-
 async def test_against_reference_go_server(reference_url: str) -> None:
     """No rooms, `peers` omitted when empty, no error/resumeToken: the mesh still forms."""
-    await _connectable(reference_url)
+    await connectable(reference_url)
     medias = [small_media(n) for n in ("alice", "bob", "carol")]
     trio = [
         Agent(reference_url, peer_id=n, media=m)
@@ -197,19 +190,10 @@ async def test_join_errors_are_clear(tmp_path: Path) -> None:
             await Agent(srv.ws_url, room="test", peer_id="alice").join()
 
 
-async def _serve(port: int) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "peer", "serve", "--port", str(port), "--log-level", "WARNING",
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    await _connectable(f"ws://127.0.0.1:{port}/ws")
-    return proc
-
-
 async def test_killed_server_keeps_media_and_everyone_rejoins() -> None:
     """kill -9 on the server: no peer-left at all, sockets just drop; media is untouched."""
     port = free_port()
-    server = await _serve(port)
+    server = await serve(port)
     try:
         async with agents(f"ws://127.0.0.1:{port}/ws", ["alice", "bob"]) as pair:
             await wait_for(lambda: full_mesh_flowing(pair), 15, "the pair")
@@ -217,7 +201,7 @@ async def test_killed_server_keeps_media_and_everyone_rejoins() -> None:
             server.kill()
             await server.wait()
             await wait_for(lambda: not any(a.signaling_connected for a in pair), 5, "the drop")
-            server = await _serve(port)
+            server = await serve(port)
             await wait_for(
                 lambda: all(a.signaling_connected and len(a.members) == 1 for a in pair),
                 15,

@@ -28,10 +28,7 @@ from signaling.redis_registry import (
     _LEAVE,
     _RESTORE,
     EMPTY_ROOM_TTL,
-    HEARTBEAT,
-    NODE_TTL,
     RECONNECT_DELAY,
-    SWEEP_EVERY,
     RedisRegistry,
     _keys,
     _leave_args,
@@ -41,15 +38,11 @@ from signaling.redis_registry import (
 from signaling.server import ServerConfig
 from tests.redis_server import RedisServer, running_redis
 from tests.signaling.clients import Clients, Peer, clients, eventually
-from tests.signaling.conftest import FAST_LIMITS, cluster
+from tests.signaling.conftest import FAST_LIMITS, NODE_DEATH_NOTICED, cluster
 from tests.support import running_server, seconds
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=0x10FFFF), min_size=1, max_size=20)
 
-#: A node's death is announced by then (s after it stopped): its liveness key lives NODE_TTL
-#: after its last beat, a survivor sweeps every SWEEP_EVERY on its HEARTBEAT tick (8 s in
-#: all; measured 6.5-7.0 s), plus the scaled time a busy machine takes to tell the clients.
-NODE_DEATH_NOTICED = NODE_TTL + SWEEP_EVERY + HEARTBEAT + seconds(2.0)
 
 
 @given(

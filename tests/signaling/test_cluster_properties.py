@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from signaling.protocol import PeerId, RoomId
 from signaling.redis_registry import RedisRegistry, _keys
 from tests.redis_server import running_redis
-from tests.signaling.test_properties import LIMITS, Client, Harness, actions, step
+from tests.signaling.harness import LIMITS, Client, Harness, actions, step
 
 #: How long the nodes have to agree after a step (they take milliseconds).
 SETTLE = 5.0

@@ -3,53 +3,15 @@
 from __future__ import annotations
 
 import logging
-import re
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.signaling.clients import Clients, eventually
+from tests.signaling.clients import Clients, eventually, get_json, get_metrics
 from tests.support import RunningServer
-
-SAMPLE = re.compile(
-    r'^(?P<name>[a-z_]+)(?:\{(?P<label>[a-z]+)="(?P<value>(?:[^"\\\n]|\\[\\"n])*)"\})? (?P<n>\S+)$'
-)
-
 
 #: This test reads one server's own counters or log: it runs on one node.
 ONE_NODE = pytest.mark.parametrize("nodes", ["1-node"], indirect=True)
-
-
-async def get_json(server: RunningServer, path: str) -> Any:
-    async with aiohttp.ClientSession() as http, http.get(server.http_url + path) as response:
-        assert response.status == 200
-        assert response.content_type == "application/json"
-        return await response.json()
-
-
-async def get_metrics(server: RunningServer) -> dict[str, float]:
-    """Samples by name, with labels as name{label="value"}; checks the text format."""
-    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/metrics") as response:
-        assert response.status == 200
-        assert response.content_type == "text/plain"
-        text = await response.text()
-    assert text.endswith("\n")
-    samples: dict[str, float] = {}
-    described: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            parts = line.split(" ", 3)
-            described.add(parts[2])
-            if parts[1] == "TYPE":
-                assert parts[3] in ("counter", "gauge"), line
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a Prometheus sample: {line!r}"
-        assert match["name"] in described, f"{match['name']} has no HELP/TYPE"
-        key = match["name"] + (f'{{{match["label"]}="{match["value"]}"}}' if match["label"] else "")
-        samples[key] = float(match["n"])
-    return samples
 
 
 @ONE_NODE
