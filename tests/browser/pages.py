@@ -11,12 +11,11 @@ import json
 import os
 import re
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 from playwright.async_api import (
@@ -29,7 +28,7 @@ from playwright.async_api import (
 )
 
 from signaling.server import STATIC_DIR
-from tests.support import seconds
+from tests.support import eventually, seconds
 
 CHROMIUM = Path(os.environ.get("MESHPEER_CHROMIUM", "/usr/bin/chromium"))
 #: Flags that keep Chromium offline and quiet (PITFALLS.md): no background traffic, no QUIC.
@@ -89,8 +88,6 @@ document.addEventListener("securitypolicyviolation", (event) => console.error(
   `csp-violation: ${event.effectiveDirective} refused ${event.blockedURI || "inline code"}`));
 """
 
-T = TypeVar("T")
-
 
 def page_constant(module: str, name: str) -> float:
     """The number in the page's ``const NAME = <number>;`` (``module``: e.g. ``app.js``): a
@@ -100,25 +97,6 @@ def page_constant(module: str, name: str) -> float:
     if match is None:
         raise AssertionError(f"no `const {name} = <number>;` in {STATIC_DIR / module}")
     return float(match.group(1).replace("_", ""))
-
-
-class Timeout(AssertionError):
-    pass
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]], limit: float, what: str, interval: float = 0.1
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``limit`` s."""
-    deadline = time.monotonic() + limit
-    last: T | None = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise Timeout(f"timed out after {limit:.1f} s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(interval)
 
 
 def artifacts_dir() -> Path:

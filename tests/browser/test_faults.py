@@ -21,7 +21,7 @@ from peer.mesh import LinkState
 from signaling.protocol import PeerId
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage, page_opener
-from tests.browser.pages import WATCH_JS, eventually
+from tests.browser.pages import WATCH_JS
 from tests.peer.helpers import (
     REJOIN_TARGET,
     SMALL,
@@ -32,7 +32,7 @@ from tests.peer.helpers import (
     serve_at,
     stop,
 )
-from tests.support import REPO, RunningServer, free_port, seconds
+from tests.support import REPO, RunningServer, eventually, free_port, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

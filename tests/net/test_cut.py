@@ -1,7 +1,7 @@
 """A bot's network cut and healed (issue 8), with no process restart.
 
 Two ``meshpeer join`` agents in two client namespaces that can only meet through coturn
-in the hub (the topology of test_relay.py), the signaling server in the hub too. One
+in the hub (relay.py's ``relay_room``), the signaling server in the hub too. One
 agent's link is cut (``Topology.cut``: every IP packet dropped silently, both ways): its
 signaling socket and its media path die without a single error. Both sides must notice
 and say so, and once the link is healed the media connection must be made again with

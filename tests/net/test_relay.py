@@ -20,12 +20,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
 
-from tests.browser.pages import (
-    CHROMIUM,
-    eventually,
-    open_room_page,
-    persistent_browser,
-)
+from tests.browser.pages import CHROMIUM, open_room_page, persistent_browser
 from tests.net.coturn import Coturn
 from tests.net.relay import (
     ROOM,
@@ -35,7 +30,7 @@ from tests.net.relay import (
     wait_until,
 )
 from tests.net.topology import netns_wrapper
-from tests.support import seconds
+from tests.support import eventually, seconds
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,4 +1,4 @@
-"""Shared pieces of the agent tests: small media, polling waits, agents that always leave."""
+"""Shared pieces of the agent tests: small media, agents that always leave, server processes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,15 +26,6 @@ REJOIN_TARGET = 2.0
 
 def small_media(label: str, audio: str = "tone") -> LocalMedia:
     return open_local_media("synthetic", audio, label=label, settings=SMALL)
-
-
-async def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Poll ``condition`` until true; fail naming ``what`` after ``within`` scaled seconds."""
-    deadline = time.monotonic() + seconds(within)
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def frames_from(agent: Agent, peer: str, kind: str = "video") -> int:

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -258,15 +258,6 @@ class RawClient:
         self.writer.close()
         with suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Wait until ``check()`` holds, polling; fail after ``within`` (scaled) seconds."""
-    deadline = asyncio.get_running_loop().time() + seconds(within)
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition {check.__name__} never held")
-        await asyncio.sleep(0.02)
 
 
 async def drain_until_close(peer: Peer) -> tuple[list[dict[str, Any]], int | None]:

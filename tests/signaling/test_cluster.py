@@ -37,12 +37,11 @@ from signaling.redis_registry import (
 )
 from signaling.server import ServerConfig
 from tests.redis_server import RedisServer, running_redis
-from tests.signaling.clients import Clients, Peer, clients, eventually
+from tests.signaling.clients import Clients, Peer, clients
 from tests.signaling.conftest import FAST_LIMITS, NODE_DEATH_NOTICED, cluster
-from tests.support import running_server, seconds
+from tests.support import eventually, running_server, seconds
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=0x10FFFF), min_size=1, max_size=20)
-
 
 
 @given(
@@ -232,7 +231,7 @@ async def test_broadcasts_reach_only_nodes_with_members(redis: RedisServer) -> N
                 subscribers = dict(await client.pubsub_numsub(room_channel(RoomId("r1"))))
                 return bool(subscribers[room_channel(RoomId("r1"))] == 1)
 
-            await eventually(node_1_let_go)
+            await eventually(node_1_let_go, seconds(5), "the node without members to unsubscribe")
         finally:
             await client.aclose()
         # The node without members never heard of the room; the one with bob did.

@@ -7,8 +7,8 @@ import logging
 import aiohttp
 import pytest
 
-from tests.signaling.clients import Clients, eventually, get_json, get_metrics
-from tests.support import RunningServer
+from tests.signaling.clients import Clients, get_json, get_metrics
+from tests.support import RunningServer, eventually, seconds
 
 #: This test reads one server's own counters or log: it runs on one node.
 ONE_NODE = pytest.mark.parametrize("nodes", ["1-node"], indirect=True)
@@ -79,7 +79,7 @@ async def test_metrics_count_connections_joins_leaves_routing_and_errors(
         health = await get_json(fast_server, "/healthz")
         return bool(health["peers"] == 1 and health["connections"] == 1)
 
-    await eventually(settled)
+    await eventually(settled, seconds(5), "one peer and one connection left")
     m = await get_metrics(fast_server)
     assert m["meshpeer_connections_total"] == 4
     assert m["meshpeer_connections"] == 1
@@ -120,7 +120,7 @@ async def test_one_info_line_per_join_and_leave_and_no_traffic_above_debug(
     async def both_left() -> bool:
         return fast_server.server.registry.counts() == (0, 0)
 
-    await eventually(both_left)
+    await eventually(both_left, seconds(5), "no room and no peer left")
     info = [
         r for r in caplog.records if r.name.startswith("signaling") and r.levelno >= logging.INFO
     ]
