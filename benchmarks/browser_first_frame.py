@@ -38,8 +38,8 @@ from playwright.async_api import Browser, async_playwright  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 from peer import events as ev  # noqa: E402
 from tests.browser.bots import Bot, running_bot  # noqa: E402
-from tests.browser.pages import RoomPage, eventually, launch, open_room_page  # noqa: E402
-from tests.support import RunningServer, running_server  # noqa: E402
+from tests.browser.pages import RoomPage, launch, open_room_page  # noqa: E402
+from tests.support import RunningServer, eventually, running_server  # noqa: E402
 
 log = logging.getLogger("browser_first_frame")
 

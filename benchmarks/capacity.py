@@ -44,12 +44,12 @@ from benchmarks.common import (  # noqa: E402
     cpu_seconds,
     free_port,
     machine_info,
+    reference_dir,
     start_redis,
     stop,
     wait_listening,
     write_result,
 )
-from benchmarks.signaling import reference_dir  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "capacity.json"
 #: (heartbeat s, messages per client per second) of each run; sigload sleeps up to 1/rate

@@ -62,6 +62,7 @@ from benchmarks.common import (  # noqa: E402
     cpu_seconds,
     free_port,
     machine_info,
+    reference_dir,
     start_redis,
     stop,
     wait_listening,
@@ -76,11 +77,8 @@ from benchmarks.signaling import (  # noqa: E402
     Search,
     Settings,
     Step,
-    _step_row,
-    _sustain_row,
     leaves_by_reason,
     metric_by_label,
-    reference_dir,
     server_command,
     shortfalls,
     sigload_command,
@@ -287,7 +285,7 @@ def sustained_rates(
                 search.record(sustain_step(setup, rate, attempt, settings), settings)
     summary = {}
     for name, search in searches.items():
-        row = _sustain_row(search)
+        row = search.row()
         row["cpu_us_per_message"] = cpu_per_message(search.good) if search.good else None
         row["sigload_cpu_percent"] = search.good.run.sigload_cpu_percent if search.good else None
         row["cross_node_share"] = (
@@ -304,7 +302,7 @@ def sustained_rates(
     steps = []
     for search in searches.values():
         for step in search.steps:
-            row = _step_row(step)
+            row = step.row()
             row["cpu_seconds"] = step.run.raw["cpu_seconds"]
             steps.append(row)
     return {"summary": summary, "steps": steps}

@@ -17,18 +17,25 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tests.support import free_port
+from tests.support import REPO, free_port
 
 __all__ = [
     "cpu_seconds",
     "free_port",
     "last_json_line",
     "machine_info",
+    "reference_dir",
     "wait_listening",
     "write_result",
 ]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def reference_dir() -> Path:
+    """Where ./dev setup built the reference Go server and sigload (MESHPEER_REFERENCE_DIR)."""
+    env = os.environ.get("MESHPEER_REFERENCE_DIR")
+    return Path(env) if env else REPO / ".cache" / "reference"
 
 
 def cpu_seconds(pid: int) -> float:

@@ -56,6 +56,7 @@ from benchmarks.common import (  # noqa: E402
     cpu_seconds,
     free_port,
     machine_info,
+    reference_dir,
     stop,
     wait_listening,
     write_result,
@@ -128,11 +129,6 @@ class BenchmarkError(Exception):
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def reference_dir() -> Path:
-    env = os.environ.get("MESHPEER_REFERENCE_DIR")
-    return Path(env) if env else ROOT / ".cache" / "reference"
 
 
 def server_command(name: str, port: int, settings: Settings) -> tuple[list[str], dict[str, str]]:
@@ -464,6 +460,28 @@ class Step:
     #: The machine's 1-minute load average when the step ended (this machine is shared).
     loadavg: float
 
+    def row(self) -> dict[str, Any]:
+        """The step as a row of the results' ``steps`` (signaling and cluster alike)."""
+        run = self.run
+        return {
+            "server": self.server,
+            "offered_per_s": self.offered_per_s,
+            "rate_per_client": run.rate_per_client,
+            "attempt": self.attempt,
+            "held": self.held,
+            "reasons": self.reasons,
+            "sent": run.sent,
+            "received": run.received,
+            "send_errors": run.send_errors,
+            "lat_ms_p50": run.lat_ms_p50,
+            "lat_ms_p99": run.lat_ms_p99,
+            "lat_ms_max": run.lat_ms_max,
+            "server_cpu_percent": run.server_cpu_percent,
+            "sigload_cpu_percent": run.sigload_cpu_percent,
+            "leaves": run.leaves,
+            "loadavg": self.loadavg,
+        }
+
 
 def shortfalls(run: Run, offered_per_s: float, duration: float) -> list[str]:
     """Why ``run`` did not hold ``offered_per_s``: nothing lost and p99 <= 50 ms (empty: held)."""
@@ -534,6 +552,23 @@ class Search:
             return None
         return float(round((good.offered_per_s + bad.offered_per_s) / 2))
 
+    def row(self) -> dict[str, Any]:
+        """The search's outcome as a row of the results' ``summary``."""
+        good, bad = self.good, self.bad
+        return {
+            "sustained_per_s": good.offered_per_s if good else 0.0,
+            "lat_ms_p50": good.run.lat_ms_p50 if good else None,
+            "lat_ms_p99": good.run.lat_ms_p99 if good else None,
+            "server_cpu_percent": good.run.server_cpu_percent if good else None,
+            # None: nothing up to SUSTAIN_MAX_RATE failed.
+            "failing_per_s": bad.offered_per_s if bad else None,
+            "failing_reasons": bad.reasons if bad else [],
+            "failing_tries": self.bad_tries,
+            "failing_lat_ms_p99": bad.run.lat_ms_p99 if bad else None,
+            "steps": len(self.steps),
+            "retries": sum(step.attempt > 1 for step in self.steps),
+        }
+
 
 def sustain_step(name: str, offered_per_s: float, attempt: int, settings: Settings) -> Step:
     senders = settings.rooms * settings.clients
@@ -574,7 +609,7 @@ def sustained_rates(settings: Settings) -> dict[str, Any]:
             if rate is not None:
                 attempt = len(search.failures) + 1
                 search.record(sustain_step(search.server, rate, attempt, settings), settings)
-    summary = {name: _sustain_row(search) for name, search in searches.items()}
+    summary = {name: search.row() for name, search in searches.items()}
     ratio = None
     if {"ours", "reference"} <= set(summary) and summary["reference"]["sustained_per_s"]:
         ratio = summary["ours"]["sustained_per_s"] / summary["reference"]["sustained_per_s"]
@@ -586,46 +621,7 @@ def sustained_rates(settings: Settings) -> dict[str, Any]:
         },
         "summary": summary,
         "ratio": ratio,
-        "steps": [_step_row(step) for search in searches.values() for step in search.steps],
-    }
-
-
-def _step_row(step: Step) -> dict[str, Any]:
-    run = step.run
-    return {
-        "server": step.server,
-        "offered_per_s": step.offered_per_s,
-        "rate_per_client": run.rate_per_client,
-        "attempt": step.attempt,
-        "held": step.held,
-        "reasons": step.reasons,
-        "sent": run.sent,
-        "received": run.received,
-        "send_errors": run.send_errors,
-        "lat_ms_p50": run.lat_ms_p50,
-        "lat_ms_p99": run.lat_ms_p99,
-        "lat_ms_max": run.lat_ms_max,
-        "server_cpu_percent": run.server_cpu_percent,
-        "sigload_cpu_percent": run.sigload_cpu_percent,
-        "leaves": run.leaves,
-        "loadavg": step.loadavg,
-    }
-
-
-def _sustain_row(search: Search) -> dict[str, Any]:
-    good, bad = search.good, search.bad
-    return {
-        "sustained_per_s": good.offered_per_s if good else 0.0,
-        "lat_ms_p50": good.run.lat_ms_p50 if good else None,
-        "lat_ms_p99": good.run.lat_ms_p99 if good else None,
-        "server_cpu_percent": good.run.server_cpu_percent if good else None,
-        # None: nothing up to SUSTAIN_MAX_RATE failed.
-        "failing_per_s": bad.offered_per_s if bad else None,
-        "failing_reasons": bad.reasons if bad else [],
-        "failing_tries": search.bad_tries,
-        "failing_lat_ms_p99": bad.run.lat_ms_p99 if bad else None,
-        "steps": len(search.steps),
-        "retries": sum(step.attempt > 1 for step in search.steps),
+        "steps": [step.row() for search in searches.values() for step in search.steps],
     }
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from aiohttp import web
 
@@ -23,9 +26,42 @@ REPO = Path(__file__).resolve().parents[1]
 TIME_SCALE = float(os.environ.get("MESHPEER_TEST_SCALE", "1"))
 
 
+T = TypeVar("T")
+
+
 def seconds(value: float) -> float:
     """``value`` seconds, stretched by MESHPEER_TEST_SCALE."""
     return value * TIME_SCALE
+
+
+class Timeout(AssertionError):
+    """A wait that ran out; the message names what it waited for."""
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], limit: float, what: str, interval: float = ...
+) -> T: ...
+@overload
+async def eventually(
+    check: Callable[[], T | None], limit: float, what: str, interval: float = ...
+) -> T: ...
+async def eventually(
+    check: Callable[[], Any], limit: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll ``check`` (plain or async) until it returns something truthy, and return that;
+    fail naming ``what`` after ``limit`` s. The caller scales ``limit`` (``seconds(10)``),
+    except for a wait that races a fixed product timer, which is derived from that timer."""
+    deadline = time.monotonic() + limit
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise Timeout(f"timed out after {limit:.1f} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval)
 
 
 def terminate(proc: subprocess.Popen[Any], timeout: float = 3.0) -> None:

@@ -12,8 +12,7 @@ from peer import events as ev
 from peer.agent import Agent
 from peer.media.sources import VideoSettings, open_local_media
 from peer.mesh import LinkState
-from tests.browser.pages import eventually
-from tests.support import seconds
+from tests.support import eventually, seconds
 
 
 @dataclass

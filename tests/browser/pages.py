@@ -11,12 +11,11 @@ import json
 import os
 import re
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 from playwright.async_api import (
@@ -29,7 +28,7 @@ from playwright.async_api import (
 )
 
 from signaling.server import STATIC_DIR
-from tests.support import seconds
+from tests.support import eventually, seconds
 
 CHROMIUM = Path(os.environ.get("MESHPEER_CHROMIUM", "/usr/bin/chromium"))
 #: Flags that keep Chromium offline and quiet (PITFALLS.md): no background traffic, no QUIC.
@@ -62,14 +61,32 @@ async (peer) => {
 }
 """
 
+#: Installed in a page: epoch ms of every video frame the tile of ``peer`` presents
+#: (requestVideoFrameCallback), and of every change of the page's ``joined``.
+WATCH_JS = """
+(peer) => {
+  const now = () => performance.timeOrigin + performance.now();
+  const video = document.querySelector(`.tile[data-peer='${CSS.escape(peer)}'] video`);
+  const log = { frames: [], joined: [] };
+  window.__faults = log;
+  const tick = () => { log.frames.push(now()); video.requestVideoFrameCallback(tick); };
+  video.requestVideoFrameCallback(tick);
+  let joined = meshpeer.page.joined;
+  setInterval(() => {
+    if (meshpeer.page.joined !== joined) {
+      joined = meshpeer.page.joined;
+      log.joined.push([now(), joined]);
+    }
+  }, 10);
+}
+"""
+
 #: Every Content-Security-Policy violation in a page, to its console (where Chromium's own
 #: "Refused to ..." lines go too), so a test sees it whatever Chromium itself logs.
 REPORT_CSP_VIOLATIONS = """
 document.addEventListener("securitypolicyviolation", (event) => console.error(
   `csp-violation: ${event.effectiveDirective} refused ${event.blockedURI || "inline code"}`));
 """
-
-T = TypeVar("T")
 
 
 def page_constant(module: str, name: str) -> float:
@@ -80,25 +97,6 @@ def page_constant(module: str, name: str) -> float:
     if match is None:
         raise AssertionError(f"no `const {name} = <number>;` in {STATIC_DIR / module}")
     return float(match.group(1).replace("_", ""))
-
-
-class Timeout(AssertionError):
-    pass
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]], limit: float, what: str, interval: float = 0.1
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``limit`` s."""
-    deadline = time.monotonic() + limit
-    last: T | None = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise Timeout(f"timed out after {limit:.1f} s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(interval)
 
 
 def artifacts_dir() -> Path:

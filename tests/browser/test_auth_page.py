@@ -24,10 +24,9 @@ from tests.browser.pages import (
     RoomPage,
     Transcript,
     artifacts_dir,
-    eventually,
     open_room_page,
 )
-from tests.support import RunningServer, running_server, seconds
+from tests.support import RunningServer, eventually, running_server, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

@@ -21,12 +21,11 @@ from tests.browser.pages import (
     PHONE,
     SIGNALING_SOCKET,
     artifacts_dir,
-    eventually,
     open_room_page,
     persistent_browser,
 )
 from tests.media.clips import decoded_frames
-from tests.support import RunningServer, seconds
+from tests.support import RunningServer, eventually, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

@@ -27,9 +27,8 @@ from tests.browser.pages import (
     RoomPage,
     Transcript,
     artifacts_dir,
-    eventually,
 )
-from tests.support import RunningServer, seconds
+from tests.support import RunningServer, eventually, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

@@ -27,8 +27,8 @@ from peer.media.sources import VideoSettings, open_local_media
 from signaling.protocol import PeerId
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import RoomPage, eventually, launch
-from tests.support import RunningServer, seconds
+from tests.browser.pages import RoomPage, launch
+from tests.support import RunningServer, eventually, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

@@ -21,40 +21,20 @@ from peer.mesh import LinkState
 from signaling.protocol import PeerId
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage, page_opener
-from tests.browser.pages import eventually
-from tests.peer.helpers import SMALL, FrameTimes, largest_gap, serve_at
-from tests.peer.test_faults import REJOIN_TARGET
-from tests.peer.test_resilience import REPO, _serve, join_command
-from tests.support import RunningServer, free_port, seconds
+from tests.browser.pages import WATCH_JS
+from tests.peer.helpers import (
+    REJOIN_TARGET,
+    SMALL,
+    FrameTimes,
+    join_command,
+    largest_gap,
+    serve,
+    serve_at,
+    stop,
+)
+from tests.support import REPO, RunningServer, eventually, free_port, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
-
-
-#: Installed in a page: epoch ms of every video frame the tile of ``peer`` presents
-#: (requestVideoFrameCallback), and of every change of the page's ``joined``.
-WATCH_JS = """
-(peer) => {
-  const now = () => performance.timeOrigin + performance.now();
-  const video = document.querySelector(`.tile[data-peer='${CSS.escape(peer)}'] video`);
-  const log = { frames: [], joined: [] };
-  window.__faults = log;
-  const tick = () => { log.frames.push(now()); video.requestVideoFrameCallback(tick); };
-  video.requestVideoFrameCallback(tick);
-  let joined = meshpeer.page.joined;
-  setInterval(() => {
-    if (meshpeer.page.joined !== joined) {
-      joined = meshpeer.page.joined;
-      log.joined.push([now(), joined]);
-    }
-  }, 10);
-}
-"""
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
 
 
 # -- 1. the server killed under a page and a bot, restarted 2 s later --------------------
@@ -70,7 +50,7 @@ async def test_page_keeps_playing_and_rejoins_when_the_server_is_killed(browser:
     connection is kept, and the page is back in the room at its first reconnect attempt
     after the restart (within the backoff's bound, REJOIN_TARGET)."""
     port = free_port()
-    server = await _serve(port)
+    server = await serve(port)
     restart: asyncio.Future[asyncio.subprocess.Process] | None = None
     times = FrameTimes()
     sockets: list[float] = []  # time.time() of every WebSocket the page opened

@@ -11,15 +11,8 @@ from signaling.ice import parse_ice_server
 from signaling.server import ServerConfig
 from signaling.session import Limits
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import (
-    DESKTOP,
-    PHONE,
-    RoomPage,
-    artifacts_dir,
-    eventually,
-    open_room_page,
-)
-from tests.support import RunningServer, running_server, seconds
+from tests.browser.pages import DESKTOP, PHONE, RoomPage, artifacts_dir, open_room_page
+from tests.support import RunningServer, eventually, running_server, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

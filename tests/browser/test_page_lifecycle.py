@@ -16,14 +16,8 @@ from signaling.protocol import CloseCode, PeerId
 from signaling.reasons import LeaveReason
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import (
-    SIGNALING_SOCKET,
-    RoomPage,
-    Transcript,
-    eventually,
-    page_constant,
-)
-from tests.support import RunningServer, seconds
+from tests.browser.pages import SIGNALING_SOCKET, RoomPage, Transcript, page_constant
+from tests.support import RunningServer, eventually, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

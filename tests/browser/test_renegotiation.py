@@ -21,10 +21,9 @@ from peer.mesh import LinkState
 from signaling.protocol import PeerId
 from tests.browser.bots import Bot, running_bot
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import DECODING_JS, RoomPage, eventually
-from tests.browser.test_faults import WATCH_JS
+from tests.browser.pages import DECODING_JS, WATCH_JS, RoomPage
 from tests.peer.helpers import SMALL, FrameTimes, largest_gap
-from tests.support import RunningServer, seconds
+from tests.support import RunningServer, eventually, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

@@ -30,7 +30,8 @@ from aiortc import RTCRtpReceiver
 from peer.agent import Agent
 from signaling.protocol import PeerId
 from tests.keyframes import Keyframes, label_vp8_keyframes
-from tests.peer.helpers import largest_gap, wait_for
+from tests.peer.helpers import largest_gap
+from tests.support import eventually, seconds
 
 SENDER = "sender"
 #: Seconds connected after the window, so the sender's samples (every 0.5 s) cover it.
@@ -107,7 +108,9 @@ async def measure(url: str, room: str, peer_id: str, window: float) -> dict[str,
     agent = Agent(url, room=room, peer_id=peer_id, consumers=[seen], stats_interval=None)
     await agent.join()
     try:
-        await wait_for(lambda: len(seen.frames.get(SENDER, [])) >= 30, 30, "video from sender")
+        await eventually(
+            lambda: len(seen.frames.get(SENDER, [])) >= 30, seconds(30), "video from sender"
+        )
         print(json.dumps({"ready": True}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         before, feedback_before = rtp_counts(agent), sent.copy()

@@ -1,7 +1,7 @@
 """A bot's network cut and healed (issue 8), with no process restart.
 
 Two ``meshpeer join`` agents in two client namespaces that can only meet through coturn
-in the hub (the topology of test_relay.py), the signaling server in the hub too. One
+in the hub (relay.py's ``relay_room``), the signaling server in the hub too. One
 agent's link is cut (``Topology.cut``: every IP packet dropped silently, both ways): its
 signaling socket and its media path die without a single error. Both sides must notice
 and say so, and once the link is healed the media connection must be made again with
@@ -19,13 +19,13 @@ import pytest
 from peer.agent import Agent
 from peer.signaling_client import SignalingClient
 from signaling.session import Limits
-from tests.net.test_relay import (
+from tests.net.relay import (
     AgentRun,
     RelayRoom,
-    _records,
-    _relayed_and_flowing,
-    _wait_until,
     relay_room,
+    relayed_and_flowing,
+    stats_records,
+    wait_until,
 )
 from tests.support import seconds
 
@@ -33,7 +33,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("netns"),
 ]
-
 
 
 def _default(cls: type, name: str) -> float:
@@ -81,7 +80,7 @@ class Watch:
 
 def _flowing_since(agent: AgentRun, peer: str, since_unix: float) -> bool:
     """A stats record written after ``since_unix`` shows ``peer`` connected, video coming."""
-    for record in _records(agent.stats_path):
+    for record in stats_records(agent.stats_path):
         if record["time"] < since_unix:
             continue
         for entry in record["peers"]:
@@ -129,7 +128,7 @@ def _cut_and_heal(
         return not until_media_failed or (lost[2] in seen and (lost[3] in seen or lost[4] in seen))
 
     limit = MEDIA_FAILURE_LIMIT if until_media_failed else HEARTBEAT_LIMIT
-    _wait_until(noticed, seconds(limit), "the cut to be noticed", room)
+    wait_until(noticed, seconds(limit), "the cut to be noticed", room.report)
     healed_at = time.monotonic()
     healed_unix = time.time()
     topo.heal(cut.ns)
@@ -146,7 +145,7 @@ def _cut_and_heal(
         return measured
 
     try:
-        _wait_until(rebuilt, seconds(REBUILD_LIMIT), "the link rebuilt after the heal", room)
+        wait_until(rebuilt, seconds(REBUILD_LIMIT), "the link rebuilt after the heal", room.report)
     except AssertionError:
         raise AssertionError(
             f"not rebuilt within {REBUILD_LIMIT} s of the heal; status lines, s after the "
@@ -162,14 +161,14 @@ def _meet(room: RelayRoom) -> tuple[AgentRun, AgentRun]:
     """alice, then bob (who therefore offers), connected through the relay."""
     one, two = room.topo.clients
     alice = room.join(one.ns, "alice", duration=300)
-    _wait_until(lambda: "joined; in the room" in alice.output(), seconds(15), "alice", room)
+    wait_until(lambda: "joined; in the room" in alice.output(), seconds(15), "alice", room.report)
     bob = room.join(two.ns, "bob", duration=300)
     pairs = ((alice, bob), (bob, alice))
-    _wait_until(
-        lambda: all(_relayed_and_flowing(me.latest(other.peer_id)) for me, other in pairs),
+    wait_until(
+        lambda: all(relayed_and_flowing(me.latest(other.peer_id)) for me, other in pairs),
         seconds(15),
         "both agents connected through the relay",
-        room,
+        room.report,
     )
     roles = {me.peer_id: (me.latest(other.peer_id) or {})["role"] for me, other in pairs}
     assert roles == {"alice": "answerer", "bob": "offerer"}, roles

@@ -30,8 +30,7 @@ import itertools
 import json
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -40,20 +39,21 @@ import pytest
 
 from peer.media.feedback import KEYFRAME_INTERVAL
 from tests.net.loss_receiver import LINGER
-from tests.net.test_relay import (
+from tests.net.relay import (
     PYTHON,
     ROOT,
     SIGNALING_PORT,
     AgentRun,
-    _healthz,
-    _read,
-    _records,
+    healthz,
+    read_text,
+    stats_records,
+    wait_until,
 )
 from tests.net.topology import (
     Topology,
-    _nft,
     call_in,
     exec_argv,
+    nft,
     topology,
 )
 from tests.support import seconds
@@ -125,7 +125,7 @@ def encoder_window(path: Path, start: float, end: float) -> dict[str, Any]:
     """What the sender's video encoder did between unix times ``start`` and ``end`` (from
     the samples just before and just after): the most tiers it had, and with one tier,
     the keyframes it made, the requests (PLI/FIR) it got and its restarts."""
-    records = [r for r in _records(path) if r["video"]]  # none: not sending yet, or left
+    records = [r for r in stats_records(path) if r["video"]]  # none: not sending yet, or left
     before = [r for r in records if r["time"] <= start][-1:] or records[:1]
     after = [r for r in records if r["time"] >= end][:1] or records[-1:]
     if not before or not after:
@@ -154,7 +154,7 @@ class Receiver:
     stderr_path: Path
 
     def lines(self) -> list[dict[str, Any]]:
-        text = _read(self.stdout_path)
+        text = read_text(self.stdout_path)
         return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
     def ready(self) -> bool:
@@ -231,17 +231,11 @@ class LossRoom:
         for receiver in self.receivers:
             parts.append(
                 f"--- {receiver.peer_id} (exit {receiver.proc.poll()}):\n"
-                f"{_read(receiver.stdout_path)}\n--- stderr:\n{_read(receiver.stderr_path)[-3000:]}"
+                f"{read_text(receiver.stdout_path)}\n"
+                f"--- stderr:\n{read_text(receiver.stderr_path)[-3000:]}"
             )
-        parts.append(f"--- server:\n{_read(self.server_log)[-3000:]}")
+        parts.append(f"--- server:\n{read_text(self.server_log)[-3000:]}")
         return "\n".join(parts)
-
-    def wait_until(self, condition: Callable[[], bool], limit: float, what: str) -> None:
-        deadline = time.monotonic() + limit
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {limit:.1f} s: {what}\n{self.report()}")
-            time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -262,13 +256,13 @@ def loss_room() -> Iterator[LossRoom]:
 
         def listening() -> bool:
             try:
-                call_in(topo.clients[0].ns, lambda: _healthz(http_url))
+                call_in(topo.clients[0].ns, lambda: healthz(http_url))
             except OSError:
                 return False
             return True
 
         try:
-            room.wait_until(listening, seconds(10), "the signaling server to answer")
+            wait_until(listening, seconds(10), "the signaling server to answer", room.report)
             yield room
         finally:
             topo.stop_processes()  # SIGTERM, then SIGKILL after 3 s
@@ -286,27 +280,34 @@ def test_a_lossy_receiver_keeps_decoding_and_spares_the_others(
     with loss_room() as room:
         lossy_client, clean_client = room.topo.clients
         sender = room.start_sender()
-        room.wait_until(
-            lambda: "joined; in the room" in sender.output(), seconds(20), "the sender to join"
+        wait_until(
+            lambda: "joined; in the room" in sender.output(),
+            seconds(20),
+            "the sender to join",
+            room.report,
         )
         lossy = room.receive(lossy_client.ns, "lossy", *lossy_options)
         clean = room.receive(clean_client.ns, "clean")
-        room.wait_until(
-            lambda: lossy.ready() and clean.ready(), seconds(40), "video at both receivers"
+        wait_until(
+            lambda: lossy.ready() and clean.ready(),
+            seconds(40),
+            "video at both receivers",
+            room.report,
         )
-        _nft(lossy_client.ns, DROP_UDP)
+        nft(lossy_client.ns, DROP_UDP)
         for receiver in (lossy, clean):
             receiver.go()
-        room.wait_until(
+        wait_until(
             lambda: lossy.result() is not None and clean.result() is not None,
             WINDOW + LINGER + seconds(20),
             "both receivers' measurements",
+            room.report,
         )
         dropped = loss_counters(lossy_client.ns)
         got = {r.peer_id: r.result() for r in (lossy, clean)}
         for receiver in (lossy, clean):
             assert receiver.proc.wait(timeout=seconds(10)) == 0, room.report()
-            assert "Traceback" not in _read(receiver.stderr_path), room.report()
+            assert "Traceback" not in read_text(receiver.stderr_path), room.report()
         lossy_got, clean_got = got["lossy"], got["clean"]
         assert lossy_got is not None and clean_got is not None
         encoder = encoder_window(room.encoder_path, *clean_got["unix"])

@@ -71,7 +71,7 @@ def netns_wrapper(ns: str, binary: str, path: Path) -> Path:
     return path
 
 
-def _nft(ns: str, script: str) -> None:
+def nft(ns: str, script: str) -> None:
     _check(exec_argv(ns, ["nft", "-f", "-"]), input=script)
 
 
@@ -196,14 +196,14 @@ class Topology:
         of waiting for a failed neighbour entry to retry (~1 s).
         """
         client = self.client(ns)
-        _nft(client.ns, _ingress_drop("mp_cut", "eth0"))
-        _nft(self.hub, _ingress_drop(f"mp_cut_{client.hub_if}", client.hub_if))
+        nft(client.ns, _ingress_drop("mp_cut", "eth0"))
+        nft(self.hub, _ingress_drop(f"mp_cut_{client.hub_if}", client.hub_if))
 
     def heal(self, ns: str) -> None:
         """Undo ``cut``."""
         client = self.client(ns)
-        _nft(client.ns, "delete table netdev mp_cut\n")
-        _nft(self.hub, f"delete table netdev mp_cut_{client.hub_if}\n")
+        nft(client.ns, "delete table netdev mp_cut\n")
+        nft(self.hub, f"delete table netdev mp_cut_{client.hub_if}\n")
 
     def stop_processes(self) -> None:
         for proc in self.processes:
@@ -240,7 +240,7 @@ def _build(topo: Topology, created: list[str]) -> None:
     # A new namespace may inherit the host's ip_forward=1: set it, it is the whole point.
     _check(exec_argv(hub, ["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]))
     # Drop before routing: without forwarding the hub would answer ICMP unreachable.
-    _nft(
+    nft(
         hub,
         "table inet mp_dead {\n"
         "  chain pre { type filter hook prerouting priority -300; policy accept;\n"

@@ -46,7 +46,7 @@ from peer._aiortc import (
 from peer.media.fanout import EncodedTrack, EncoderGroup, Publisher, SenderPort
 from peer.media.synthetic import SyntheticVideoTrack
 from peer.nack import NackRepeater
-from tests.peer.helpers import wait_for
+from tests.support import eventually, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ async def pair() -> AsyncIterator[Pair]:
 
 
 async def test_negotiated_codecs_and_the_encoder_slot(pair: Pair) -> None:
-    await wait_for(lambda: pair.frames >= 10, 15, "frames through the pack path")
+    await eventually(lambda: pair.frames >= 10, seconds(15), "frames through the pack path")
     transceiver = pair.sender.track._transceiver  # type: ignore[union-attr]
     assert transceiver is not None
     codecs = negotiated_codecs(transceiver)
@@ -121,18 +121,18 @@ async def test_negotiated_codecs_and_the_encoder_slot(pair: Pair) -> None:
 
 
 async def test_pli_reaches_the_shared_encoder(pair: Pair) -> None:
-    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    await eventually(lambda: pair.frames >= 5, seconds(15), "frames")
     before = pair.group.stats()[0].keyframe_requests
     ssrc = pair.receiver.getSynchronizationSources()[0].source
     assert ssrc == pair.sender._ssrc
     await pair.receiver._send_rtcp_pli(ssrc)
-    await wait_for(
-        lambda: pair.group.stats()[0].keyframe_requests > before, 5, "the PLI at the group"
+    await eventually(
+        lambda: pair.group.stats()[0].keyframe_requests > before, seconds(5), "the PLI at the group"
     )
 
 
 async def test_remb_reaches_the_shared_encoder(pair: Pair) -> None:
-    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    await eventually(lambda: pair.frames >= 5, seconds(15), "frames")
     group = pair.group
     restarts = group.stats()[0].restarts
     remb = RtcpPsfbPacket(
@@ -142,8 +142,12 @@ async def test_remb_reaches_the_shared_encoder(pair: Pair) -> None:
         fci=pack_remb_fci(300_000, [pair.sender._ssrc]),
     )
     await pair.receiver._send_rtcp(remb)
-    await wait_for(lambda: group.stats()[0].bitrate == 300_000, 5, "the REMB estimate applied")
-    await wait_for(lambda: group.stats()[0].restarts == restarts + 1, 5, "one encoder restart")
+    await eventually(
+        lambda: group.stats()[0].bitrate == 300_000, seconds(5), "the REMB estimate applied"
+    )
+    await eventually(
+        lambda: group.stats()[0].restarts == restarts + 1, seconds(5), "one encoder restart"
+    )
     # Estimates that move less than 25% change nothing (no keyframe each time).
     for bps in (320_000, 280_000, 310_000):
         remb.fci = pack_remb_fci(bps, [pair.sender._ssrc])
@@ -154,7 +158,7 @@ async def test_remb_reaches_the_shared_encoder(pair: Pair) -> None:
 
 
 async def test_nacks_are_asked_again_while_a_packet_is_missing(pair: Pair) -> None:
-    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    await eventually(lambda: pair.frames >= 5, seconds(15), "frames")
     generator = nack_generator(pair.receiver)
     assert generator is not None
     assert isinstance(generator.missing, set)
@@ -165,7 +169,7 @@ async def test_nacks_are_asked_again_while_a_packet_is_missing(pair: Pair) -> No
         lost = (generator.max_seq - 3) % 65536
         generator.missing.add(lost)
         await pair.receiver._send_rtcp_nack(ssrc, [lost])  # as aiortc does on a gap
-        await wait_for(lambda: lost not in generator.missing, 5, "the retransmission")
+        await eventually(lambda: lost not in generator.missing, seconds(5), "the retransmission")
         await asyncio.sleep(0.3)
         assert repeater.repeats == 0
 
@@ -174,7 +178,7 @@ async def test_nacks_are_asked_again_while_a_packet_is_missing(pair: Pair) -> No
         pair.sender._RTCRtpSender__rtp_history.clear()  # type: ignore[attr-defined]
         generator.missing.add(lost)
         await pair.receiver._send_rtcp_nack(ssrc, [lost])
-        await wait_for(lambda: repeater.repeats >= 3, 5, "the NACK asked again")
+        await eventually(lambda: repeater.repeats >= 3, seconds(5), "the NACK asked again")
         await asyncio.sleep(1.2)  # past GIVE_UP_AFTER
         repeats = repeater.repeats
         assert repeats <= 11
@@ -185,7 +189,7 @@ async def test_nacks_are_asked_again_while_a_packet_is_missing(pair: Pair) -> No
 
 
 async def test_per_stream_counters_of_a_receiver(pair: Pair) -> None:
-    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    await eventually(lambda: pair.frames >= 5, seconds(15), "frames")
     streams = pair.receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     rtx = pair.receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
     assert isinstance(rtx, dict)
@@ -197,7 +201,7 @@ async def test_per_stream_counters_of_a_receiver(pair: Pair) -> None:
 
 
 async def test_the_nominated_pair(pair: Pair) -> None:
-    await wait_for(lambda: pair.frames >= 5, 15, "frames")
+    await eventually(lambda: pair.frames >= 5, seconds(15), "frames")
     transceiver = pair.sender.track._transceiver  # type: ignore[union-attr]
     assert transceiver is not None
     assert nominated_route(transceiver) == "host-host"

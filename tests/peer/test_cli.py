@@ -16,9 +16,8 @@ from peer.agent import Agent
 from peer.cli import build_parser, main
 from peer.media.recorder import Recorder
 from signaling.protocol import PeerId, RoomId
-from tests.peer.helpers import agents, frames_from, small_media, wait_for
-from tests.peer.test_resilience import REPO, join_command
-from tests.support import RunningServer, free_port, seconds
+from tests.peer.helpers import agents, frames_from, join_command, small_media
+from tests.support import REPO, RunningServer, eventually, free_port, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +39,8 @@ async def test_recording_holds_what_was_received(server: RunningServer, tmp_path
         )
         await listener.join()
         try:
-            await wait_for(
-                lambda: frames_from(listener, "sender") >= 45, 15, "three seconds of video"
+            await eventually(
+                lambda: frames_from(listener, "sender") >= 45, seconds(15), "three seconds of video"
             )
         finally:
             received = frames_from(listener, "sender")
@@ -83,19 +82,21 @@ async def test_join_ctrl_c_leaves_cleanly(server: RunningServer, tmp_path: Path)
         )
     try:
         async with agents(server.ws_url, ["alice"]) as (alice,):
-            await wait_for(lambda: frames_from(alice, "cli") >= 10, 30, "frames from the CLI peer")
-            await wait_for(
+            await eventually(
+                lambda: frames_from(alice, "cli") >= 10, seconds(30), "frames from the CLI peer"
+            )
+            await eventually(
                 lambda: (
                     stats.exists() and '"frames_in": 0' not in stats.read_text().splitlines()[-1]
                 ),
-                10,
+                seconds(10),
                 "the CLI peer to receive",
             )
             proc.send_signal(signal.SIGINT)
             code = await asyncio.wait_for(proc.wait(), seconds(20))
             assert code == 0, stderr.read_text()
-            await wait_for(
-                lambda: PeerId("cli") not in alice.members, 5, "peer-left for the CLI peer"
+            await eventually(
+                lambda: PeerId("cli") not in alice.members, seconds(5), "peer-left for the CLI peer"
             )
     finally:
         if proc.returncode is None:
@@ -158,9 +159,9 @@ async def test_join_chat_with_piped_stdin(server: RunningServer) -> None:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         procs.append(proc)
-        await wait_for(
+        await eventually(
             lambda: PeerId(name) in server.server.registry.table.room_members(RoomId("test")),
-            30,
+            seconds(30),
             f"{name}'s join",
         )
         return proc

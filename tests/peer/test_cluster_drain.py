@@ -20,9 +20,9 @@ from signaling.protocol import PeerId, RoomId
 from signaling.redis_registry import RedisRegistry
 from signaling.server import ServerConfig
 from tests.net.balancer import balancer_unavailable, load_balancer
-from tests.peer.helpers import FrameTimes, agents, frames_from, wait_for
+from tests.peer.helpers import FrameTimes, agents, frames_from
 from tests.redis_server import running_redis
-from tests.support import RunningServer, running_server, seconds
+from tests.support import RunningServer, eventually, running_server, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +63,9 @@ async def test_a_node_shut_down_hands_its_peers_over_without_stopping_media() ->
             async with agents(url, ["alice"]) as (alice,), agents(
                 url, ["bob"], consumers=[times]
             ) as (bob,):
-                await wait_for(
+                await eventually(
                     lambda: frames_from(alice, "bob") > 10 and frames_from(bob, "alice") > 10,
-                    15,
+                    seconds(15),
                     "media both ways",
                 )
                 going = holder(nodes, "alice")
@@ -74,9 +74,9 @@ async def test_a_node_shut_down_hands_its_peers_over_without_stopping_media() ->
                 stopped_at = time.monotonic()
                 await going.runner.cleanup()  # graceful: 1001 to its clients
                 survivor = nodes[1 - nodes.index(going)]
-                await wait_for(
+                await eventually(
                     lambda: alice.signaling_connected and PeerId("bob") in alice.members,
-                    10,
+                    seconds(10),
                     "alice back in the room",
                 )
                 assert holder([survivor], "alice") is survivor

@@ -23,10 +23,9 @@ from peer.agent import Agent
 from peer.datachannel import MESHPEER, DataChannel, DataLimits
 from peer.errors import MeshpeerError
 from signaling.protocol import PeerId
-from tests.peer.helpers import wait_for
-from tests.peer.test_resilience import REPO, join_command
+from tests.peer.helpers import join_command
 from tests.signaling.clients import clients
-from tests.support import RunningServer, seconds
+from tests.support import REPO, RunningServer, eventually, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -84,9 +83,9 @@ async def data_agents(
             await agent.join()
             joined.append((agent, inbox))
         everyone = {PeerId(name) for name in names}
-        await wait_for(
+        await eventually(
             lambda: all(everyone - {a.peer_id} <= a.members for a, _ in joined),
-            10,
+            seconds(10),
             "everyone to know everyone",
         )
         yield joined
@@ -107,9 +106,9 @@ async def test_text_both_ways_in_order_and_to_everyone(server: RunningServer) ->
         assert alice.send_data("nobody", to="zed") == 0
         for i in range(20):
             alice.send_data(f"line {i}")
-        await wait_for(
+        await eventually(
             lambda: len(bob_in.received("alice")) == 22 and len(carol_in.received("alice")) == 21,
-            10,
+            seconds(10),
             "alice's messages at bob and carol",
         )
         lines = [f"line {i}" for i in range(20)]
@@ -117,13 +116,13 @@ async def test_text_both_ways_in_order_and_to_everyone(server: RunningServer) ->
         assert carol_in.received("alice") == ["hello everyone", *lines]
         assert bob.send_data("hi alice", to=PeerId("alice")) == 1
         assert carol.send_data("héllo 👋") == 2
-        await wait_for(
+        await eventually(
             lambda: (
                 alice_in.received("bob") == ["hi alice"]
                 and alice_in.received("carol") == ["héllo 👋"]
                 and bob_in.received("carol") == ["héllo 👋"]
             ),
-            10,
+            seconds(10),
             "the answers",
         )
         assert not any(isinstance(e, ev.DataDropped) for _, i in trio for e in i.events)
@@ -137,9 +136,9 @@ async def test_one_megabyte_both_ways(server: RunningServer) -> None:
     async with data_agents(server.ws_url, ["alice", "bob"]) as ((alice, alice_in), (bob, bob_in)):
         assert alice.send_data(to_bob) == 1 and alice.send_data(text) == 1
         assert bob.send_data(bytearray(to_alice)) == 1
-        await wait_for(
+        await eventually(
             lambda: len(bob_in.received("alice")) == 2 and len(alice_in.received("bob")) == 1,
-            15,
+            seconds(15),
             "a megabyte each way",
         )
         got_bytes, got_text = bob_in.received("alice")
@@ -155,23 +154,23 @@ async def test_a_peer_leaving_mid_transfer(server: RunningServer) -> None:
     reports what it lost both ways."""
     big = bytes(16 * 1024 * 1024)
     async with data_agents(server.ws_url, ["alice", "bob"]) as ((alice, alice_in), (bob, bob_in)):
-        await wait_for(lambda: bool(alice_in.opened("bob")), 10, "the channel")
+        await eventually(lambda: bool(alice_in.opened("bob")), seconds(10), "the channel")
         alice.send_data(big)
         bob.send_data(big)
-        await wait_for(
+        await eventually(
             lambda: (
                 channel_to(bob, "alice")._reassembler is not None
                 and channel_to(bob, "alice")._reassembler.pending > 0
                 and channel_to(alice, "bob")._reassembler is not None
                 and channel_to(alice, "bob")._reassembler.pending > 0
             ),
-            10,
+            seconds(10),
             "both transfers under way",
         )
         await asyncio.wait_for(alice.leave(), seconds(10))
-        await wait_for(
+        await eventually(
             lambda: bool(bob_in.dropped("alice", incoming=True)) and bool(bob_in.dropped("alice")),
-            10,
+            seconds(10),
             "bob to report both messages lost",
         )
         (cut,) = bob_in.dropped("alice", incoming=True)
@@ -180,7 +179,9 @@ async def test_a_peer_leaving_mid_transfer(server: RunningServer) -> None:
         assert unsent.size == len(big)
         assert bob_in.received("alice") == [] and alice_in.received("bob") == []
         assert alice_in.dropped("bob"), "alice reports her own unfinished message"
-        await wait_for(lambda: PeerId("alice") not in bob.links, 5, "bob to close the link")
+        await eventually(
+            lambda: PeerId("alice") not in bob.links, seconds(5), "bob to close the link"
+        )
         assert PeerId("alice") not in bob._mesh.data.meshpeer  # nothing kept for her
         assert bob.send_data("anyone?") == 0
 
@@ -194,13 +195,15 @@ async def test_messages_waiting_for_a_channel_are_bounded_and_expire(
         ghost = await room.join("ghost", "test")  # kept: a collected client disconnects
         limits = DataLimits(wait=1.0)
         async with data_agents(server.ws_url, ["alice"], data_limits=limits) as ((alice, inbox),):
-            await wait_for(lambda: PeerId("ghost") in alice.members, 5, "the peer-list")
+            await eventually(lambda: PeerId("ghost") in alice.members, seconds(5), "the peer-list")
             sent_at = time.monotonic()
             queued = [alice.send_data(f"m{i}", to="ghost") for i in range(70)]
             assert queued == [1] * 64 + [0] * 6
             full = inbox.dropped("ghost")
             assert len(full) == 6 and all("queue is full" in d.reason for d in full)
-            await wait_for(lambda: len(inbox.dropped("ghost")) == 70, 5, "the wait to end")
+            await eventually(
+                lambda: len(inbox.dropped("ghost")) == 70, seconds(5), "the wait to end"
+            )
             expired = inbox.dropped_at("ghost")[6:]
             assert all("no open channel within 1 s" in d.reason for _, d in expired)
             # The others waited their whole time (on the loop's clock, whatever the load).
@@ -223,9 +226,9 @@ async def test_a_stalled_peer_holds_up_nobody(server: RunningServer) -> None:
             (alice, alice_in),
             (_bob, bob_in),
         ):
-            await wait_for(
+            await eventually(
                 lambda: bool(alice_in.opened("bob")) and bool(alice_in.opened("carol")),
-                30,
+                seconds(30),
                 "alice's channels to bob and carol",
             )
             os.kill(carol.pid, signal.SIGSTOP)
@@ -233,8 +236,10 @@ async def test_a_stalled_peer_holds_up_nobody(server: RunningServer) -> None:
             counts: list[int] = []
             for round_ in range(1, 4):  # bob keeps up with each round; carol takes nothing
                 counts.extend(alice.send_data(message) for _ in range(40))
-                await wait_for(
-                    lambda: len(bob_in.received("alice")) == len(counts), 10, f"round {round_}"
+                await eventually(
+                    lambda: len(bob_in.received("alice")) == len(counts),
+                    seconds(10),
+                    f"round {round_}",
                 )
             to_carol = channel_to(alice, "carol")
             assert to_carol.buffered_amount <= alice._mesh.data.limits.buffered
@@ -251,7 +256,7 @@ async def test_a_stalled_peer_holds_up_nobody(server: RunningServer) -> None:
 async def test_extra_channels_either_way(server: RunningServer) -> None:
     """An unreliable channel bob opens reaches alice under its own label; she answers on it."""
     async with data_agents(server.ws_url, ["alice", "bob"]) as ((_, alice_in), (bob, bob_in)):
-        await wait_for(lambda: PeerId("alice") in bob.links, 10, "the connection")
+        await eventually(lambda: PeerId("alice") in bob.links, seconds(10), "the connection")
         with pytest.raises(MeshpeerError, match="no connection to 'zed'"):
             bob.open_channel("zed", "telemetry")
         with pytest.raises(MeshpeerError, match="use send_data"):
@@ -261,14 +266,18 @@ async def test_extra_channels_either_way(server: RunningServer) -> None:
         with pytest.raises(MeshpeerError, match="at most 16384 bytes"):
             telemetry.send(bytes(16385))
         assert telemetry.send(bytes(16384))
-        await wait_for(
-            lambda: len(alice_in.received("bob", "telemetry")) == 2, 10, "telemetry at alice"
+        await eventually(
+            lambda: len(alice_in.received("bob", "telemetry")) == 2,
+            seconds(10),
+            "telemetry at alice",
         )
         assert alice_in.received("bob", "telemetry") == ["t1", bytes(16384)]
         (theirs,) = alice_in.opened("bob", "telemetry")
         assert (theirs.ordered, theirs.max_retransmits) == (False, 0)
         assert theirs.send(b"pong")
-        await wait_for(lambda: bob_in.received("alice", "telemetry") == [b"pong"], 10, "the answer")
+        await eventually(
+            lambda: bob_in.received("alice", "telemetry") == [b"pong"], seconds(10), "the answer"
+        )
         assert alice_in.received("bob") == []  # nothing leaked onto the meshpeer channel
         telemetry.close()
         assert telemetry.closed and not telemetry.send("late")
@@ -278,11 +287,13 @@ async def test_a_replaced_connection_gets_a_new_channel(server: RunningServer) -
     """alice calls bob again: the new connection opens its own meshpeer channel and what
     alice sends meanwhile goes on it."""
     async with data_agents(server.ws_url, ["alice", "bob"]) as ((alice, alice_in), (_, bob_in)):
-        await wait_for(lambda: bool(alice_in.opened("bob")), 10, "the first channel")
+        await eventually(lambda: bool(alice_in.opened("bob")), seconds(10), "the first channel")
         old = alice.links[PeerId("bob")]
         await alice.call(PeerId("bob"))
         assert alice.links[PeerId("bob")] is not old
         assert alice.send_data("after the call") == 1
-        await wait_for(lambda: bob_in.received("alice") == ["after the call"], 10, "the message")
+        await eventually(
+            lambda: bob_in.received("alice") == ["after the call"], seconds(10), "the message"
+        )
         assert len(alice_in.opened("bob")) == 2 and len(bob_in.opened("alice")) == 2
         assert alice_in.dropped("bob") == []

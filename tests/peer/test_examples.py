@@ -20,8 +20,8 @@ from signaling.auth import mint_token
 from signaling.protocol import PeerId
 from signaling.server import ServerConfig
 from tests.media.clips import decoded_frames
-from tests.peer.helpers import frames_from, wait_for
-from tests.support import RunningServer, running_server, seconds
+from tests.peer.helpers import frames_from
+from tests.support import RunningServer, eventually, running_server, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +62,12 @@ async def test_echo_bot_sends_each_peer_its_own_video(server: RunningServer) -> 
         alice, bob = peers
         await alice.join()
         echo = asyncio.create_task(load("echo_bot").main(server.ws_url, "test"))
-        await wait_for(lambda: PeerId("echo") in alice.members, 10, "the bot's join")
+        await eventually(lambda: PeerId("echo") in alice.members, seconds(10), "the bot's join")
         await bob.join()
         for agent in peers:
-            await wait_for(partial(receiving, agent, "echo"), 15, f"echo to {agent.peer_id}")
+            await eventually(
+                partial(receiving, agent, "echo"), seconds(15), f"echo to {agent.peer_id}"
+            )
             track = agent.subscribe(PeerId("echo"), "video")
             assert track is not None
             frame = await asyncio.wait_for(track.recv(), seconds(5))
@@ -96,13 +98,19 @@ async def test_recorder_bot_records_everyone(server: RunningServer, tmp_path: Pa
     }
     senders = [Agent(server.ws_url, room="test", peer_id=n, media=m) for n, m in medias.items()]
     try:
-        await wait_for(lambda: server.server.registry.counts()[1] == 1, 10, "the bot's join")
+        await eventually(
+            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the bot's join"
+        )
         for agent in senders:
             await agent.join()
-        await wait_for(
-            lambda: all(PeerId("recorder") in a.links for a in senders), 10, "the connections"
+        await eventually(
+            lambda: all(PeerId("recorder") in a.links for a in senders),
+            seconds(10),
+            "the connections",
         )
-        await wait_for(lambda: len(files_in(tmp_path)) == 2, 15, "a file for each sender")
+        await eventually(
+            lambda: len(files_in(tmp_path)) == 2, seconds(15), "a file for each sender"
+        )
         await asyncio.sleep(seconds(RECORDED))
     finally:
         await asyncio.gather(*(agent.leave() for agent in senders))
@@ -129,11 +137,13 @@ async def test_chat_bot_answers_each_message(server: RunningServer) -> None:
     answers: list[object] = []
     alice.add_listener(lambda e: answers.append(e.data) if isinstance(e, DataReceived) else None)
     try:
-        await wait_for(lambda: server.server.registry.counts()[1] == 1, 10, "the bot's join")
+        await eventually(
+            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the bot's join"
+        )
         await alice.join()
         assert alice.send_data("hello", to="chatbot") == 1
         assert alice.send_data(bytes(100_000), to="chatbot") == 1
-        await wait_for(lambda: len(answers) == 2, 10, "the bot's answers")
+        await eventually(lambda: len(answers) == 2, seconds(10), "the bot's answers")
         assert answers == ["alice, you said: hello", "alice, you said: 100000 bytes"]
     finally:
         await alice.leave()
@@ -151,6 +161,8 @@ async def test_the_bots_take_a_token_from_the_environment(monkeypatch: pytest.Mo
         monkeypatch.setenv("MESHPEER_TOKEN", mint_token(secret, "lobby", "echo"))
         echo = asyncio.create_task(load("echo_bot").main(server.ws_url, "lobby"))
         try:
-            await wait_for(lambda: server.server.registry.counts() == (1, 1), 10, "the bot's join")
+            await eventually(
+                lambda: server.server.registry.counts() == (1, 1), seconds(10), "the bot's join"
+            )
         finally:
             await stop(echo)

@@ -19,8 +19,8 @@ from peer.media.fanout import EncodedTrack, Encoding, SenderPort
 from peer.media.feedback import KEYFRAME_INTERVAL
 from signaling.protocol import PeerId
 from tests.keyframes import Keyframes, label_vp8_keyframes
-from tests.peer.helpers import frames_from, small_media, wait_for
-from tests.support import RunningServer, seconds
+from tests.peer.helpers import frames_from, small_media
+from tests.support import RunningServer, eventually, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +75,12 @@ async def test_every_receiver_decodes_one_shared_encode(server: RunningServer) -
         await sender.join()
         for agent in receivers:
             await agent.join()
-        await wait_for(
+        await eventually(
             lambda: (
                 all(frames_from(r, "sender") >= 10 for r in receivers)
                 and all(frames_from(r, "sender", "audio") >= 10 for r in receivers)
             ),
-            20,
+            seconds(20),
             "video and audio from the sender at every receiver",
         )
         stats = {s.kind: s for s in sender.encoder_stats()}
@@ -106,7 +106,7 @@ async def test_every_receiver_decodes_one_shared_encode(server: RunningServer) -
         await asyncio.gather(sender.leave(), *(r.leave() for r in receivers))
         media.stop()
     assert sender.encoder_stats() == []
-    await wait_for(lambda: encode_threads() == 0, 5, "the encoding threads to end")
+    await eventually(lambda: encode_threads() == 0, seconds(5), "the encoding threads to end")
 
 
 async def test_a_late_receiver_gets_a_keyframe_at_once(server: RunningServer) -> None:
@@ -118,12 +118,14 @@ async def test_a_late_receiver_gets_a_keyframe_at_once(server: RunningServer) ->
     try:
         await sender.join()
         await early.join()
-        await wait_for(
-            lambda: frames_from(early, "sender") >= 15, 20, "video at the first receiver"
+        await eventually(
+            lambda: frames_from(early, "sender") >= 15, seconds(20), "video at the first receiver"
         )
         await asyncio.sleep(1.0)  # the group's opening keyframe is long gone
         await late.join()
-        await wait_for(lambda: bool(late_frames.frames.get("sender")), 20, "video at the late one")
+        await eventually(
+            lambda: bool(late_frames.frames.get("sender")), seconds(20), "video at the late one"
+        )
         link = late.links[PeerId("sender")]
         assert link.connected_at is not None
         first = late_frames.frames["sender"][0] - link.connected_at
@@ -147,9 +149,9 @@ async def test_picture_loss_floods_are_coalesced(server: RunningServer) -> None:
     try:
         for agent in (sender, clean, noisy):
             await agent.join()
-        await wait_for(
+        await eventually(
             lambda: frames_from(clean, "sender") >= 10 and frames_from(noisy, "sender") >= 10,
-            20,
+            seconds(20),
             "video at both receivers",
         )
         video = next(
@@ -201,25 +203,29 @@ async def test_receivers_and_codec_groups_come_and_go_without_leaks(
             await vp8.join()
             await h264.join()
             pair = (vp8, h264)
-            await wait_for(
+            await eventually(
                 lambda: all(frames_from(r, "sender") >= 5 for r in pair),  # noqa: B023
-                20,
+                seconds(20),
                 "video at the VP8 and the H.264 receiver",
             )
             assert video_groups(sender) == [("video/h264", 1), ("video/vp8", 1)]
             assert encode_threads() == 3  # VP8, H.264, Opus
             await h264.leave()
-            await wait_for(
+            await eventually(
                 lambda: video_groups(sender) == [("video/vp8", 1)],
-                10,
+                seconds(10),
                 "the H.264 group to close with its last member",
             )
             await vp8.leave()
-            await wait_for(lambda: sender.encoder_stats() == [], 10, "every group to close")
-            await wait_for(lambda: encode_threads() == 0, 5, "the encoding threads to end")
-        await wait_for(
+            await eventually(
+                lambda: sender.encoder_stats() == [], seconds(10), "every group to close"
+            )
+            await eventually(
+                lambda: encode_threads() == 0, seconds(5), "the encoding threads to end"
+            )
+        await eventually(
             lambda: not [t for t in asyncio.all_tasks() if "EncoderGroup._run" in repr(t)],
-            5,
+            seconds(5),
             "the encoding tasks to end",
         )
     finally:
@@ -242,7 +248,9 @@ async def test_per_peer_encoding_is_kept_for_comparison(server: RunningServer) -
         await sender.join()
         for agent in receivers:
             await agent.join()
-        await wait_for(lambda: all(frames_from(r, "sender") >= 10 for r in receivers), 20, "video")
+        await eventually(
+            lambda: all(frames_from(r, "sender") >= 10 for r in receivers), seconds(20), "video"
+        )
         assert sender.encoder_stats() == []
         for link in sender.links.values():
             for transceiver in link.pc.getTransceivers():
@@ -262,19 +270,21 @@ async def test_a_track_sent_to_several_peers_is_encoded_once(server: RunningServ
         await bot.join()
         for agent in receivers:
             await agent.join()
-        await wait_for(
+        await eventually(
             lambda: (
                 all(PeerId(f"r{i}") in bot.links for i in range(2))
                 and all(link.state.value == "connected" for link in bot.links.values())
             ),
-            20,
+            seconds(20),
             "the bot connected to both",
         )
         assert own.video is not None
         for i in range(2):
             assert bot.send_track(PeerId(f"r{i}"), "video", own.video)
-        await wait_for(
-            lambda: all(frames_from(r, "bot") >= 20 for r in receivers), 20, "video from the bot"
+        await eventually(
+            lambda: all(frames_from(r, "bot") >= 20 for r in receivers),
+            seconds(20),
+            "video from the bot",
         )
         assert video_groups(bot) == [("video/vp8", 2)]
         start = [frames_from(r, "bot") for r in receivers]

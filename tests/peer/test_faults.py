@@ -29,15 +29,17 @@ from peer.media.recorder import Recorder
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
 from tests.peer.helpers import (
+    REJOIN_TARGET,
     FrameTimes,
     agents,
     frames_from,
     full_mesh_flowing,
+    join_command,
+    serve,
     serve_at,
-    wait_for,
+    stop,
 )
-from tests.peer.test_resilience import REPO, _serve, join_command
-from tests.support import RunningServer, free_port, seconds
+from tests.support import REPO, RunningServer, eventually, free_port, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +47,6 @@ pytestmark = pytest.mark.slow
 HEARTBEAT_BOUND = 7.5
 #: The agent's reconnect backoff at its longest: 5 s, +25% jitter.
 MAX_BACKOFF = 5.0 * 1.25
-#: Seconds from the restarted server listening (2 s after the kill) to both bots being
-#: back (issue 8): the backoff (0.25, 0.5, then 1 s, each +-25%, for ~7 s) has attempts at
-#: most 1.25 s apart then; the rest is the join itself on a busy machine.
-REJOIN_TARGET = 2.0
 
 
 async def healthz(port: int) -> dict[str, Any]:
@@ -74,12 +72,6 @@ async def wait_healthz_peers(port: int, peers: int, within: float) -> float:
                 return time.monotonic()
         await asyncio.sleep(0.05)
     raise AssertionError(f"/healthz never counted {peers} peers (last: {last!r})")
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
 
 
 class Rejoins:
@@ -154,14 +146,14 @@ async def test_killed_server_media_never_stalls_and_the_bots_rejoin_at_once(
     server listens (see REJOIN_TARGET)."""
     port = free_port()
     url = f"ws://127.0.0.1:{port}/ws"
-    server = await _serve(port)
+    server = await serve(port)
     restart: asyncio.Future[asyncio.subprocess.Process] | None = None
     times = FrameTimes()
     try:
         async with agents(url, ["alice", "bob"], consumers=[times]) as pair:
             alice, bob = pair
             rejoins = Rejoins(pair)
-            await wait_for(lambda: full_mesh_flowing(pair, 15), 15, "media both ways")
+            await eventually(lambda: full_mesh_flowing(pair, 15), seconds(15), "media both ways")
             links = {a.peer_id: dict(a.links) for a in pair}
             await asyncio.sleep(1.0)  # a second of undisturbed media before the fault
 
@@ -171,17 +163,19 @@ async def test_killed_server_media_never_stalls_and_the_bots_rejoin_at_once(
             # serve_at binds at that moment (its start-up already done): the restart
             listening = killed + 2.0
             restart = asyncio.ensure_future(serve_at(port, time.time() + 2.0))
-            await wait_for(lambda: not any(a.signaling_connected for a in pair), 5, "the drop")
+            await eventually(
+                lambda: not any(a.signaling_connected for a in pair), seconds(5), "the drop"
+            )
             server = await restart
             accepting = time.monotonic()
-            await wait_for(
+            await eventually(
                 lambda: all(a.signaling_connected and a.reconnects == 1 for a in pair),
-                10,
+                seconds(10),
                 "both bots to rejoin",
             )
-            await wait_for(
+            await eventually(
                 lambda: alice.members == {"bob"} and bob.members == {"alice"},
-                5,
+                seconds(5),
                 "the bots to see each other again",
             )
             counted = await wait_healthz_peers(port, 2, 5)
@@ -257,7 +251,9 @@ async def test_dead_bot_leaves_and_is_released(
         async with agents(server.ws_url, ["alice"], recorder=recorder) as (alice,):
             seen: list[tuple[float, ev.Event]] = []
             alice.add_listener(lambda e: seen.append((time.monotonic(), e)))
-            await wait_for(lambda: frames_from(alice, "crasher") >= 45, 30, "3 s of video")
+            await eventually(
+                lambda: frames_from(alice, "crasher") >= 45, seconds(30), "3 s of video"
+            )
             link = alice.links[PeerId("crasher")]
             assert link.pc.connectionState == "connected"
             faulted = time.monotonic()
@@ -272,8 +268,10 @@ async def test_dead_bot_leaves_and_is_released(
                 gone = ev.ConnectionStateChanged(PeerId("crasher"), LinkState.CLOSED)
                 return next((t for t, e in seen if e == gone and t >= faulted), None)
 
-            await wait_for(lambda: left_at() is not None, HEARTBEAT_BOUND + 5, "peer-left")
-            await wait_for(lambda: closed_at() is not None, 5, "the link's release")
+            await eventually(
+                lambda: left_at() is not None, seconds(HEARTBEAT_BOUND + 5), "peer-left"
+            )
+            await eventually(lambda: closed_at() is not None, seconds(5), "the link's release")
             left, closed = left_at(), closed_at()
             assert left is not None and closed is not None
             assert "crasher" not in alice.links
@@ -320,31 +318,33 @@ async def test_server_back_while_the_backoff_is_at_its_longest(attempts: _Attemp
     in the room again within that interval (6.25 s), with their media connections untouched."""
     port = free_port()
     url = f"ws://127.0.0.1:{port}/ws"
-    server = await _serve(port)
+    server = await serve(port)
     try:
         async with agents(url, ["alice", "bob"]) as pair:
             rejoins = Rejoins(pair)
-            await wait_for(lambda: full_mesh_flowing(pair), 15, "media both ways")
+            await eventually(lambda: full_mesh_flowing(pair), seconds(15), "media both ways")
             links = {a.peer_id: dict(a.links) for a in pair}
             killed = time.monotonic()
             server.send_signal(signal.SIGKILL)
             await server.wait()
             # Every interval of the schedule done once, each: the next ones are the 5 s ones.
             longest = len(mesh.RECONNECT_DELAYS)
-            await wait_for(
+            await eventually(
                 lambda: sum(1 for _, n in attempts.at if n >= longest) >= 2,
-                40,
+                seconds(40),
                 f"{longest} failed reconnect attempts per agent",
             )
             down_attempts = list(attempts.at)
-            server = await _serve(port)
+            server = await serve(port)
             listening = time.monotonic()
-            await wait_for(
+            await eventually(
                 lambda: all(a.signaling_connected and a.reconnects == 1 for a in pair),
-                MAX_BACKOFF + 2,
+                seconds(MAX_BACKOFF + 2),
                 "both agents back",
             )
-            await wait_for(lambda: all(len(a.members) == 1 for a in pair), 5, "each other")
+            await eventually(
+                lambda: all(len(a.members) == 1 for a in pair), seconds(5), "each other"
+            )
             back = rejoins.first_after(listening)
             rejoin_s = {me: round(t - listening, 3) for me, t in back.items()}
             tries = [(round(t - killed, 2), n) for t, n in down_attempts]
@@ -360,13 +360,13 @@ async def test_server_back_while_the_backoff_is_at_its_longest(attempts: _Attemp
             assert not [n for t, n in attempts.at if t > listening + 0.1], attempts.at
             before = {a.peer_id: frames_from(a, "bob" if a.peer_id == "alice" else "alice")
                       for a in pair}  # fmt: skip
-            await wait_for(
+            await eventually(
                 lambda: all(
                     frames_from(a, "bob" if a.peer_id == "alice" else "alice")
                     > before[a.peer_id] + 5
                     for a in pair
                 ),
-                5,
+                seconds(5),
                 "media still flowing",
             )
     finally:

@@ -8,8 +8,8 @@ import pytest
 
 from peer import events as ev
 from peer.ice import IceServer, IceServerError, arrange, parse_ice_server, rtc_configuration
-from tests.peer.helpers import agents, full_mesh_flowing, wait_for
-from tests.support import RunningServer, seconds
+from tests.peer.helpers import agents, full_mesh_flowing
+from tests.support import RunningServer, eventually, seconds
 
 
 @pytest.mark.parametrize(
@@ -87,9 +87,11 @@ async def test_a_silent_ice_server_delays_no_connection(
     async with agents(server.ws_url, ["alice", "bob"], ice_servers=dead) as (alice, bob):
         for agent in (alice, bob):
             agent.add_listener(lambda e: isinstance(e, ev.IceServerProblem) and problems.append(e))
-        await wait_for(lambda: full_mesh_flowing([alice, bob], 1), 15, "media both ways")
+        await eventually(lambda: full_mesh_flowing([alice, bob], 1), seconds(15), "media both ways")
         connected_after = time.monotonic() - started
-        await wait_for(lambda: len(problems) == 4, 5, "a problem report per server and agent")
+        await eventually(
+            lambda: len(problems) == 4, seconds(5), "a problem report per server and agent"
+        )
     print(f"media both ways after {connected_after:.3f} s")
     assert connected_after < seconds(4), f"{connected_after:.1f} s: something waited on it"
     assert {p.url for p in problems} == {

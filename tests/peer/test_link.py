@@ -11,8 +11,8 @@ from peer.ice import rtc_configuration
 from peer.link import PeerLink
 from peer.mesh import LinkState, Role
 from signaling.protocol import IceCandidate, PeerId, parse_candidate
-from tests.peer.helpers import small_media, wait_for
-from tests.support import seconds
+from tests.peer.helpers import small_media
+from tests.support import eventually, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +63,9 @@ async def test_candidates_before_the_offer_are_kept_and_applied() -> None:
         # sent to the queued candidates, can connect them
         answer_without_candidates, _ = split_candidates(answer)
         await offerer.accept_answer(answer_without_candidates)
-        await wait_for(
+        await eventually(
             lambda: offerer.state is LinkState.CONNECTED and answerer.state is LinkState.CONNECTED,
-            10,
+            seconds(10),
             "a connection made only from the queued candidates",
         )
     finally:
@@ -97,9 +97,9 @@ async def test_mdns_and_tcp_candidates_do_not_block_or_break() -> None:
             await offerer.add_candidate(ice)
         # mDNS names resolve in the background (aioice waits up to 1 s per name)
         assert time.monotonic() - started < seconds(0.5)
-        await wait_for(
+        await eventually(
             lambda: offerer.state is LinkState.CONNECTED and answerer.state is LinkState.CONNECTED,
-            10,
+            seconds(10),
             "the connection despite unusable candidates",
         )
     finally:
@@ -133,9 +133,9 @@ async def test_candidates_in_a_description_count_against_the_bound() -> None:
         assert len(held) == MAX_REMOTE_CANDIDATES
         assert answerer.candidates_dropped == own + 300 - MAX_REMOTE_CANDIDATES
         # the offer's own candidates come first and are kept: the connection is made
-        await wait_for(
+        await eventually(
             lambda: offerer.state is LinkState.CONNECTED and answerer.state is LinkState.CONNECTED,
-            10,
+            seconds(10),
             "the connection despite the flood",
         )
     finally:

@@ -12,8 +12,8 @@ from peer.agent import Agent
 from peer.link import PeerLink
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
-from tests.peer.helpers import agents, frames_from, full_mesh_flowing, small_media, wait_for
-from tests.support import RunningServer
+from tests.peer.helpers import agents, frames_from, full_mesh_flowing, small_media
+from tests.support import RunningServer, eventually, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +27,17 @@ async def test_three_agents_full_mesh_then_one_leaves(server: RunningServer) -> 
     seen: list[ev.Event] = []
     async with agents(server.ws_url, ["alice", "bob", "carol"]) as (alice, bob, carol):
         alice.add_listener(seen.append)
-        await wait_for(
-            lambda: full_mesh_flowing([alice, bob, carol]), 15, "video in all 6 directions"
+        await eventually(
+            lambda: full_mesh_flowing([alice, bob, carol]), seconds(15), "video in all 6 directions"
         )
-        await wait_for(
+        await eventually(
             lambda: all(
                 frames_from(a, b.peer_id, "audio") > 0
                 for a in (alice, bob, carol)
                 for b in (alice, bob, carol)
                 if a is not b
             ),
-            5,
+            seconds(5),
             "audio in all directions",
         )
         for agent in (alice, bob, carol):
@@ -53,25 +53,29 @@ async def test_three_agents_full_mesh_then_one_leaves(server: RunningServer) -> 
         carol_tasks = {t for t in _other_tasks() if "carol" in t.get_name()}
         assert carol_tasks, "the taps of carol's tracks run as named tasks"
         await carol.leave()
-        await wait_for(
+        await eventually(
             lambda: "carol" not in alice.links and "carol" not in bob.links,
-            10,
+            seconds(10),
             "the others to close carol's connection",
         )
-        await wait_for(lambda: all(t.done() for t in carol_tasks), 5, "carol's tasks to end")
+        await eventually(
+            lambda: all(t.done() for t in carol_tasks), seconds(5), "carol's tasks to end"
+        )
         assert not any("carol" in t.get_name() for t in _other_tasks())
         assert PeerId("carol") not in alice.members
         # the remaining pair keeps flowing
         before = frames_from(alice, "bob")
-        await wait_for(
-            lambda: frames_from(alice, "bob") > before + 5, 5, "alice <- bob after carol left"
+        await eventually(
+            lambda: frames_from(alice, "bob") > before + 5,
+            seconds(5),
+            "alice <- bob after carol left",
         )
 
     kinds = {type(e) for e in seen}
     assert {ev.PeerLeft, ev.ConnectionStateChanged} <= kinds
     assert ev.PeerLeft(PeerId("carol")) in seen
     # nothing is left running once everyone left and the sources stopped
-    await wait_for(lambda: not _other_tasks(), 5, "every task to end")
+    await eventually(lambda: not _other_tasks(), seconds(5), "every task to end")
 
 
 async def test_event_stream_and_remote_track_copy(server: RunningServer) -> None:
@@ -121,16 +125,18 @@ async def test_glare_resolves_to_one_working_connection(
     alice's, the lower ID yields and answers bob's; one connection carries media."""
     caplog.set_level(logging.INFO, logger="peer.negotiation")
     async with agents(server.ws_url, ["alice", "bob"]) as (alice, bob):
-        await wait_for(lambda: full_mesh_flowing([alice, bob]), 10, "the first connection")
+        await eventually(
+            lambda: full_mesh_flowing([alice, bob]), seconds(10), "the first connection"
+        )
         old = alice.links[PeerId("bob")]
         await asyncio.gather(alice.call(PeerId("bob")), bob.call(PeerId("alice")))
-        await wait_for(
+        await eventually(
             lambda: (
                 alice.links.get(PeerId("bob")) not in (None, old)
                 and alice.connection_states().get(PeerId("bob")) == LinkState.CONNECTED
                 and bob.connection_states().get(PeerId("alice")) == LinkState.CONNECTED
             ),
-            10,
+            seconds(10),
             "a new connection after glare",
         )
         # The offers crossed: each side had its own out when the other's came.
@@ -144,7 +150,9 @@ async def test_glare_resolves_to_one_working_connection(
         assert fingerprints(to_alice.remote_sdp) == fingerprints(to_bob.pc.localDescription.sdp)
         assert len(alice.links) == len(bob.links) == 1
         assert old.state is LinkState.CLOSED
-        await wait_for(lambda: full_mesh_flowing([alice, bob], 3), 10, "media after glare")
+        await eventually(
+            lambda: full_mesh_flowing([alice, bob], 3), seconds(10), "media after glare"
+        )
 
 
 async def test_receive_only_agent_offers_and_answers(server: RunningServer) -> None:
@@ -154,13 +162,13 @@ async def test_receive_only_agent_offers_and_answers(server: RunningServer) -> N
         await viewer.join()
         try:
             async with agents(server.ws_url, ["bob"]) as (bob,):
-                await wait_for(
+                await eventually(
                     lambda: all(
                         frames_from(viewer, p, kind) > 0
                         for p in ("alice", "bob")
                         for kind in ("video", "audio")
                     ),
-                    10,
+                    seconds(10),
                     "audio and video from both senders",
                 )
                 assert viewer.links[PeerId("alice")].role == "offerer"
@@ -178,22 +186,26 @@ def _report_failed(link: PeerLink) -> None:
 
 async def test_failed_connection_is_offered_again_by_its_offerer(server: RunningServer) -> None:
     async with agents(server.ws_url, ["alice", "bob"]) as (alice, bob):
-        await wait_for(lambda: full_mesh_flowing([alice, bob]), 10, "the first connection")
+        await eventually(
+            lambda: full_mesh_flowing([alice, bob]), seconds(10), "the first connection"
+        )
         offerer_link = bob.links[PeerId("alice")]  # bob came second: bob offered
         answerer_link = alice.links[PeerId("bob")]
         assert offerer_link.role == "offerer"
         # the answering side's failure alone: it closes its half and waits for a new offer
         _report_failed(answerer_link)
-        await wait_for(lambda: alice.links.get(PeerId("bob")) is not answerer_link, 5, "close")
+        await eventually(
+            lambda: alice.links.get(PeerId("bob")) is not answerer_link, seconds(5), "close"
+        )
         _report_failed(offerer_link)
-        await wait_for(
+        await eventually(
             lambda: (
                 bob.links.get(PeerId("alice")) not in (None, offerer_link)
                 and alice.links.get(PeerId("bob")) is not None
                 and alice.connection_states().get(PeerId("bob")) == LinkState.CONNECTED
             ),
-            10,
+            seconds(10),
             "bob's new offer to connect them again",
         )
         assert bob.links[PeerId("alice")].role == "offerer"
-        await wait_for(lambda: full_mesh_flowing([alice, bob], 3), 10, "media again")
+        await eventually(lambda: full_mesh_flowing([alice, bob], 3), seconds(10), "media again")

@@ -30,8 +30,8 @@ from signaling.protocol import (
 )
 from signaling.server import ServerConfig
 from signaling.session import Limits
-from tests.peer.helpers import frames_from, small_media, wait_for
-from tests.support import running_server
+from tests.peer.helpers import frames_from, small_media
+from tests.support import eventually, running_server, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,9 @@ async def agent_and_remote() -> AsyncIterator[tuple[Agent, Remote]]:
         agent = Agent(server.ws_url, room="test", peer_id="agent", media=media)
         try:
             await agent.join()
-            await wait_for(lambda: frames_from(agent, "mallory") >= 5, 20, "mallory's video")
+            await eventually(
+                lambda: frames_from(agent, "mallory") >= 5, seconds(20), "mallory's video"
+            )
             yield agent, Remote(client)
         finally:
             await agent.leave()
@@ -124,7 +126,9 @@ def remote_candidates(link: PeerLink) -> int:
 
 async def still_working(agent: Agent, link: PeerLink) -> None:
     before = frames_from(agent, "mallory")
-    await wait_for(lambda: frames_from(agent, "mallory") >= before + 10, 10, "more video")
+    await eventually(
+        lambda: frames_from(agent, "mallory") >= before + 10, seconds(10), "more video"
+    )
     assert link.state is LinkState.CONNECTED
     assert agent.links.get(PeerId("mallory")) is link
 
@@ -146,9 +150,9 @@ async def test_a_thousand_candidates_keep_128_and_the_connection(
                 )
                 sent += 1
             expected = in_answer + sent
-            await wait_for(
+            await eventually(
                 lambda: remote_candidates(link) + link.candidates_dropped >= expected,  # noqa: B023
-                10,
+                seconds(10),
                 f"the agent handling {sent} candidates",
             )
         held = remote_candidates(link)
@@ -186,8 +190,8 @@ async def test_mdns_names_resolve_a_few_at_a_time(caplog: pytest.LogCaptureFixtu
         assert seen == (MAX_MDNS_RESOLVING, burst - MAX_MDNS_RESOLVING)
         warnings = [r for r in caplog.records if "mDNS" in r.getMessage()]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
-        await wait_for(lambda: link.mdns_resolving == 0, 5, "the resolutions to give up")
+        await eventually(lambda: link.mdns_resolving == 0, seconds(5), "the resolutions to give up")
         name = "a2e1f8c3-4d5e-4f6a-8b7c-9d0e1f2a3b4c.local"
         await remote.candidate(f"candidate:99 1 udp 2113937151 {name} 57364 typ host")
-        await wait_for(lambda: link.mdns_resolving == 1, 5, "a later name resolving")
+        await eventually(lambda: link.mdns_resolving == 1, seconds(5), "a later name resolving")
         await still_working(agent, link)

@@ -19,8 +19,8 @@ from peer.agent import Agent
 from peer.media.sources import SyntheticVideoTrack
 from peer.mesh import LinkState
 from signaling.protocol import Offer, PeerId
-from tests.peer.helpers import SMALL, FrameTimes, agents, full_mesh_flowing, wait_for
-from tests.support import RunningServer, seconds
+from tests.peer.helpers import SMALL, FrameTimes, agents, full_mesh_flowing
+from tests.support import RunningServer, eventually, seconds
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ async def flowing_since(times: FrameTimes, moment: float) -> None:
         recent = (times.max_gap(peer, now - 0.25, now) < 0.25 for peer in ("alice", "bob"))
         return now > moment and all(recent)
 
-    await wait_for(flowing, 10, "video both ways again")
+    await eventually(flowing, seconds(10), "video both ways again")
 
 
 def gaps(times: FrameTimes, start: float) -> dict[str, float]:
@@ -63,7 +63,9 @@ async def test_a_track_added_mid_call_is_negotiated_in_place(server: RunningServ
     events: list[ev.Event] = []
     async with agents(server.ws_url, ["alice", "bob"], consumers=[times]) as (alice, bob):
         alice.add_listener(events.append)
-        await wait_for(lambda: full_mesh_flowing([alice, bob], 20), 15, "video both ways")
+        await eventually(
+            lambda: full_mesh_flowing([alice, bob], 20), seconds(15), "video both ways"
+        )
         links = (alice.links[BOB], bob.links[ALICE])
         pcs = tuple(link.pc for link in links)
         received = sum(isinstance(e, ev.TrackReceived) and e.kind == "video" for e in events)
@@ -71,12 +73,14 @@ async def test_a_track_added_mid_call_is_negotiated_in_place(server: RunningServ
         try:
             start = time.monotonic() - 0.5
             assert await bob.add_track(ALICE, extra)
-            await wait_for(
+            await eventually(
                 lambda: len(video_taps(alice, BOB)) == 2 and video_taps(alice, BOB)[1] > 10,
-                10,
+                seconds(10),
                 "alice receiving bob's second video track",
             )
-            await wait_for(lambda: time.monotonic() > start + 2.5, 5, "a second of media")
+            await eventually(
+                lambda: time.monotonic() > start + 2.5, seconds(5), "a second of media"
+            )
             measured = gaps(times, start)
         finally:
             extra.stop()
@@ -98,13 +102,17 @@ async def test_what_aiortc_cannot_renegotiate_replaces_the_connection(
     caplog.set_level(logging.INFO, logger="peer.negotiation")
     times = FrameTimes()
     async with agents(server.ws_url, ["alice", "bob"], consumers=[times]) as (alice, bob):
-        await wait_for(lambda: full_mesh_flowing([alice, bob], 20), 15, "video both ways")
+        await eventually(
+            lambda: full_mesh_flowing([alice, bob], 20), seconds(15), "video both ways"
+        )
 
         # 1. Bob starts a new connection over the live one: alice replaces hers.
         old = alice.links[BOB]
         start = time.monotonic() - 0.5
         await bob.call(ALICE)
-        await wait_for(lambda: alice.links.get(BOB) not in (None, old), 10, "a new connection")
+        await eventually(
+            lambda: alice.links.get(BOB) not in (None, old), seconds(10), "a new connection"
+        )
         await flowing_since(times, start + 2.5)
         new_connection = gaps(times, start)
         # bob closed his old connection first (its DTLS close reaches alice), or its offer
@@ -120,7 +128,9 @@ async def test_what_aiortc_cannot_renegotiate_replaces_the_connection(
         restart = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:restartrestartrestartrestart", restart)
         start = time.monotonic() - 0.5
         alice._mesh.on_signal(Offer("offer", BOB, ALICE, sdp=restart))
-        await wait_for(lambda: alice.links.get(BOB) not in (None, old), 10, "a new connection")
+        await eventually(
+            lambda: alice.links.get(BOB) not in (None, old), seconds(10), "a new connection"
+        )
         await flowing_since(times, start + 2.5)
         ice_restart = gaps(times, start)
         assert "renegotiated its connection (ice-restart) in a way aiortc cannot apply" in (
@@ -142,7 +152,9 @@ async def test_both_renegotiating_at_once_ends_in_one_working_connection(
     caplog.set_level(logging.INFO, logger="peer.negotiation")
     times = FrameTimes()
     async with agents(server.ws_url, ["alice", "bob"], consumers=[times]) as (alice, bob):
-        await wait_for(lambda: full_mesh_flowing([alice, bob], 20), 15, "video both ways")
+        await eventually(
+            lambda: full_mesh_flowing([alice, bob], 20), seconds(15), "video both ways"
+        )
         extras = (extra_video("a2"), extra_video("b2"))
         try:
             start = time.monotonic() - 0.5
@@ -150,14 +162,14 @@ async def test_both_renegotiating_at_once_ends_in_one_working_connection(
                 alice.add_track(BOB, extras[0]), bob.add_track(ALICE, extras[1])
             )
             assert added == [True, True]
-            await wait_for(
+            await eventually(
                 lambda: all(
                     (link := a.links.get(b)) is not None
                     and link.state is LinkState.CONNECTED
                     and not link.offer_out
                     for a, b in ((alice, BOB), (bob, ALICE))
                 ),
-                10,
+                seconds(10),
                 "one settled connection",
             )
             await flowing_since(times, start + 3)

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,19 +15,26 @@ from peer import events as ev
 from peer.agent import Agent
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
-from tests.peer.helpers import agents, frames_from, full_mesh_flowing, small_media, wait_for
-from tests.support import RunningServer, free_port, reference_server_binary, running_server, seconds
+from tests.peer.helpers import (
+    agents,
+    connectable,
+    frames_from,
+    full_mesh_flowing,
+    join_command,
+    serve,
+    small_media,
+)
+from tests.support import (
+    REPO,
+    RunningServer,
+    eventually,
+    free_port,
+    reference_server_binary,
+    running_server,
+    seconds,
+)
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def join_command(url: str, peer_id: str, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "peer", "join", url, "--room", "test", "--id", peer_id,
-        "--width", "160", "--height", "120", "--fps", "15", "--quiet", *extra,
-    ]  # fmt: skip
 
 
 async def test_crashed_peer_is_cleaned_up(server: RunningServer) -> None:
@@ -43,13 +49,17 @@ async def test_crashed_peer_is_cleaned_up(server: RunningServer) -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            await wait_for(
-                lambda: frames_from(alice, "crasher") >= 5, 30, "frames from the subprocess"
+            await eventually(
+                lambda: frames_from(alice, "crasher") >= 5,
+                seconds(30),
+                "frames from the subprocess",
             )
             link = alice.links[PeerId("crasher")]
             proc.send_signal(signal.SIGKILL)
             await asyncio.wait_for(proc.wait(), seconds(5))
-            await wait_for(lambda: "crasher" not in alice.links, 10, "the crashed peer's cleanup")
+            await eventually(
+                lambda: "crasher" not in alice.links, seconds(10), "the crashed peer's cleanup"
+            )
             assert link.state is LinkState.CLOSED
             assert all(tap.ended for tap in link.taps)
             assert ev.PeerLeft(PeerId("crasher")) in left
@@ -62,19 +72,23 @@ async def test_crashed_peer_is_cleaned_up(server: RunningServer) -> None:
 async def test_signaling_drop_keeps_media_and_rejoins(server: RunningServer) -> None:
     async with agents(server.ws_url, ["alice", "bob", "carol"]) as trio:
         alice, bob, _carol = trio
-        await wait_for(lambda: full_mesh_flowing(trio), 15, "the mesh")
+        await eventually(lambda: full_mesh_flowing(trio), seconds(15), "the mesh")
         links = {a.peer_id: dict(a.links) for a in trio}
         await bob.drop_signaling()
-        await wait_for(lambda: bob.reconnects == 1 and bob.signaling_connected, 10, "bob's rejoin")
+        await eventually(
+            lambda: bob.reconnects == 1 and bob.signaling_connected, seconds(10), "bob's rejoin"
+        )
         # the server took bob's ID back with the resume token: the same connections carry on
         before = frames_from(alice, "bob")
-        await wait_for(lambda: frames_from(alice, "bob") > before + 10, 5, "media from bob")
+        await eventually(
+            lambda: frames_from(alice, "bob") > before + 10, seconds(5), "media from bob"
+        )
         await asyncio.sleep(seconds(1))  # anything wrongly scheduled would have happened by now
         assert {a.peer_id: dict(a.links) for a in trio} == links
         assert set(alice.members) == {"bob", "carol"}
         # and signaling works again: a newcomer meets bob through the server
         async with agents(server.ws_url, ["dave"]) as (dave,):
-            await wait_for(lambda: full_mesh_flowing([bob, dave]), 15, "bob <-> dave")
+            await eventually(lambda: full_mesh_flowing([bob, dave]), seconds(15), "bob <-> dave")
 
 
 async def test_server_restart_keeps_media_and_everyone_rejoins() -> None:
@@ -94,19 +108,21 @@ async def test_server_restart_keeps_media_and_everyone_rejoins() -> None:
     url = f"ws://127.0.0.1:{port}/ws"
     try:
         async with agents(url, ["alice", "bob", "carol"]) as trio:
-            await wait_for(lambda: full_mesh_flowing(trio), 15, "the mesh")
+            await eventually(lambda: full_mesh_flowing(trio), seconds(15), "the mesh")
             links = {a.peer_id: dict(a.links) for a in trio}
             await runner.cleanup()
-            await wait_for(lambda: not any(a.signaling_connected for a in trio), 5, "the drop")
+            await eventually(
+                lambda: not any(a.signaling_connected for a in trio), seconds(5), "the drop"
+            )
             # stay down past the peer-left grace: only the 1001 close keeps the connections
             await asyncio.sleep(trio[0].peer_left_grace * 3)
             runner = await start()
-            await wait_for(
+            await eventually(
                 lambda: (
                     all(a.signaling_connected for a in trio)
                     and all(len(a.members) == 2 for a in trio)
                 ),
-                15,
+                seconds(15),
                 "everyone back in the room",
             )
             await asyncio.sleep(seconds(1))
@@ -117,14 +133,14 @@ async def test_server_restart_keeps_media_and_everyone_rejoins() -> None:
                 for b in trio
                 if a is not b
             }
-            await wait_for(
+            await eventually(
                 lambda: all(
                     frames_from(a, b) > n + 5
                     for (a_id, b), n in counts.items()
                     for a in trio
                     if a.peer_id == a_id
                 ),
-                5,
+                seconds(5),
                 "media still flowing everywhere",
             )
     finally:
@@ -148,22 +164,9 @@ def reference_url() -> Iterator[str]:
         proc.wait()
 
 
-async def _connectable(url: str) -> None:
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    for _ in range(100):
-        try:
-            _, writer = await asyncio.open_connection(host, int(port))
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise AssertionError(f"nothing listens on {url}")
-
-
 async def test_against_reference_go_server(reference_url: str) -> None:
     """No rooms, `peers` omitted when empty, no error/resumeToken: the mesh still forms."""
-    await _connectable(reference_url)
+    await connectable(reference_url)
     medias = [small_media(n) for n in ("alice", "bob", "carol")]
     trio = [
         Agent(reference_url, peer_id=n, media=m)
@@ -172,9 +175,13 @@ async def test_against_reference_go_server(reference_url: str) -> None:
     try:
         for agent in trio:
             await agent.join()
-        await wait_for(lambda: full_mesh_flowing(trio), 15, "the mesh on the reference server")
+        await eventually(
+            lambda: full_mesh_flowing(trio), seconds(15), "the mesh on the reference server"
+        )
         await trio[2].leave()
-        await wait_for(lambda: all("carol" not in a.links for a in trio[:2]), 10, "peer-left")
+        await eventually(
+            lambda: all("carol" not in a.links for a in trio[:2]), seconds(10), "peer-left"
+        )
     finally:
         await asyncio.gather(*(a.leave() for a in trio))
         for media in medias:
@@ -197,35 +204,28 @@ async def test_join_errors_are_clear(tmp_path: Path) -> None:
             await Agent(srv.ws_url, room="test", peer_id="alice").join()
 
 
-async def _serve(port: int) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "peer", "serve", "--port", str(port), "--log-level", "WARNING",
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    await _connectable(f"ws://127.0.0.1:{port}/ws")
-    return proc
-
-
 async def test_killed_server_keeps_media_and_everyone_rejoins() -> None:
     """kill -9 on the server: no peer-left at all, sockets just drop; media is untouched."""
     port = free_port()
-    server = await _serve(port)
+    server = await serve(port)
     try:
         async with agents(f"ws://127.0.0.1:{port}/ws", ["alice", "bob"]) as pair:
-            await wait_for(lambda: full_mesh_flowing(pair), 15, "the pair")
+            await eventually(lambda: full_mesh_flowing(pair), seconds(15), "the pair")
             links = {a.peer_id: dict(a.links) for a in pair}
             server.kill()
             await server.wait()
-            await wait_for(lambda: not any(a.signaling_connected for a in pair), 5, "the drop")
-            server = await _serve(port)
-            await wait_for(
+            await eventually(
+                lambda: not any(a.signaling_connected for a in pair), seconds(5), "the drop"
+            )
+            server = await serve(port)
+            await eventually(
                 lambda: all(a.signaling_connected and len(a.members) == 1 for a in pair),
-                15,
+                seconds(15),
                 "both back in the room",
             )
             assert {a.peer_id: dict(a.links) for a in pair} == links
             before = frames_from(pair[0], "bob")
-            await wait_for(lambda: frames_from(pair[0], "bob") > before + 5, 5, "media")
+            await eventually(lambda: frames_from(pair[0], "bob") > before + 5, seconds(5), "media")
     finally:
         if server.returncode is None:
             server.kill()

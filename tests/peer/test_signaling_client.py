@@ -8,9 +8,8 @@ import pytest
 
 from peer.signaling_client import SignalingClient
 from signaling.protocol import Message, PeerId, PeerList, RoomId
-from tests.peer.helpers import wait_for
 from tests.signaling.clients import clients
-from tests.support import RunningServer
+from tests.support import RunningServer, eventually, seconds
 
 
 async def test_a_failing_message_handler_is_logged_and_signaling_goes_on(
@@ -36,7 +35,7 @@ async def test_a_failing_message_handler_is_logged_and_signaling_goes_on(
             alice = await peers.join("alice")
             await alice.send(type="chat", to="bot", text="one")
             await alice.send(type="chat", to="bot", text="two")
-            await wait_for(lambda: len(got) >= 3, 5, "peer-joined and both chats")
+            await eventually(lambda: len(got) >= 3, seconds(5), "peer-joined and both chats")
         assert client.connected
         assert "a bug in the owner" in caplog.text and "failed" in caplog.text
     finally:
@@ -63,7 +62,7 @@ async def test_if_reconnecting_dies_the_owner_is_told(
     await client.connect()
     try:
         await client.drop_connection()
-        await wait_for(lambda: client.fatal is not None, 10, "the client to give up")
+        await eventually(lambda: client.fatal is not None, seconds(10), "the client to give up")
         assert "a bug on rejoin" in str(client.fatal)
         assert lost[-1] is None  # the owner hears of it (the agent reports Failed)
         assert "signaling stopped" in caplog.text

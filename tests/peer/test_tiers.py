@@ -17,7 +17,7 @@ from peer.media.encoders import make_encoder
 from peer.media.fanout import EncodedTrack, EncoderGroup, Publisher
 from peer.media.feedback import TierSplit
 from peer.media.synthetic import SyntheticVideoTrack
-from tests.peer.helpers import wait_for
+from tests.support import eventually, seconds
 
 #: Which encoder made each packet (id(packet) -> encoder number), kept by ``Tagged``.
 MADE_BY: dict[int, int] = {}
@@ -114,9 +114,9 @@ async def room() -> AsyncIterator[Room]:
 
 async def decoding(*viewers: Viewer, frames: int = 15) -> None:
     start = [v.decoded for v in viewers]
-    await wait_for(
+    await eventually(
         lambda: all(v.decoded - s >= frames for v, s in zip(viewers, start, strict=True)),
-        5,
+        seconds(5),
         f"{frames} more frames decoded by each viewer",
     )
 

@@ -11,17 +11,22 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import aiohttp
 
-from tests.support import seconds
+from tests.support import RunningServer, seconds
 
 Frame = dict[str, Any]
+#: One sample line of /metrics: ``name value`` or ``name{label="value"} value``.
+SAMPLE = re.compile(
+    r'^(?P<name>[a-z_]+)(?:\{(?P<label>[a-z]+)="(?P<value>(?:[^"\\\n]|\\[\\"n])*)"\})? (?P<n>\S+)$'
+)
 CLOSED_TYPES = frozenset(
     {
         aiohttp.WSMsgType.CLOSE,
@@ -255,15 +260,6 @@ class RawClient:
             await self.writer.wait_closed()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Wait until ``check()`` holds, polling; fail after ``within`` (scaled) seconds."""
-    deadline = asyncio.get_running_loop().time() + seconds(within)
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition {check.__name__} never held")
-        await asyncio.sleep(0.02)
-
-
 async def drain_until_close(peer: Peer) -> tuple[list[dict[str, Any]], int | None]:
     """Every text frame until the close frame, and that frame's code (None: no close frame)."""
     frames: list[dict[str, Any]] = []
@@ -276,3 +272,34 @@ async def drain_until_close(peer: Peer) -> tuple[list[dict[str, Any]], int | Non
             return frames, int(msg.data)
         else:
             return frames, None
+
+
+async def get_json(server: RunningServer, path: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + path) as response:
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        return await response.json()
+
+
+async def get_metrics(server: RunningServer) -> dict[str, float]:
+    """Samples by name, with labels as name{label="value"}; checks the text format."""
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        text = await response.text()
+    assert text.endswith("\n")
+    samples: dict[str, float] = {}
+    described: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            parts = line.split(" ", 3)
+            described.add(parts[2])
+            if parts[1] == "TYPE":
+                assert parts[3] in ("counter", "gauge"), line
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not a Prometheus sample: {line!r}"
+        assert match["name"] in described, f"{match['name']} has no HELP/TYPE"
+        key = match["name"] + (f'{{{match["label"]}="{match["value"]}"}}' if match["label"] else "")
+        samples[key] = float(match["n"])
+    return samples

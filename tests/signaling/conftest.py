@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from signaling.redis_liveness import HEARTBEAT, NODE_TTL, SWEEP_EVERY
 from signaling.redis_registry import RedisRegistry
 from signaling.server import ServerConfig
 from signaling.session import Limits
@@ -26,6 +27,11 @@ FAST_LIMITS = Limits(
     burst=1000,
     send_queue=64,
 )
+
+#: A node's death is announced by then (s after it stopped): its liveness key lives NODE_TTL
+#: after its last beat, a survivor sweeps every SWEEP_EVERY on its HEARTBEAT tick (8 s in
+#: all; measured 6.5-7.0 s), plus the scaled time a busy machine takes to tell the clients.
+NODE_DEATH_NOTICED = NODE_TTL + SWEEP_EVERY + HEARTBEAT + seconds(2.0)
 
 ServerFactory = Callable[..., AbstractAsyncContextManager[RunningServer]]
 NodesFactory = Callable[..., AbstractAsyncContextManager[list[RunningServer]]]

@@ -18,9 +18,8 @@ from signaling.ice import IceServer
 from signaling.protocol import CloseCode
 from signaling.server import ServerConfig
 from signaling.turn import TurnMinter, turn_credentials
-from tests.signaling.clients import Clients, Peer, clients
+from tests.signaling.clients import Clients, Peer, clients, get_metrics
 from tests.signaling.conftest import FAST_LIMITS
-from tests.signaling.test_http import get_metrics
 from tests.support import RunningServer, running_server, seconds
 
 SECRET = b"s" * 32

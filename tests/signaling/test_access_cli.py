@@ -19,8 +19,8 @@ from peer.agent import Agent
 from peer.signaling_client import JoinRefused
 from signaling.auth import SecretError, TokenRefused, TokenVerifier
 from signaling.protocol import PeerId, RoomId
-from tests.signaling.test_cli import REPO, make_certificate, server_process
-from tests.support import seconds
+from tests.signaling.processes import make_certificate, server_process
+from tests.support import REPO, seconds
 
 SECRET = "0123456789abcdef0123456789abcdef"
 

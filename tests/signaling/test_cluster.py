@@ -23,22 +23,16 @@ from hypothesis import strategies as st
 
 from signaling.cluster import Envelope, Kind, RoomView, decode, encode, pack, room_channel, unpack
 from signaling.protocol import PeerId, RoomId
-from signaling.redis_liveness import HEARTBEAT, NODE_TTL, SWEEP_EVERY
 from signaling.redis_pipe import Op, pack_publishes
 from signaling.redis_registry import RECONNECT_DELAY, RedisRegistry
 from signaling.redis_rooms import EMPTY_ROOM_TTL, JOIN, LEAVE, RESTORE, leave_args, room_keys
 from signaling.server import ServerConfig
 from tests.redis_server import RedisServer, running_redis
-from tests.signaling.clients import Clients, Peer, clients, eventually
-from tests.signaling.conftest import FAST_LIMITS, cluster
-from tests.support import running_server, seconds
+from tests.signaling.clients import Clients, Peer, clients
+from tests.signaling.conftest import FAST_LIMITS, NODE_DEATH_NOTICED, cluster
+from tests.support import eventually, running_server, seconds
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=0x10FFFF), min_size=1, max_size=20)
-
-#: A node's death is announced by then (s after it stopped): its liveness key lives NODE_TTL
-#: after its last beat, a survivor sweeps every SWEEP_EVERY on its HEARTBEAT tick (8 s in
-#: all; measured 6.5-7.0 s), plus the scaled time a busy machine takes to tell the clients.
-NODE_DEATH_NOTICED = NODE_TTL + SWEEP_EVERY + HEARTBEAT + seconds(2.0)
 
 
 @given(
@@ -228,7 +222,7 @@ async def test_broadcasts_reach_only_nodes_with_members(redis: RedisServer) -> N
                 subscribers = dict(await client.pubsub_numsub(room_channel(RoomId("r1"))))
                 return bool(subscribers[room_channel(RoomId("r1"))] == 1)
 
-            await eventually(node_1_let_go)
+            await eventually(node_1_let_go, seconds(5), "the node without members to unsubscribe")
         finally:
             await client.aclose()
         # The node without members never heard of the room; the one with bob did.

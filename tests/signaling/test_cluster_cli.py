@@ -17,7 +17,7 @@ import pytest
 
 from tests.redis_server import RedisServer, running_redis
 from tests.signaling.clients import clients
-from tests.signaling.test_cluster import NODE_DEATH_NOTICED
+from tests.signaling.conftest import NODE_DEATH_NOTICED
 from tests.support import REPO, free_port, seconds
 
 pytestmark = pytest.mark.slow

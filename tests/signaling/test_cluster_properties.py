@@ -22,7 +22,7 @@ from signaling.protocol import PeerId, RoomId
 from signaling.redis_registry import RedisRegistry
 from signaling.redis_rooms import room_keys
 from tests.redis_server import running_redis
-from tests.signaling.test_properties import LIMITS, Client, Harness, actions, step
+from tests.signaling.harness import LIMITS, Client, Harness, actions, step
 
 #: How long the nodes have to agree after a step (they take milliseconds).
 SETTLE = 5.0

@@ -3,53 +3,15 @@
 from __future__ import annotations
 
 import logging
-import re
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.signaling.clients import Clients, eventually
-from tests.support import RunningServer
-
-SAMPLE = re.compile(
-    r'^(?P<name>[a-z_]+)(?:\{(?P<label>[a-z]+)="(?P<value>(?:[^"\\\n]|\\[\\"n])*)"\})? (?P<n>\S+)$'
-)
-
+from tests.signaling.clients import Clients, get_json, get_metrics
+from tests.support import RunningServer, eventually, seconds
 
 #: This test reads one server's own counters or log: it runs on one node.
 ONE_NODE = pytest.mark.parametrize("nodes", ["1-node"], indirect=True)
-
-
-async def get_json(server: RunningServer, path: str) -> Any:
-    async with aiohttp.ClientSession() as http, http.get(server.http_url + path) as response:
-        assert response.status == 200
-        assert response.content_type == "application/json"
-        return await response.json()
-
-
-async def get_metrics(server: RunningServer) -> dict[str, float]:
-    """Samples by name, with labels as name{label="value"}; checks the text format."""
-    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/metrics") as response:
-        assert response.status == 200
-        assert response.content_type == "text/plain"
-        text = await response.text()
-    assert text.endswith("\n")
-    samples: dict[str, float] = {}
-    described: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            parts = line.split(" ", 3)
-            described.add(parts[2])
-            if parts[1] == "TYPE":
-                assert parts[3] in ("counter", "gauge"), line
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a Prometheus sample: {line!r}"
-        assert match["name"] in described, f"{match['name']} has no HELP/TYPE"
-        key = match["name"] + (f'{{{match["label"]}="{match["value"]}"}}' if match["label"] else "")
-        samples[key] = float(match["n"])
-    return samples
 
 
 @ONE_NODE
@@ -117,7 +79,7 @@ async def test_metrics_count_connections_joins_leaves_routing_and_errors(
         health = await get_json(fast_server, "/healthz")
         return bool(health["peers"] == 1 and health["connections"] == 1)
 
-    await eventually(settled)
+    await eventually(settled, seconds(5), "one peer and one connection left")
     m = await get_metrics(fast_server)
     assert m["meshpeer_connections_total"] == 4
     assert m["meshpeer_connections"] == 1
@@ -158,7 +120,7 @@ async def test_one_info_line_per_join_and_leave_and_no_traffic_above_debug(
     async def both_left() -> bool:
         return fast_server.server.registry.counts() == (0, 0)
 
-    await eventually(both_left)
+    await eventually(both_left, seconds(5), "no room and no peer left")
     info = [
         r for r in caplog.records if r.name.startswith("signaling") and r.levelno >= logging.INFO
     ]
