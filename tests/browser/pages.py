@@ -28,7 +28,7 @@ from playwright.async_api import (
 )
 
 from signaling.server import STATIC_DIR
-from tests.support import eventually, seconds
+from tests.support import Timeout, eventually, seconds
 
 CHROMIUM = Path(os.environ.get("MESHPEER_CHROMIUM", "/usr/bin/chromium"))
 #: Flags that keep Chromium offline and quiet (PITFALLS.md): no background traffic, no QUIC.
@@ -197,10 +197,17 @@ class RoomPage:
 
     async def wait_joined(self) -> dict[str, Any]:
         async def joined() -> dict[str, Any] | None:
+            # Not defined yet: the page's modules are still loading, or failed (the console
+            # in the timeout's message says why).
+            if not await self.page.evaluate("typeof meshpeer !== 'undefined'"):
+                return None
             snap = await self.snapshot()
             return snap if snap["joined"] else None
 
-        return await eventually(joined, seconds(10), f"{self.peer_id} to join")
+        try:
+            return await eventually(joined, seconds(10), f"{self.peer_id} to join")
+        except Timeout as exc:
+            raise Timeout(f"{exc}; the page's console: {self.console[-20:]}") from None
 
     async def wait_state(self, peer: str, state: str, within: float = 20) -> None:
         async def reached() -> bool:
