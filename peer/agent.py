@@ -55,6 +55,7 @@ from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
 from peer.media.encoders import Vp8Settings
 from peer.media.fanout import EncoderStats, Encoding, Publisher
+from peer.media.tap import FrameConsumer, Sinks
 from peer.mesh import Action, LinkState
 from peer.negotiation import Negotiator
 from peer.serial import PeerWork
@@ -82,7 +83,6 @@ if TYPE_CHECKING:
     from peer.media.mosaic import Mosaic
     from peer.media.recorder import Recorder
     from peer.media.sources import LocalMedia
-    from peer.media.tap import FrameConsumer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def random_peer_id() -> PeerId:
     return PeerId(f"peer-{secrets.token_hex(3)}")
 
 
-class _FirstFrames:
+class _FirstFrames(FrameConsumer):
     """A FrameConsumer that reports the first frame of each remote track, once."""
 
     def __init__(self, agent: Agent) -> None:
@@ -197,6 +197,7 @@ class Agent:
         if mosaic is not None:
             consumer_list.append(mosaic)
         consumer_list.append(_FirstFrames(self))
+        self._sinks = Sinks(consumer_list)
         self._mesh = Negotiator(
             self.peer_id,
             members=self.members,
@@ -204,12 +205,10 @@ class Agent:
             emit=self._emit,
             work=self._work,
             timers=self._timers,
-            consumers=consumer_list,
+            sinks=self._sinks,
             own_servers=[
                 s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
             ],
-            recorder=recorder,
-            mosaic=mosaic,
             always_send=always_send,
             data_limits=data_limits,
         )
@@ -542,9 +541,9 @@ class Agent:
         self._emit(ev.PeerLeft(peer))
         link = self.links.get(peer)
         action = mesh.on_peer_left(link.state if link is not None else None)
-        if link is None and self.mosaic is not None:
-            self.mosaic.remove_peer(peer)  # its connection was already closed, not forgotten
         if link is None:
+            # Its connection was already closed, not forgotten: the sinks forget it now.
+            self._work.schedule(peer, lambda: self._sinks.peer_closed(peer, gone=True), "forget")
             self._mesh.data.forget(peer)  # what waited for a connection to it is dropped
         if action is Action.CLOSE:
             self._mesh.schedule_close(peer)

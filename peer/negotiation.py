@@ -30,9 +30,7 @@ from peer.timers import PeerTimers
 from signaling.protocol import Answer, Candidate, Message, Offer, PeerId
 
 if TYPE_CHECKING:
-    from peer.media.mosaic import Mosaic
-    from peer.media.recorder import Recorder
-    from peer.media.tap import FrameConsumer
+    from peer.media.tap import Sinks
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +49,8 @@ class Negotiator:
         emit: Callable[[Event], None],
         work: PeerWork,
         timers: PeerTimers,
-        consumers: Sequence[FrameConsumer],
+        sinks: Sinks,
         own_servers: Sequence[IceServer] = (),
-        recorder: Recorder | None = None,
-        mosaic: Mosaic | None = None,
         always_send: bool = False,
         data_limits: DataLimits | None = None,
     ) -> None:
@@ -67,9 +63,7 @@ class Negotiator:
         self._emit = emit
         self._work = work
         self._timers = timers
-        self._consumers = list(consumers)
-        self._recorder = recorder
-        self._mosaic = mosaic
+        self._sinks = sinks
         self._always_send = always_send
         self.own_servers = tuple(own_servers)
         #: From the latest peer-list or ice-servers: the server's, with our TURN credentials.
@@ -146,7 +140,7 @@ class Negotiator:
             role,
             rtc_configuration(servers),
             tracks,
-            self._consumers,
+            self._sinks.consumers,
             on_state=self._link_state,
             on_track=self._link_track,
             always_send=self._always_send,
@@ -281,13 +275,7 @@ class Negotiator:
         del self.links[peer]
         self.data.link_closed(link)  # its queued data waits for the next connection
         await link.close()
-        if self._recorder is not None:
-            try:
-                await self._recorder.close_peer(peer)
-            except Exception:  # the rest of the closing must happen all the same
-                log.exception("closing the recording of %s failed", peer)
-        if self._mosaic is not None and forget:
-            self._mosaic.remove_peer(peer)
+        await self._sinks.peer_closed(peer, gone=forget)
         self._emit(ev.ConnectionStateChanged(peer, LinkState.CLOSED))
         if forget:
             self._timers.forget(peer)
@@ -301,8 +289,8 @@ class Negotiator:
         self.data.close()
 
     def _expect(self, peer: PeerId, link: PeerLink) -> None:
-        if self._recorder is not None and link.kinds_received:
-            self._recorder.expect(peer, link.kinds_received)
+        if link.kinds_received:
+            self._sinks.expect(peer, link.kinds_received)
 
     # -- link callbacks ------------------------------------------------------------------
     def _link_track(
