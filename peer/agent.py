@@ -53,10 +53,11 @@ from peer.errors import MeshpeerError
 from peer.events import Event, EventHub, Kind
 from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
+from peer.machine import RoomMachine
 from peer.media.encoders import Vp8Settings
 from peer.media.fanout import EncoderStats, Encoding, Publisher
 from peer.media.tap import FrameConsumer, Sinks
-from peer.mesh import Action, LinkState
+from peer.mesh import LinkState
 from peer.negotiation import Negotiator
 from peer.room import Room
 from peer.serial import PeerWork
@@ -183,6 +184,7 @@ class Agent:
         self.in_room_at: float | None = None
         self.last_stats: tuple[PeerStats, ...] = ()
         self._hub = EventHub(event_queue_size)
+        self._machine = RoomMachine(self.peer_id, self._room)
         self._work = PeerWork(self._room)
         self._timers = PeerTimers(self._room)
         #: The data channels: a meshpeer channel per peer, kept across its connections.
@@ -205,7 +207,7 @@ class Agent:
         self._sinks = Sinks(consumer_list)
         self._negotiator = Negotiator(
             self.peer_id,
-            room=self._room,
+            machine=self._machine,
             send=self._signaling.send,
             emit=self._emit,
             work=self._work,
@@ -470,6 +472,10 @@ class Agent:
     def _emit(self, event: Event) -> None:
         self._hub.emit(event)
 
+    def _emit_all(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._hub.emit(event)
+
     def _schedule(
         self, peer: PeerId, work: Callable[[], Coroutine[Any, Any, None]], what: str
     ) -> bool:
@@ -485,22 +491,12 @@ class Agent:
         if self.in_room_at is None:
             self.in_room_at = time.monotonic()
         self._negotiator.hand_servers(peer_list.ice_servers)
-        peers = tuple(p for p in peer_list.peers if p != self.peer_id)
-        self._emit(ev.Joined(peers, rejoin))
-        new = [p for p in peers if not self._room.is_member(p)]
-        for record in self._room:
-            record.member = record.id in peers
-            self._room.tidy(record.id)
-        for peer in peers:
-            self._room[peer].member = True
-        for peer in new:
-            self._emit(ev.PeerJoined(peer))
-        decisions = mesh.on_peer_list(self.peer_id, peers, self.connection_states())
-        for peer, action in decisions.items():
-            if action is Action.OFFER:
-                self._negotiator.schedule_offer(peer)
-            elif action is Action.CLOSE:
-                self._negotiator.schedule_close(peer)
+        step = self._machine.peer_list(peer_list.peers, rejoin)
+        self._emit_all(step.events)
+        for peer in step.offer:
+            self._negotiator.schedule_offer(peer)
+        for peer in step.close:
+            self._negotiator.schedule_close(peer)
 
     def _on_lost(self, close_code: int | None) -> None:
         if self._signaling.fatal is not None:
@@ -508,7 +504,7 @@ class Agent:
             self._spawn_leave()
             return
         self._emit(ev.SignalingLost(close_code))
-        if mesh.keep_after_signaling_closed(close_code):
+        if self._machine.signaling_lost(close_code):
             for peer in self._timers.release_all():
                 log.info("kept the connection to %s: the server went away, not the peer", peer)
 
@@ -534,45 +530,35 @@ class Agent:
         # Error: logged by the signaling client; nothing here depends on it.
 
     def _peer_joined(self, peer: PeerId) -> None:
-        if peer == self.peer_id:
+        step = self._machine.peer_joined(peer)
+        if step is None:
             return
-        self._room[peer].member = True
         self._timers.release(peer)  # it left and came back at once: a resume, keep the link
-        self._emit(ev.PeerJoined(peer))
-        link = self.links.get(peer)
-        action = mesh.on_peer_joined(link.state if link is not None else None)
-        if action is Action.AWAIT_OFFER:
-            if link is not None:
-                self._negotiator.schedule_close(peer)
-            self._timers.await_offer(peer, mesh.OFFER_WAIT, lambda: self._offer_awaited(peer))
+        self._emit_all(step.events)
+        if step.close:
+            self._negotiator.schedule_close(peer)
+        if step.await_offer is not None:
+            self._timers.await_offer(peer, step.await_offer, lambda: self._offer_awaited(peer))
 
     def _offer_awaited(self, peer: PeerId) -> None:
-        link = self.links.get(peer)
-        if self._room.is_member(peer) and mesh.on_offer_awaited(link.state if link else None) is (
-            Action.OFFER
-        ):
+        if self._machine.offer_awaited(peer):
             log.info("no offer from %s within %g s: offering ourselves", peer, mesh.OFFER_WAIT)
             self._negotiator.schedule_offer(peer)
 
     def _peer_left(self, peer: PeerId) -> None:
-        record = self._room.get(peer)
-        if record is not None:
-            record.member = False
-            self._room.tidy(peer)
-        self._emit(ev.PeerLeft(peer))
-        link = self.links.get(peer)
-        action = mesh.on_peer_left(link.state if link is not None else None)
-        if link is None:
+        step = self._machine.peer_left(peer)
+        self._emit_all(step.events)
+        if step.forget:
             # Its connection was already closed, not forgotten: the sinks forget it now.
             self._work.schedule(peer, lambda: self._sinks.peer_closed(peer, gone=True), "forget")
             self._data.forget(peer)  # what waited for a connection to it is dropped
-        if action is Action.CLOSE:
+        if step.close:
             self._negotiator.schedule_close(peer)
-        elif action is Action.CLOSE_AFTER_GRACE:
+        elif step.grace:
             self._timers.hold(peer, self.peer_left_grace, lambda: self._grace_over(peer))
 
     def _grace_over(self, peer: PeerId) -> None:
-        if not self._room.is_member(peer):
+        if self._machine.grace_over(peer):
             self._negotiator.schedule_close(peer)
 
 

@@ -23,8 +23,8 @@ from peer.events import Event, Kind, RemoteTrack
 from peer.ice import IceServer, arrange, rtc_configuration
 from peer.ice_probe import Check, IceProbe, Verdict
 from peer.link import PeerLink
+from peer.machine import RoomMachine
 from peer.mesh import Action, LinkState, Role
-from peer.room import Room
 from peer.serial import PeerWork
 from peer.stats import Sampler
 from peer.timers import PeerTimers
@@ -50,7 +50,7 @@ class Negotiator:
         self,
         me: PeerId,
         *,
-        room: Room,
+        machine: RoomMachine,
         send: Send,
         emit: Callable[[Event], None],
         work: PeerWork,
@@ -62,7 +62,8 @@ class Negotiator:
         always_send: bool = False,
     ) -> None:
         self.me = me
-        self._room = room
+        self._machine = machine
+        self._room = machine.room
         self._local_tracks = local_tracks
         self._send = send
         self._emit = emit
@@ -318,24 +319,19 @@ class Negotiator:
 
     def _link_state(self, link: PeerLink) -> None:
         peer = link.remote
-        record = self._room.get(peer)
-        if record is None or record.link is not link:
+        step = self._machine.link_state(link)
+        if step is None:
             return
-        self._emit(ev.ConnectionStateChanged(peer, link.state))
-        if link.state is LinkState.CONNECTED:
-            self._timers.connected(peer)
-            record.failures = 0
-        elif link.state is LinkState.FAILED:
-            record.failures += 1
-        action = mesh.on_connection_state(link.role, link.state, record.member)
-        if action is Action.CLOSE:
+        for event in step.events:
+            self._emit(event)
+        if step.close:
             self.schedule_close(peer, only=link)
-        elif action is Action.AWAIT_REOFFER:
+        elif step.await_reoffer:
             log.info("connection to %s %s: waiting for its new offer", peer, link.state)
             self._work.schedule(
                 peer, lambda: self.close_link(peer, forget=False, only=link), "close"
             )
-        elif action is Action.REOFFER:
+        elif step.reoffer:
 
             async def reoffer() -> None:
                 if self._room.link(peer) is link:  # not replaced by an offer meanwhile

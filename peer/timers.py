@@ -77,10 +77,6 @@ class PeerTimers:
         self._start("reoffer", peer, delay, then)
         return delay
 
-    def connected(self, peer: PeerId) -> None:
-        """The connection works: the next failure starts the backoff from the beginning."""
-        self.forget(peer)
-
     def forget(self, peer: PeerId) -> None:
         record = self._room.get(peer)
         if record is not None:
