@@ -55,10 +55,11 @@ from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
 from peer.machine import RoomMachine
 from peer.media.encoders import Vp8Settings
-from peer.media.fanout import EncoderStats, Encoding, Publisher
+from peer.media.fanout import EncoderStats, Encoding
 from peer.media.tap import FrameConsumer, Sinks
 from peer.mesh import LinkState
 from peer.negotiation import Negotiator
+from peer.publishing import Publishing
 from peer.room import Room
 from peer.serial import PeerWork
 from peer.signaling_client import SignalingClient
@@ -173,12 +174,10 @@ class Agent:
         self.always_send = always_send
         self.encoding = encoding
         self.vp8 = vp8
-        #: Tracks given to send_track, each encoded once for the peers it goes to.
-        self._sent: dict[MediaStreamTrack, Publisher] = {}
+        #: What we send: the local sources and the tracks given to send_track/add_track.
+        self._publishing = Publishing(encoding, vp8)
         #: Everything known about each other peer, one record each (:mod:`peer.room`).
         self._room = Room()
-        #: What each new connection sends: the local sources, relayed (set when joining).
-        self._publishers: list[Publisher] = []
         self.joined_at = time.monotonic()
         #: When the first peer-list arrived (time.monotonic()).
         self.in_room_at: float | None = None
@@ -214,7 +213,7 @@ class Agent:
             timers=self._timers,
             sinks=self._sinks,
             data=self._data,
-            local_tracks=lambda: [publisher.track() for publisher in self._publishers],
+            local_tracks=self._publishing.local_tracks,
             own_servers=[
                 s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
             ],
@@ -241,13 +240,7 @@ class Agent:
     async def join(self) -> None:
         """Join the room. Raises SignalingError (unreachable) or JoinRefused (taken, full)."""
         self.joined_at = time.monotonic()
-        for publisher in self._publishers:
-            publisher.close()
-        self._publishers = []
-        if self.media is not None:
-            for track in (self.media.video, self.media.audio):
-                if track is not None:
-                    self._publishers.append(Publisher(track, self.encoding, vp8=self.vp8))
+        self._publishing.start(self.media)
         self._negotiator.check_own_servers()  # while signaling connects
         await self._signaling.connect()
         if self.stats_interval:
@@ -273,8 +266,7 @@ class Agent:
         await self._negotiator.close()
         await self._work.close()
         await self._negotiator.close_all()
-        for publisher in [*self._publishers, *self._sent.values()]:
-            publisher.close()
+        self._publishing.close()
         self._hub.close()
         log.info("%s left", self.peer_id)
 
@@ -328,12 +320,7 @@ class Agent:
 
     def subscribe_local(self, kind: Kind) -> MediaStreamTrack | None:
         """A copy of our own ``kind`` track (e.g. a local preview), None if we send none."""
-        if self.media is not None and not self._publishers:
-            raise MeshpeerError("the local tracks are relayed once the agent has joined")
-        for publisher in self._publishers:
-            if publisher.kind == kind:
-                return publisher.frames()
-        return None
+        return self._publishing.local(kind, self.media)
 
     def send_track(self, peer: PeerId, kind: Kind, track: MediaStreamTrack) -> bool:
         """Send ``track`` to ``peer`` only, in place of what we sent it as ``kind``.
@@ -346,11 +333,7 @@ class Agent:
         link = self.links.get(peer)
         if link is None:
             return False
-        publisher = self._sent.get(track)
-        if publisher is None:
-            publisher = Publisher(track, self.encoding, vp8=self.vp8, on_idle=self._sent_idle)
-            self._sent[track] = publisher
-        return link.send_track(kind, publisher.track())
+        return link.send_track(kind, self._publishing.sent(track).track())
 
     async def add_track(self, peer: PeerId, track: MediaStreamTrack) -> bool:
         """Send ``track`` to ``peer`` as one more track (a second video, a screen): the live
@@ -360,10 +343,7 @@ class Agent:
         """
         if peer not in self.links:
             return False
-        publisher = self._sent.get(track)
-        if publisher is None:
-            publisher = Publisher(track, self.encoding, vp8=self.vp8, on_idle=self._sent_idle)
-            self._sent[track] = publisher
+        publisher = self._publishing.sent(track)
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
         async def work() -> None:
@@ -381,14 +361,9 @@ class Agent:
             return False
         return await done
 
-    def _sent_idle(self, publisher: Publisher) -> None:
-        if self._sent.get(publisher.source) is publisher:
-            del self._sent[publisher.source]
-
     def encoder_stats(self) -> list[EncoderStats]:
         """The shared encoders running now, one per source and codec."""
-        publishers = [*self._publishers, *self._sent.values()]
-        return [stats for publisher in publishers for stats in publisher.stats()]
+        return self._publishing.stats()
 
     async def call(self, peer: PeerId) -> None:
         """Open a fresh connection to ``peer`` by offering; the current one is replaced.
