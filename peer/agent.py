@@ -47,16 +47,20 @@ from typing import TYPE_CHECKING, Any
 from aiortc import MediaStreamTrack
 
 from peer import events as ev
-from peer import mesh
-from peer.datachannel import DataChannel, DataLimits
+from peer import link_stats, mesh
+from peer.datachannel import DataChannel, DataLimits, DataPlane
 from peer.errors import MeshpeerError
 from peer.events import Event, EventHub, Kind
 from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
+from peer.machine import RoomMachine
 from peer.media.encoders import Vp8Settings
-from peer.media.fanout import EncoderStats, Encoding, Publisher
-from peer.mesh import Action, LinkState
+from peer.media.fanout import EncoderStats, Encoding
+from peer.media.tap import FrameConsumer, Sinks
+from peer.mesh import LinkState
 from peer.negotiation import Negotiator
+from peer.publishing import Publishing
+from peer.room import Room
 from peer.serial import PeerWork
 from peer.signaling_client import SignalingClient
 from peer.stats import PeerStats, report_every
@@ -82,7 +86,6 @@ if TYPE_CHECKING:
     from peer.media.mosaic import Mosaic
     from peer.media.recorder import Recorder
     from peer.media.sources import LocalMedia
-    from peer.media.tap import FrameConsumer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def random_peer_id() -> PeerId:
     return PeerId(f"peer-{secrets.token_hex(3)}")
 
 
-class _FirstFrames:
+class _FirstFrames(FrameConsumer):
     """A FrameConsumer that reports the first frame of each remote track, once."""
 
     def __init__(self, agent: Agent) -> None:
@@ -171,17 +174,20 @@ class Agent:
         self.always_send = always_send
         self.encoding = encoding
         self.vp8 = vp8
-        #: Tracks given to send_track, each encoded once for the peers it goes to.
-        self._sent: dict[MediaStreamTrack, Publisher] = {}
-        #: Who the server says is in the room (besides us); updated in place.
-        self.members: set[PeerId] = set()
+        #: What we send: the local sources and the tracks given to send_track/add_track.
+        self._publishing = Publishing(encoding, vp8)
+        #: Everything known about each other peer, one record each (:mod:`peer.room`).
+        self._room = Room()
         self.joined_at = time.monotonic()
         #: When the first peer-list arrived (time.monotonic()).
         self.in_room_at: float | None = None
         self.last_stats: tuple[PeerStats, ...] = ()
         self._hub = EventHub(event_queue_size)
-        self._work = PeerWork()
-        self._timers = PeerTimers()
+        self._machine = RoomMachine(self.peer_id, self._room)
+        self._work = PeerWork(self._room)
+        self._timers = PeerTimers(self._room)
+        #: The data channels: a meshpeer channel per peer, kept across its connections.
+        self._data = DataPlane(self._emit, data_limits)
         self._signaling = SignalingClient(
             url,
             self.peer_id,
@@ -197,21 +203,21 @@ class Agent:
         if mosaic is not None:
             consumer_list.append(mosaic)
         consumer_list.append(_FirstFrames(self))
-        self._mesh = Negotiator(
+        self._sinks = Sinks(consumer_list)
+        self._negotiator = Negotiator(
             self.peer_id,
-            members=self.members,
+            machine=self._machine,
             send=self._signaling.send,
             emit=self._emit,
             work=self._work,
             timers=self._timers,
-            consumers=consumer_list,
+            sinks=self._sinks,
+            data=self._data,
+            local_tracks=self._publishing.local_tracks,
             own_servers=[
                 s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
             ],
-            recorder=recorder,
-            mosaic=mosaic,
             always_send=always_send,
-            data_limits=data_limits,
         )
         self._stats_task: asyncio.Task[None] | None = None
         self._leave_task: asyncio.Task[None] | None = None
@@ -234,14 +240,8 @@ class Agent:
     async def join(self) -> None:
         """Join the room. Raises SignalingError (unreachable) or JoinRefused (taken, full)."""
         self.joined_at = time.monotonic()
-        for publisher in self._mesh.publishers:
-            publisher.close()
-        self._mesh.publishers = []
-        if self.media is not None:
-            for track in (self.media.video, self.media.audio):
-                if track is not None:
-                    self._mesh.publishers.append(Publisher(track, self.encoding, vp8=self.vp8))
-        self._mesh.check_own_servers()  # while signaling connects
+        self._publishing.start(self.media)
+        self._negotiator.check_own_servers()  # while signaling connects
         await self._signaling.connect()
         if self.stats_interval:
             self._stats_task = asyncio.get_running_loop().create_task(
@@ -263,11 +263,10 @@ class Agent:
             self._stats_task.cancel()
             await asyncio.gather(self._stats_task, return_exceptions=True)
         await self._signaling.close()
-        await self._mesh.close()
+        await self._negotiator.close()
         await self._work.close()
-        await self._mesh.close_all()
-        for publisher in [*self._mesh.publishers, *self._sent.values()]:
-            publisher.close()
+        await self._negotiator.close_all()
+        self._publishing.close()
         self._hub.close()
         log.info("%s left", self.peer_id)
 
@@ -285,14 +284,19 @@ class Agent:
         self._hub.add_listener(callback)
 
     @property
+    def members(self) -> set[PeerId]:
+        """Who the server says is in the room (besides us)."""
+        return self._room.members
+
+    @property
     def links(self) -> dict[PeerId, PeerLink]:
-        return self._mesh.links
+        return self._room.links
 
     @property
     def ice_servers(self) -> tuple[IceServer, ...]:
         """Ours, then the server's (with our TURN credentials): what connections may use,
         once each has answered its check."""
-        return self._mesh.own_servers + self._mesh.handed_servers
+        return self._negotiator.ice_servers
 
     @property
     def left(self) -> asyncio.Event:
@@ -316,12 +320,7 @@ class Agent:
 
     def subscribe_local(self, kind: Kind) -> MediaStreamTrack | None:
         """A copy of our own ``kind`` track (e.g. a local preview), None if we send none."""
-        if self.media is not None and not self._mesh.publishers:
-            raise MeshpeerError("the local tracks are relayed once the agent has joined")
-        for publisher in self._mesh.publishers:
-            if publisher.kind == kind:
-                return publisher.frames()
-        return None
+        return self._publishing.local(kind, self.media)
 
     def send_track(self, peer: PeerId, kind: Kind, track: MediaStreamTrack) -> bool:
         """Send ``track`` to ``peer`` only, in place of what we sent it as ``kind``.
@@ -334,11 +333,7 @@ class Agent:
         link = self.links.get(peer)
         if link is None:
             return False
-        publisher = self._sent.get(track)
-        if publisher is None:
-            publisher = Publisher(track, self.encoding, vp8=self.vp8, on_idle=self._sent_idle)
-            self._sent[track] = publisher
-        return link.send_track(kind, publisher.track())
+        return link.send_track(kind, self._publishing.sent(track).track())
 
     async def add_track(self, peer: PeerId, track: MediaStreamTrack) -> bool:
         """Send ``track`` to ``peer`` as one more track (a second video, a screen): the live
@@ -348,17 +343,14 @@ class Agent:
         """
         if peer not in self.links:
             return False
-        publisher = self._sent.get(track)
-        if publisher is None:
-            publisher = Publisher(track, self.encoding, vp8=self.vp8, on_idle=self._sent_idle)
-            self._sent[track] = publisher
+        publisher = self._publishing.sent(track)
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
         async def work() -> None:
             added = False
             copy = publisher.track()
             try:
-                added = await self._mesh.add_track(peer, copy)
+                added = await self._negotiator.add_track(peer, copy)
             finally:
                 if not added:
                     copy.stop()
@@ -369,14 +361,9 @@ class Agent:
             return False
         return await done
 
-    def _sent_idle(self, publisher: Publisher) -> None:
-        if self._sent.get(publisher.source) is publisher:
-            del self._sent[publisher.source]
-
     def encoder_stats(self) -> list[EncoderStats]:
         """The shared encoders running now, one per source and codec."""
-        publishers = [*self._mesh.publishers, *self._sent.values()]
-        return [stats for publisher in publishers for stats in publisher.stats()]
+        return self._publishing.stats()
 
     async def call(self, peer: PeerId) -> None:
         """Open a fresh connection to ``peer`` by offering; the current one is replaced.
@@ -388,7 +375,7 @@ class Agent:
 
         async def work() -> None:
             try:
-                await self._mesh.offer(peer)
+                await self._negotiator.offer(peer)
             finally:
                 if not done.done():
                     done.set_result(None)
@@ -398,8 +385,12 @@ class Agent:
 
     async def stats(self) -> list[PeerStats]:
         """Sample every connection now (rates are since the previous sample)."""
-        links = list(self.links.values())
-        return list(await asyncio.gather(*(link.stats(self.joined_at) for link in links)))
+        samples = [
+            link_stats.sample(record.link, record.sampler, self.joined_at)
+            for record in self._room
+            if record.link is not None and record.sampler is not None
+        ]
+        return list(await asyncio.gather(*samples))
 
     async def send_message(
         self, type_: str, data: dict[str, Any], to: PeerId | None = None
@@ -420,7 +411,7 @@ class Agent:
         peers = self.members | set(self.links)
         if to is not None:
             peers &= {PeerId(to)}
-        return self._mesh.data.send(data, () if self._left.is_set() else sorted(peers))
+        return self._data.send(data, () if self._left.is_set() else sorted(peers))
 
     def open_channel(
         self,
@@ -443,7 +434,7 @@ class Agent:
         link = self.links.get(PeerId(peer))
         if link is None or self._left.is_set():
             raise MeshpeerError(f"no connection to {peer!r} to open channel {label!r} on")
-        return self._mesh.data.open_channel(
+        return self._data.open_channel(
             link, label, ordered=ordered, max_retransmits=max_retransmits
         )
 
@@ -455,6 +446,10 @@ class Agent:
 
     def _emit(self, event: Event) -> None:
         self._hub.emit(event)
+
+    def _emit_all(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._hub.emit(event)
 
     def _schedule(
         self, peer: PeerId, work: Callable[[], Coroutine[Any, Any, None]], what: str
@@ -470,20 +465,13 @@ class Agent:
     def _on_joined(self, peer_list: PeerList, rejoin: bool) -> None:
         if self.in_room_at is None:
             self.in_room_at = time.monotonic()
-        self._mesh.hand_servers(peer_list.ice_servers)
-        peers = tuple(p for p in peer_list.peers if p != self.peer_id)
-        self._emit(ev.Joined(peers, rejoin))
-        new = [p for p in peers if p not in self.members]
-        self.members.clear()
-        self.members.update(peers)
-        for peer in new:
-            self._emit(ev.PeerJoined(peer))
-        decisions = mesh.on_peer_list(self.peer_id, peers, self.connection_states())
-        for peer, action in decisions.items():
-            if action is Action.OFFER:
-                self._mesh.schedule_offer(peer)
-            elif action is Action.CLOSE:
-                self._mesh.schedule_close(peer)
+        self._negotiator.hand_servers(peer_list.ice_servers)
+        step = self._machine.peer_list(peer_list.peers, rejoin)
+        self._emit_all(step.events)
+        for peer in step.offer:
+            self._negotiator.schedule_offer(peer)
+        for peer in step.close:
+            self._negotiator.schedule_close(peer)
 
     def _on_lost(self, close_code: int | None) -> None:
         if self._signaling.fatal is not None:
@@ -491,7 +479,7 @@ class Agent:
             self._spawn_leave()
             return
         self._emit(ev.SignalingLost(close_code))
-        if mesh.keep_after_signaling_closed(close_code):
+        if self._machine.signaling_lost(close_code):
             for peer in self._timers.release_all():
                 log.info("kept the connection to %s: the server went away, not the peer", peer)
 
@@ -505,55 +493,48 @@ class Agent:
         if self._left.is_set():
             return
         if isinstance(message, Offer | Answer | Candidate):
-            self._mesh.on_signal(message)
+            self._negotiator.on_signal(message)
         elif isinstance(message, PeerJoined):
             self._peer_joined(message.peer_id)
         elif isinstance(message, PeerLeft):
             self._peer_left(message.peer_id)
         elif isinstance(message, IceServers):
-            self._mesh.hand_servers(message.ice_servers)  # fresh TURN credentials
+            self._negotiator.hand_servers(message.ice_servers)  # fresh TURN credentials
         elif isinstance(message, Custom):
             self._emit(ev.RoomMessage(message.sender, message.type, message.data))
         # Error: logged by the signaling client; nothing here depends on it.
 
     def _peer_joined(self, peer: PeerId) -> None:
-        if peer == self.peer_id:
+        step = self._machine.peer_joined(peer)
+        if step is None:
             return
-        self.members.add(peer)
         self._timers.release(peer)  # it left and came back at once: a resume, keep the link
-        self._emit(ev.PeerJoined(peer))
-        link = self.links.get(peer)
-        action = mesh.on_peer_joined(link.state if link is not None else None)
-        if action is Action.AWAIT_OFFER:
-            if link is not None:
-                self._mesh.schedule_close(peer)
-            self._timers.await_offer(peer, mesh.OFFER_WAIT, lambda: self._offer_awaited(peer))
+        self._emit_all(step.events)
+        if step.close:
+            self._negotiator.schedule_close(peer)
+        if step.await_offer is not None:
+            self._timers.await_offer(peer, step.await_offer, lambda: self._offer_awaited(peer))
 
     def _offer_awaited(self, peer: PeerId) -> None:
-        link = self.links.get(peer)
-        if peer in self.members and mesh.on_offer_awaited(link.state if link else None) is (
-            Action.OFFER
-        ):
+        if self._machine.offer_awaited(peer):
             log.info("no offer from %s within %g s: offering ourselves", peer, mesh.OFFER_WAIT)
-            self._mesh.schedule_offer(peer)
+            self._negotiator.schedule_offer(peer)
 
     def _peer_left(self, peer: PeerId) -> None:
-        self.members.discard(peer)
-        self._emit(ev.PeerLeft(peer))
-        link = self.links.get(peer)
-        action = mesh.on_peer_left(link.state if link is not None else None)
-        if link is None and self.mosaic is not None:
-            self.mosaic.remove_peer(peer)  # its connection was already closed, not forgotten
-        if link is None:
-            self._mesh.data.forget(peer)  # what waited for a connection to it is dropped
-        if action is Action.CLOSE:
-            self._mesh.schedule_close(peer)
-        elif action is Action.CLOSE_AFTER_GRACE:
+        step = self._machine.peer_left(peer)
+        self._emit_all(step.events)
+        if step.forget:
+            # Its connection was already closed, not forgotten: the sinks forget it now.
+            self._work.schedule(peer, lambda: self._sinks.peer_closed(peer, gone=True), "forget")
+            self._data.forget(peer)  # what waited for a connection to it is dropped
+        if step.close:
+            self._negotiator.schedule_close(peer)
+        elif step.grace:
             self._timers.hold(peer, self.peer_left_grace, lambda: self._grace_over(peer))
 
     def _grace_over(self, peer: PeerId) -> None:
-        if peer not in self.members:
-            self._mesh.schedule_close(peer)
+        if self._machine.grace_over(peer):
+            self._negotiator.schedule_close(peer)
 
 
 async def run_until(agent: Agent, stop: asyncio.Event, duration: float | None) -> None:

@@ -9,11 +9,9 @@ remote track through a :class:`peer.media.tap.TrackTap` and releases all of it o
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from aiortc import (
     MediaStreamTrack,
@@ -25,7 +23,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
-from peer._aiortc import inbound_counts, mdns_on_this_loop, nominated_route
+from peer._aiortc import mdns_on_this_loop
 from peer.candidates import (
     CandidateBudget,
     CandidateError,
@@ -40,14 +38,10 @@ from peer.media.tap import FrameConsumer, TrackTap
 from peer.mesh import LinkState, Role
 from peer.nack import NackRepeater
 from peer.renegotiation import reoffer, track_ids
-from peer.stats import Counters, PeerStats, counters_from_report, rates
 from signaling.ice import IceServer
 from signaling.protocol import IceCandidate, PeerId
 
 log = logging.getLogger(__name__)
-
-#: Bitrates are measured over at least this many seconds between two stats samples.
-MIN_RATE_INTERVAL = 0.5
 
 _PC_STATES = {
     "connecting": LinkState.CONNECTING,
@@ -101,8 +95,6 @@ class PeerLink:
         self._refused: set[Refusal] = set()  # each reason is logged once per link
         self._on_state = on_state
         self._on_track = on_track
-        self._last_counters: Counters | None = None
-        self._last_rates = (0.0, 0.0)
         self._closed = False
         self._sent_tracks = list(local_tracks)
         self._always_send = always_send
@@ -420,79 +412,6 @@ class PeerLink:
             if tap.kind == kind:
                 return tap
         return None
-
-    async def stats(self, joined_at: float) -> PeerStats:
-        now = time.monotonic()
-        try:
-            report: Any = await self.pc.getStats()
-            counters = counters_from_report(report.values(), now)
-            inbound = self._inbound()
-            if inbound is not None:
-                received, lost = inbound
-                counters = dataclasses.replace(
-                    counters, packets_received=received, packets_lost=lost
-                )
-        except Exception as exc:  # a closing connection may fail half-way
-            log.debug("getStats for %s failed: %s", self.remote, exc)
-            counters = Counters(now)
-        previous = self._last_counters
-        if previous is not None and now - previous.at < MIN_RATE_INTERVAL:
-            kbps_in, kbps_out = self._last_rates  # too close to the last sample to measure
-        else:
-            kbps_in, kbps_out = rates(previous, counters)
-            self._last_counters, self._last_rates = counters, (kbps_in, kbps_out)
-        video, audio = self.tap("video"), self.tap("audio")
-        first = video.first_frame_at if video is not None else None
-        steps = dict(self.steps)
-        if first is not None:
-            steps["first-video-frame"] = first
-        return PeerStats(
-            peer=self.remote,
-            state=self.state,
-            rtt_ms=counters.rtt * 1000 if counters.rtt is not None else None,
-            kbps_in=round(kbps_in, 1),
-            kbps_out=round(kbps_out, 1),
-            fps_in=round(video.fps, 1) if video is not None else 0.0,
-            frames_in=video.frames if video is not None else 0,
-            audio_frames_in=audio.frames if audio is not None else 0,
-            packets_lost=counters.packets_lost,
-            remote_packets_lost=counters.remote_packets_lost,
-            first_frame_s=round(first - joined_at, 4) if first is not None else None,
-            steps=tuple((name, round(at - joined_at, 4)) for name, at in steps.items()),
-            role=str(self.role),
-            route=self.route(),
-            candidates_dropped=self.candidates_dropped,
-        )
-
-    def _inbound(self) -> tuple[int, int] | None:
-        """(received, lost) RTP packets of the media streams we receive, retransmissions
-        left out; None if aiortc's internals moved (getStats' figures are used then).
-
-        aiortc's getStats gives every stream of one receiver the same id, so once
-        retransmissions flow its report keeps the RTX stream's counts instead of the
-        media's (tests/net/test_loss.py saw it; read through :mod:`peer._aiortc`).
-        """
-        received = lost = 0
-        for transceiver in self.pc.getTransceivers():
-            counts = inbound_counts(transceiver.receiver)
-            if counts is None:
-                return None
-            received += counts.received
-            lost += counts.lost
-        return received, lost
-
-    def route(self) -> str:
-        """``"<local>-<remote>"`` candidate types of the pair carrying media (``relay-host``:
-        we send through our TURN relay), or "" before ICE has chosen one.
-
-        aiortc's stats have no candidate pairs, so this reads aioice's nominated pair
-        (:func:`peer._aiortc.nominated_route`); tests/net pins it on a real relay.
-        """
-        for transceiver in self.pc.getTransceivers():
-            route = nominated_route(transceiver)
-            if route is not None:
-                return route
-        return ""
 
     async def close(self) -> None:
         """Close the connection, stop its taps and the relay copies of our tracks."""

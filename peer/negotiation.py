@@ -18,21 +18,20 @@ from aiortc.contrib.media import MediaRelay
 
 from peer import events as ev
 from peer import mesh, renegotiation
-from peer.datachannel import DataLimits, DataPlane
+from peer.datachannel import DataPlane
 from peer.events import Event, Kind, RemoteTrack
 from peer.ice import IceServer, arrange, rtc_configuration
 from peer.ice_probe import Check, IceProbe, Verdict
 from peer.link import PeerLink
-from peer.media.fanout import Publisher
+from peer.machine import RoomMachine
 from peer.mesh import Action, LinkState, Role
 from peer.serial import PeerWork
+from peer.stats import Sampler
 from peer.timers import PeerTimers
 from signaling.protocol import Answer, Candidate, Message, Offer, PeerId
 
 if TYPE_CHECKING:
-    from peer.media.mosaic import Mosaic
-    from peer.media.recorder import Recorder
-    from peer.media.tap import FrameConsumer
+    from peer.media.tap import Sinks
 
 log = logging.getLogger(__name__)
 
@@ -40,54 +39,57 @@ Send = Callable[[Message], Awaitable[bool]]
 
 
 class Negotiator:
-    """The connections of ``me`` to the other members of its room."""
+    """The connections of ``me`` to the other members of its ``room``: each one is the
+    ``link`` of that peer's record, its failures counted there too.
+
+    ``local_tracks()`` gives a new connection what it sends (a relay copy of each local
+    source); ``data`` and ``sinks`` are told when a connection comes and goes.
+    """
 
     def __init__(
         self,
         me: PeerId,
         *,
-        members: set[PeerId],
+        machine: RoomMachine,
         send: Send,
         emit: Callable[[Event], None],
         work: PeerWork,
         timers: PeerTimers,
-        consumers: Sequence[FrameConsumer],
+        sinks: Sinks,
+        data: DataPlane,
+        local_tracks: Callable[[], list[MediaStreamTrack]],
         own_servers: Sequence[IceServer] = (),
-        recorder: Recorder | None = None,
-        mosaic: Mosaic | None = None,
         always_send: bool = False,
-        data_limits: DataLimits | None = None,
     ) -> None:
         self.me = me
-        self.members = members  # the agent's live set: who is in the room now
-        self.links: dict[PeerId, PeerLink] = {}
-        #: What each new connection sends: the local sources (set when joining).
-        self.publishers: list[Publisher] = []
+        self._machine = machine
+        self._room = machine.room
+        self._local_tracks = local_tracks
         self._send = send
         self._emit = emit
         self._work = work
         self._timers = timers
-        self._consumers = list(consumers)
-        self._recorder = recorder
-        self._mosaic = mosaic
+        self._sinks = sinks
         self._always_send = always_send
-        self.own_servers = tuple(own_servers)
+        self._own_servers = tuple(own_servers)
         #: From the latest peer-list or ice-servers: the server's, with our TURN credentials.
-        self.handed_servers: tuple[IceServer, ...] = ()
-        #: Failed connections per peer since the last one that worked: picks the TURN URL.
-        self._failures: dict[PeerId, int] = {}
+        self._handed_servers: tuple[IceServer, ...] = ()
         #: Connections use only servers that answered a check (never wait on a dead one).
         self._probe = IceProbe(self._ice_verdict)
-        #: The data channels: a meshpeer channel per peer, kept across its connections.
-        self.data = DataPlane(emit, data_limits)
+        self._data = data
+
+    @property
+    def ice_servers(self) -> tuple[IceServer, ...]:
+        """Ours, then the server's: what new connections may use once checked."""
+        return self._own_servers + self._handed_servers
 
     # -- ICE servers -------------------------------------------------------------------
     def check_own_servers(self) -> None:
-        self._probe.check(self.own_servers)
+        self._probe.check(self._own_servers)
 
     def hand_servers(self, servers: tuple[IceServer, ...]) -> None:
         """The server's list (peer-list, ice-servers): used from now on, once checked."""
-        self.handed_servers = servers
+        self._handed_servers = servers
         self._probe.check(servers)
 
     async def close(self) -> None:
@@ -100,7 +102,7 @@ class Negotiator:
             self._emit(ev.IceServerProblem(server.url, check.detail))
             return
         log.info("ICE server %s answered", server.url)
-        for peer, link in list(self.links.items()):
+        for peer, link in self._room.links.items():
             # Connections made while the check ran lack this server (a TURN relay may be the
             # only way through): the side that offered them offers again, now with it.
             if (
@@ -137,38 +139,40 @@ class Negotiator:
 
     # -- negotiation (each runs as the peer's serial work) -------------------------------
     def _new_link(self, peer: PeerId, role: Role) -> PeerLink:
-        tracks = [publisher.track() for publisher in self.publishers]
-        known = self.own_servers + self.handed_servers
+        tracks = self._local_tracks()
+        known = self.ice_servers
         self._probe.check(known)  # those that failed a while ago get another chance
-        servers = arrange(self._probe.usable(known), self._failures.get(peer, 0))
+        record = self._room[peer]
+        servers = arrange(self._probe.usable(known), record.failures)
         link = PeerLink(
             peer,
             role,
             rtc_configuration(servers),
             tracks,
-            self._consumers,
+            self._sinks.consumers,
             on_state=self._link_state,
             on_track=self._link_track,
             always_send=self._always_send,
             ice_servers=servers,
             on_track_ended=self._link_track_ended,
-            on_channel=self.data.added,
+            on_channel=self._data.added,
         )
-        self.links[peer] = link
+        record.link = link
+        record.sampler = Sampler()
         return link
 
     async def offer(self, peer: PeerId) -> None:
-        if peer not in self.members:
+        if not self._room.is_member(peer):
             return
         await self.close_link(peer, forget=False)
         link = self._new_link(peer, Role.OFFERER)
         sdp = await link.make_offer()
-        if self.links.get(peer) is not link:
+        if self._room.link(peer) is not link:
             return
         await self._send(Offer("offer", self.me, peer, sdp=sdp))
 
     async def answer(self, peer: PeerId, sdp: str) -> None:
-        link = self.links.get(peer)
+        link = self._room.link(peer)
         origin = renegotiation.origin(link.remote_sdp if link is not None else None, sdp)
         action = mesh.on_offer(
             self.me,
@@ -226,17 +230,17 @@ class Negotiator:
     async def add_track(self, peer: PeerId, track: MediaStreamTrack) -> bool:
         """Send ``track`` to ``peer`` as one more track: renegotiates the live connection in
         place. False when there is none (or one of our offers is out on it)."""
-        link = self.links.get(peer)
+        link = self._room.link(peer)
         if link is None or link.state not in mesh.LIVE or link.offer_out:
             return False
         sdp = await link.add_track(track)
-        if self.links.get(peer) is not link:  # pragma: no cover - serial work: not replaced
+        if self._room.link(peer) is not link:  # pragma: no cover - serial work: not replaced
             return False
         await self._send(Offer("offer", self.me, peer, sdp=sdp))
         return True
 
     async def apply_answer(self, peer: PeerId, sdp: str) -> None:
-        link = self.links.get(peer)
+        link = self._room.link(peer)
         action = mesh.on_answer(
             link.state if link is not None else None,
             offer_out=link is not None and link.offer_out,
@@ -261,7 +265,7 @@ class Negotiator:
             self.schedule_offer(peer)
 
     async def candidate(self, peer: PeerId, message: Candidate) -> None:
-        link = self.links.get(peer)
+        link = self._room.link(peer)
         state = link.state if link is not None else None
         action = mesh.on_candidate(state, link is not None and link.has_remote_description)
         if action is Action.IGNORE or link is None:
@@ -275,34 +279,30 @@ class Negotiator:
         self, peer: PeerId, *, forget: bool = True, only: PeerLink | None = None
     ) -> None:
         """Close ``peer``'s connection (if it is still ``only``) and release its media."""
-        link = self.links.get(peer)
-        if link is None or (only is not None and link is not only):
+        record = self._room.get(peer)
+        link = record.link if record is not None else None
+        if record is None or link is None or (only is not None and link is not only):
             return
-        del self.links[peer]
-        self.data.link_closed(link)  # its queued data waits for the next connection
+        record.link = None
+        self._data.link_closed(link)  # its queued data waits for the next connection
         await link.close()
-        if self._recorder is not None:
-            try:
-                await self._recorder.close_peer(peer)
-            except Exception:  # the rest of the closing must happen all the same
-                log.exception("closing the recording of %s failed", peer)
-        if self._mosaic is not None and forget:
-            self._mosaic.remove_peer(peer)
+        await self._sinks.peer_closed(peer, gone=forget)
         self._emit(ev.ConnectionStateChanged(peer, LinkState.CLOSED))
         if forget:
             self._timers.forget(peer)
-            self._failures.pop(peer, None)
-            if peer not in self.members:
-                self.data.forget(peer)
+            record.failures = 0
+            if not record.member:
+                self._data.forget(peer)
+        self._room.tidy(peer)
 
     async def close_all(self) -> None:
-        for peer in list(self.links):
+        for peer in self._room.links:
             await self.close_link(peer)
-        self.data.close()
+        self._data.close()
 
     def _expect(self, peer: PeerId, link: PeerLink) -> None:
-        if self._recorder is not None and link.kinds_received:
-            self._recorder.expect(peer, link.kinds_received)
+        if link.kinds_received:
+            self._sinks.expect(peer, link.kinds_received)
 
     # -- link callbacks ------------------------------------------------------------------
     def _link_track(
@@ -314,31 +314,27 @@ class Negotiator:
         self._emit(ev.TrackReceived(link.remote, kind, remote))
 
     def _link_track_ended(self, link: PeerLink, kind: Kind, track: MediaStreamTrack) -> None:
-        if self.links.get(link.remote) is link:
+        if self._room.link(link.remote) is link:
             self._emit(ev.TrackEnded(link.remote, kind, link.track_id(track)))
 
     def _link_state(self, link: PeerLink) -> None:
         peer = link.remote
-        if self.links.get(peer) is not link:
+        step = self._machine.link_state(link)
+        if step is None:
             return
-        self._emit(ev.ConnectionStateChanged(peer, link.state))
-        if link.state is LinkState.CONNECTED:
-            self._timers.connected(peer)
-            self._failures.pop(peer, None)
-        elif link.state is LinkState.FAILED:
-            self._failures[peer] = self._failures.get(peer, 0) + 1
-        action = mesh.on_connection_state(link.role, link.state, peer in self.members)
-        if action is Action.CLOSE:
+        for event in step.events:
+            self._emit(event)
+        if step.close:
             self.schedule_close(peer, only=link)
-        elif action is Action.AWAIT_REOFFER:
+        elif step.await_reoffer:
             log.info("connection to %s %s: waiting for its new offer", peer, link.state)
             self._work.schedule(
                 peer, lambda: self.close_link(peer, forget=False, only=link), "close"
             )
-        elif action is Action.REOFFER:
+        elif step.reoffer:
 
             async def reoffer() -> None:
-                if self.links.get(peer) is link:  # not replaced by an offer meanwhile
+                if self._room.link(peer) is link:  # not replaced by an offer meanwhile
                     await self.offer(peer)
 
             delay = self._timers.reoffer_later(

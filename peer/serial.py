@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from peer.room import Room
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
@@ -23,13 +24,14 @@ Work = Callable[[], Coroutine[Any, Any, None]]
 
 
 class PeerWork:
-    """Runs scheduled work per peer in order; tasks of its own are tracked and cancelled."""
+    """Runs scheduled work per peer in order; tasks of its own are tracked and cancelled.
 
-    def __init__(self, max_pending: int = MAX_PENDING_PER_PEER) -> None:
+    Each peer's lock and backlog are in its record of ``room``."""
+
+    def __init__(self, room: Room, max_pending: int = MAX_PENDING_PER_PEER) -> None:
         self.max_pending = max_pending
         self.closed = False
-        self._locks: dict[PeerId, asyncio.Lock] = {}
-        self._backlog: dict[PeerId, int] = {}
+        self._room = room
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -45,22 +47,26 @@ class PeerWork:
         """
         if self.closed:
             return False
-        if self._backlog.get(peer, 0) >= self.max_pending:
+        record = self._room[peer]
+        if record.backlog >= self.max_pending:
             log.warning("too much pending for %s: dropping %s", peer, what)
+            self._room.tidy(peer)
             return False
-        self._backlog[peer] = self._backlog.get(peer, 0) + 1
-        lock = self._locks.setdefault(peer, asyncio.Lock())
+        record.backlog += 1
+        if record.lock is None:
+            record.lock = asyncio.Lock()
+        lock = record.lock
 
         async def run() -> None:
             try:
                 async with lock:
                     await work()
             finally:
-                self._backlog[peer] -= 1
-                if self._backlog[peer] == 0:
-                    del self._backlog[peer]
+                record.backlog -= 1
+                if record.backlog == 0:
                     if not lock.locked():
-                        self._locks.pop(peer, None)
+                        record.lock = None
+                    self._room.tidy(peer)
 
         self.spawn(run(), f"{what} {peer}")
         return True

@@ -102,6 +102,27 @@ def rates(previous: Counters | None, now: Counters) -> tuple[float, float]:
     return kbps_in, kbps_out
 
 
+#: Bitrates are measured over at least this many seconds between two stats samples.
+MIN_RATE_INTERVAL = 0.5
+
+
+@dataclass
+class Sampler:
+    """The rates of one connection between its stats samples: a sample too close to the
+    previous one (under :data:`MIN_RATE_INTERVAL`) repeats the previous rates."""
+
+    previous: Counters | None = None
+    last: tuple[float, float] = (0.0, 0.0)
+
+    def rates(self, counters: Counters) -> tuple[float, float]:
+        """(kbps in, kbps out) since the previous sample."""
+        if self.previous is not None and counters.at - self.previous.at < MIN_RATE_INTERVAL:
+            return self.last
+        self.last = rates(self.previous, counters)
+        self.previous = counters
+        return self.last
+
+
 async def report_every(
     interval: float,
     sample: Callable[[], Awaitable[Sequence[PeerStats]]],

@@ -11,78 +11,79 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from typing import Literal
 
 from peer import mesh
+from peer.room import Room
 from signaling.protocol import PeerId
+
+#: The timer fields of :class:`peer.room.RemotePeer`.
+Slot = Literal["grace", "reoffer", "offer_wait"]
 
 
 class PeerTimers:
-    def __init__(self) -> None:
-        self._grace: dict[PeerId, asyncio.TimerHandle] = {}
-        self._reoffer: dict[PeerId, asyncio.TimerHandle] = {}
-        self._attempts: dict[PeerId, int] = {}
-        self._offer_wait: dict[PeerId, asyncio.TimerHandle] = {}
+    """Starts and cancels the timers kept in each peer's record of ``room``."""
 
-    @staticmethod
-    def _start(
-        timers: dict[PeerId, asyncio.TimerHandle],
-        peer: PeerId,
-        delay: float,
-        then: Callable[[], object],
-    ) -> None:
+    def __init__(self, room: Room) -> None:
+        self._room = room
+
+    def _start(self, slot: Slot, peer: PeerId, delay: float, then: Callable[[], object]) -> None:
         """``then`` after ``delay``, replacing ``peer``'s timer of that kind; forgotten once due."""
-        old = timers.pop(peer, None)
-        if old is not None:
-            old.cancel()
+        self._cancel(slot, peer)
+        record = self._room[peer]
 
         def due() -> None:
-            timers.pop(peer, None)
+            setattr(record, slot, None)
+            self._room.tidy(peer)
             then()
 
-        timers[peer] = asyncio.get_running_loop().call_later(delay, due)
+        setattr(record, slot, asyncio.get_running_loop().call_later(delay, due))
+
+    def _cancel(self, slot: Slot, peer: PeerId) -> bool:
+        record = self._room.get(peer)
+        handle: asyncio.TimerHandle | None = getattr(record, slot) if record else None
+        if record is None or handle is None:
+            return False
+        handle.cancel()
+        setattr(record, slot, None)
+        self._room.tidy(peer)
+        return True
 
     # -- grace ---------------------------------------------------------------------------
     def hold(self, peer: PeerId, delay: float, then: Callable[[], object]) -> None:
         """Call ``then`` after ``delay`` unless :meth:`release` comes first (restarts)."""
-        self._start(self._grace, peer, delay, then)
+        self._start("grace", peer, delay, then)
 
     def release(self, peer: PeerId) -> bool:
         """Cancel ``peer``'s grace; True if one was running (the peer came back)."""
-        handle = self._grace.pop(peer, None)
-        if handle is not None:
-            handle.cancel()
-        return handle is not None
+        return self._cancel("grace", peer)
 
     def release_all(self) -> list[PeerId]:
         """Cancel every grace (the server went away, not the peers); who was held."""
-        held = list(self._grace)
-        for peer in held:
-            self.release(peer)
-        return held
+        return [record.id for record in self._room if self.release(record.id)]
 
     # -- waiting for a newcomer's offer ------------------------------------------------------
     def await_offer(self, peer: PeerId, delay: float, then: Callable[[], object]) -> None:
         """Call ``then`` after ``delay`` (restarts): the caller checks whether it came."""
-        self._start(self._offer_wait, peer, delay, then)
+        self._start("offer_wait", peer, delay, then)
 
     # -- re-offers -----------------------------------------------------------------------
     def reoffer_later(self, peer: PeerId, then: Callable[[], object]) -> float:
         """Call ``then`` after this peer's next backoff delay (peer.mesh.RECONNECT_DELAYS)."""
-        attempt = self._attempts.get(peer, 0)
-        self._attempts[peer] = attempt + 1
+        record = self._room[peer]
+        attempt = record.reoffers
+        record.reoffers = attempt + 1
         delay = mesh.reconnect_delay(attempt, random.random())
-        self._start(self._reoffer, peer, delay, then)
+        self._start("reoffer", peer, delay, then)
         return delay
 
-    def connected(self, peer: PeerId) -> None:
-        """The connection works: the next failure starts the backoff from the beginning."""
-        self._attempts.pop(peer, None)
-
     def forget(self, peer: PeerId) -> None:
-        self._attempts.pop(peer, None)
+        record = self._room.get(peer)
+        if record is not None:
+            record.reoffers = 0
+            self._room.tidy(peer)
 
     def cancel_all(self) -> None:
-        for timers in (self._grace, self._reoffer, self._offer_wait):
-            for handle in timers.values():
-                handle.cancel()
-            timers.clear()
+        for record in self._room:
+            for slot in ("grace", "reoffer", "offer_wait"):
+                self._cancel(slot, record.id)

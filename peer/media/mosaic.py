@@ -70,7 +70,7 @@ class _Tile:
     cached: Image | None = None
 
 
-class _LocalConsumer:
+class _LocalConsumer(FrameConsumer):
     """Feeds the local preview from a TrackTap on (a relay of) the local video."""
 
     def __init__(self, mosaic: Mosaic, label: str) -> None:
@@ -86,7 +86,7 @@ class _LocalConsumer:
             self._mosaic.clear_local()
 
 
-class Mosaic:
+class Mosaic(FrameConsumer):
     """A FrameConsumer keeping each peer's latest video frame; ``render()`` tiles them."""
 
     def __init__(
@@ -131,6 +131,11 @@ class Mosaic:
     def remove_peer(self, peer: PeerId) -> None:
         with self._lock:
             self._tiles.pop(peer, None)
+
+    async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
+        """A peer's tile stays (showing its name) across its connections, until it is gone."""
+        if gone:
+            self.remove_peer(peer)
 
     # --- the local preview ---------------------------------------------------------------
 

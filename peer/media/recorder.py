@@ -39,7 +39,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from peer.media.errors import MediaError
-from peer.media.tap import Kind, SizeGuard
+from peer.media.tap import FrameConsumer, Kind, SizeGuard
 from peer.media.timeline import AudioStamper, RecordingClock, VideoStamper
 from signaling.protocol import PeerId
 
@@ -384,7 +384,7 @@ class _Visit:
         )
 
 
-class Recorder:
+class Recorder(FrameConsumer):
     """A FrameConsumer that writes one file per remote peer and visit into ``directory``.
 
     Pictures over :data:`peer.media.tap.MAX_FRAME_PIXELS` are left out (one warning per
@@ -453,6 +453,10 @@ class Recorder:
             self._release(visit)
         path = self._unreported.pop(peer, None)
         return path if path is not None and path.exists() else None
+
+    async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
+        """A connection closed: its file is finished, whether the peer comes back or not."""
+        await self.close_peer(peer)
 
     async def close(self) -> list[Path]:
         """Finalises every file; returns all files this recorder wrote."""

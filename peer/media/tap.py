@@ -26,11 +26,57 @@ log = logging.getLogger(__name__)
 
 
 class FrameConsumer(Protocol):
+    """A sink of remote frames (the recorder, the mosaic, an application's own).
+
+    ``put_frame`` and ``track_ended`` come from each :class:`TrackTap`. ``expect`` and
+    ``peer_closed`` come from the agent, once per connection, so a sink can prepare for a
+    peer's tracks and let go of what it holds for it; they have no-op defaults here, which a
+    sink gets by subclassing this class. A consumer that only has the first two (duck-typed,
+    written before them) keeps working: :class:`Sinks` calls the others only where present.
+    """
+
     def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
         """Called on the event loop for every frame; must never block (bounded queue, drop/skip)."""
 
     def track_ended(self, peer: PeerId, kind: Kind) -> None:
         """No more frames of ``kind`` will come from ``peer`` through this tap."""
+
+    def expect(self, peer: PeerId, kinds: set[Kind]) -> None:
+        """A connection to ``peer`` was negotiated: these are the kinds it will send."""
+        return None
+
+    async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
+        """The connection to ``peer`` closed (its tracks ended first): finish what belongs to
+        that connection. ``gone``: the peer is forgotten too (it left the room, or we did),
+        not about to be connected again, so drop what is kept across its connections. Also
+        called (``gone``) for a peer that leaves while no connection to it is open."""
+        return None
+
+
+class Sinks:
+    """The agent's frame consumers, as one: the taps' list, and the lifecycle calls made
+    once per connection, each sink's failure logged and never stopping the others."""
+
+    def __init__(self, consumers: Sequence[FrameConsumer]) -> None:
+        self.consumers = list(consumers)
+
+    def expect(self, peer: PeerId, kinds: set[Kind]) -> None:
+        for consumer in self.consumers:
+            expect = getattr(consumer, "expect", None)
+            if expect is not None:
+                try:
+                    expect(peer, kinds)
+                except Exception:
+                    log.exception("%s failed on expecting %s", type(consumer).__name__, peer)
+
+    async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
+        for consumer in self.consumers:
+            closed = getattr(consumer, "peer_closed", None)
+            if closed is not None:
+                try:
+                    await closed(peer, gone=gone)
+                except Exception:  # the rest of the closing must happen all the same
+                    log.exception("%s failed on closing %s", type(consumer).__name__, peer)
 
 
 #: The largest decoded picture the recorder and the mosaic take, in pixels (3840x2160): a

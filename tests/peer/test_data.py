@@ -94,7 +94,7 @@ async def data_agents(
 
 
 def channel_to(agent: Agent, peer: str) -> DataChannel:
-    return agent._mesh.data.meshpeer[PeerId(peer)]
+    return agent._data.meshpeer[PeerId(peer)]
 
 
 async def test_text_both_ways_in_order_and_to_everyone(server: RunningServer) -> None:
@@ -182,7 +182,7 @@ async def test_a_peer_leaving_mid_transfer(server: RunningServer) -> None:
         await eventually(
             lambda: PeerId("alice") not in bob.links, seconds(5), "bob to close the link"
         )
-        assert PeerId("alice") not in bob._mesh.data.meshpeer  # nothing kept for her
+        assert PeerId("alice") not in bob._data.meshpeer  # nothing kept for her
         assert bob.send_data("anyone?") == 0
 
 
@@ -242,7 +242,7 @@ async def test_a_stalled_peer_holds_up_nobody(server: RunningServer) -> None:
                     f"round {round_}",
                 )
             to_carol = channel_to(alice, "carol")
-            assert to_carol.buffered_amount <= alice._mesh.data.limits.buffered
+            assert to_carol.buffered_amount <= alice._data.limits.buffered
             assert to_carol.queued == 64
             dropped = alice_in.dropped("carol")
             assert dropped and all("queue is full" in d.reason for d in dropped)

@@ -55,7 +55,7 @@ def prefer_h264(agent: Agent) -> None:
     """``agent`` offers video as H.264 only (the way a peer without VP8 would)."""
     caps = RTCRtpSender.getCapabilities("video").codecs
     h264 = [c for c in caps if c.mimeType.lower() in ("video/h264", "video/rtx")]
-    new_link = agent._mesh._new_link
+    new_link = agent._negotiator._new_link
 
     def patched(peer: PeerId, role: object) -> PeerLink:
         link = new_link(peer, role)  # type: ignore[arg-type]
@@ -64,7 +64,7 @@ def prefer_h264(agent: Agent) -> None:
                 transceiver.setCodecPreferences(list[RTCRtpCodecCapability](h264))
         return link
 
-    agent._mesh._new_link = patched  # type: ignore[method-assign]
+    agent._negotiator._new_link = patched  # type: ignore[method-assign]
 
 
 async def test_every_receiver_decodes_one_shared_encode(server: RunningServer) -> None:

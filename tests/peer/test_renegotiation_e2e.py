@@ -127,7 +127,7 @@ async def test_what_aiortc_cannot_renegotiate_replaces_the_connection(
         restart = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:rstr", held)
         restart = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:restartrestartrestartrestart", restart)
         start = time.monotonic() - 0.5
-        alice._mesh.on_signal(Offer("offer", BOB, ALICE, sdp=restart))
+        alice._negotiator.on_signal(Offer("offer", BOB, ALICE, sdp=restart))
         await eventually(
             lambda: alice.links.get(BOB) not in (None, old), seconds(10), "a new connection"
         )

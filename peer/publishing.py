@@ -1,0 +1,77 @@
+"""What the agent sends: one :class:`peer.media.fanout.Publisher` per local source, made
+when joining, and one per track given to ``send_track``/``add_track``, each encoded once
+for every connection it goes to (with the shared encoding).
+
+Apart from the agent so that the room (:mod:`peer.room`) and the connections
+(:mod:`peer.negotiation`) only ask it for tracks, and the publishers' lifetimes are in
+one place: the local ones live from join to leave, the others until nobody sends them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiortc import MediaStreamTrack
+
+from peer.errors import MeshpeerError
+from peer.events import Kind
+from peer.media.encoders import Vp8Settings
+from peer.media.fanout import EncoderStats, Encoding, Publisher
+
+if TYPE_CHECKING:
+    from peer.media.sources import LocalMedia
+
+
+class Publishing:
+    def __init__(self, encoding: Encoding, vp8: Vp8Settings | None) -> None:
+        self.encoding = encoding
+        self.vp8 = vp8
+        #: The local sources, relayed to each new connection (set when joining).
+        self._local: list[Publisher] = []
+        #: Tracks given to send_track/add_track, each encoded once for the peers it goes to.
+        self._sent: dict[MediaStreamTrack, Publisher] = {}
+
+    def start(self, media: LocalMedia | None) -> None:
+        """(Re)make the local publishers: on joining."""
+        for publisher in self._local:
+            publisher.close()
+        self._local = []
+        if media is not None:
+            for track in (media.video, media.audio):
+                if track is not None:
+                    self._local.append(Publisher(track, self.encoding, vp8=self.vp8))
+
+    def local_tracks(self) -> list[MediaStreamTrack]:
+        """What a new connection sends: a copy of each local source."""
+        return [publisher.track() for publisher in self._local]
+
+    def local(self, kind: Kind, media: LocalMedia | None) -> MediaStreamTrack | None:
+        """A copy of our own ``kind`` track, None if we send none."""
+        if media is not None and not self._local:
+            raise MeshpeerError("the local tracks are relayed once the agent has joined")
+        for publisher in self._local:
+            if publisher.kind == kind:
+                return publisher.frames()
+        return None
+
+    def sent(self, track: MediaStreamTrack) -> Publisher:
+        """``track``'s publisher (made at first use): ``track()`` gives a copy for one more
+        connection, its encoder shared with the others; it goes once none is left."""
+        publisher = self._sent.get(track)
+        if publisher is None:
+            publisher = Publisher(track, self.encoding, vp8=self.vp8, on_idle=self._idle)
+            self._sent[track] = publisher
+        return publisher
+
+    def _idle(self, publisher: Publisher) -> None:
+        if self._sent.get(publisher.source) is publisher:
+            del self._sent[publisher.source]
+
+    def stats(self) -> list[EncoderStats]:
+        """The shared encoders running now, one per source and codec."""
+        publishers = [*self._local, *self._sent.values()]
+        return [stats for publisher in publishers for stats in publisher.stats()]
+
+    def close(self) -> None:
+        for publisher in [*self._local, *self._sent.values()]:
+            publisher.close()
