@@ -48,7 +48,8 @@ from aiortc import MediaStreamTrack
 
 from peer import events as ev
 from peer import link_stats, mesh
-from peer.datachannel import DataChannel, DataLimits, DataPlane
+from peer.datachannel import DataChannel, DataLimits
+from peer.dataplane import DataPlane
 from peer.errors import MeshpeerError
 from peer.events import Event, EventHub, Kind
 from peer.ice import IceServer, parse_ice_server
@@ -186,8 +187,8 @@ class Agent:
         self._machine = RoomMachine(self.peer_id, self._room)
         self._work = PeerWork(self._room)
         self._timers = PeerTimers(self._room)
-        #: The data channels: a meshpeer channel per peer, kept across its connections.
-        self._data = DataPlane(self._emit, data_limits)
+        #: The data channels, kept in the records: a meshpeer channel per peer, and extras.
+        self._data = DataPlane(self._room, self._emit, data_limits)
         self._signaling = SignalingClient(
             url,
             self.peer_id,

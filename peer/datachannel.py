@@ -17,6 +17,9 @@ messages are dropped and reported (:class:`DataDropped` and a log line).
   channel went away, whichever is later.
 - An extra channel (:meth:`peer.agent.Agent.open_channel`, or opened by the remote) belongs
   to one connection: raw messages of at most 16 KiB, no framing, closed with it.
+
+Which channels a peer has is kept in its record (:class:`peer.room.RemotePeer`), by
+:class:`peer.dataplane.DataPlane`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -442,72 +445,3 @@ class DataChannel:
         )  # fmt: skip
         self._quiet_until = now + _LOG_EVERY
         self._unlogged = 0
-
-
-class DataPlane:
-    """Every data channel of one agent: a ``meshpeer`` :class:`DataChannel` per remote peer
-    (kept across its connections) and the extra channels of each connection."""
-
-    def __init__(
-        self, emit: Callable[[ChannelEvent], None], limits: DataLimits | None = None
-    ) -> None:
-        self.limits = limits or DataLimits()
-        self._emit = emit
-        #: The meshpeer channel per peer, made when first used.
-        self.meshpeer: dict[PeerId, DataChannel] = {}
-        self._extras: dict[ChannelOwner, list[DataChannel]] = {}
-
-    def channel(self, peer: PeerId) -> DataChannel:
-        channel = self.meshpeer.get(peer)
-        if channel is None:
-            channel = DataChannel(peer, MESHPEER, framed=True, limits=self.limits, emit=self._emit)
-            self.meshpeer[peer] = channel
-        return channel
-
-    def send(self, data: object, peers: Iterable[PeerId]) -> int:
-        """Queue ``data`` on the meshpeer channel of each of ``peers``; how many took it."""
-        message, size = prepare(data, self.limits.message, MESHPEER)
-        return sum(self.channel(peer).put(message, size) for peer in peers)
-
-    def added(self, link: ChannelOwner, rtc: RTCDataChannel) -> None:
-        """A channel of ``link``: our meshpeer one (offerer), or one the remote opened."""
-        if rtc.label == MESHPEER:
-            self.channel(link.remote).attach(rtc, link)
-        else:
-            self._extra(link, rtc)
-
-    def open_channel(
-        self, link: ChannelOwner, label: str, *, ordered: bool, max_retransmits: int | None
-    ) -> DataChannel:
-        if label == MESHPEER:
-            raise MeshpeerError(f"{MESHPEER!r} is the agent's own channel: use send_data")
-        rtc = link.pc.createDataChannel(label, ordered=ordered, maxRetransmits=max_retransmits)
-        return self._extra(link, rtc)
-
-    def _extra(self, link: ChannelOwner, rtc: RTCDataChannel) -> DataChannel:
-        channel = DataChannel(
-            link.remote, rtc.label, framed=False, limits=self.limits, emit=self._emit
-        )
-        channels = [c for c in self._extras.get(link, []) if not c.closed]
-        self._extras[link] = [*channels, channel]
-        channel.attach(rtc, link)
-        return channel
-
-    def link_closed(self, link: ChannelOwner) -> None:
-        """``link`` is closed: its meshpeer channel waits for the next; its extras close."""
-        channel = self.meshpeer.get(link.remote)
-        if channel is not None:
-            channel.detach_from(link)
-        for extra in self._extras.pop(link, []):
-            extra.shut("the connection closed")
-
-    def forget(self, peer: PeerId, reason: str = "the peer left") -> None:
-        channel = self.meshpeer.pop(peer, None)
-        if channel is not None:
-            channel.shut(reason)
-
-    def close(self) -> None:
-        for peer in list(self.meshpeer):
-            self.forget(peer, "the agent left")
-        for link in list(self._extras):
-            self.link_closed(link)

@@ -18,7 +18,7 @@ from aiortc.contrib.media import MediaRelay
 
 from peer import events as ev
 from peer import mesh, renegotiation
-from peer.datachannel import DataPlane
+from peer.dataplane import DataPlane
 from peer.events import Event, Kind, RemoteTrack
 from peer.ice import IceServer, arrange, rtc_configuration
 from peer.ice_probe import Check, IceProbe, Verdict

@@ -1,9 +1,10 @@
 """The agent's room: one :class:`RemotePeer` record per other peer, holding all it knows of it.
 
 "What happens to bob when he leaves" is answered by reading bob's record: whether the
-server lists him, his connection, its failures and re-offer backoff, his timers and his
-serial work. The modules that act on a peer (:mod:`peer.negotiation`, :mod:`peer.timers`,
-:mod:`peer.serial`) keep no table of their own: they read and write the record here.
+server lists him, his connection, its failures and re-offer backoff, his timers, his
+serial work and his data channels. The modules that act on a peer (:mod:`peer.negotiation`,
+:mod:`peer.timers`, :mod:`peer.serial`, :mod:`peer.dataplane`) keep no table of their own:
+they read and write the record here.
 
 A record's fields default to "nothing known", so a record is dropped as soon as it holds
 nothing again (:meth:`Room.tidy`), and a missing one reads the same as an empty one.
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from signaling.protocol import PeerId
 
 if TYPE_CHECKING:
+    from peer.datachannel import ChannelOwner, DataChannel
     from peer.link import PeerLink
     from peer.stats import Sampler
 
@@ -47,6 +49,10 @@ class RemotePeer:
     backlog: int = 0
     #: The previous stats sample of the current connection (rates are since it).
     sampler: Sampler | None = None
+    #: Its ``meshpeer`` data channel (:mod:`peer.dataplane`): kept across its connections.
+    data_channel: DataChannel | None = None
+    #: The extra data channels, by the connection they belong to (closed with it).
+    extra_channels: dict[ChannelOwner, list[DataChannel]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -60,6 +66,8 @@ class RemotePeer:
             or self.reoffer is not None
             or self.offer_wait is not None
             or self.backlog
+            or self.data_channel is not None
+            or self.extra_channels
         )
 
 
