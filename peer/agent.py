@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import MediaStreamTrack
 
 from peer import events as ev
-from peer import link_stats, mesh
+from peer import link_stats
 from peer.datachannel import DataChannel, DataLimits
 from peer.dataplane import DataPlane
 from peer.errors import MeshpeerError
@@ -62,24 +62,13 @@ from peer.mesh import LinkState
 from peer.negotiation import Negotiator
 from peer.publishing import Publishing
 from peer.room import Room
+from peer.room_io import RoomIO
 from peer.serial import PeerWork
 from peer.signaling_client import SignalingClient
 from peer.stats import PeerStats, report_every
 from peer.timers import PeerTimers
 from peer.tokens import read_claims
-from signaling.protocol import (
-    Answer,
-    Candidate,
-    Custom,
-    IceServers,
-    Message,
-    Offer,
-    PeerId,
-    PeerJoined,
-    PeerLeft,
-    PeerList,
-    RoomId,
-)
+from signaling.protocol import Custom, Message, PeerId, PeerList, RoomId
 
 if TYPE_CHECKING:
     import av
@@ -138,8 +127,10 @@ class Agent:
 
     The pieces, each readable alone: :mod:`peer.events` (the event stream and listeners),
     :mod:`peer.serial` (per-peer serial work), :mod:`peer.negotiation` (the connections),
-    :mod:`peer.timers` (grace and re-offer timers), :func:`peer.stats.report_every`.
-    This class is the API and the room: who is there, what the signaling server says.
+    :mod:`peer.timers` (grace and re-offer timers), :func:`peer.stats.report_every`,
+    :mod:`peer.machine` and :mod:`peer.room_io` (what the signaling server says about the
+    room, decided and carried out), :mod:`peer.dataplane` (the data channels).
+    This class is the API and the wiring.
     """
 
     def __init__(
@@ -219,6 +210,17 @@ class Agent:
                 s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
             ],
             always_send=always_send,
+        )
+        #: Carries out the room machine's results for what the server says (:mod:`peer.room_io`).
+        self._room_io = RoomIO(
+            machine=self._machine,
+            negotiator=self._negotiator,
+            work=self._work,
+            timers=self._timers,
+            sinks=self._sinks,
+            data=self._data,
+            emit=self._emit,
+            grace=lambda: self.peer_left_grace,
         )
         self._stats_task: asyncio.Task[None] | None = None
         self._leave_task: asyncio.Task[None] | None = None
@@ -409,10 +411,7 @@ class Agent:
         the room: 0. The peer gets it whole, ``str`` as ``str`` and ``bytes`` as ``bytes``,
         in a :class:`peer.events.DataReceived`; up to 16 MiB (larger raises MeshpeerError).
         """
-        peers = self.members | set(self.links)
-        if to is not None:
-            peers &= {PeerId(to)}
-        return self._data.send(data, () if self._left.is_set() else sorted(peers))
+        return self._data.send_data(data, None if to is None else PeerId(to))
 
     def open_channel(
         self,
@@ -432,11 +431,8 @@ class Agent:
         ``meshpeer`` channel opens: :class:`peer.events.ChannelOpened`).
         Raises MeshpeerError when there is no connection to ``peer``.
         """
-        link = self.links.get(PeerId(peer))
-        if link is None or self._left.is_set():
-            raise MeshpeerError(f"no connection to {peer!r} to open channel {label!r} on")
         return self._data.open_channel(
-            link, label, ordered=ordered, max_retransmits=max_retransmits
+            PeerId(peer), label, ordered=ordered, max_retransmits=max_retransmits
         )
 
     async def drop_signaling(self) -> None:
@@ -447,10 +443,6 @@ class Agent:
 
     def _emit(self, event: Event) -> None:
         self._hub.emit(event)
-
-    def _emit_all(self, events: Sequence[Event]) -> None:
-        for event in events:
-            self._hub.emit(event)
 
     def _schedule(
         self, peer: PeerId, work: Callable[[], Coroutine[Any, Any, None]], what: str
@@ -466,76 +458,25 @@ class Agent:
     def _on_joined(self, peer_list: PeerList, rejoin: bool) -> None:
         if self.in_room_at is None:
             self.in_room_at = time.monotonic()
-        self._negotiator.hand_servers(peer_list.ice_servers)
-        step = self._machine.peer_list(peer_list.peers, rejoin)
-        self._emit_all(step.events)
-        for peer in step.offer:
-            self._negotiator.schedule_offer(peer)
-        for peer in step.close:
-            self._negotiator.schedule_close(peer)
+        self._room_io.joined(peer_list, rejoin)
 
     def _on_lost(self, close_code: int | None) -> None:
         if self._signaling.fatal is not None:
             self._emit(ev.Failed(str(self._signaling.fatal)))
             self._spawn_leave()
             return
-        self._emit(ev.SignalingLost(close_code))
-        if self._machine.signaling_lost(close_code):
-            for peer in self._timers.release_all():
-                log.info("kept the connection to %s: the server went away, not the peer", peer)
+        self._room_io.signaling_lost(close_code)
 
     def _spawn_leave(self) -> None:
         if self._leave_task is None:
             self._left.set()
             self._work.closed = True  # leaving: nothing new for any peer from now on
+            self._data.closed = True
             self._leave_task = asyncio.get_running_loop().create_task(self._leave())
 
     def _on_message(self, message: Message) -> None:
-        if self._left.is_set():
-            return
-        if isinstance(message, Offer | Answer | Candidate):
-            self._negotiator.on_signal(message)
-        elif isinstance(message, PeerJoined):
-            self._peer_joined(message.peer_id)
-        elif isinstance(message, PeerLeft):
-            self._peer_left(message.peer_id)
-        elif isinstance(message, IceServers):
-            self._negotiator.hand_servers(message.ice_servers)  # fresh TURN credentials
-        elif isinstance(message, Custom):
-            self._emit(ev.RoomMessage(message.sender, message.type, message.data))
-        # Error: logged by the signaling client; nothing here depends on it.
-
-    def _peer_joined(self, peer: PeerId) -> None:
-        step = self._machine.peer_joined(peer)
-        if step is None:
-            return
-        self._timers.release(peer)  # it left and came back at once: a resume, keep the link
-        self._emit_all(step.events)
-        if step.close:
-            self._negotiator.schedule_close(peer)
-        if step.await_offer is not None:
-            self._timers.await_offer(peer, step.await_offer, lambda: self._offer_awaited(peer))
-
-    def _offer_awaited(self, peer: PeerId) -> None:
-        if self._machine.offer_awaited(peer):
-            log.info("no offer from %s within %g s: offering ourselves", peer, mesh.OFFER_WAIT)
-            self._negotiator.schedule_offer(peer)
-
-    def _peer_left(self, peer: PeerId) -> None:
-        step = self._machine.peer_left(peer)
-        self._emit_all(step.events)
-        if step.forget:
-            # Its connection was already closed, not forgotten: the sinks forget it now.
-            self._work.schedule(peer, lambda: self._sinks.peer_closed(peer, gone=True), "forget")
-            self._data.forget(peer)  # what waited for a connection to it is dropped
-        if step.close:
-            self._negotiator.schedule_close(peer)
-        elif step.grace:
-            self._timers.hold(peer, self.peer_left_grace, lambda: self._grace_over(peer))
-
-    def _grace_over(self, peer: PeerId) -> None:
-        if self._machine.grace_over(peer):
-            self._negotiator.schedule_close(peer)
+        if not self._left.is_set():
+            self._room_io.on_message(message)
 
 
 async def run_until(agent: Agent, stop: asyncio.Event, duration: float | None) -> None:

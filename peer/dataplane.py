@@ -41,6 +41,8 @@ class DataPlane:
         self.limits = limits or DataLimits()
         self._room = room
         self._emit = emit
+        #: The agent left: nothing is sent or opened any more.
+        self.closed = False
 
     @property
     def meshpeer(self) -> dict[PeerId, DataChannel]:
@@ -60,6 +62,14 @@ class DataPlane:
         message, size = prepare(data, self.limits.message, MESHPEER)
         return sum(self.channel(peer).put(message, size) for peer in peers)
 
+    def send_data(self, data: object, to: PeerId | None) -> int:
+        """:meth:`peer.agent.Agent.send_data`: to ``to`` or to everyone in the room or
+        connected (none once the agent left)."""
+        peers = self._room.members | set(self._room.links)
+        if to is not None:
+            peers &= {to}
+        return self.send(data, () if self.closed else sorted(peers))
+
     def added(self, link: ChannelOwner, rtc: RTCDataChannel) -> None:
         """A channel of ``link``: our meshpeer one (offerer), or one the remote opened."""
         if rtc.label == MESHPEER:
@@ -68,8 +78,12 @@ class DataPlane:
             self._extra(link, rtc)
 
     def open_channel(
-        self, link: ChannelOwner, label: str, *, ordered: bool, max_retransmits: int | None
+        self, peer: PeerId, label: str, *, ordered: bool, max_retransmits: int | None
     ) -> DataChannel:
+        """:meth:`peer.agent.Agent.open_channel`: on ``peer``'s current connection."""
+        link = self._room.link(peer)
+        if link is None or self.closed:
+            raise MeshpeerError(f"no connection to {peer!r} to open channel {label!r} on")
         if label == MESHPEER:
             raise MeshpeerError(f"{MESHPEER!r} is the agent's own channel: use send_data")
         rtc = link.pc.createDataChannel(label, ordered=ordered, maxRetransmits=max_retransmits)
