@@ -57,7 +57,7 @@ from peer.link import PeerLink
 from peer.machine import RoomMachine
 from peer.media.encoders import Vp8Settings
 from peer.media.fanout import EncoderStats, Encoding
-from peer.media.tap import FrameConsumer, Sinks
+from peer.media.tap import FirstFrames, FrameConsumer, Sinks
 from peer.mesh import LinkState
 from peer.negotiation import Negotiator
 from peer.publishing import Publishing
@@ -71,8 +71,6 @@ from peer.tokens import read_claims
 from signaling.protocol import Custom, Message, PeerId, PeerList, RoomId
 
 if TYPE_CHECKING:
-    import av
-
     from peer.media.mosaic import Mosaic
     from peer.media.recorder import Recorder
     from peer.media.sources import LocalMedia
@@ -82,22 +80,6 @@ log = logging.getLogger(__name__)
 
 def random_peer_id() -> PeerId:
     return PeerId(f"peer-{secrets.token_hex(3)}")
-
-
-class _FirstFrames(FrameConsumer):
-    """A FrameConsumer that reports the first frame of each remote track, once."""
-
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-        self._seen: set[tuple[PeerId, Kind]] = set()
-
-    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
-        if (peer, kind) not in self._seen:
-            self._seen.add((peer, kind))
-            self._agent._emit(ev.FirstFrame(peer, kind, time.monotonic() - self._agent.joined_at))
-
-    def track_ended(self, peer: PeerId, kind: Kind) -> None:
-        self._seen.discard((peer, kind))
 
 
 class Agent:
@@ -194,7 +176,7 @@ class Agent:
             consumer_list.append(recorder)
         if mosaic is not None:
             consumer_list.append(mosaic)
-        consumer_list.append(_FirstFrames(self))
+        consumer_list.append(FirstFrames(self._emit, lambda: self.joined_at))
         self._sinks = Sinks(consumer_list)
         self._negotiator = Negotiator(
             self.peer_id,

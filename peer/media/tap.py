@@ -19,6 +19,7 @@ from typing import Protocol
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from peer.events import FirstFrame
 from peer.events import Kind as Kind  # defined once, in peer.events; re-exported
 from signaling.protocol import PeerId
 
@@ -77,6 +78,24 @@ class Sinks:
                     await closed(peer, gone=gone)
                 except Exception:  # the rest of the closing must happen all the same
                     log.exception("%s failed on closing %s", type(consumer).__name__, peer)
+
+
+class FirstFrames(FrameConsumer):
+    """The agent's own sink: reports the first frame of each remote track, once (until it
+    ends), as :class:`peer.events.FirstFrame`, timed from ``since()`` (when the agent joined)."""
+
+    def __init__(self, emit: Callable[[FirstFrame], None], since: Callable[[], float]) -> None:
+        self._emit = emit
+        self._since = since
+        self._seen: set[tuple[PeerId, Kind]] = set()
+
+    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if (peer, kind) not in self._seen:
+            self._seen.add((peer, kind))
+            self._emit(FirstFrame(peer, kind, time.monotonic() - self._since()))
+
+    def track_ended(self, peer: PeerId, kind: Kind) -> None:
+        self._seen.discard((peer, kind))
 
 
 #: The largest decoded picture the recorder and the mosaic take, in pixels (3840x2160): a
