@@ -187,7 +187,7 @@ class Agent:
             timers=self._timers,
             sinks=self._sinks,
             data=self._data,
-            local_tracks=self._publishing.local_tracks,
+            publishing=self._publishing,
             own_servers=[
                 s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
             ],
@@ -345,6 +345,19 @@ class Agent:
         if not self._schedule(peer, work, "add-track"):
             return False
         return await done
+
+    def publish(self, track: MediaStreamTrack) -> None:
+        """Send ``track`` (audio or video) to every peer, present and future, as one more
+        track, encoded once for all; kept when a connection is replaced. Live connections
+        are renegotiated in place. Publishing a published track again does nothing."""
+        if self._publishing.publish(track):
+            self._negotiator.sync_all()
+
+    def unpublish(self, track: MediaStreamTrack) -> None:
+        """Stop sending a published ``track`` to everyone (renegotiated in place: each peer
+        gets :class:`peer.events.TrackEnded`). ValueError if it is not published."""
+        self._publishing.unpublish(track)
+        self._negotiator.sync_all()
 
     def encoder_stats(self) -> list[EncoderStats]:
         """The shared encoders running now, one per source and codec."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiortc import (
     MediaStreamTrack,
@@ -52,7 +52,8 @@ _PC_STATES = {
 
 
 class PeerLink:
-    """The connection to ``remote``; ``local_tracks`` are sent (each one a relay subscription)."""
+    """The connection to ``remote``; ``local_tracks`` are sent (each one a relay subscription),
+    and ``published`` (source -> the copy this connection sends) after them."""
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class PeerLink:
         ice_servers: Sequence[IceServer] = (),
         on_track_ended: Callable[[PeerLink, Kind, MediaStreamTrack], None] | None = None,
         on_channel: Callable[[PeerLink, RTCDataChannel], None] | None = None,
+        published: Mapping[MediaStreamTrack, MediaStreamTrack] | None = None,
     ) -> None:
         self.remote = remote
         self.role = role
@@ -97,6 +99,9 @@ class PeerLink:
         self._on_track = on_track
         self._closed = False
         self._sent_tracks = list(local_tracks)
+        #: The published sources this connection sends, each as its own copy (an m-line).
+        self.published: dict[MediaStreamTrack, MediaStreamTrack] = {}
+        offered = dict(published or {})
         self._always_send = always_send
         #: The STUN/TURN URLs in ``config``: a server that answers later is not in here.
         self.ice_urls = frozenset(server.url for server in ice_servers)
@@ -105,14 +110,19 @@ class PeerLink:
         if role is Role.OFFERER:
             # Offer both kinds: what we have sendrecv, the rest recvonly (a receive-only bot
             # still gets everyone's media).
-            kinds = {track.kind for track in local_tracks}
+            kinds = {track.kind for track in [*local_tracks, *offered.values()]}
             for track in local_tracks:
                 self._add_track(track)
+            for source, copy in offered.items():
+                self.publish(source, copy)
+            offered = {}
             for kind in ("audio", "video"):
                 if kind not in kinds:
                     self.pc.addTransceiver(
                         kind, direction="sendrecv" if always_send else "recvonly"
                     )
+        #: Published copies to place on the remote offer's m-lines (the answering side).
+        self._to_place = offered
         self.pc.on("connectionstatechange", self._connection_state_changed)
         self.pc.on("track", self._track)
         if on_channel is not None:
@@ -196,11 +206,31 @@ class PeerLink:
         self._sent_tracks.append(track)
         return await self.make_offer()
 
+    def publish(self, source: MediaStreamTrack, copy: MediaStreamTrack) -> None:
+        """Send ``copy`` of the published ``source`` too: on a free slot of its kind, else a
+        new m-line. Takes effect with the next offer (:meth:`make_offer`)."""
+        self._add_track(copy)
+        self._sent_tracks.append(copy)
+        self.published[source] = copy
+
+    def unpublish(self, source: MediaStreamTrack) -> None:
+        """Stop sending the published ``source``: its m-line stops sending at the next offer
+        (the remote ends its track). The stopped copy stays on the sender, so the slot is
+        never reused (aiortc's sender stops for good once its track ends)."""
+        copy = self.published.pop(source)
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.sender.track is copy:
+                receiving = transceiver.direction in ("sendrecv", "recvonly")
+                transceiver.direction = "recvonly" if receiving else "inactive"
+        copy.stop()
+        self._sent_tracks.remove(copy)
+
     def _attach_to_offer(self) -> None:
         """Send our tracks on the offer's m-lines of their kind; never add m-lines.
 
         aiortc cannot answer with a transceiver the offer did not have, so a track whose
-        kind the offer lacks (say, audio to a video-only peer) is not sent.
+        kind the offer lacks (say, audio to a video-only peer) is not sent; a published
+        one is left out of ``published`` (stopped), for the next offer of ours to add.
         """
         offered = [t for t in self.pc.getTransceivers() if t.sender.track is None]
         for track in self._sent_tracks:
@@ -210,6 +240,14 @@ class PeerLink:
                 continue
             offered.remove(slot)
             self._add_track(track)
+        to_place, self._to_place = self._to_place, {}
+        for source, copy in to_place.items():
+            slot = next((t for t in offered if t.kind == copy.kind), None)
+            if slot is None:
+                copy.stop()
+                continue
+            offered.remove(slot)
+            self.publish(source, copy)
         if self._always_send:
             for slot in offered:
                 slot.direction = "sendrecv"  # a sender with no track yet: see send_track()

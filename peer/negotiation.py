@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aiortc import MediaStreamTrack
@@ -32,6 +33,7 @@ from signaling.protocol import Answer, Candidate, Message, Offer, PeerId
 
 if TYPE_CHECKING:
     from peer.media.tap import Sinks
+    from peer.publishing import Publishing
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,9 @@ class Negotiator:
     """The connections of ``me`` to the other members of its ``room``: each one is the
     ``link`` of that peer's record, its failures counted there too.
 
-    ``local_tracks()`` gives a new connection what it sends (a relay copy of each local
-    source); ``data`` and ``sinks`` are told when a connection comes and goes.
+    ``publishing`` gives a new connection what it sends (a copy of each local source, and
+    of each published one); :meth:`sync_published` brings a live connection in line with
+    what is published. ``data`` and ``sinks`` are told when a connection comes and goes.
     """
 
     def __init__(
@@ -57,14 +60,14 @@ class Negotiator:
         timers: PeerTimers,
         sinks: Sinks,
         data: DataPlane,
-        local_tracks: Callable[[], list[MediaStreamTrack]],
+        publishing: Publishing,
         own_servers: Sequence[IceServer] = (),
         always_send: bool = False,
     ) -> None:
         self.me = me
         self._machine = machine
         self._room = machine.room
-        self._local_tracks = local_tracks
+        self._publishing = publishing
         self._send = send
         self._emit = emit
         self._work = work
@@ -139,7 +142,10 @@ class Negotiator:
 
     # -- negotiation (each runs as the peer's serial work) -------------------------------
     def _new_link(self, peer: PeerId, role: Role) -> PeerLink:
-        tracks = self._local_tracks()
+        tracks = self._publishing.local_tracks()
+        published = {
+            source: publisher.track() for source, publisher in self._publishing.published().items()
+        }
         known = self.ice_servers
         self._probe.check(known)  # those that failed a while ago get another chance
         record = self._room[peer]
@@ -156,6 +162,7 @@ class Negotiator:
             ice_servers=servers,
             on_track_ended=self._link_track_ended,
             on_channel=self._data.added,
+            published=published,
         )
         record.link = link
         record.sampler = Sampler()
@@ -214,6 +221,7 @@ class Negotiator:
             return
         self._expect(peer, link)
         await self._send(Answer("answer", self.me, peer, sdp=answer))
+        await self.sync_published(peer)  # what the offer had no m-line for
 
     async def _renegotiate(self, peer: PeerId, link: PeerLink, sdp: str) -> bool:
         """Apply ``peer``'s new offer to the connection we hold; False if aiortc refused it."""
@@ -225,6 +233,7 @@ class Negotiator:
         log.info("renegotiated the connection to %s in place", peer)
         self._expect(peer, link)
         await self._send(Answer("answer", self.me, peer, sdp=answer))
+        await self.sync_published(peer)  # published while its offer was on the way
         return True
 
     async def add_track(self, peer: PeerId, track: MediaStreamTrack) -> bool:
@@ -263,6 +272,38 @@ class Negotiator:
         self._expect(peer, link)
         if link.reoffer_when_answered:
             self.schedule_offer(peer)
+        else:
+            await self.sync_published(peer)  # (un)published while our offer was out
+
+    def sync_all(self) -> None:
+        """Bring every connection in line with what is published, each as its peer's
+        serial work (a negotiation under way finishes first)."""
+        for peer in self._room.links:
+            self._work.schedule(peer, partial(self.sync_published, peer), "publish")
+
+    async def sync_published(self, peer: PeerId) -> None:
+        """Make ``peer``'s live connection send exactly the published tracks: add the
+        missing ones, stop the unpublished, and offer the change in place.
+
+        Nothing to do without a live connection (the next one is made with them), and
+        nothing yet while an offer of ours is out (done again once it is answered).
+        """
+        link = self._room.link(peer)
+        if link is None or link.state not in mesh.LIVE or link.offer_out:
+            return
+        wanted = self._publishing.published()
+        gone = [source for source in link.published if source not in wanted]
+        for source in gone:
+            link.unpublish(source)
+        missing = [source for source in wanted if source not in link.published]
+        for source in missing:
+            link.publish(source, wanted[source].track())
+        if not gone and not missing:
+            return
+        log.info("offering %s the published tracks (+%d -%d)", peer, len(missing), len(gone))
+        sdp = await link.make_offer()
+        if self._room.link(peer) is link:
+            await self._send(Offer("offer", self.me, peer, sdp=sdp))
 
     async def candidate(self, peer: PeerId, message: Candidate) -> None:
         link = self._room.link(peer)

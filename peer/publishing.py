@@ -1,6 +1,7 @@
 """What the agent sends: one :class:`peer.media.fanout.Publisher` per local source, made
-when joining, and one per track given to ``send_track``/``add_track``, each encoded once
-for every connection it goes to (with the shared encoding).
+when joining, one per track given to ``publish`` (sent to every connection, present and
+future, until ``unpublish``), and one per track given to ``send_track``/``add_track``,
+each encoded once for every connection it goes to (with the shared encoding).
 
 Apart from the agent so that the room (:mod:`peer.room`) and the connections
 (:mod:`peer.negotiation`) only ask it for tracks, and the publishers' lifetimes are in
@@ -28,8 +29,11 @@ class Publishing:
         self.vp8 = vp8
         #: The local sources, relayed to each new connection (set when joining).
         self._local: list[Publisher] = []
-        #: Tracks given to send_track/add_track, each encoded once for the peers it goes to.
+        #: Tracks given to publish/send_track/add_track, each encoded once for the peers it
+        #: goes to; dropped once idle unless published.
         self._sent: dict[MediaStreamTrack, Publisher] = {}
+        #: The published sources, in the order given: every connection sends each of them.
+        self._published: dict[MediaStreamTrack, Publisher] = {}
 
     def start(self, media: LocalMedia | None) -> None:
         """(Re)make the local publishers: on joining."""
@@ -63,9 +67,31 @@ class Publishing:
             self._sent[track] = publisher
         return publisher
 
+    def publish(self, track: MediaStreamTrack) -> bool:
+        """Send ``track`` to every connection from now on; False if it already is."""
+        if track in self._published:
+            return False
+        self._published[track] = self.sent(track)
+        return True
+
+    def unpublish(self, track: MediaStreamTrack) -> None:
+        """Stop offering ``track`` to connections; its publisher goes once none sends it.
+
+        Raises ValueError for a track that is not published."""
+        publisher = self._published.pop(track, None)
+        if publisher is None:
+            raise ValueError(f"track {track.id} ({track.kind}) is not published")
+        if publisher.idle:  # no connection encodes it: no group will report idle
+            self._idle(publisher)
+
+    def published(self) -> dict[MediaStreamTrack, Publisher]:
+        """The published sources (a copy): what every connection sends besides the local."""
+        return dict(self._published)
+
     def _idle(self, publisher: Publisher) -> None:
-        if self._sent.get(publisher.source) is publisher:
-            del self._sent[publisher.source]
+        source = publisher.source
+        if self._sent.get(source) is publisher and source not in self._published:
+            del self._sent[source]
 
     def stats(self) -> list[EncoderStats]:
         """The shared encoders running now, one per source and codec."""

@@ -130,6 +130,11 @@ class Publisher:
     def stats(self) -> list[EncoderStats]:
         return [stats for group in self._groups.values() for stats in group.stats()]
 
+    @property
+    def idle(self) -> bool:
+        """No encoder runs for it (no connection has read it yet, or none is left)."""
+        return not self._groups
+
     def close(self) -> None:
         for group in list(self._groups.values()):
             group.close()
