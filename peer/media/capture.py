@@ -84,10 +84,11 @@ class VideoSource(MediaStreamTrack):
         """Hand over one ``uint8`` ``(H, W, 3)`` picture (BGR, or RGB with ``format="rgb24"``).
 
         Any thread; it never waits for the event loop. The scaling (to ``width`` x
-        ``height``) and the conversion to yuv420p run here, in the caller's thread: a few
-        ms at 640x480. ``timestamp`` is when the picture was taken, in ``time.monotonic()``
-        seconds (default: now); it only feeds ``age``. Raises ``ValueError`` for a wrong
-        array and ``SourceStopped`` once the track has stopped.
+        ``height``) and the conversion to yuv420p run here, in the caller's thread (~0.25 ms
+        for 640x480 as it is, ~3.5 ms for 1280x720 scaled to it). ``timestamp`` is when the
+        picture was taken, in ``time.monotonic()`` seconds (default: now); it only feeds
+        ``age``. Raises ``ValueError`` for a wrong array and ``SourceStopped`` once the track
+        has stopped.
         """
         if self.readyState != "live":
             raise SourceStopped("capture on a VideoSource that has stopped")
