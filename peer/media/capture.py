@@ -21,16 +21,17 @@ import av
 import cv2
 import numpy as np
 import numpy.typing as npt
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
 from peer.media.errors import MediaSourceError
 from peer.media.pacing import FrameClock
 from peer.media.synthetic import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_RATE,
-    AUDIO_TIME_BASE,
     VIDEO_CLOCK_RATE,
     VIDEO_TIME_BASE,
+    audio_frame,
+    next_tick,
 )
 
 __all__ = ["AudioSource", "SourceStopped", "VideoSource"]
@@ -112,11 +113,7 @@ class VideoSource(MediaStreamTrack):
             self.captured += 1
 
     async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        tick = await self._clock.wait()
-        if self.readyState != "live":
-            raise MediaStreamError
+        tick = await next_tick(self, self._clock)
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is None:
@@ -268,11 +265,7 @@ class AudioSource(MediaStreamTrack):
         return np.concatenate(chunks) if chunks else np.zeros((0, 2), dtype=np.int16)
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        tick = await self._clock.wait()
-        if self.readyState != "live":
-            raise MediaStreamError
+        tick = await next_tick(self, self._clock)
         block = np.zeros((AUDIO_FRAME_SAMPLES, 2), dtype=np.int16)
         with self._lock:
             held = self._ring.size
@@ -286,8 +279,4 @@ class AudioSource(MediaStreamTrack):
                     self.underruns += 1
             else:
                 self.silent += 1
-        frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = AUDIO_RATE
-        frame.pts = tick.pts
-        frame.time_base = AUDIO_TIME_BASE
-        return frame
+        return audio_frame(block.reshape(1, -1), tick.pts)
