@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from peer.media.pacing import FrameClock
+from peer.media.pacing import FrameClock, Tick
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,7 @@ class SyntheticVideoTrack(MediaStreamTrack):
         self._scale = height / 480
 
     async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        tick = await self._clock.wait()
-        if self.readyState != "live":
-            raise MediaStreamError
+        tick = await next_tick(self, self._clock)
         frame = self.render(tick.index)
         frame.pts = tick.pts
         frame.time_base = VIDEO_TIME_BASE
@@ -157,18 +153,28 @@ class ToneAudioTrack(MediaStreamTrack):
         self._second = np.repeat(mono, 2).reshape(1, -1)
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        tick = await self._clock.wait()
-        if self.readyState != "live":
-            raise MediaStreamError
+        tick = await next_tick(self, self._clock)
         start = tick.pts % AUDIO_RATE  # 48000 is a multiple of 960: a slice never wraps
         samples = self._second[:, 2 * start : 2 * (start + AUDIO_FRAME_SAMPLES)]
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples), format="s16", layout="stereo"
-        )
-        frame.sample_rate = AUDIO_RATE
-        frame.pts = tick.pts
-        frame.time_base = AUDIO_TIME_BASE
         self.frames += 1
-        return frame
+        return audio_frame(samples, tick.pts)
+
+
+async def next_tick(track: MediaStreamTrack, clock: FrameClock) -> Tick:
+    """``clock``'s next slot, once due, for a paced ``track``: MediaStreamError when the
+    track has stopped, before or while waiting (how aiortc's readers learn it ended)."""
+    if track.readyState != "live":
+        raise MediaStreamError
+    tick = await clock.wait()
+    if track.readyState != "live":
+        raise MediaStreamError
+    return tick
+
+
+def audio_frame(samples: npt.NDArray[np.int16], pts: int) -> av.AudioFrame:
+    """Interleaved s16 stereo ``samples`` (shape (1, 2 * n)) at 48 kHz as a frame at ``pts``."""
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="s16", layout="stereo")
+    frame.sample_rate = AUDIO_RATE
+    frame.pts = pts
+    frame.time_base = AUDIO_TIME_BASE
+    return frame

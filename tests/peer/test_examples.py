@@ -127,6 +127,32 @@ async def test_recorder_bot_records_everyone(server: RunningServer, tmp_path: Pa
         assert (counts["width"], counts["height"]) == sizes[name], (name, counts)
 
 
+async def test_numpy_streamer_sends_its_pictures_and_sound(server: RunningServer) -> None:
+    """Its 640x480 moving picture and its sound reach a viewer."""
+    streamer = asyncio.create_task(load("numpy_streamer").main(server.ws_url, "test"))
+    viewer = Agent(server.ws_url, room="test", peer_id="viewer", stats_interval=None)
+    try:
+        await eventually(
+            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the streamer's join"
+        )
+        await viewer.join()
+        await eventually(
+            lambda: receiving(viewer, "numpy") and frames_from(viewer, "numpy", "audio") > 3,
+            seconds(15),
+            "video and audio from the streamer",
+        )
+        track = viewer.subscribe(PeerId("numpy"), "video")
+        assert track is not None
+        first, *_, last = [await asyncio.wait_for(track.recv(), seconds(5)) for _ in range(5)]
+        track.stop()
+        assert isinstance(first, av.VideoFrame) and isinstance(last, av.VideoFrame)
+        assert (first.width, first.height) == (640, 480)
+        assert (first.to_ndarray() != last.to_ndarray()).mean() > 0.5  # it moves
+    finally:
+        await viewer.leave()
+        await stop(streamer)
+
+
 def files_in(folder: Path) -> list[Path]:
     return list(folder.iterdir())
 
