@@ -11,7 +11,8 @@ out, so ``tests/peer/test_machine.py`` drives it with random message sequences a
 loop.
 
 A link is read through :class:`LinkView` (its ``remote``, ``role`` and ``state``), so the
-tests give it plain objects instead of :class:`peer.link.PeerLink`.
+tests give it plain objects instead of :class:`peer.link.PeerLink`; the negotiation
+transitions also read its ``offer_out`` and ``has_remote_description``.
 """
 
 from __future__ import annotations
