@@ -3,23 +3,39 @@
 It takes what happens (a ``peer-list``, ``peer-joined``, ``peer-left``, a connection's state
 change, a timer running out, the signaling socket lost), updates the peers' records in
 :class:`peer.room.Room`, and returns what to carry out: events to emit, connections to
-offer or close, timers to start. Each transition has its own result type. The rules are
-the decisions of :mod:`peer.mesh`; the agent and the negotiator only carry them out, so
-``tests/peer/test_machine.py`` drives it with random message sequences and no event loop.
+offer or close, timers to start; and what to do with an offer, answer or candidate. Each
+transition has its own result type: a dataclass here (:class:`Listed`...) or the rule's
+enum from :mod:`peer.mesh` (:class:`peer.mesh.OfferReply`...). The rules are the decisions
+of :mod:`peer.mesh`; the agent (:mod:`peer.room_io`) and the negotiator only carry them
+out, so ``tests/peer/test_machine.py`` drives it with random message sequences and no event
+loop.
 
 A link is read through :class:`LinkView` (its ``remote``, ``role`` and ``state``), so the
-tests give it plain objects instead of :class:`peer.link.PeerLink`.
+tests give it plain objects instead of :class:`peer.link.PeerLink`; the negotiation
+transitions also read its ``offer_out`` and ``has_remote_description``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, assert_never
 
 from peer import events as ev
 from peer import mesh
-from peer.mesh import Action, LinkState, Role
+from peer.mesh import (
+    AnswerUse,
+    CandidateUse,
+    Hangup,
+    LinkState,
+    Listing,
+    OfferReply,
+    OfferWait,
+    Origin,
+    Recovery,
+    Role,
+    Welcome,
+)
 from peer.room import Room
 from signaling.protocol import PeerId
 
@@ -104,11 +120,16 @@ class RoomMachine:
             self.room[peer].member = True
         step.events.extend(ev.PeerJoined(peer) for peer in new)
         states = {peer: link.state for peer, link in self.room.links.items()}
-        for peer, action in mesh.on_peer_list(self.me, peers, states).items():
-            if action is Action.OFFER:
-                step.offer.append(peer)
-            elif action is Action.CLOSE:
-                step.close.append(peer)
+        for peer, listing in mesh.on_peer_list(self.me, peers, states).items():
+            match listing:
+                case Listing.OFFER:
+                    step.offer.append(peer)
+                case Listing.CLOSE:
+                    step.close.append(peer)
+                case Listing.KEEP:
+                    pass
+                case _:
+                    assert_never(listing)
         return step
 
     def peer_joined(self, peer: PeerId) -> Arrived | None:
@@ -118,7 +139,7 @@ class RoomMachine:
         self.room[peer].member = True
         step = Arrived(events=[ev.PeerJoined(peer)])
         state = self._state(peer)
-        if mesh.on_peer_joined(state) is Action.AWAIT_OFFER:
+        if mesh.on_peer_joined(state) is Welcome.AWAIT_OFFER:
             step.close = state is not None
             step.await_offer = mesh.OFFER_WAIT
         return step
@@ -126,7 +147,7 @@ class RoomMachine:
     def offer_awaited(self, peer: PeerId) -> bool:
         """Its offer did not come in time: whether to offer ourselves."""
         return self.room.is_member(peer) and (
-            mesh.on_offer_awaited(self._state(peer)) is Action.OFFER
+            mesh.on_offer_awaited(self._state(peer)) is OfferWait.OFFER
         )
 
     def peer_left(self, peer: PeerId) -> Departed:
@@ -136,12 +157,10 @@ class RoomMachine:
             self.room.tidy(peer)
         step = Departed(events=[ev.PeerLeft(peer)])
         state = self._state(peer)
-        action = mesh.on_peer_left(state)
-        step.forget = state is None
-        if action is Action.CLOSE:
-            step.close = True
-        elif action is Action.CLOSE_AFTER_GRACE:
-            step.grace = True
+        hangup = mesh.on_peer_left(state)
+        step.forget = hangup is Hangup.IGNORE
+        step.close = hangup is Hangup.CLOSE
+        step.grace = hangup is Hangup.CLOSE_AFTER_GRACE
         return step
 
     def grace_over(self, peer: PeerId) -> bool:
@@ -166,8 +185,31 @@ class RoomMachine:
             record.failures = 0
         elif link.state is LinkState.FAILED:
             record.failures += 1
-        action = mesh.on_connection_state(link.role, link.state, record.member)
-        step.close = action is Action.CLOSE
-        step.await_reoffer = action is Action.AWAIT_REOFFER
-        step.reoffer = action is Action.REOFFER
+        recovery = mesh.on_connection_state(link.role, link.state, record.member)
+        step.close = recovery is Recovery.CLOSE
+        step.await_reoffer = recovery is Recovery.AWAIT_REOFFER
+        step.reoffer = recovery is Recovery.REOFFER
         return step
+
+    # -- the negotiation messages: decided here, carried out by the Negotiator -------------
+    def offer(self, peer: PeerId, origin: Origin) -> OfferReply:
+        """``peer``'s offer (``origin``: compared with the connection we hold, by
+        :func:`peer.renegotiation.origin`): answer, renegotiate, replace or ignore it."""
+        link = self.room.link(peer)
+        if link is None:
+            return mesh.on_offer(self.me, peer, None, origin)
+        return mesh.on_offer(self.me, peer, link.state, origin, offer_out=link.offer_out)
+
+    def answer(self, peer: PeerId, origin: Origin) -> AnswerUse:
+        """``peer``'s answer: apply it to our offer, replace the connection, or drop it."""
+        link = self.room.link(peer)
+        if link is None:
+            return mesh.on_answer(None)
+        return mesh.on_answer(link.state, offer_out=link.offer_out, origin=origin)
+
+    def candidate(self, peer: PeerId) -> CandidateUse:
+        """A candidate from ``peer``: the one place that decides to add it or queue it."""
+        link = self.room.link(peer)
+        if link is None:
+            return mesh.on_candidate(None, has_remote_description=False)
+        return mesh.on_candidate(link.state, link.has_remote_description)

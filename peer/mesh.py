@@ -2,7 +2,12 @@
 
 Everything the agent decides about a pair of peers or about its signaling connection is
 answered here from plain values (IDs, states, close codes), so the rules are tested as
-tables without sockets or aiortc. The glue in :mod:`peer.agent` only carries them out.
+tables without sockets or aiortc. Each rule returns its own enum, whose members are
+exactly the outcomes that rule can have (:class:`OfferReply` for :func:`on_offer`,
+:class:`CandidateUse` for :func:`on_candidate`...), so a type checker sees that a consumer
+handles those and no others. :class:`peer.machine.RoomMachine` applies the rules about the
+room and the negotiation messages; :mod:`peer.signaling_client` applies
+:func:`on_join_refused` and :func:`reconnect_delay`.
 
 The rules (docs/PROTOCOL.md "Negotiation"):
 
@@ -54,23 +59,6 @@ class LinkState(StrEnum):
 LIVE = frozenset({LinkState.CONNECTING, LinkState.CONNECTED})
 
 
-class Action(StrEnum):
-    OFFER = "offer"  # open a new connection and send an offer
-    AWAIT_OFFER = "await-offer"  # nothing to do: the other side offers
-    KEEP = "keep"  # leave the connection as it is
-    ANSWER = "answer"  # open a fresh connection (closing any old one) and answer
-    IGNORE = "ignore"  # drop the message
-    APPLY = "apply"  # apply the answer or candidate now
-    QUEUE = "queue"  # keep the candidate until the remote description is set
-    CLOSE = "close"  # close the connection and forget the peer
-    CLOSE_AFTER_GRACE = "close-after-grace"  # close unless the server turns out to be going away
-    REOFFER = "reoffer"  # close and offer again (we offered it)
-    AWAIT_REOFFER = "await-reoffer"  # close our half; the offering side offers again
-    RETRY = "retry"  # try the join again after a backoff
-    FAIL = "fail"  # give up with a clear error
-    RENEGOTIATE = "renegotiate"  # apply the offer to the connection we hold (no new one)
-
-
 class Origin(StrEnum):
     """Where a description comes from, compared with the connection we hold
     (:func:`peer.renegotiation.origin` reads it from the SDP)."""
@@ -85,9 +73,17 @@ def is_polite(me: PeerId, other: PeerId) -> bool:
     return me < other
 
 
+class Listing(StrEnum):
+    """What :func:`on_peer_list` does with each peer after a (re)join."""
+
+    OFFER = "offer"  # open a new connection and send an offer
+    KEEP = "keep"  # leave the connection as it is
+    CLOSE = "close"  # close the connection (the peer is not listed and it does not work)
+
+
 def on_peer_list(
     me: PeerId, peers: Iterable[PeerId], links: Mapping[PeerId, LinkState]
-) -> dict[PeerId, Action]:
+) -> dict[PeerId, Listing]:
     """What to do with each peer after (re)joining.
 
     Listed peers get an offer unless the connection to them is up (a negotiation cut by the
@@ -95,33 +91,47 @@ def on_peer_list(
     connection to that are not listed are kept while it works (after a server restart they
     rejoin one by one) and closed otherwise.
     """
-    decisions: dict[PeerId, Action] = {}
+    decisions: dict[PeerId, Listing] = {}
     for peer in peers:
         if peer == me:
             continue
         state = links.get(peer)
-        decisions[peer] = Action.KEEP if state is LinkState.CONNECTED else Action.OFFER
+        decisions[peer] = Listing.KEEP if state is LinkState.CONNECTED else Listing.OFFER
     for peer, state in links.items():
         if peer not in decisions:
-            decisions[peer] = Action.KEEP if state in LIVE else Action.CLOSE
+            decisions[peer] = Listing.KEEP if state in LIVE else Listing.CLOSE
     return decisions
 
 
-def on_peer_joined(state: LinkState | None) -> Action:
+class Welcome(StrEnum):
+    """What :func:`on_peer_joined` does about a peer that arrived."""
+
+    KEEP = "keep"  # it only rejoined and our connection is up
+    AWAIT_OFFER = "await-offer"  # drop any half-made connection: the newcomer offers
+
+
+def on_peer_joined(state: LinkState | None) -> Welcome:
     """A peer arrived: it offers, unless it only rejoined and our connection is up.
 
     Anything short of connected is dropped: the newcomer offers to every peer it does not
     hold a connection to (:func:`on_peer_list`), and a half-made connection here could be
     waiting for an answer lost with its old socket.
     """
-    return Action.KEEP if state is LinkState.CONNECTED else Action.AWAIT_OFFER
+    return Welcome.KEEP if state is LinkState.CONNECTED else Welcome.AWAIT_OFFER
 
 
 #: Seconds a peer that (re)joined has to send us its offer before we offer ourselves.
 OFFER_WAIT = 2.0
 
 
-def on_offer_awaited(state: LinkState | None) -> Action:
+class OfferWait(StrEnum):
+    """What :func:`on_offer_awaited` does when the newcomer's offer did not come."""
+
+    OFFER = "offer"  # offer ourselves
+    KEEP = "keep"  # something is under way: leave it
+
+
+def on_offer_awaited(state: LinkState | None) -> OfferWait:
     """:data:`OFFER_WAIT` after ``peer-joined``, no offer came: offer ourselves.
 
     The newcomer offers to peers it holds no working connection to; one that was cut off
@@ -129,8 +139,17 @@ def on_offer_awaited(state: LinkState | None) -> Action:
     nothing. Anything in progress (an offer being answered, ICE under way) is left alone.
     """
     if state is None or state in (LinkState.CLOSED, LinkState.FAILED):
-        return Action.OFFER
-    return Action.KEEP
+        return OfferWait.OFFER
+    return OfferWait.KEEP
+
+
+class OfferReply(StrEnum):
+    """How :func:`on_offer` takes an offer."""
+
+    ANSWER = "answer"  # open a fresh connection (closing any old one) and answer
+    RENEGOTIATE = "renegotiate"  # apply the offer to the connection we hold (no new one)
+    OFFER = "offer"  # replace the connection by offering a new one (aiortc cannot apply it)
+    IGNORE = "ignore"  # drop the offer (glare, and we are not polite)
 
 
 def on_offer(
@@ -140,7 +159,7 @@ def on_offer(
     origin: Origin = Origin.NEW_CONNECTION,
     *,
     offer_out: bool = False,
-) -> Action:
+) -> OfferReply:
     """Answer, renegotiate in place, replace by offering, or ignore (glare).
 
     ``offer_out``: our own offer on the connection we hold awaits its answer (a
@@ -154,13 +173,21 @@ def on_offer(
     polite = is_polite(me, sender)
     if origin is Origin.NEW_CONNECTION:
         if state is LinkState.OFFERING and not polite:
-            return Action.IGNORE
-        return Action.ANSWER
+            return OfferReply.IGNORE
+        return OfferReply.ANSWER
     if offer_out:
-        return Action.OFFER if polite else Action.IGNORE
+        return OfferReply.OFFER if polite else OfferReply.IGNORE
     if origin is Origin.SAME_CONNECTION and state in LIVE:
-        return Action.RENEGOTIATE
-    return Action.OFFER
+        return OfferReply.RENEGOTIATE
+    return OfferReply.OFFER
+
+
+class AnswerUse(StrEnum):
+    """What :func:`on_answer` does with an answer."""
+
+    APPLY = "apply"  # apply it to the connection whose offer is out
+    OFFER = "offer"  # replace the connection by offering a new one (aiortc cannot apply it)
+    IGNORE = "ignore"  # stale: drop it
 
 
 def on_answer(
@@ -168,7 +195,7 @@ def on_answer(
     *,
     offer_out: bool = False,
     origin: Origin = Origin.SAME_CONNECTION,
-) -> Action:
+) -> AnswerUse:
     """An outstanding offer takes an answer; anything else is stale.
 
     An answer to our renegotiation of a live connection must come from that connection:
@@ -176,24 +203,40 @@ def on_answer(
     aiortc, so the connection is replaced by offering a new one.
     """
     if state is LinkState.OFFERING:
-        return Action.APPLY
+        return AnswerUse.APPLY
     if offer_out and state in LIVE:
-        return Action.APPLY if origin is Origin.SAME_CONNECTION else Action.OFFER
-    return Action.IGNORE
+        return AnswerUse.APPLY if origin is Origin.SAME_CONNECTION else AnswerUse.OFFER
+    return AnswerUse.IGNORE
 
 
-def on_candidate(state: LinkState | None, has_remote_description: bool) -> Action:
+class CandidateUse(StrEnum):
+    """What :func:`on_candidate` does with a trickled candidate."""
+
+    APPLY = "apply"  # add it to the connection now
+    QUEUE = "queue"  # keep it until the remote description is set
+    IGNORE = "ignore"  # no connection to add it to: drop it
+
+
+def on_candidate(state: LinkState | None, has_remote_description: bool) -> CandidateUse:
     """aiortc drops candidates added before the remote description: queue those."""
     if state is None or state is LinkState.CLOSED:
-        return Action.IGNORE
-    return Action.APPLY if has_remote_description else Action.QUEUE
+        return CandidateUse.IGNORE
+    return CandidateUse.APPLY if has_remote_description else CandidateUse.QUEUE
 
 
-def on_peer_left(state: LinkState | None) -> Action:
+class Hangup(StrEnum):
+    """How :func:`on_peer_left` hangs up on a peer that left."""
+
+    CLOSE = "close"  # close the connection and forget the peer
+    CLOSE_AFTER_GRACE = "close-after-grace"  # close unless the server turns out to be going away
+    IGNORE = "ignore"  # no connection to close
+
+
+def on_peer_left(state: LinkState | None) -> Hangup:
     """Close that peer's connection; a working one after a grace (see the module doc)."""
     if state is None:
-        return Action.IGNORE
-    return Action.CLOSE_AFTER_GRACE if state is LinkState.CONNECTED else Action.CLOSE
+        return Hangup.IGNORE
+    return Hangup.CLOSE_AFTER_GRACE if state is LinkState.CONNECTED else Hangup.CLOSE
 
 
 def keep_after_signaling_closed(close_code: int | None) -> bool:
@@ -205,7 +248,16 @@ def keep_after_signaling_closed(close_code: int | None) -> bool:
     return close_code == CloseCode.GOING_AWAY
 
 
-def on_connection_state(role: Role, state: LinkState, in_room: bool) -> Action:
+class Recovery(StrEnum):
+    """What :func:`on_connection_state` does about a connection's new state."""
+
+    KEEP = "keep"  # not lost: leave it
+    CLOSE = "close"  # lost and its peer left: close it and forget the peer
+    REOFFER = "reoffer"  # lost, we offered it: close and offer again
+    AWAIT_REOFFER = "await-reoffer"  # lost, they offered it: close our half, they offer again
+
+
+def on_connection_state(role: Role, state: LinkState, in_room: bool) -> Recovery:
     """React to ICE/DTLS: a connection lost while both are in the room is made again.
 
     Failed, or closed by the other side (which closes its half when it fails there, or
@@ -213,10 +265,10 @@ def on_connection_state(role: Role, state: LinkState, in_room: bool) -> Action:
     for that offer. A peer no longer in the room is simply closed.
     """
     if state is not LinkState.FAILED and state is not LinkState.CLOSED:
-        return Action.KEEP
+        return Recovery.KEEP
     if not in_room:
-        return Action.CLOSE
-    return Action.REOFFER if role is Role.OFFERER else Action.AWAIT_REOFFER
+        return Recovery.CLOSE
+    return Recovery.REOFFER if role is Role.OFFERER else Recovery.AWAIT_REOFFER
 
 
 #: Join attempts refused with ``id-taken`` before giving up: the server drops a dead
@@ -224,7 +276,14 @@ def on_connection_state(role: Role, state: LinkState, in_room: bool) -> Action:
 ID_TAKEN_ATTEMPTS = 6
 
 
-def on_join_refused(code: str, attempt: int, *, rejoin: bool) -> Action:
+class JoinRetry(StrEnum):
+    """Whether :func:`on_join_refused` tries a refused join again."""
+
+    RETRY = "retry"  # try the join again after a backoff
+    FAIL = "fail"  # give up with a clear error
+
+
+def on_join_refused(code: str, attempt: int, *, rejoin: bool) -> JoinRetry:
     """Whether a refused join is worth retrying.
 
     ``attempt`` counts the refusals so far for this join (1 for the first). A taken ID may
@@ -233,12 +292,12 @@ def on_join_refused(code: str, attempt: int, *, rejoin: bool) -> Action:
     since the room may free up and the media connections still work meanwhile.
     """
     if code in (ErrorCode.ID_TAKEN, ErrorCode.BAD_RESUME_TOKEN):
-        return Action.RETRY if rejoin or attempt < ID_TAKEN_ATTEMPTS else Action.FAIL
+        return JoinRetry.RETRY if rejoin or attempt < ID_TAKEN_ATTEMPTS else JoinRetry.FAIL
     if code == ErrorCode.ROOM_FULL:
-        return Action.RETRY if rejoin else Action.FAIL
+        return JoinRetry.RETRY if rejoin else JoinRetry.FAIL
     if code in (ErrorCode.RATE_LIMITED, ErrorCode.JOIN_TIMEOUT, ErrorCode.UNAVAILABLE):
-        return Action.RETRY
-    return Action.FAIL
+        return JoinRetry.RETRY
+    return JoinRetry.FAIL
 
 
 #: Close codes after which the server refused us; the rest mean the connection was lost.

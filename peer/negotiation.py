@@ -1,5 +1,6 @@
 """Negotiation glue: one :class:`peer.link.PeerLink` per remote peer, made, answered,
-re-offered and closed as :mod:`peer.mesh` decides, with the ICE servers that answered.
+re-offered and closed as the room machine (:class:`peer.machine.RoomMachine`) decides, with
+the ICE servers that answered.
 
 Every method that touches a peer's connection runs as that peer's serial work
 (:mod:`peer.serial`), so two steps for one peer never overlap. What the room looks like
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaRelay
@@ -25,7 +26,7 @@ from peer.ice import IceServer, arrange, rtc_configuration
 from peer.ice_probe import Check, IceProbe, Verdict
 from peer.link import PeerLink
 from peer.machine import RoomMachine
-from peer.mesh import Action, LinkState, Role
+from peer.mesh import AnswerUse, CandidateUse, LinkState, OfferReply, Role
 from peer.serial import PeerWork
 from peer.stats import Sampler
 from peer.timers import PeerTimers
@@ -181,31 +182,32 @@ class Negotiator:
     async def answer(self, peer: PeerId, sdp: str) -> None:
         link = self._room.link(peer)
         origin = renegotiation.origin(link.remote_sdp if link is not None else None, sdp)
-        action = mesh.on_offer(
-            self.me,
-            peer,
-            link.state if link is not None else None,
-            origin,
-            offer_out=link is not None and link.offer_out,
-        )
-        if action is Action.IGNORE:
-            log.info("glare with %s: we are not polite, ignoring its offer", peer)
-            return
-        if action is Action.RENEGOTIATE and link is not None:
-            if await self._renegotiate(peer, link, sdp):
+        reply = self._machine.offer(peer, origin)
+        match reply:
+            case OfferReply.IGNORE:
+                log.info("glare with %s: we are not polite, ignoring its offer", peer)
                 return
-            action = Action.OFFER
-        if action is Action.OFFER:
-            # aiortc has no ICE restart and no rollback: a new connection it is, offered at
-            # once (no backoff); the other side takes it over its own offer (new certificate).
-            log.warning(
-                "%s renegotiated its connection (%s) in a way aiortc cannot apply in place: "
-                "replacing the connection",
-                peer,
-                origin,
-            )
-            await self.offer(peer)
-            return
+            case OfferReply.RENEGOTIATE | OfferReply.OFFER:
+                if (
+                    reply is OfferReply.RENEGOTIATE
+                    and link is not None
+                    and await self._renegotiate(peer, link, sdp)
+                ):
+                    return
+                # aiortc has no ICE restart and no rollback: a new connection it is, offered
+                # at once (no backoff); the other side takes it over its own offer.
+                log.warning(
+                    "%s renegotiated its connection (%s) in a way aiortc cannot apply in "
+                    "place: replacing the connection",
+                    peer,
+                    origin,
+                )
+                await self.offer(peer)
+                return
+            case OfferReply.ANSWER:
+                pass
+            case _:
+                assert_never(reply)
         if link is not None:
             if link.state is LinkState.OFFERING:
                 log.info("glare with %s: we are polite, dropping our offer", peer)
@@ -250,18 +252,22 @@ class Negotiator:
 
     async def apply_answer(self, peer: PeerId, sdp: str) -> None:
         link = self._room.link(peer)
-        action = mesh.on_answer(
-            link.state if link is not None else None,
-            offer_out=link is not None and link.offer_out,
-            origin=renegotiation.origin(link.remote_sdp if link is not None else None, sdp),
-        )
-        if action is Action.OFFER:
-            log.warning("%s answered our renegotiation from another connection: replacing", peer)
-            await self.offer(peer)
-            return
-        if action is not Action.APPLY:
-            log.debug("stale answer from %s ignored", peer)
-            return
+        origin = renegotiation.origin(link.remote_sdp if link is not None else None, sdp)
+        use = self._machine.answer(peer, origin)
+        match use:
+            case AnswerUse.OFFER:
+                log.warning(
+                    "%s answered our renegotiation from another connection: replacing", peer
+                )
+                await self.offer(peer)
+                return
+            case AnswerUse.IGNORE:
+                log.debug("stale answer from %s ignored", peer)
+                return
+            case AnswerUse.APPLY:
+                pass
+            case _:
+                assert_never(use)
         if link is None:  # pragma: no cover - on_answer applies only to an existing link
             return
         try:
@@ -307,14 +313,15 @@ class Negotiator:
 
     async def candidate(self, peer: PeerId, message: Candidate) -> None:
         link = self._room.link(peer)
-        state = link.state if link is not None else None
-        action = mesh.on_candidate(state, link is not None and link.has_remote_description)
-        if action is Action.IGNORE or link is None:
+        use = self._machine.candidate(peer)
+        if use is CandidateUse.IGNORE or link is None:
             log.debug("candidate from %s without a connection ignored", peer)
-        elif action is Action.QUEUE:
+        elif use is CandidateUse.QUEUE:
             link.queue_candidate(message.candidate)
-        else:
+        elif use is CandidateUse.APPLY:
             await link.add_candidate(message.candidate)
+        else:
+            assert_never(use)
 
     async def close_link(
         self, peer: PeerId, *, forget: bool = True, only: PeerLink | None = None

@@ -127,7 +127,7 @@ class SignalingClient:
                 ws, peer_list = await self._connect_and_join()
             except JoinRefused as exc:
                 refusals += 1
-                if mesh.on_join_refused(exc.code, refusals, rejoin=False) is mesh.Action.FAIL:
+                if mesh.on_join_refused(exc.code, refusals, rejoin=False) is mesh.JoinRetry.FAIL:
                     await self._close_session()
                     raise
                 log.info("%s; retrying", exc)
@@ -318,7 +318,7 @@ class SignalingClient:
                 refusals += 1
                 if exc.code == "bad-resume-token":
                     self.resume_token = None  # someone else holds our ID now: ask normally
-                if mesh.on_join_refused(exc.code, refusals, rejoin=True) is mesh.Action.FAIL:
+                if mesh.on_join_refused(exc.code, refusals, rejoin=True) is mesh.JoinRetry.FAIL:
                     log.error("rejoin failed for good: %s", exc)
                     self.fatal = exc
                     self._on_lost(None)

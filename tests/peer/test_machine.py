@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from peer import events as ev
 from peer.machine import RoomMachine
-from peer.mesh import LinkState, Role
+from peer.mesh import AnswerUse, CandidateUse, LinkState, OfferReply, Origin, Role
 from peer.room import Room
 from signaling.protocol import CloseCode, PeerId
 
@@ -179,3 +179,35 @@ def test_the_newcomer_offers_to_everyone_there() -> None:
     step = h.machine.peer_list([*OTHERS, ME], rejoin=False)
     assert step.offer == OTHERS
     assert step.events[0] == ev.Joined(tuple(OTHERS), False)
+
+
+@dataclass(eq=False)
+class Negotiating(Link):
+    offer_out: bool = False
+    has_remote_description: bool = False
+
+
+def test_offers_answers_and_candidates_are_decided_from_the_record() -> None:
+    """The negotiation transitions read the peer's link (state, our offer out, remote
+    description) and return the rule's outcome; ``me`` is polite to zed, not to ann."""
+    h = Harness()
+    ann, zed = PeerId("ann"), PeerId("zed")
+    h.machine.peer_list([ann, zed, ME], rejoin=False)
+    assert h.machine.offer(ann, Origin.NEW_CONNECTION) is OfferReply.ANSWER  # no link
+    assert h.machine.answer(ann, Origin.NEW_CONNECTION) is AnswerUse.IGNORE
+    assert h.machine.candidate(ann) is CandidateUse.IGNORE
+    for peer in (ann, zed):  # our offers are out on new connections
+        h.room[peer].link = Negotiating(peer, Role.OFFERER, LinkState.OFFERING, offer_out=True)
+    assert h.machine.candidate(ann) is CandidateUse.QUEUE
+    assert h.machine.offer(ann, Origin.NEW_CONNECTION) is OfferReply.IGNORE  # glare
+    assert h.machine.offer(zed, Origin.NEW_CONNECTION) is OfferReply.ANSWER
+    assert h.machine.answer(ann, Origin.NEW_CONNECTION) is AnswerUse.APPLY
+    live = Negotiating(ann, Role.OFFERER, LinkState.CONNECTED, has_remote_description=True)
+    h.room[ann].link = live
+    assert h.machine.candidate(ann) is CandidateUse.APPLY
+    assert h.machine.offer(ann, Origin.SAME_CONNECTION) is OfferReply.RENEGOTIATE
+    assert h.machine.answer(ann, Origin.SAME_CONNECTION) is AnswerUse.IGNORE  # stale
+    live.offer_out = True  # our renegotiation is out
+    assert h.machine.offer(ann, Origin.SAME_CONNECTION) is OfferReply.IGNORE
+    assert h.machine.answer(ann, Origin.SAME_CONNECTION) is AnswerUse.APPLY
+    assert h.machine.answer(ann, Origin.ICE_RESTART) is AnswerUse.OFFER

@@ -5,7 +5,20 @@ from __future__ import annotations
 import pytest
 
 from peer import mesh
-from peer.mesh import Action, LinkState, Origin, Role
+from peer.mesh import (
+    AnswerUse,
+    CandidateUse,
+    Hangup,
+    JoinRetry,
+    LinkState,
+    Listing,
+    OfferReply,
+    OfferWait,
+    Origin,
+    Recovery,
+    Role,
+    Welcome,
+)
 from signaling.protocol import CloseCode, ErrorCode, PeerId
 
 A, B, C = PeerId("alice"), PeerId("bob"), PeerId("carol")
@@ -21,24 +34,24 @@ def test_lower_id_is_polite() -> None:
     ("peers", "links", "expected"),
     [
         # first join: offer to everyone already there
-        ((A, C), {}, {A: Action.OFFER, C: Action.OFFER}),
+        ((A, C), {}, {A: Listing.OFFER, C: Listing.OFFER}),
         # the reference server's empty peer-list
         ((), {}, {}),
         # our own ID in the list is skipped
-        ((B, A), {}, {A: Action.OFFER}),
+        ((B, A), {}, {A: Listing.OFFER}),
         # rejoin: working connections are kept, broken ones offered again
-        ((A, C), {A: S.CONNECTED, C: S.FAILED}, {A: Action.KEEP, C: Action.OFFER}),
+        ((A, C), {A: S.CONNECTED, C: S.FAILED}, {A: Listing.KEEP, C: Listing.OFFER}),
         # half-made connections start over: an answer may have been lost with the socket
-        ((A,), {A: S.CONNECTING}, {A: Action.OFFER}),
+        ((A,), {A: S.CONNECTING}, {A: Listing.OFFER}),
         # a negotiation cut by the lost socket starts over
-        ((A, C), {A: S.OFFERING, C: S.ANSWERING}, {A: Action.OFFER, C: Action.OFFER}),
+        ((A, C), {A: S.OFFERING, C: S.ANSWERING}, {A: Listing.OFFER, C: Listing.OFFER}),
         # not listed (yet): kept while it works (the server restarted), else closed
-        ((), {A: S.CONNECTED, C: S.OFFERING}, {A: Action.KEEP, C: Action.CLOSE}),
-        ((), {A: S.FAILED}, {A: Action.CLOSE}),
+        ((), {A: S.CONNECTED, C: S.OFFERING}, {A: Listing.KEEP, C: Listing.CLOSE}),
+        ((), {A: S.FAILED}, {A: Listing.CLOSE}),
     ],
 )
 def test_on_peer_list(
-    peers: tuple[PeerId, ...], links: dict[PeerId, LinkState], expected: dict[PeerId, Action]
+    peers: tuple[PeerId, ...], links: dict[PeerId, LinkState], expected: dict[PeerId, Listing]
 ) -> None:
     assert mesh.on_peer_list(B, peers, links) == expected
 
@@ -46,34 +59,36 @@ def test_on_peer_list(
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
-        (None, Action.AWAIT_OFFER),
-        (S.CONNECTED, Action.KEEP),
-        (S.CONNECTING, Action.AWAIT_OFFER),
-        (S.OFFERING, Action.AWAIT_OFFER),
-        (S.ANSWERING, Action.AWAIT_OFFER),
-        (S.FAILED, Action.AWAIT_OFFER),
-        (S.CLOSED, Action.AWAIT_OFFER),
+        (None, Welcome.AWAIT_OFFER),
+        (S.CONNECTED, Welcome.KEEP),
+        (S.CONNECTING, Welcome.AWAIT_OFFER),
+        (S.OFFERING, Welcome.AWAIT_OFFER),
+        (S.ANSWERING, Welcome.AWAIT_OFFER),
+        (S.FAILED, Welcome.AWAIT_OFFER),
+        (S.CLOSED, Welcome.AWAIT_OFFER),
     ],
 )
-def test_on_peer_joined(state: LinkState | None, expected: Action) -> None:
+def test_on_peer_joined(state: LinkState | None, expected: Welcome) -> None:
     assert mesh.on_peer_joined(state) is expected
 
 
 @pytest.mark.parametrize(
     ("me", "sender", "state", "expected"),
     [
-        (B, A, None, Action.ANSWER),
+        (B, A, None, OfferReply.ANSWER),
         # glare: the lower ID (alice) yields, the higher (bob) ignores the offer
-        (A, B, S.OFFERING, Action.ANSWER),
-        (B, A, S.OFFERING, Action.IGNORE),
+        (A, B, S.OFFERING, OfferReply.ANSWER),
+        (B, A, S.OFFERING, OfferReply.IGNORE),
         # a new offer replaces a connection in any other state (the peer restarted)
-        (B, A, S.CONNECTED, Action.ANSWER),
-        (B, A, S.ANSWERING, Action.ANSWER),
-        (B, A, S.FAILED, Action.ANSWER),
-        (B, A, S.CONNECTING, Action.ANSWER),
+        (B, A, S.CONNECTED, OfferReply.ANSWER),
+        (B, A, S.ANSWERING, OfferReply.ANSWER),
+        (B, A, S.FAILED, OfferReply.ANSWER),
+        (B, A, S.CONNECTING, OfferReply.ANSWER),
     ],
 )
-def test_on_offer(me: PeerId, sender: PeerId, state: LinkState | None, expected: Action) -> None:
+def test_on_offer(
+    me: PeerId, sender: PeerId, state: LinkState | None, expected: OfferReply
+) -> None:
     assert mesh.on_offer(me, sender, state) is expected
 
 
@@ -82,19 +97,19 @@ def test_glare_resolves_to_one_connection() -> None:
     for me, other in ((A, B), (B, A), (B, C)):
         mine = mesh.on_offer(me, other, S.OFFERING)
         theirs = mesh.on_offer(other, me, S.OFFERING)
-        assert {mine, theirs} == {Action.ANSWER, Action.IGNORE}
+        assert {mine, theirs} == {OfferReply.ANSWER, OfferReply.IGNORE}
 
 
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
-        (S.OFFERING, Action.APPLY),
-        (None, Action.IGNORE),
-        (S.CONNECTED, Action.IGNORE),
-        (S.ANSWERING, Action.IGNORE),
+        (S.OFFERING, AnswerUse.APPLY),
+        (None, AnswerUse.IGNORE),
+        (S.CONNECTED, AnswerUse.IGNORE),
+        (S.ANSWERING, AnswerUse.IGNORE),
     ],
 )
-def test_on_answer(state: LinkState | None, expected: Action) -> None:
+def test_on_answer(state: LinkState | None, expected: AnswerUse) -> None:
     assert mesh.on_answer(state) is expected
 
 
@@ -105,27 +120,27 @@ NEW, RESTART, SAME = Origin.NEW_CONNECTION, Origin.ICE_RESTART, Origin.SAME_CONN
     ("me", "state", "origin", "offer_out", "expected"),
     [
         # a track added or removed on a live connection: applied in place
-        (B, S.CONNECTED, SAME, False, Action.RENEGOTIATE),
-        (A, S.CONNECTING, SAME, False, Action.RENEGOTIATE),
+        (B, S.CONNECTED, SAME, False, OfferReply.RENEGOTIATE),
+        (A, S.CONNECTING, SAME, False, OfferReply.RENEGOTIATE),
         # a new certificate: a new connection replaces ours, even while we renegotiate it
-        (B, S.CONNECTED, NEW, False, Action.ANSWER),
-        (B, S.CONNECTED, NEW, True, Action.ANSWER),
-        (A, S.CONNECTED, NEW, True, Action.ANSWER),
+        (B, S.CONNECTED, NEW, False, OfferReply.ANSWER),
+        (B, S.CONNECTED, NEW, True, OfferReply.ANSWER),
+        (A, S.CONNECTED, NEW, True, OfferReply.ANSWER),
         # glare between two new connections: as before, only the polite side yields
-        (B, S.OFFERING, NEW, True, Action.IGNORE),
-        (A, S.OFFERING, NEW, True, Action.ANSWER),
+        (B, S.OFFERING, NEW, True, OfferReply.IGNORE),
+        (A, S.OFFERING, NEW, True, OfferReply.ANSWER),
         # glare on the live connection: the polite side cannot roll back: it starts over
-        (A, S.CONNECTED, SAME, True, Action.OFFER),
-        (B, S.CONNECTED, SAME, True, Action.IGNORE),
+        (A, S.CONNECTED, SAME, True, OfferReply.OFFER),
+        (B, S.CONNECTED, SAME, True, OfferReply.IGNORE),
         # what aiortc cannot apply in place is replaced by a new connection we offer
-        (B, S.CONNECTED, RESTART, False, Action.OFFER),
-        (A, S.FAILED, RESTART, False, Action.OFFER),
-        (B, S.FAILED, SAME, False, Action.OFFER),
-        (B, S.CLOSED, SAME, False, Action.OFFER),
+        (B, S.CONNECTED, RESTART, False, OfferReply.OFFER),
+        (A, S.FAILED, RESTART, False, OfferReply.OFFER),
+        (B, S.FAILED, SAME, False, OfferReply.OFFER),
+        (B, S.CLOSED, SAME, False, OfferReply.OFFER),
     ],
 )
 def test_on_offer_on_a_connection_we_hold(
-    me: PeerId, state: LinkState, origin: Origin, offer_out: bool, expected: Action
+    me: PeerId, state: LinkState, origin: Origin, offer_out: bool, expected: OfferReply
 ) -> None:
     sender = B if me == A else A
     assert mesh.on_offer(me, sender, state, origin, offer_out=offer_out) is expected
@@ -137,11 +152,11 @@ def test_renegotiation_glare_ends_with_one_side_offering() -> None:
     for me, other in ((A, B), (B, A)):
         mine = mesh.on_offer(me, other, S.CONNECTED, SAME, offer_out=True)
         theirs = mesh.on_offer(other, me, S.CONNECTED, SAME, offer_out=True)
-        assert {mine, theirs} == {Action.OFFER, Action.IGNORE}
-        ignoring, offering = (me, other) if mine is Action.IGNORE else (other, me)
+        assert {mine, theirs} == {OfferReply.OFFER, OfferReply.IGNORE}
+        ignoring, offering = (me, other) if mine is OfferReply.IGNORE else (other, me)
         # its own offer still out, it takes the new connection's
         assert mesh.on_offer(ignoring, offering, S.CONNECTED, NEW, offer_out=True) is (
-            Action.ANSWER
+            OfferReply.ANSWER
         )
 
 
@@ -149,20 +164,20 @@ def test_renegotiation_glare_ends_with_one_side_offering() -> None:
     ("state", "offer_out", "origin", "expected"),
     [
         # the answer to our renegotiation of a live connection
-        (S.CONNECTED, True, SAME, Action.APPLY),
-        (S.CONNECTING, True, SAME, Action.APPLY),
+        (S.CONNECTED, True, SAME, AnswerUse.APPLY),
+        (S.CONNECTING, True, SAME, AnswerUse.APPLY),
         # ... from another connection, or with new ICE credentials: aiortc cannot apply it
-        (S.CONNECTED, True, NEW, Action.OFFER),
-        (S.CONNECTED, True, RESTART, Action.OFFER),
+        (S.CONNECTED, True, NEW, AnswerUse.OFFER),
+        (S.CONNECTED, True, RESTART, AnswerUse.OFFER),
         # no offer of ours out: stale
-        (S.CONNECTED, False, SAME, Action.IGNORE),
-        (S.FAILED, True, SAME, Action.IGNORE),
+        (S.CONNECTED, False, SAME, AnswerUse.IGNORE),
+        (S.FAILED, True, SAME, AnswerUse.IGNORE),
         # a new connection's answer (no remote description yet: NEW by definition)
-        (S.OFFERING, True, NEW, Action.APPLY),
+        (S.OFFERING, True, NEW, AnswerUse.APPLY),
     ],
 )
 def test_on_answer_to_a_renegotiation(
-    state: LinkState, offer_out: bool, origin: Origin, expected: Action
+    state: LinkState, offer_out: bool, origin: Origin, expected: AnswerUse
 ) -> None:
     assert mesh.on_answer(state, offer_out=offer_out, origin=origin) is expected
 
@@ -170,29 +185,29 @@ def test_on_answer_to_a_renegotiation(
 @pytest.mark.parametrize(
     ("state", "has_remote", "expected"),
     [
-        (None, False, Action.IGNORE),
-        (S.CLOSED, True, Action.IGNORE),
-        (S.OFFERING, False, Action.QUEUE),
-        (S.ANSWERING, False, Action.QUEUE),
-        (S.CONNECTING, True, Action.APPLY),
-        (S.CONNECTED, True, Action.APPLY),
+        (None, False, CandidateUse.IGNORE),
+        (S.CLOSED, True, CandidateUse.IGNORE),
+        (S.OFFERING, False, CandidateUse.QUEUE),
+        (S.ANSWERING, False, CandidateUse.QUEUE),
+        (S.CONNECTING, True, CandidateUse.APPLY),
+        (S.CONNECTED, True, CandidateUse.APPLY),
     ],
 )
-def test_on_candidate(state: LinkState | None, has_remote: bool, expected: Action) -> None:
+def test_on_candidate(state: LinkState | None, has_remote: bool, expected: CandidateUse) -> None:
     assert mesh.on_candidate(state, has_remote) is expected
 
 
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
-        (None, Action.IGNORE),
-        (S.CONNECTED, Action.CLOSE_AFTER_GRACE),
-        (S.CONNECTING, Action.CLOSE),
-        (S.OFFERING, Action.CLOSE),
-        (S.FAILED, Action.CLOSE),
+        (None, Hangup.IGNORE),
+        (S.CONNECTED, Hangup.CLOSE_AFTER_GRACE),
+        (S.CONNECTING, Hangup.CLOSE),
+        (S.OFFERING, Hangup.CLOSE),
+        (S.FAILED, Hangup.CLOSE),
     ],
 )
-def test_on_peer_left(state: LinkState | None, expected: Action) -> None:
+def test_on_peer_left(state: LinkState | None, expected: Hangup) -> None:
     assert mesh.on_peer_left(state) is expected
 
 
@@ -205,38 +220,40 @@ def test_only_a_server_going_away_cancels_peer_left() -> None:
 @pytest.mark.parametrize(
     ("role", "state", "in_room", "expected"),
     [
-        (Role.OFFERER, S.FAILED, True, Action.REOFFER),
-        (Role.ANSWERER, S.FAILED, True, Action.AWAIT_REOFFER),
-        (Role.OFFERER, S.FAILED, False, Action.CLOSE),
-        (Role.ANSWERER, S.FAILED, False, Action.CLOSE),
+        (Role.OFFERER, S.FAILED, True, Recovery.REOFFER),
+        (Role.ANSWERER, S.FAILED, True, Recovery.AWAIT_REOFFER),
+        (Role.OFFERER, S.FAILED, False, Recovery.CLOSE),
+        (Role.ANSWERER, S.FAILED, False, Recovery.CLOSE),
         # the other side closed its half (it failed there, or it is replacing the connection)
-        (Role.OFFERER, S.CLOSED, True, Action.REOFFER),
-        (Role.ANSWERER, S.CLOSED, True, Action.AWAIT_REOFFER),
-        (Role.OFFERER, S.CLOSED, False, Action.CLOSE),
-        (Role.OFFERER, S.CONNECTED, True, Action.KEEP),
-        (Role.ANSWERER, S.CONNECTING, False, Action.KEEP),
+        (Role.OFFERER, S.CLOSED, True, Recovery.REOFFER),
+        (Role.ANSWERER, S.CLOSED, True, Recovery.AWAIT_REOFFER),
+        (Role.OFFERER, S.CLOSED, False, Recovery.CLOSE),
+        (Role.OFFERER, S.CONNECTED, True, Recovery.KEEP),
+        (Role.ANSWERER, S.CONNECTING, False, Recovery.KEEP),
     ],
 )
-def test_on_connection_state(role: Role, state: LinkState, in_room: bool, expected: Action) -> None:
+def test_on_connection_state(
+    role: Role, state: LinkState, in_room: bool, expected: Recovery
+) -> None:
     assert mesh.on_connection_state(role, state, in_room) is expected
 
 
 @pytest.mark.parametrize(
     ("code", "attempt", "rejoin", "expected"),
     [
-        (ErrorCode.ID_TAKEN, 1, False, Action.RETRY),
-        (ErrorCode.ID_TAKEN, mesh.ID_TAKEN_ATTEMPTS, False, Action.FAIL),
-        (ErrorCode.ID_TAKEN, 50, True, Action.RETRY),
-        (ErrorCode.BAD_RESUME_TOKEN, 1, True, Action.RETRY),
-        (ErrorCode.ROOM_FULL, 1, False, Action.FAIL),
-        (ErrorCode.ROOM_FULL, 1, True, Action.RETRY),
-        (ErrorCode.RATE_LIMITED, 1, False, Action.RETRY),
-        (ErrorCode.UNAVAILABLE, 1, False, Action.RETRY),  # shared rooms unreachable: later
-        (ErrorCode.BAD_MESSAGE, 1, False, Action.FAIL),
-        ("some-future-code", 1, True, Action.FAIL),
+        (ErrorCode.ID_TAKEN, 1, False, JoinRetry.RETRY),
+        (ErrorCode.ID_TAKEN, mesh.ID_TAKEN_ATTEMPTS, False, JoinRetry.FAIL),
+        (ErrorCode.ID_TAKEN, 50, True, JoinRetry.RETRY),
+        (ErrorCode.BAD_RESUME_TOKEN, 1, True, JoinRetry.RETRY),
+        (ErrorCode.ROOM_FULL, 1, False, JoinRetry.FAIL),
+        (ErrorCode.ROOM_FULL, 1, True, JoinRetry.RETRY),
+        (ErrorCode.RATE_LIMITED, 1, False, JoinRetry.RETRY),
+        (ErrorCode.UNAVAILABLE, 1, False, JoinRetry.RETRY),  # shared rooms unreachable: later
+        (ErrorCode.BAD_MESSAGE, 1, False, JoinRetry.FAIL),
+        ("some-future-code", 1, True, JoinRetry.FAIL),
     ],
 )
-def test_on_join_refused(code: str, attempt: int, rejoin: bool, expected: Action) -> None:
+def test_on_join_refused(code: str, attempt: int, rejoin: bool, expected: JoinRetry) -> None:
     assert mesh.on_join_refused(code, attempt, rejoin=rejoin) is expected
 
 
@@ -254,14 +271,14 @@ def test_reconnect_delay_is_quick_while_a_server_restarts_then_backs_off() -> No
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
-        (None, Action.OFFER),  # no offer came: it thinks its old connection is still up
-        (LinkState.CLOSED, Action.OFFER),
-        (LinkState.FAILED, Action.OFFER),
-        (LinkState.ANSWERING, Action.KEEP),  # its offer came: being answered
-        (LinkState.CONNECTING, Action.KEEP),
-        (LinkState.CONNECTED, Action.KEEP),
-        (LinkState.OFFERING, Action.KEEP),
+        (None, OfferWait.OFFER),  # no offer came: it thinks its old connection is still up
+        (LinkState.CLOSED, OfferWait.OFFER),
+        (LinkState.FAILED, OfferWait.OFFER),
+        (LinkState.ANSWERING, OfferWait.KEEP),  # its offer came: being answered
+        (LinkState.CONNECTING, OfferWait.KEEP),
+        (LinkState.CONNECTED, OfferWait.KEEP),
+        (LinkState.OFFERING, OfferWait.KEEP),
     ],
 )
-def test_on_offer_awaited(state: LinkState | None, expected: Action) -> None:
+def test_on_offer_awaited(state: LinkState | None, expected: OfferWait) -> None:
     assert mesh.on_offer_awaited(state) is expected
