@@ -64,14 +64,15 @@ async def agents(
 
 class FrameTimes:
     """A FrameConsumer (``Agent(consumers=[...])``) that keeps the arrival time
-    (``time.monotonic()``) of every decoded video frame, per sending peer: the largest gap
-    in a window says how long the picture froze, whatever happened meanwhile."""
+    (``time.monotonic()``) of every decoded frame of each sending peer's first video track
+    (index 0): the largest gap in a window says how long the picture froze, whatever
+    happened meanwhile (a second track's frames cannot hide it)."""
 
     def __init__(self) -> None:
         self.times: dict[str, list[float]] = {}
 
     def put_frame(self, track: RemoteTrack, frame: object) -> None:
-        if track.kind == "video":
+        if track.kind == "video" and track.index == 0:
             self.times.setdefault(str(track.peer), []).append(time.monotonic())
 
     def track_ended(self, track: RemoteTrack) -> None:
