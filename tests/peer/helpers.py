@@ -84,6 +84,28 @@ class FrameTimes:
         return largest_gap(self.times.get(peer, []), start, end)
 
 
+class TrackFrames:
+    """A FrameConsumer counting the frames of each remote track, told apart by the track
+    (``agent.sinks.add(it)`` at run time: it records the ``track_started`` calls too)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[RemoteTrack, int] = {}
+        self.started: list[RemoteTrack] = []
+
+    def track_started(self, track: RemoteTrack) -> None:
+        self.started.append(track)
+
+    def put_frame(self, track: RemoteTrack, frame: object) -> None:
+        self.frames[track] = self.frames.get(track, 0) + 1
+
+    def track_ended(self, track: RemoteTrack) -> None:
+        pass
+
+    def video_from(self, peer: PeerId) -> dict[int, int]:
+        """Frames of each of ``peer``'s video tracks, by index."""
+        return {t.index: n for t, n in self.frames.items() if t.peer == peer and t.kind == "video"}
+
+
 def largest_gap(stamps: Sequence[float], start: float, end: float) -> float:
     """The longest stretch between ``start`` and ``end`` with none of ``stamps`` in it."""
     points = [start, *(t for t in stamps if start <= t <= end), end]

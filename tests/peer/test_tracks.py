@@ -8,31 +8,10 @@ from peer import events as ev
 from peer.media.mosaic import Mosaic
 from peer.media.synthetic import SyntheticVideoTrack
 from signaling.protocol import PeerId
-from tests.peer.helpers import SMALL, agents, full_mesh_flowing
+from tests.peer.helpers import SMALL, TrackFrames, agents, full_mesh_flowing
 from tests.support import RunningServer, eventually, seconds
 
 ALICE, BOB = PeerId("alice"), PeerId("bob")
-
-
-class Counts:
-    """Frames per remote track, told apart by the track (a consumer added at run time)."""
-
-    def __init__(self) -> None:
-        self.frames: dict[ev.RemoteTrack, int] = {}
-        self.started: list[ev.RemoteTrack] = []
-
-    def track_started(self, track: ev.RemoteTrack) -> None:
-        self.started.append(track)
-
-    def put_frame(self, track: ev.RemoteTrack, frame: object) -> None:
-        self.frames[track] = self.frames.get(track, 0) + 1
-
-    def track_ended(self, track: ev.RemoteTrack) -> None:
-        pass
-
-    def video_from(self, peer: PeerId) -> dict[int, int]:
-        """Frames of each of ``peer``'s video tracks, by index."""
-        return {t.index: n for t, n in self.frames.items() if t.peer == peer and t.kind == "video"}
 
 
 async def test_a_second_video_track_is_its_own_tile_first_frame_and_track(
@@ -43,7 +22,7 @@ async def test_a_second_video_track_is_its_own_tile_first_frame_and_track(
         events: list[ev.Event] = []
         alice.add_listener(events.append)
         await eventually(lambda: full_mesh_flowing([alice, bob], 5), seconds(15), "video flowing")
-        counts = Counts()
+        counts = TrackFrames()
         alice.sinks.add(counts)  # added while bob's camera and tone are live
         alice.sinks.add(mosaic)
         assert {(t.peer, t.kind, t.index) for t in counts.started} == {
