@@ -18,6 +18,7 @@ import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamTrack
 
 from peer.agent import Agent
+from peer.events import RemoteTrack
 from peer.media.capture import AudioSource, VideoSource
 from peer.media.sources import LocalMedia
 from peer.media.tap import FrameConsumer
@@ -65,8 +66,8 @@ class Received(FrameConsumer):
         self.numbers: list[tuple[int, float]] = []
         self.unreadable = 0
 
-    def put_frame(self, peer: PeerId, kind: str, frame: av.AudioFrame | av.VideoFrame) -> None:
-        if peer != self.sender:
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if track.peer != self.sender:
             return
         if not isinstance(frame, av.VideoFrame) or (frame.width, frame.height) != (WIDTH, HEIGHT):
             return
@@ -76,7 +77,7 @@ class Received(FrameConsumer):
         else:
             self.numbers.append((number, time.monotonic()))
 
-    def track_ended(self, peer: PeerId, kind: str) -> None:
+    def track_ended(self, track: RemoteTrack) -> None:
         pass
 
 
