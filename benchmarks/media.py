@@ -28,6 +28,7 @@ from aiortc import MediaStreamTrack
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from peer.events import RemoteTrack  # noqa: E402
 from peer.media.mosaic import Mosaic  # noqa: E402
 from peer.media.recorder import Recorder, recording_format  # noqa: E402
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack  # noqa: E402
@@ -101,12 +102,13 @@ async def recorder_cost(width: int, height: int, frames: int, noise: bool) -> di
     with tempfile.TemporaryDirectory() as directory:
         recorder = Recorder(Path(directory), queue_size=frames + audio_frames + 10)
         peer = PeerId("bench")
+        picture, sounds = RemoteTrack(peer, "video"), RemoteTrack(peer, "audio")
         recorder.expect(peer, {"audio", "video"})
         cpu, wall = time.process_time(), time.monotonic()
         for index, frame in enumerate(video):
-            recorder.put_frame(peer, "video", frame)
+            recorder.put_frame(picture, frame)
             for sound in audio[index * 50 // 30 : (index + 1) * 50 // 30]:
-                recorder.put_frame(peer, "audio", sound)
+                recorder.put_frame(sounds, sound)
         path = await recorder.close_peer(peer)
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
         size = path.stat().st_size if path else 0
@@ -127,10 +129,11 @@ async def recorder_cost(width: int, height: int, frames: int, noise: bool) -> di
 async def mosaic_cost(renders: int) -> dict[str, Any]:
     frames = test_card_frames(640, 480, 8, noise=False)
     mosaic = Mosaic()
+    tracks = [RemoteTrack(PeerId(f"p{peer}"), "video") for peer in range(4)]
     cpu = time.process_time()
     for index in range(renders):
-        for peer in range(4):
-            mosaic.put_frame(PeerId(f"p{peer}"), "video", frames[(index + peer) % len(frames)])
+        for peer, track in enumerate(tracks):
+            mosaic.put_frame(track, frames[(index + peer) % len(frames)])
         mosaic.render()
     cpu = time.process_time() - cpu
     return {

@@ -269,6 +269,12 @@ class Agent:
         self._hub.add_listener(callback)
 
     @property
+    def sinks(self) -> Sinks:
+        """Every remote track's frames go to these consumers: ``sinks.add(consumer)`` at any
+        time starts with the tracks live now (``track_started``), ``sinks.remove`` stops."""
+        return self._sinks
+
+    @property
     def members(self) -> set[PeerId]:
         """Who the server says is in the room (besides us)."""
         return self._room.members

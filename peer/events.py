@@ -34,23 +34,35 @@ class RemoteTrack:
     """A track a remote peer sends. The agent already reads it (its TrackTap keeps aiortc's
     receive queue drained); call :meth:`subscribe` for a copy of your own, e.g. to send it
     back (echo) or to analyse it. Copies skip frames when you read slower than they come.
-    ``id`` is the sender's track ID (from its SDP): :class:`TrackEnded` names it.
+    ``id`` is the sender's track ID (from its SDP): :class:`TrackEnded` names it. ``index``
+    tells a peer's tracks of one kind apart on one connection: 0 for its first (a camera),
+    1 for the next (a screen share); a freed index is given again. One object per track,
+    the same in :class:`TrackReceived` and in every frame consumer's calls, hashed by
+    identity: consumers key what they hold by it.
     """
 
     def __init__(
-        self, peer: PeerId, kind: Kind, subscribe: Callable[[], Any], id: str = ""
+        self,
+        peer: PeerId,
+        kind: Kind,
+        subscribe: Callable[[], Any] | None = None,
+        id: str = "",
+        index: int = 0,
     ) -> None:
         self.peer = peer
         self.kind = kind
         self.id = id
+        self.index = index
         self._subscribe = subscribe
 
     def subscribe(self) -> Any:
         """A new ``MediaStreamTrack`` with this track's frames (unbuffered relay proxy)."""
+        if self._subscribe is None:
+            raise ValueError(f"{self!r} cannot be subscribed to")
         return self._subscribe()
 
     def __repr__(self) -> str:
-        return f"RemoteTrack({self.peer!r}, {self.kind!r})"
+        return f"RemoteTrack({self.peer!r}, {self.kind!r}, index={self.index})"
 
 
 @dataclass(frozen=True)
@@ -113,11 +125,13 @@ class TrackEnded:
 
 @dataclass(frozen=True)
 class FirstFrame:
-    """The first decoded frame of ``kind`` from ``peer``; ``seconds`` since our join began."""
+    """The first decoded frame of ``track`` (``kind``, from ``peer``); ``seconds`` since our
+    join began."""
 
     peer: PeerId
     kind: Kind
     seconds: float
+    track: RemoteTrack
 
 
 @dataclass(frozen=True)

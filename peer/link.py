@@ -32,9 +32,9 @@ from peer.candidates import (
     parse_remote_candidate,
 )
 from peer.datachannel import MESHPEER
-from peer.events import Kind
+from peer.events import Kind, RemoteTrack
 from peer.media.fanout import EncodedTrack
-from peer.media.tap import FrameConsumer, TrackTap
+from peer.media.tap import Sinks, TrackTap
 from peer.mesh import LinkState, Role
 from peer.nack import NackRepeater
 from peer.renegotiation import reoffer, track_ids
@@ -60,10 +60,10 @@ class PeerLink:
         role: Role,
         config: RTCConfiguration,
         local_tracks: Sequence[MediaStreamTrack],
-        consumers: Sequence[FrameConsumer],
+        sinks: Sinks,
         *,
         on_state: Callable[[PeerLink], None],
-        on_track: Callable[[PeerLink, Kind, MediaRelay, MediaStreamTrack], None],
+        on_track: Callable[[PeerLink, RemoteTrack], None],
         always_send: bool = False,
         ice_servers: Sequence[IceServer] = (),
         on_track_ended: Callable[[PeerLink, Kind, MediaStreamTrack], None] | None = None,
@@ -87,7 +87,7 @@ class PeerLink:
         self._track_ids: dict[MediaStreamTrack, str] = {}
         self._applying = ""  # the remote description being applied: its tracks' IDs
         self._on_track_ended = on_track_ended
-        self._consumers = list(consumers)
+        self._sinks = sinks
         #: Candidates taken before the remote description (aiortc would drop them).
         self._pending: list[RTCIceCandidate | None] = []
         self._resolving: set[asyncio.Task[None]] = set()
@@ -343,25 +343,36 @@ class PeerLink:
     def _track(self, track: MediaStreamTrack) -> None:
         kind: Kind = "video" if track.kind == "video" else "audio"
         relay = MediaRelay()
-        # The consumers (recorder, mosaic) keep one track per peer and kind: the first. A
-        # further one (a second camera, a shared screen) is only drained, and announced.
-        first = kind not in self.relays
-        if first:
+        if kind not in self.relays:
             self.relays[kind] = (relay, track)
-        else:
-            log.info("another %s track from %s: not given to the consumers", kind, self.remote)
-        proxy = relay.subscribe(track, buffered=False)
-        tap = TrackTap(self.remote, proxy, self._consumers if first else ())
-        tap.start()
-        self.taps.append(tap)
-        self._received[track] = tap
         for transceiver in self.pc.getTransceivers():
             if transceiver.receiver.track is track:
                 mid = transceiver.mid or ""
                 self._track_ids[track] = track_ids(self._applying).get(mid, track.id)
                 if kind == "video":
                     self._repeaters.append(NackRepeater(transceiver.receiver))
-        self._on_track(self, kind, relay, track)
+        remote = RemoteTrack(
+            self.remote,
+            kind,
+            lambda: relay.subscribe(track, buffered=False),
+            self.track_id(track),
+            self._free_index(kind),
+        )
+        # The consumers (recorder, mosaic) get the first track of each kind. A further one
+        # (a second camera, a shared screen) is only drained, and announced.
+        if remote.index > 0:
+            log.info("another %s track from %s: not given to the consumers", kind, self.remote)
+        sinks = self._sinks if remote.index == 0 else ()
+        tap = TrackTap(remote, relay.subscribe(track, buffered=False), sinks)
+        tap.start()
+        self.taps.append(tap)
+        self._received[track] = tap
+        self._on_track(self, remote)
+
+    def _free_index(self, kind: Kind) -> int:
+        """The lowest :attr:`RemoteTrack.index` no live ``kind`` track of this link holds."""
+        taken = {tap.remote.index for tap in self._received.values() if tap.kind == kind}
+        return next(i for i in range(len(taken) + 1) if i not in taken)
 
     def track_id(self, track: MediaStreamTrack) -> str:
         """``track``'s ID as its sender named it (the remote browser's track.id)."""

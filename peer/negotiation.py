@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aiortc import MediaStreamTrack
-from aiortc.contrib.media import MediaRelay
 
 from peer import events as ev
 from peer import mesh, renegotiation
@@ -149,7 +148,7 @@ class Negotiator:
             role,
             rtc_configuration(servers),
             tracks,
-            self._sinks.consumers,
+            self._sinks,
             on_state=self._link_state,
             on_track=self._link_track,
             always_send=self._always_send,
@@ -305,13 +304,8 @@ class Negotiator:
             self._sinks.expect(peer, link.kinds_received)
 
     # -- link callbacks ------------------------------------------------------------------
-    def _link_track(
-        self, link: PeerLink, kind: Kind, relay: MediaRelay, track: MediaStreamTrack
-    ) -> None:
-        remote = RemoteTrack(
-            link.remote, kind, lambda: relay.subscribe(track, buffered=False), link.track_id(track)
-        )
-        self._emit(ev.TrackReceived(link.remote, kind, remote))
+    def _link_track(self, link: PeerLink, track: RemoteTrack) -> None:
+        self._emit(ev.TrackReceived(link.remote, track.kind, track))
 
     def _link_track_ended(self, link: PeerLink, kind: Kind, track: MediaStreamTrack) -> None:
         if self._room.link(link.remote) is link:

@@ -278,7 +278,8 @@ def local_preview(agent: Agent, mosaic: Any) -> Any:
     track = agent.subscribe_local("video")
     if track is None:
         return None
-    tap = TrackTap(agent.peer_id, track, [mosaic.local_consumer(agent.peer_id)])
+    own = ev.RemoteTrack(agent.peer_id, "video")  # our own, through the same kind of tap
+    tap = TrackTap(own, track, [mosaic.local_consumer(agent.peer_id)])
     tap.start()
     return tap
 

@@ -16,7 +16,7 @@ from typing import Any
 import av
 from aiortc.codecs import vpx
 
-from signaling.protocol import PeerId
+from peer.events import RemoteTrack
 
 __all__ = ["Keyframes", "label_vp8_keyframes"]
 
@@ -47,15 +47,15 @@ class Keyframes:
         self.frames: dict[str, list[float]] = {}
         self.keys: dict[str, list[float]] = {}
 
-    def put_frame(self, peer: PeerId, kind: str, frame: object) -> None:
-        if kind != "video":
+    def put_frame(self, track: RemoteTrack, frame: object) -> None:
+        if track.kind != "video":
             return
         now = time.monotonic()
-        self.frames.setdefault(str(peer), []).append(now)
+        self.frames.setdefault(str(track.peer), []).append(now)
         if getattr(frame, "pict_type", None) == av.video.frame.PictureType.I:
-            self.keys.setdefault(str(peer), []).append(now)
+            self.keys.setdefault(str(track.peer), []).append(now)
 
-    def track_ended(self, peer: PeerId, kind: str) -> None:
+    def track_ended(self, track: RemoteTrack) -> None:
         pass
 
     def keys_between(self, peer: str, start: float, end: float) -> int:

@@ -1,9 +1,13 @@
-"""A labelled mosaic of every remote peer's latest video frame, for --display and --snapshot.
+"""A labelled mosaic of every remote video track's latest frame, for --display and --snapshot.
+
+One tile per video track: a peer's first (its camera) is labelled with its name and stays
+across its connections; a further one (a screen share: ``RemoteTrack.index`` 1) is its own
+tile, "name (2)", gone when that track ends.
 
 The ``--display`` window that shows it is :mod:`peer.media.display`.
 
 ``Mosaic.put_frame`` only keeps a reference to the newest frame and counts it: frames are
-converted to BGR at render time, for the latest frame of each peer only, with the
+converted to BGR at render time, for the latest frame of each tile only, with the
 mosaic's own reformatter (a frame's built-in one is shared with every other thread that
 converts it, which is how shared frames crash). Rendering and file/GUI work happen in
 threads, never on the event loop.
@@ -29,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
-from peer.events import Kind
+from peer.events import RemoteTrack
 from peer.media.tap import FpsMeter, FrameConsumer, SizeGuard
 from signaling.protocol import PeerId
 
@@ -42,7 +46,8 @@ _BACKGROUND = (24, 24, 24)
 _EMPTY_TILE = (56, 56, 56)
 _LABEL_STRIP = (0, 0, 0)
 _TEXT = (255, 255, 255)
-_LOCAL_KEY = "\x00local"  # cannot collide with a peer ID, which is printable
+_LOCAL_KEY = ("\x00local", 0)  # cannot collide with a peer ID, which is printable
+TileKey = tuple[str, int]  # (peer, RemoteTrack.index)
 
 
 def grid(count: int) -> tuple[int, int]:
@@ -77,17 +82,17 @@ class _LocalConsumer(FrameConsumer):
         self._mosaic = mosaic
         self._label = label
 
-    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
         if isinstance(frame, av.VideoFrame):
             self._mosaic.put_local_frame(frame, label=self._label)
 
-    def track_ended(self, peer: PeerId, kind: Kind) -> None:
-        if kind == "video":
+    def track_ended(self, track: RemoteTrack) -> None:
+        if track.kind == "video":
             self._mosaic.clear_local()
 
 
 class Mosaic(FrameConsumer):
-    """A FrameConsumer keeping each peer's latest video frame; ``render()`` tiles them."""
+    """A FrameConsumer keeping each video track's latest frame; ``render()`` tiles them."""
 
     def __init__(
         self,
@@ -97,7 +102,7 @@ class Mosaic(FrameConsumer):
     ) -> None:
         self.tile = tile
         self._clock = clock
-        self._tiles: dict[str, _Tile] = {}  # insertion order = display order
+        self._tiles: dict[TileKey, _Tile] = {}  # insertion order = display order
         self._lock = threading.Lock()  # guards _tiles between the loop and render threads
         self._render_lock = threading.Lock()  # one render at a time: caches, reformatter
         self._reformatter = VideoReformatter()
@@ -105,32 +110,36 @@ class Mosaic(FrameConsumer):
 
     # --- FrameConsumer, on the event loop ------------------------------------------------
 
-    def put_frame(
-        self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame | Image
-    ) -> None:
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame | Image) -> None:
         """Keeps a reference to the newest video frame (or BGR array); converts nothing.
-        One over :data:`peer.media.tap.MAX_FRAME_PIXELS` is not kept (warned once a track)."""
+        One over :data:`peer.media.tap.MAX_FRAME_PIXELS` is not kept (warned once a track).
+        Audio only marks the peer's first tile."""
+        index = track.index if track.kind == "video" else 0
         with self._lock:
-            tile = self._tiles.get(peer)
+            tile = self._tiles.get((track.peer, index))
             if tile is None:
-                tile = self._tiles[peer] = _Tile(label=peer)
-            if kind == "audio":
+                label = track.peer if index == 0 else f"{track.peer} ({index + 1})"
+                tile = self._tiles[(track.peer, index)] = _Tile(label=label)
+            if track.kind == "audio":
                 tile.has_audio = True
-            elif not isinstance(frame, av.AudioFrame) and self._sizes.admits(peer, *_size(frame)):
+            elif not isinstance(frame, av.AudioFrame) and self._sizes.admits(track, *_size(frame)):
                 tile.frame = frame
                 tile.meter.tick(self._clock())
 
-    def track_ended(self, peer: PeerId, kind: Kind) -> None:
-        if kind == "video":
-            self._sizes.track_ended(peer)
+    def track_ended(self, track: RemoteTrack) -> None:
+        """A first video track's tile stays (showing the name); a further one's goes."""
+        if track.kind != "video":
+            return
+        self._sizes.track_ended(track)
         with self._lock:
-            tile = self._tiles.get(peer)
-            if tile is not None and kind == "video":
+            if track.index > 0:
+                self._tiles.pop((track.peer, track.index), None)
+            elif (tile := self._tiles.get((track.peer, 0))) is not None:
                 tile.frame = None
 
     def remove_peer(self, peer: PeerId) -> None:
         with self._lock:
-            self._tiles.pop(peer, None)
+            self._tiles = {key: t for key, t in self._tiles.items() if key[0] != peer}
 
     async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
         """A peer's tile stays (showing its name) across its connections, until it is gone."""
@@ -160,12 +169,17 @@ class Mosaic(FrameConsumer):
 
     def peers(self) -> list[PeerId]:
         with self._lock:
-            return [PeerId(key) for key in self._tiles if key != _LOCAL_KEY]
+            return list(dict.fromkeys(PeerId(key[0]) for key in self._tiles if key != _LOCAL_KEY))
+
+    def labels(self) -> list[str]:
+        """The tiles' labels, in display order (the local preview's first)."""
+        with self._lock:
+            return [tile.label for tile in self._tiles.values()]
 
     # --- rendering, in any thread --------------------------------------------------------
 
     def render(self) -> Image:
-        """The BGR mosaic: one labelled tile per peer (local preview first) with its fps."""
+        """The BGR mosaic: one labelled tile per video track (local preview first), with fps."""
         now = self._clock()
         with self._lock:
             tiles = list(self._tiles.items())

@@ -38,6 +38,7 @@ import av.container
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from peer.events import RemoteTrack
 from peer.media.errors import MediaError
 from peer.media.tap import FrameConsumer, Kind, SizeGuard
 from peer.media.timeline import AudioStamper, RecordingClock, VideoStamper
@@ -387,6 +388,10 @@ class _Visit:
 class Recorder(FrameConsumer):
     """A FrameConsumer that writes one file per remote peer and visit into ``directory``.
 
+    It records each peer's first track of each kind (``RemoteTrack.index == 0``: the camera
+    and the microphone) and leaves out the others (a screen share) for now: recording every
+    track is issue 19.
+
     Pictures over :data:`peer.media.tap.MAX_FRAME_PIXELS` are left out (one warning per
     track): a remote peer picks its size, and each such frame queued costs tens of MB.
 
@@ -422,21 +427,23 @@ class Recorder(FrameConsumer):
         if visit is not None and not visit.opened:
             visit.expected = set(kinds)
 
-    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
-        if self._closed:
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if self._closed or track.index != 0:
             return
         if isinstance(frame, av.VideoFrame) and not self._sizes.admits(
-            peer, frame.width, frame.height
+            track, frame.width, frame.height
         ):
             return
-        visit = self._active.get(peer)
+        visit = self._active.get(track.peer)
         if visit is None:
-            visit = self._start(peer)
-        visit.offer(kind, frame)
+            visit = self._start(track.peer)
+        visit.offer(track.kind, frame)
 
-    def track_ended(self, peer: PeerId, kind: Kind) -> None:
-        if kind == "video":
-            self._sizes.track_ended(peer)
+    def track_ended(self, track: RemoteTrack) -> None:
+        if track.index != 0:
+            return
+        peer, kind = track.peer, track.kind
+        self._sizes.track_ended(track)
         visit = self._active.get(peer)
         if visit is None:
             return

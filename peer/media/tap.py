@@ -19,7 +19,7 @@ from typing import Protocol
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from peer.events import FirstFrame
+from peer.events import FirstFrame, RemoteTrack
 from peer.events import Kind as Kind  # defined once, in peer.events; re-exported
 from signaling.protocol import PeerId
 
@@ -29,18 +29,26 @@ log = logging.getLogger(__name__)
 class FrameConsumer(Protocol):
     """A sink of remote frames (the recorder, the mosaic, an application's own).
 
-    ``put_frame`` and ``track_ended`` come from each :class:`TrackTap`. ``expect`` and
-    ``peer_closed`` come from the agent, once per connection, so a sink can prepare for a
-    peer's tracks and let go of what it holds for it; they have no-op defaults here, which a
-    sink gets by subclassing this class. A consumer that only has the first two (duck-typed,
-    written before them) keeps working: :class:`Sinks` calls the others only where present.
+    Every call names the :class:`RemoteTrack` (its peer, kind and ``index``; the same object
+    as in :class:`peer.events.TrackReceived`), so a consumer tells a peer's camera from its
+    screen share by keying on it. ``put_frame`` and ``track_ended`` come from each
+    :class:`TrackTap`; ``track_started`` when a track arrives, or when the consumer is added
+    to :class:`Sinks` while the track is live. ``expect`` and ``peer_closed`` come from the
+    agent, once per connection, so a sink can prepare for a peer's tracks and let go of what
+    it holds for it. All but the first two have no-op defaults here, which a sink gets by
+    subclassing this class; a duck-typed consumer with only the first two keeps working:
+    :class:`Sinks` calls the others only where present.
     """
 
-    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
         """Called on the event loop for every frame; must never block (bounded queue, drop/skip)."""
 
-    def track_ended(self, peer: PeerId, kind: Kind) -> None:
-        """No more frames of ``kind`` will come from ``peer`` through this tap."""
+    def track_ended(self, track: RemoteTrack) -> None:
+        """No more frames will come from ``track``."""
+
+    def track_started(self, track: RemoteTrack) -> None:
+        """Frames of ``track`` may come from now on."""
+        return None
 
     def expect(self, peer: PeerId, kinds: set[Kind]) -> None:
         """A connection to ``peer`` was negotiated: these are the kinds it will send."""
@@ -55,11 +63,59 @@ class FrameConsumer(Protocol):
 
 
 class Sinks:
-    """The agent's frame consumers, as one: the taps' list, and the lifecycle calls made
-    once per connection, each sink's failure logged and never stopping the others."""
+    """The agent's frame consumers, as one consumer: the taps hand it every frame, and it
+    keeps which tracks are live, so a consumer added at run time (:meth:`add`) is told of
+    them and gets their next frames; a removed one gets nothing more, even when it is
+    removed while a frame is being handed out. Each consumer's failure is logged and never
+    stops the others.
+    """
 
-    def __init__(self, consumers: Sequence[FrameConsumer]) -> None:
-        self.consumers = list(consumers)
+    def __init__(self, consumers: Sequence[FrameConsumer] = ()) -> None:
+        #: Replaced, never changed in place: a dispatch in progress keeps its own copy.
+        self.consumers: tuple[FrameConsumer, ...] = tuple(consumers)
+        self._live: dict[RemoteTrack, None] = {}  # insertion order: arrival
+        self._failures = 0
+
+    def add(self, consumer: FrameConsumer) -> None:
+        """From now on ``consumer`` gets every frame, starting with the live tracks'."""
+        if consumer in self.consumers:
+            return
+        self.consumers = (*self.consumers, consumer)
+        for track in list(self._live):
+            self._call(consumer, "track_started", track)
+
+    def remove(self, consumer: FrameConsumer) -> None:
+        """``consumer`` gets no further call (``track_ended`` included)."""
+        self.consumers = tuple(c for c in self.consumers if c is not consumer)
+
+    def live_tracks(self) -> tuple[RemoteTrack, ...]:
+        """The tracks being read now, in the order they arrived."""
+        return tuple(self._live)
+
+    def track_started(self, track: RemoteTrack) -> None:
+        self._live[track] = None
+        self._each("track_started", track)
+
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+        consumers = self.consumers
+        for consumer in consumers:
+            if self.consumers is not consumers and consumer not in self.consumers:
+                continue  # removed by an earlier consumer of this same frame
+            try:
+                consumer.put_frame(track, frame)
+            except Exception:
+                self._failures += 1
+                if self._failures == 1 or self._failures % 100 == 0:
+                    log.exception(
+                        "%s failed on a frame of %r (%d failures)",
+                        type(consumer).__name__,
+                        track,
+                        self._failures,
+                    )
+
+    def track_ended(self, track: RemoteTrack) -> None:
+        self._live.pop(track, None)
+        self._each("track_ended", track)
 
     def expect(self, peer: PeerId, kinds: set[Kind]) -> None:
         for consumer in self.consumers:
@@ -79,6 +135,21 @@ class Sinks:
                 except Exception:  # the rest of the closing must happen all the same
                     log.exception("%s failed on closing %s", type(consumer).__name__, peer)
 
+    def _each(self, hook: str, track: RemoteTrack) -> None:
+        consumers = self.consumers
+        for consumer in consumers:
+            if self.consumers is consumers or consumer in self.consumers:
+                self._call(consumer, hook, track)
+
+    @staticmethod
+    def _call(consumer: FrameConsumer, hook: str, track: RemoteTrack) -> None:
+        method = getattr(consumer, hook, None)
+        if method is not None:
+            try:
+                method(track)
+            except Exception:
+                log.exception("%s failed on %s %r", type(consumer).__name__, hook, track)
+
 
 class FirstFrames(FrameConsumer):
     """The agent's own sink: reports the first frame of each remote track, once (until it
@@ -87,15 +158,16 @@ class FirstFrames(FrameConsumer):
     def __init__(self, emit: Callable[[FirstFrame], None], since: Callable[[], float]) -> None:
         self._emit = emit
         self._since = since
-        self._seen: set[tuple[PeerId, Kind]] = set()
+        self._seen: set[RemoteTrack] = set()
 
-    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
-        if (peer, kind) not in self._seen:
-            self._seen.add((peer, kind))
-            self._emit(FirstFrame(peer, kind, time.monotonic() - self._since()))
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if track not in self._seen:
+            self._seen.add(track)
+            seconds = time.monotonic() - self._since()
+            self._emit(FirstFrame(track.peer, track.kind, seconds, track))
 
-    def track_ended(self, peer: PeerId, kind: Kind) -> None:
-        self._seen.discard((peer, kind))
+    def track_ended(self, track: RemoteTrack) -> None:
+        self._seen.discard(track)
 
 
 #: The largest decoded picture the recorder and the mosaic take, in pixels (3840x2160): a
@@ -111,26 +183,26 @@ class SizeGuard:
         self.owner = owner
         self.max_pixels = max_pixels
         self.refused = 0
-        self._warned: set[PeerId] = set()
+        self._warned: set[RemoteTrack] = set()
 
-    def admits(self, peer: PeerId, width: int, height: int) -> bool:
+    def admits(self, track: RemoteTrack, width: int, height: int) -> bool:
         if width * height <= self.max_pixels:
             return True
         self.refused += 1
-        if peer not in self._warned:
-            self._warned.add(peer)
+        if track not in self._warned:
+            self._warned.add(track)
             log.warning(
-                "%s: leaving out %dx%d video from %s: over %d pixels",
+                "%s: leaving out %dx%d video from %r: over %d pixels",
                 self.owner,
                 width,
                 height,
-                peer,
+                track,
                 self.max_pixels,
             )
         return False
 
-    def track_ended(self, peer: PeerId) -> None:
-        self._warned.discard(peer)
+    def track_ended(self, track: RemoteTrack) -> None:
+        self._warned.discard(track)
 
 
 class FpsMeter:
@@ -154,29 +226,31 @@ class FpsMeter:
 
 
 class TrackTap:
-    """Reads one remote track of one peer until it ends or ``stop()`` is awaited."""
+    """Reads one remote track until it ends or ``stop()`` is awaited, handing each frame to
+    ``consumers`` as ``remote``'s: a :class:`Sinks` (read live: consumers added later get
+    the next frames) or a fixed list."""
 
     def __init__(
         self,
-        peer: PeerId,
+        remote: RemoteTrack,
         track: MediaStreamTrack,
-        consumers: Sequence[FrameConsumer] = (),
+        consumers: Sinks | Sequence[FrameConsumer] = (),
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if track.kind not in ("audio", "video"):
-            raise ValueError(f"cannot tap a track of kind {track.kind!r}")
-        self.peer = peer
+        if track.kind != remote.kind:
+            raise ValueError(f"cannot tap a track of kind {track.kind!r} as {remote!r}")
+        self.remote = remote
+        self.peer = remote.peer
         self.track = track
-        self.kind: Kind = "audio" if track.kind == "audio" else "video"
+        self.kind: Kind = remote.kind
         self.frames = 0
         self.first_frame_at: float | None = None
-        self._consumers = list(consumers)
+        self._sinks = consumers if isinstance(consumers, Sinks) else Sinks(consumers)
         self._clock = clock
         self._meter = FpsMeter()
         self._task: asyncio.Task[None] | None = None
         self._ended = False
-        self._failures = 0
 
     @property
     def fps(self) -> float:
@@ -187,8 +261,10 @@ class TrackTap:
         return self._ended
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._read(), name=f"tap {self.peer} {self.kind}")
+        if self._task is None and not self._ended:
+            self._sinks.track_started(self.remote)
+            name = f"tap {self.peer} {self.kind} {self.remote.index}"
+            self._task = asyncio.create_task(self._read(), name=name)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -204,13 +280,13 @@ class TrackTap:
             await asyncio.wait({self._task})
 
     async def _read(self) -> None:
-        log.debug("tap %s %s started", self.peer, self.kind)
+        log.debug("tap %r started", self.remote)
         try:
             while True:
                 frame = await self.track.recv()
                 self._on_frame(frame)
         except MediaStreamError:
-            log.info("%s track of %s ended after %d frames", self.kind, self.peer, self.frames)
+            log.info("%r ended after %d frames", self.remote, self.frames)
         finally:
             self._end()
 
@@ -222,26 +298,10 @@ class TrackTap:
         self._meter.tick(now)
         if not isinstance(frame, av.AudioFrame | av.VideoFrame):
             return  # an encoded packet (passthrough): nothing for frame consumers
-        for consumer in self._consumers:
-            try:
-                consumer.put_frame(self.peer, self.kind, frame)
-            except Exception:
-                self._failures += 1
-                if self._failures == 1 or self._failures % 100 == 0:
-                    log.exception(
-                        "%s consumer failed on a %s frame of %s (%d failures)",
-                        type(consumer).__name__,
-                        self.kind,
-                        self.peer,
-                        self._failures,
-                    )
+        self._sinks.put_frame(self.remote, frame)
 
     def _end(self) -> None:
         if self._ended:
             return
         self._ended = True
-        for consumer in self._consumers:
-            try:
-                consumer.track_ended(self.peer, self.kind)
-            except Exception:
-                log.exception("%s failed on the end of a track", type(consumer).__name__)
+        self._sinks.track_ended(self.remote)

@@ -22,9 +22,9 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, Playwright
 
 from peer.agent import Agent
+from peer.events import RemoteTrack
 from peer.media.fanout import EncoderStats
 from peer.media.sources import VideoSettings, open_local_media
-from signaling.protocol import PeerId
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage
 from tests.browser.pages import RoomPage, launch
@@ -72,12 +72,12 @@ class VideoSizes:
         self.frames: dict[str, int] = {}
         self.size: dict[str, tuple[int, int]] = {}
 
-    def put_frame(self, peer: PeerId, kind: str, frame: av.AudioFrame | av.VideoFrame) -> None:
-        if kind == "video" and isinstance(frame, av.VideoFrame):
-            self.frames[peer] = self.frames.get(peer, 0) + 1
-            self.size[peer] = (frame.width, frame.height)
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+        if track.kind == "video" and isinstance(frame, av.VideoFrame):
+            self.frames[track.peer] = self.frames.get(track.peer, 0) + 1
+            self.size[track.peer] = (frame.width, frame.height)
 
-    def track_ended(self, peer: PeerId, kind: str) -> None:
+    def track_ended(self, track: RemoteTrack) -> None:
         pass
 
 

@@ -12,6 +12,14 @@ import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from peer.events import Kind, RemoteTrack
+from signaling.protocol import PeerId
+
+
+def remote(peer: str, kind: Kind = "video", index: int = 0) -> RemoteTrack:
+    """A remote track of ``peer`` to hand to a consumer directly (a new object each call)."""
+    return RemoteTrack(PeerId(peer), kind, id=f"{peer}-{kind}-{index}", index=index)
+
 
 def make_clip(
     path: Path,

@@ -9,6 +9,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from peer.events import RemoteTrack
 from peer.media.recorder import Recorder
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
 from peer.media.tap import TrackTap
@@ -20,7 +21,10 @@ async def record(directory: Path) -> None:
     peer = PeerId("bob")
     recorder.expect(peer, {"audio", "video"})
     video = SyntheticVideoTrack("bob", width=320, height=240, fps=30)
-    taps = [TrackTap(peer, video, [recorder]), TrackTap(peer, ToneAudioTrack("bob"), [recorder])]
+    taps = [
+        TrackTap(RemoteTrack(peer, "video"), video, [recorder]),
+        TrackTap(RemoteTrack(peer, "audio"), ToneAudioTrack("bob"), [recorder]),
+    ]
     for tap in taps:
         tap.start()
     while video.frames < 30:  # noqa: ASYNC110 (a frame counter has no event to wait on)

@@ -12,6 +12,7 @@ import sys
 import av
 import numpy as np
 
+from peer.events import RemoteTrack
 from peer.media.display import DisplayWindow
 from peer.media.mosaic import Mosaic
 from peer.media.synthetic import SyntheticVideoTrack
@@ -24,11 +25,12 @@ async def show(title: str) -> int:
     window = DisplayWindow(mosaic, title=title, fps=20)
     window.start()
     track = SyntheticVideoTrack("remote", width=320, height=240, fps=30)
+    remote = RemoteTrack(PeerId("remote"), "video")
     try:
         while not window.closed.is_set():
             frame = await track.recv()
             assert isinstance(frame, av.VideoFrame)
-            mosaic.put_frame(PeerId("remote"), "video", frame)
+            mosaic.put_frame(remote, frame)
             if window.shown.is_set():
                 print("shown", flush=True)
                 window.shown.clear()

@@ -21,7 +21,7 @@ import pytest
 from peer.media.mosaic import Mosaic, SnapshotWriter, grid, save_snapshot
 from peer.media.tap import TrackTap
 from signaling.protocol import PeerId
-from tests.media.clips import FramesTrack, audio_frame, oversized_frame, video_frame
+from tests.media.clips import FramesTrack, audio_frame, oversized_frame, remote, video_frame
 from tests.support import seconds
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def test_layout_labels_and_content_for_1_to_7_peers(peers: int) -> None:
         frame = _solid(COLOURS[index])
         # a real yuv420p frame for odd peers, a BGR array for even ones: both render
         as_frame = video_frame(320, 240, pts=0, time_base=Fraction(1, 90_000), value=0)
-        mosaic.put_frame(PeerId(f"peer-{index}"), "video", as_frame if index % 2 else frame)
+        mosaic.put_frame(remote(f"peer-{index}", "video"), as_frame if index % 2 else frame)
     image = mosaic.render()
     columns, rows = grid(peers)
     assert image.shape == (rows * TILE[1], columns * TILE[0], 3)
@@ -72,8 +72,8 @@ def test_layout_labels_and_content_for_1_to_7_peers(peers: int) -> None:
 
 def test_local_preview_comes_first_and_peers_can_leave() -> None:
     mosaic = Mosaic(tile=TILE)
-    mosaic.put_frame(PeerId("bob"), "video", _solid(COLOURS[1]))
-    mosaic.put_frame(PeerId("carol"), "audio", audio_frame(0))
+    mosaic.put_frame(remote("bob", "video"), _solid(COLOURS[1]))
+    mosaic.put_frame(remote("carol", "audio"), audio_frame(0))
     mosaic.put_local_frame(_solid(COLOURS[0]), label="me")
     image = mosaic.render()
     assert image.shape == (2 * TILE[1], 2 * TILE[0], 3)
@@ -98,11 +98,11 @@ def test_fps_is_shown_and_conversion_happens_at_render_time_only() -> None:
     frames = [video_frame(320, 240, pts=i, time_base=Fraction(1, 30)) for i in range(60)]
     for index, frame in enumerate(frames):
         now[0] = index / 30
-        mosaic.put_frame(PeerId("bob"), "video", frame)
+        mosaic.put_frame(remote("bob", "video"), frame)
     fast = mosaic.render()
-    first_tile = mosaic._tiles["bob"].cached
+    first_tile = mosaic._tiles[("bob", 0)].cached
     again = mosaic.render()
-    assert mosaic._tiles["bob"].cached is first_tile  # same frame: not converted again
+    assert mosaic._tiles[("bob", 0)].cached is first_tile  # same frame: not converted again
     assert np.array_equal(fast, again)
     now[0] += 10  # no frame for 10 s: the label now reads 0 fps
     stale = mosaic.render()
@@ -117,10 +117,10 @@ async def test_oversized_pictures_are_refused_with_one_warning_per_track(
     tiles go on, and each track is warned about once, not each frame."""
     caplog.set_level(logging.WARNING)
     mosaic = Mosaic(tile=TILE)
-    mosaic.put_frame(PeerId("bob"), "video", _solid(COLOURS[1]))
+    mosaic.put_frame(remote("bob", "video"), _solid(COLOURS[1]))
     for _ in range(2):  # the peer's track, then a new one (after a renegotiation)
         track = FramesTrack([oversized_frame(i * 3000) for i in range(8)])
-        tap = TrackTap(PeerId("huge"), track, [mosaic])
+        tap = TrackTap(remote("huge"), track, [mosaic])
         tap.start()
         deadline = time.monotonic() + seconds(5)
         while tap.frames < 3:
@@ -136,7 +136,7 @@ async def test_oversized_pictures_are_refused_with_one_warning_per_track(
 
 def test_save_snapshot_writes_a_png(tmp_path: Path) -> None:
     mosaic = Mosaic(tile=TILE)
-    mosaic.put_frame(PeerId("bob"), "video", _solid(COLOURS[2]))
+    mosaic.put_frame(remote("bob", "video"), _solid(COLOURS[2]))
     path = tmp_path / "mosaic.png"
     save_snapshot(mosaic, path)
     image = cv2.imread(str(path))
@@ -154,7 +154,7 @@ async def test_snapshot_writer_writes_periodically_and_on_stop(tmp_path: Path) -
     while writer.written < 2:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
-    mosaic.put_frame(PeerId("late"), "video", _solid(COLOURS[3]))
+    mosaic.put_frame(remote("late", "video"), _solid(COLOURS[3]))
     await writer.stop()
     image = cv2.imread(str(path))
     assert image is not None

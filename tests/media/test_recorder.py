@@ -28,6 +28,7 @@ from tests.media.clips import (
     decode_audio,
     decode_video,
     oversized_frame,
+    remote,
     video_frame,
 )
 from tests.support import seconds
@@ -69,7 +70,10 @@ async def test_recording_of_real_tracks_through_taps(tmp_path: Path) -> None:
     recorder.expect(peer, {"audio", "video"})
     video = SyntheticVideoTrack("bob", width=320, height=240, fps=30)
     audio = ToneAudioTrack("bob")
-    taps = [TrackTap(peer, video, [recorder]), TrackTap(peer, audio, [recorder])]
+    taps = [
+        TrackTap(remote(peer, "video"), video, [recorder]),
+        TrackTap(remote(peer, "audio"), audio, [recorder]),
+    ]
     for tap in taps:
         tap.start()
     deadline = time.monotonic() + seconds(20)
@@ -114,10 +118,10 @@ async def test_non_monotonic_timestamps_and_a_resolution_change_still_decode(
     video_pts[30] = 0  # far in the past
     sizes = [(640, 480)] * 20 + [(320, 240)] * 20 + [(480, 270)] * 20
     for i in range(100):
-        recorder.put_frame(peer, "audio", audio_frame(i * 960 if i != 50 else 0))
+        recorder.put_frame(remote(peer, "audio"), audio_frame(i * 960 if i != 50 else 0))
         if i < 60:
             frame = video_frame(*sizes[i], pts=video_pts[i], time_base=VIDEO_90K)
-            recorder.put_frame(peer, "video", frame)
+            recorder.put_frame(remote(peer, "video"), frame)
     path = await asyncio.wait_for(recorder.close_peer(peer), seconds(20))
     assert path is not None
     frames = decode_video(path)
@@ -137,12 +141,12 @@ async def test_a_peer_that_rejoins_gets_a_second_file(tmp_path: Path) -> None:
         recorder.expect(peer, {"audio", "video"})
         for i in range(30):
             recorder.put_frame(
-                peer, "video", video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
+                remote(peer, "video"), video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
             )
-            recorder.put_frame(peer, "audio", audio_frame(i * 960))
+            recorder.put_frame(remote(peer, "audio"), audio_frame(i * 960))
         if visit == 0:  # the first visit ends with its tracks, the second with peer-left
-            recorder.track_ended(peer, "video")
-            recorder.track_ended(peer, "audio")
+            recorder.track_ended(remote(peer, "video"))
+            recorder.track_ended(remote(peer, "audio"))
         paths.append(await asyncio.wait_for(recorder.close_peer(peer), seconds(20)))
     first, second = paths
     assert first is not None and second is not None and first != second
@@ -158,14 +162,14 @@ async def test_close_finalises_every_peer_and_ignores_later_frames(tmp_path: Pat
     for name in ("p1", "p2"):
         for i in range(10):
             frame = video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
-            recorder.put_frame(PeerId(name), "video", frame)
+            recorder.put_frame(remote(name, "video"), frame)
     files = await asyncio.wait_for(recorder.close(), seconds(20))
     assert len(files) == 2
     for path in files:
         with av.open(str(path)) as container:  # video only: no audio ever came
             assert len(container.streams.audio) == 0
         assert len(decode_video(path)) == 10
-    recorder.put_frame(PeerId("p3"), "video", video_frame(160, 120, pts=0, time_base=VIDEO_90K))
+    recorder.put_frame(remote("p3", "video"), video_frame(160, 120, pts=0, time_base=VIDEO_90K))
     assert recorder.files() == files
 
 
@@ -203,7 +207,9 @@ async def test_unwritable_places_fail_cleanly(tmp_path: Path) -> None:
     directory.rmdir()  # the file cannot be opened any more
     peer = PeerId("bob")
     for i in range(40):
-        recorder.put_frame(peer, "video", video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K))
+        recorder.put_frame(
+            remote(peer, "video"), video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
+        )
     assert await asyncio.wait_for(recorder.close_peer(peer), seconds(20)) is None
     assert await recorder.close() == []
 
@@ -218,12 +224,12 @@ async def test_frames_shared_with_other_consumers_are_not_modified(tmp_path: Pat
     for i in range(60):  # 1.2 s: audio every 20 ms, video every 40 ms
         sound = audio_frame(480_000 + i * 960)  # s16 stereo 48 kHz: what the encoder takes as is
         given.append((sound, sound.pts, sound.time_base, bytes(sound.planes[0])))
-        recorder.put_frame(peer, "audio", sound)
+        recorder.put_frame(remote(peer, "audio"), sound)
         if i % 2 == 0:
             size = (320, 240) if i < 40 else (160, 120)  # the last ones are scaled
             picture = video_frame(*size, pts=900_000 + i * 1800, time_base=VIDEO_90K)
             given.append((picture, picture.pts, picture.time_base, bytes(picture.planes[0])))
-            recorder.put_frame(peer, "video", picture)
+            recorder.put_frame(remote(peer, "video"), picture)
     path = await asyncio.wait_for(recorder.close_peer(peer), seconds(20))
     assert path is not None
     for frame, pts, time_base, pixels in given:
@@ -251,11 +257,13 @@ async def test_visits_that_ended_are_released(tmp_path: Path) -> None:
             recorder.expect(peer, {"video"})
             for i in range(5):
                 frame = video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
-                recorder.put_frame(peer, "video", frame)
+                recorder.put_frame(remote(peer, "video"), frame)
         path = await asyncio.wait_for(recorder.close_peer(ann), seconds(20))  # peer-left
         assert path is not None
         paths.append(path)
-        recorder.track_ended(ben, "video")  # ben's track ends: his next frame is a new visit
+        recorder.track_ended(
+            remote(ben, "video")
+        )  # ben's track ends: his next frame is a new visit
         deadline = time.monotonic() + seconds(5)
         while max(retained := _retained(tmp_path)) > 2:  # ben's last two at most
             assert time.monotonic() < deadline, f"visits and muxers still held: {retained}"
@@ -273,13 +281,15 @@ async def test_close_peer_returns_a_file_whose_visit_was_already_released(tmp_pa
     recorder = Recorder(tmp_path, queue_size=1000)
     ann, ben = PeerId("ann"), PeerId("ben")
     for i in range(5):
-        recorder.put_frame(ann, "video", video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K))
-    recorder.track_ended(ann, "video")
+        recorder.put_frame(
+            remote(ann, "video"), video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
+        )
+    recorder.track_ended(remote(ann, "video"))
     deadline = time.monotonic() + seconds(10)
     while any(thread.name == "recorder ann" for thread in threading.enumerate()):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
-    recorder.put_frame(ben, "video", video_frame(160, 120, pts=0, time_base=VIDEO_90K))
+    recorder.put_frame(remote(ben, "video"), video_frame(160, 120, pts=0, time_base=VIDEO_90K))
     assert _retained(tmp_path)[0] == 1  # ben's visit only: ann's was released
     path = await asyncio.wait_for(recorder.close_peer(ann), seconds(20))  # peer-left
     assert path is not None
@@ -302,7 +312,7 @@ async def test_oversized_pictures_are_left_out_and_the_rest_recorded(
         else video_frame(320, 240, pts=i * 3000, time_base=VIDEO_90K)
         for i in range(40)
     ]
-    tap = TrackTap(peer, FramesTrack(frames), [recorder])
+    tap = TrackTap(remote(peer), FramesTrack(frames), [recorder])
     tap.start()
     await asyncio.wait_for(tap.wait_ended(), seconds(20))
     path = await asyncio.wait_for(recorder.close_peer(peer), seconds(20))

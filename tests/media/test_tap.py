@@ -9,33 +9,34 @@ from collections.abc import Callable
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from peer.events import RemoteTrack
 from peer.media.synthetic import SyntheticVideoTrack
-from peer.media.tap import Kind, TrackTap
+from peer.media.tap import Sinks, TrackTap
 from signaling.protocol import PeerId
 from tests.support import seconds
 
 
 class Collector:
     def __init__(self) -> None:
-        self.frames: list[tuple[PeerId, Kind, av.AudioFrame | av.VideoFrame]] = []
-        self.ended: list[tuple[PeerId, Kind]] = []
+        self.frames: list[tuple[RemoteTrack, av.AudioFrame | av.VideoFrame]] = []
+        self.ended: list[RemoteTrack] = []
 
-    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
-        self.frames.append((peer, kind, frame))
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+        self.frames.append((track, frame))
 
-    def track_ended(self, peer: PeerId, kind: Kind) -> None:
-        self.ended.append((peer, kind))
+    def track_ended(self, track: RemoteTrack) -> None:
+        self.ended.append(track)
 
 
 class Broken:
     def __init__(self) -> None:
         self.calls = 0
 
-    def put_frame(self, peer: PeerId, kind: Kind, frame: av.AudioFrame | av.VideoFrame) -> None:
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
         self.calls += 1
         raise RuntimeError("consumer bug")
 
-    def track_ended(self, peer: PeerId, kind: Kind) -> None:
+    def track_ended(self, track: RemoteTrack) -> None:
         raise RuntimeError("consumer bug")
 
 
@@ -66,7 +67,8 @@ async def _until(condition: Callable[[], bool], limit: float) -> None:
 
 async def test_tap_reads_until_the_track_ends_and_tells_every_consumer() -> None:
     collector, broken = Collector(), Broken()
-    tap = TrackTap(PeerId("bob"), FiniteTrack(20), [broken, collector])
+    bob = RemoteTrack(PeerId("bob"), "video")
+    tap = TrackTap(bob, FiniteTrack(20), [broken, collector])
     assert tap.kind == "video"
     tap.start()
     await asyncio.wait_for(tap.wait_ended(), seconds(10))
@@ -74,23 +76,92 @@ async def test_tap_reads_until_the_track_ends_and_tells_every_consumer() -> None
     assert tap.frames == 20
     assert broken.calls == 20  # a failing consumer is called again, and does not stop others
     assert len(collector.frames) == 20
-    assert {(p, k) for p, k, _ in collector.frames} == {(PeerId("bob"), "video")}
-    assert collector.ended == [(PeerId("bob"), "video")]
+    assert {track for track, _ in collector.frames} == {bob}
+    assert collector.ended == [bob]
     await tap.stop()
-    assert collector.ended == [(PeerId("bob"), "video")]  # told once
+    assert collector.ended == [bob]  # told once
 
 
 async def test_tap_measures_fps_and_stop_ends_the_track_for_consumers() -> None:
     collector = Collector()
     track = SyntheticVideoTrack("alice", width=64, height=48, fps=30)
-    tap = TrackTap(PeerId("alice"), track, [collector])
+    alice = RemoteTrack(PeerId("alice"), "video")
+    tap = TrackTap(alice, track, [collector])
     tap.start()
     await _until(lambda: tap.frames >= 20, seconds(10))
     assert tap.first_frame_at is not None
     assert 5 < tap.fps < 60  # about 30; loose, the machine is shared
     await tap.stop()
-    assert collector.ended == [(PeerId("alice"), "video")]
+    assert collector.ended == [alice]
     frames = tap.frames
     await asyncio.sleep(0.1)
     assert tap.frames == frames  # no reader left
     track.stop()
+
+
+class Live(Collector):
+    """A Collector that also records ``track_started``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[RemoteTrack] = []
+
+    def track_started(self, track: RemoteTrack) -> None:
+        self.started.append(track)
+
+
+class RemovesOther(Collector):
+    """Removes ``other`` from ``sinks`` on its first frame, before ``other`` gets that frame."""
+
+    def __init__(self, sinks: Sinks, other: Collector) -> None:
+        super().__init__()
+        self._sinks, self._other = sinks, other
+
+    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+        super().put_frame(track, frame)
+        self._sinks.remove(self._other)
+
+
+async def test_a_consumer_added_later_learns_the_live_tracks_and_gets_their_frames() -> None:
+    sinks = Sinks()
+    first = Live()
+    sinks.add(first)
+    camera, screen = RemoteTrack(PeerId("bob"), "video"), RemoteTrack(PeerId("bob"), "video")
+    screen.index = 1
+    sources = [SyntheticVideoTrack(f"s{i}", width=64, height=48, fps=30) for i in range(2)]
+    taps = [TrackTap(camera, sources[0], sinks), TrackTap(screen, sources[1], sinks)]
+    for tap in taps:
+        tap.start()
+    assert first.started == [camera, screen]
+    assert sinks.live_tracks() == (camera, screen)
+    await _until(lambda: len(first.frames) >= 10, seconds(10))
+    late = Live()
+    sinks.add(late)
+    assert late.started == [camera, screen]  # told of what was already flowing
+    await _until(lambda: {t for t, _ in late.frames} == {camera, screen}, seconds(10))
+    sinks.remove(late)
+    count = len(late.frames)
+    before = len(first.frames)
+    await _until(lambda: len(first.frames) >= before + 10, seconds(10))
+    assert len(late.frames) == count  # a removed consumer gets nothing more
+    await taps[1].stop()
+    assert first.ended == [screen] and late.ended == []
+    assert sinks.live_tracks() == (camera,)
+    await taps[0].stop()
+    assert sinks.live_tracks() == ()
+    for source in sources:
+        source.stop()
+
+
+async def test_a_consumer_removed_during_a_frame_gets_not_even_that_frame() -> None:
+    sinks = Sinks()
+    victim = Collector()
+    remover = RemovesOther(sinks, victim)
+    sinks.add(remover)
+    sinks.add(victim)
+    sinks.add(remover)  # added once only
+    tap = TrackTap(RemoteTrack(PeerId("bob"), "video"), FiniteTrack(5), sinks)
+    tap.start()
+    await asyncio.wait_for(tap.wait_ended(), seconds(10))
+    assert len(remover.frames) == 5
+    assert victim.frames == [] and victim.ended == []

@@ -28,6 +28,7 @@ import av
 from aiortc import RTCRtpReceiver
 
 from peer.agent import Agent
+from peer.events import RemoteTrack
 from signaling.protocol import PeerId
 from tests.keyframes import Keyframes, label_vp8_keyframes
 from tests.peer.helpers import largest_gap
@@ -76,10 +77,10 @@ class Pictures(Keyframes):
         super().__init__()
         self.key_pts: list[tuple[float, float]] = []  # (decoded at, pts)
 
-    def put_frame(self, peer: PeerId, kind: str, frame: object) -> None:
-        before = len(self.keys.get(str(peer), ()))
-        super().put_frame(peer, kind, frame)
-        keys = self.keys.get(str(peer), [])
+    def put_frame(self, track: RemoteTrack, frame: object) -> None:
+        before = len(self.keys.get(str(track.peer), ()))
+        super().put_frame(track, frame)
+        keys = self.keys.get(str(track.peer), [])
         if len(keys) > before:  # this frame was a keyframe
             assert isinstance(frame, av.VideoFrame)
             assert frame.pts is not None and frame.time_base is not None

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from peer.agent import Agent
+from peer.events import RemoteTrack
 from peer.media.sources import LocalMedia, VideoSettings, open_local_media
 from signaling.protocol import PeerId
 from tests.support import REPO, seconds
@@ -69,11 +70,11 @@ class FrameTimes:
     def __init__(self) -> None:
         self.times: dict[str, list[float]] = {}
 
-    def put_frame(self, peer: PeerId, kind: str, frame: object) -> None:
-        if kind == "video":
-            self.times.setdefault(str(peer), []).append(time.monotonic())
+    def put_frame(self, track: RemoteTrack, frame: object) -> None:
+        if track.kind == "video":
+            self.times.setdefault(str(track.peer), []).append(time.monotonic())
 
-    def track_ended(self, peer: PeerId, kind: str) -> None:
+    def track_ended(self, track: RemoteTrack) -> None:
         pass
 
     def max_gap(self, peer: str, start: float, end: float) -> float:

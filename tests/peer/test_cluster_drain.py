@@ -60,9 +60,10 @@ async def test_a_node_shut_down_hands_its_peers_over_without_stopping_media() ->
             port = stack.enter_context(load_balancer([node.port for node in nodes]))
             url = f"ws://127.0.0.1:{port}/ws"
             times = FrameTimes()
-            async with agents(url, ["alice"]) as (alice,), agents(
-                url, ["bob"], consumers=[times]
-            ) as (bob,):
+            async with (
+                agents(url, ["alice"]) as (alice,),
+                agents(url, ["bob"], consumers=[times]) as (bob,),
+            ):
                 await eventually(
                     lambda: frames_from(alice, "bob") > 10 and frames_from(bob, "alice") > 10,
                     seconds(15),

@@ -9,6 +9,7 @@ import pytest
 from peer.candidates import MAX_REMOTE_CANDIDATES
 from peer.ice import rtc_configuration
 from peer.link import PeerLink
+from peer.media.tap import Sinks
 from peer.mesh import LinkState, Role
 from signaling.protocol import IceCandidate, PeerId, parse_candidate
 from tests.peer.helpers import small_media
@@ -23,9 +24,9 @@ def make_link(remote: str, role: Role, tracks: list[object]) -> PeerLink:
         role,
         rtc_configuration([]),
         tracks,  # type: ignore[arg-type]
-        [],
+        Sinks(),
         on_state=lambda link: None,
-        on_track=lambda link, kind, relay, track: None,
+        on_track=lambda link, track: None,
     )
 
 
