@@ -39,7 +39,7 @@ from av.audio.resampler import AudioResampler
 from av.video.reformatter import VideoReformatter
 
 from peer.events import RemoteTrack
-from peer.media.tap import SizeGuard
+from peer.media.tap import FrameConsumer, SizeGuard
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,12 @@ class ConsumerSet(Protocol):
     """Where readers register: the agent's ``Sinks`` (consumers added and removed while
     tracks flow; a new one is told of the tracks already live)."""
 
-    def add(self, consumer: object) -> None: ...
+    def add(self, consumer: FrameConsumer) -> None: ...
 
-    def remove(self, consumer: object) -> None: ...
+    def remove(self, consumer: FrameConsumer) -> None: ...
 
 
-class _Reader:
+class _Reader(FrameConsumer):
     """What both readers share: the peer filter, the wake-up of a waiting iterator, the end."""
 
     kind: str
@@ -121,9 +121,6 @@ class _Reader:
     async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
         if gone and peer == self.peer:
             self.close()
-
-    def expect(self, peer: PeerId, kinds: set[str]) -> None:
-        return None
 
 
 @dataclass
@@ -162,7 +159,7 @@ class VideoReader(_Reader):
     def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
         if self.closed or not self.wants(track) or not isinstance(frame, av.VideoFrame):
             return
-        if not self._sizes.admits(track.peer, frame.width, frame.height):
+        if not self._sizes.admits(track, frame.width, frame.height):
             return
         slot = self._slots.get(track)
         now = time.monotonic()
@@ -177,7 +174,7 @@ class VideoReader(_Reader):
     def track_ended(self, track: RemoteTrack) -> None:
         self._slots.pop(track, None)
         self._ready.pop(track, None)
-        self._sizes.track_ended(track.peer)
+        self._sizes.track_ended(track)
 
     def take(self) -> tuple[RemoteTrack, av.VideoFrame, float, int, float] | None:
         """The ready track that waited longest: (track, frame, timestamp, skipped, arrived)."""

@@ -23,6 +23,7 @@ from peer.media.readers import (
     audio_frames,
     video_frames,
 )
+from peer.media.tap import FrameConsumer
 from signaling.protocol import PeerId
 from tests.support import eventually, seconds
 
@@ -179,12 +180,12 @@ class Registry:
     """The agent's consumers as the readers see them (add/remove)."""
 
     def __init__(self) -> None:
-        self.consumers: list[object] = []
+        self.consumers: list[FrameConsumer] = []
 
-    def add(self, consumer: object) -> None:
+    def add(self, consumer: FrameConsumer) -> None:
         self.consumers.append(consumer)
 
-    def remove(self, consumer: object) -> None:
+    def remove(self, consumer: FrameConsumer) -> None:
         self.consumers.remove(consumer)
 
 
