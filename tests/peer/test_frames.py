@@ -20,10 +20,10 @@ import numpy.typing as npt
 import pytest
 
 from peer.agent import Agent
-from peer.media.readers import ReceivedAudio, ReceivedVideo
+from peer.media.readers import ReceivedAudio
 from peer.media.sources import LocalMedia
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
-from tests.peer.helpers import frames_from
+from tests.peer.helpers import FrameTimes, frames_from
 from tests.support import LoopLag, RunningServer, eventually, seconds
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def sender_and_bot(
-    url: str, *, video: bool = True, tone_hz: int | None = None
+    url: str, *, video: bool = True, tone_hz: int | None = None, times: FrameTimes | None = None
 ) -> AsyncIterator[tuple[Agent, Agent]]:
     """``alice`` sending 640x480@30 (and a tone of ``tone_hz``), ``bot`` sending nothing,
     both joined and alice's media flowing to the bot."""
@@ -40,7 +40,8 @@ async def sender_and_bot(
         ToneAudioTrack("alice", frequency=tone_hz) if tone_hz is not None else None,
     )
     alice = Agent(url, room="frames", peer_id="alice", media=media, stats_interval=None)
-    bot = Agent(url, room="frames", peer_id="bot", stats_interval=None)
+    consumers = [times] if times is not None else []
+    bot = Agent(url, room="frames", peer_id="bot", stats_interval=None, consumers=consumers)
     try:
         await alice.join()
         await bot.join()
@@ -61,11 +62,11 @@ def rss_bytes() -> int:
 
 async def test_a_fast_reader_gets_the_frames_the_tap_decodes(server: RunningServer) -> None:
     async with sender_and_bot(server.ws_url) as (_, bot):
-        got: list[ReceivedVideo] = []
+        got: list[tuple[tuple[int, ...], np.dtype[np.generic], float, str]] = []
 
         async def read() -> None:
-            async for frame in bot.video_frames("alice"):
-                got.append(frame)
+            async for frame in bot.video_frames("alice"):  # arrays not kept: 0.9 MB each
+                got.append((frame.array.shape, frame.array.dtype, frame.timestamp, frame.peer))
 
         reader = asyncio.create_task(read())
         try:
@@ -80,10 +81,10 @@ async def test_a_fast_reader_gets_the_frames_the_tap_decodes(server: RunningServ
             "reader %d frames (%.1f fps), tap %d (%.1f fps)",
             read_n, read_n / elapsed, decoded, decoded / elapsed,
         )  # fmt: skip
-        assert all(f.array.shape == (480, 640, 3) and f.array.dtype == np.uint8 for f in got)
+        assert all(shape == (480, 640, 3) and dtype == np.uint8 for shape, dtype, _, _ in got)
         assert decoded > 0 and read_n >= decoded * 29 / 30, (read_n, decoded)
-        stamps = [f.timestamp for f in got]
-        assert stamps == sorted(stamps) and all(f.peer == "alice" for f in got)
+        stamps = [stamp for _, _, stamp, _ in got]
+        assert stamps == sorted(stamps) and all(peer == "alice" for *_, peer in got)
 
 
 def busy_job(array: npt.NDArray[np.uint8]) -> float:
@@ -95,39 +96,53 @@ def busy_job(array: npt.NDArray[np.uint8]) -> float:
 async def test_a_slow_reader_gets_fresh_frames_and_leaves_the_loop_alone(
     server: RunningServer,
 ) -> None:
-    async with sender_and_bot(server.ws_url) as (_, bot):
+    times = FrameTimes()  # when the tap handed each of alice's frames over
+    async with sender_and_bot(server.ws_url, times=times) as (_, bot):
+        await asyncio.sleep(2.0)  # past the connection's start (keyframes, bitrate ramp)
         async with LoopLag() as baseline:  # the same machine, no reader yet
             await asyncio.sleep(3.0)
-        ages: list[float] = []
-        skipped: list[int] = []
+        got: list[tuple[float, float, float, int]] = []  # (arrived, asked, got, skipped)
 
         async def read() -> None:
+            asked = time.monotonic()
             async for frame in bot.video_frames("alice"):
-                ages.append(time.monotonic() - frame.arrived)
-                skipped.append(frame.skipped)
+                got.append((frame.arrived, asked, time.monotonic(), frame.skipped))
                 await asyncio.to_thread(busy_job, frame.array)
+                asked = time.monotonic()
 
         reader = asyncio.create_task(read())
         try:
             await asyncio.sleep(5.0)  # warm-up: allocator and aiortc buffers settle
-            ages.clear()
+            got.clear()
             before = rss_bytes()
             async with LoopLag() as lag:
                 await asyncio.sleep(60.0)
             growth = rss_bytes() - before
         finally:
             reader.cancel()
+    arrivals = times.times["alice"]
+    ages = [at - arrived for arrived, _, at, _ in got]
+    # A frame older than 250 ms is the reader's fault only if a newer one had arrived by the
+    # time it asked (a backlog); if the stream itself paused (a busy machine), it was the
+    # newest there was. Those are counted apart.
+    backlog = [
+        (age, arrived, asked)
+        for (arrived, asked, _, _), age in zip(got, ages, strict=True)
+        if age > 0.250 and any(arrived < t <= asked for t in arrivals)
+    ]
+    stalled = sum(age > 0.250 for age in ages) - len(backlog)
     base, p99 = baseline.percentile(0.99), lag.percentile(0.99)
     # 20 ms as the issue asks, unless the machine alone (no reader) already lags more: then
     # the reader may add no more than 10 ms to what the same run measured without it.
     limit = max(0.020, base + 0.010)
     log.info(
-        f"{len(ages)} frames, age max {max(ages) * 1000:.0f} ms, skipped mean "
-        f"{np.mean(skipped):.1f}; lag p99 {p99 * 1000:.1f} ms (baseline {base * 1000:.1f} ms); "
-        f"RSS growth {growth / 1e6:.2f} MB"
-    )
+        "%d frames, age median %.0f ms, max %.0f ms (%d older than 250 ms: the stream paused), "
+        "skipped mean %.1f; lag p99 %.1f ms (baseline %.1f ms); RSS growth %.2f MB",
+        len(ages), 1000 * float(np.median(ages)), 1000 * max(ages), stalled,
+        np.mean([skipped for *_, skipped in got]), 1000 * p99, 1000 * base, growth / 1e6,
+    )  # fmt: skip
     assert len(ages) >= 60 * 4, len(ages)  # ~4.5 frames a second at 200 ms each
-    assert max(ages) <= 0.250, sorted(ages)[-5:]
+    assert not backlog, backlog[:5]
     assert p99 <= limit, (p99, base)
     assert growth < 5_000_000, growth
 
@@ -165,8 +180,8 @@ async def test_readers_end_with_their_peer_or_the_agent_and_slow_audio_drops(
 ) -> None:
     async with sender_and_bot(server.ws_url, tone_hz=440) as (alice, bot):
         slow: list[ReceivedAudio] = []
-        alice_video: list[ReceivedVideo] = []
-        everyone: list[ReceivedVideo] = []
+        alice_video: list[tuple[int, ...]] = []  # shapes: the arrays are not kept
+        everyone: list[tuple[int, ...]] = []
 
         async def read_slowly() -> None:
             async for block in bot.audio_frames("alice"):
@@ -174,9 +189,9 @@ async def test_readers_end_with_their_peer_or_the_agent_and_slow_audio_drops(
                 if len(slow) == 1:
                     await asyncio.sleep(6.5)  # slower than real time: 1.5 s over the 5 s kept
 
-        async def collect(into: list[ReceivedVideo], peer: str | None) -> None:
+        async def collect(into: list[tuple[int, ...]], peer: str | None) -> None:
             async for frame in bot.video_frames(peer, format="gray"):
-                into.append(frame)
+                into.append(frame.array.shape)
 
         tasks = [
             asyncio.create_task(read_slowly()),
@@ -184,7 +199,7 @@ async def test_readers_end_with_their_peer_or_the_agent_and_slow_audio_drops(
             asyncio.create_task(collect(everyone, None)),
         ]
         await eventually(lambda: len(slow) > 300, seconds(20), "the slow reader catching up")
-        assert alice_video and everyone and everyone[0].array.shape == (480, 640)
+        assert alice_video and everyone and everyone[0] == (480, 640)
         await alice.leave()
         await asyncio.wait_for(asyncio.gather(*tasks[:2]), seconds(10))  # alice's readers end
         assert not tasks[2].done()  # the reader of everyone goes on until the bot leaves
