@@ -231,6 +231,7 @@ class _AudioTrack:
     clock: float = 0.0  # the time of pending[0] on the track's clock
     dropped: int = 0  # blocks lost since the reader took one of this track
     started: bool = False
+    ended: bool = False
     last_stamp: float = field(default=-1.0)
 
 
@@ -329,6 +330,7 @@ class AudioReader(_Reader):
         state = self._tracks.get(track)
         if state is not None:
             state.pending = state.pending[:0]
+            state.ended = True
             if not state.blocks:
                 del self._tracks[track]
 
@@ -343,6 +345,8 @@ class AudioReader(_Reader):
             dropped, state.dropped = state.dropped, 0
             if state.blocks:
                 self._ready[track] = None  # to the back: the other tracks go first
+            elif state.ended:
+                del self._tracks[track]
             return ReceivedAudio(track.peer, track, block, stamp, dropped)
         return None
 
