@@ -55,6 +55,7 @@ from peer.events import Event, EventHub, Kind
 from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
 from peer.machine import RoomMachine
+from peer.media import readers
 from peer.media.encoders import Vp8Settings
 from peer.media.fanout import EncoderStats, Encoding
 from peer.media.tap import FirstFrames, FrameConsumer, Sinks
@@ -364,6 +365,31 @@ class Agent:
         gets :class:`peer.events.TrackEnded`). ValueError if it is not published."""
         self._publishing.unpublish(track)
         self._negotiator.sync_all()
+
+    def video_frames(
+        self, peer: PeerId | str | None = None, *, format: str = "bgr24"
+    ) -> AsyncIterator[readers.ReceivedVideo]:
+        """Received video as numpy arrays (``format``: bgr24, rgb24 or gray), of ``peer`` or
+        of everyone: always the newest frame (``skipped`` counts the others), converted on a
+        thread of the iterator's own. Ends when that peer leaves, or when we do. Heavy work
+        on the arrays belongs in a thread too (``asyncio.to_thread``). See
+        :mod:`peer.media.readers`."""
+        who = None if peer is None else PeerId(peer)
+        return readers.video_frames(self._sinks, self._left, who, format)
+
+    def audio_frames(
+        self,
+        peer: PeerId | str | None = None,
+        *,
+        sample_rate: int = 16000,
+        channels: int = 1,
+        block_ms: int = 20,
+    ) -> AsyncIterator[readers.ReceivedAudio]:
+        """Received audio as int16 blocks of ``block_ms`` (``(n, channels)``), resampled,
+        without gaps; up to 5 s of it wait for a slow reader, then the oldest blocks go
+        (``dropped``). Ends when that peer leaves, or when we do. See :mod:`peer.media.readers`."""
+        who = None if peer is None else PeerId(peer)
+        return readers.audio_frames(self._sinks, self._left, who, sample_rate, channels, block_ms)
 
     def encoder_stats(self) -> list[EncoderStats]:
         """The shared encoders running now, one per source and codec."""

@@ -142,3 +142,33 @@ def reference_server_binary() -> Path:
         raise AssertionError("building the reference server needs Go: run ./dev setup")
     subprocess.run(["sh", str(build), str(folder)], check=True, capture_output=True, timeout=300)
     return binary
+
+
+class LoopLag:
+    """How late the event loop runs a task: a probe sleeping ``interval`` again and again
+    records each wake-up's overshoot (seconds) in ``samples``. ``async with`` runs it."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _probe(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self.samples.append(time.perf_counter() - start - self.interval)
+
+    def percentile(self, share: float) -> float:
+        """The ``share`` (0.99: p99) quantile of the lags so far; 0 without samples."""
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._probe())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

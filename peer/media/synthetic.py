@@ -137,14 +137,15 @@ def _test_card(width: int, height: int, label: str) -> npt.NDArray[np.uint8]:
 
 
 class ToneAudioTrack(MediaStreamTrack):
-    """A sine tone at ``tone_frequency(label)``, 20 ms frames of s16 stereo at 48 kHz."""
+    """A sine tone at ``frequency`` Hz (default ``tone_frequency(label)``), 20 ms frames of
+    s16 stereo at 48 kHz. An integer frequency makes one second an exact loop."""
 
     kind = "audio"
 
-    def __init__(self, label: str, *, amplitude: float = 0.2) -> None:
+    def __init__(self, label: str, *, amplitude: float = 0.2, frequency: int | None = None) -> None:
         super().__init__()
         self.label = label
-        self.frequency = tone_frequency(label)
+        self.frequency = tone_frequency(label) if frequency is None else frequency
         self.frames = 0
         self._clock = FrameClock(AUDIO_RATE // AUDIO_FRAME_SAMPLES, AUDIO_RATE)
         t = np.arange(AUDIO_RATE) / AUDIO_RATE

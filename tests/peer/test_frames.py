@@ -1,0 +1,213 @@
+"""Agent.video_frames / audio_frames between real agents on loopback (issue 18, items 2-3).
+
+The figures are the issue's: a fast reader keeps up with what the tap decodes (compared in
+the same window, so a busy machine slows both alike); a reader whose every frame costs a
+200 ms job in a thread gets fresh frames while the loop stays responsive and memory flat;
+10 s of 16 kHz mono are 160,000 samples and keep a 1 kHz tone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from peer.agent import Agent
+from peer.media.readers import ReceivedAudio
+from peer.media.sources import LocalMedia
+from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
+from tests.peer.helpers import FrameTimes, frames_from
+from tests.support import LoopLag, RunningServer, eventually, seconds
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def sender_and_bot(
+    url: str, *, video: bool = True, tone_hz: int | None = None, times: FrameTimes | None = None
+) -> AsyncIterator[tuple[Agent, Agent]]:
+    """``alice`` sending 640x480@30 (and a tone of ``tone_hz``), ``bot`` sending nothing,
+    both joined and alice's media flowing to the bot."""
+    media = LocalMedia(
+        SyntheticVideoTrack("alice", width=640, height=480, fps=30) if video else None,
+        ToneAudioTrack("alice", frequency=tone_hz) if tone_hz is not None else None,
+    )
+    alice = Agent(url, room="frames", peer_id="alice", media=media, stats_interval=None)
+    consumers = [times] if times is not None else []
+    bot = Agent(url, room="frames", peer_id="bot", stats_interval=None, consumers=consumers)
+    try:
+        await alice.join()
+        await bot.join()
+        kind = "video" if video else "audio"
+        await eventually(
+            lambda: frames_from(bot, "alice", kind) >= 10, seconds(20), f"alice's {kind} at bot"
+        )
+        yield alice, bot
+    finally:
+        await asyncio.gather(alice.leave(), bot.leave())
+        media.stop()
+
+
+def rss_bytes() -> int:
+    pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115 (one read)
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_a_fast_reader_gets_the_frames_the_tap_decodes(server: RunningServer) -> None:
+    async with sender_and_bot(server.ws_url) as (_, bot):
+        got: list[tuple[tuple[int, ...], np.dtype[np.generic], float, str]] = []
+
+        async def read() -> None:
+            async for frame in bot.video_frames("alice"):  # arrays not kept: 0.9 MB each
+                got.append((frame.array.shape, frame.array.dtype, frame.timestamp, frame.peer))
+
+        reader = asyncio.create_task(read())
+        try:
+            await eventually(lambda: len(got) >= 15, seconds(10), "the reader's first frames")
+            start, tap_start, wall = len(got), frames_from(bot, "alice"), time.monotonic()
+            await asyncio.sleep(4.0)  # the measured window
+            read_n, decoded = len(got) - start, frames_from(bot, "alice") - tap_start
+            elapsed = time.monotonic() - wall
+        finally:
+            reader.cancel()
+        log.info(
+            "reader %d frames (%.1f fps), tap %d (%.1f fps)",
+            read_n, read_n / elapsed, decoded, decoded / elapsed,
+        )  # fmt: skip
+        assert all(shape == (480, 640, 3) and dtype == np.uint8 for shape, dtype, _, _ in got)
+        assert decoded > 0 and read_n >= decoded * 29 / 30, (read_n, decoded)
+        stamps = [stamp for _, _, stamp, _ in got]
+        assert stamps == sorted(stamps) and all(peer == "alice" for *_, peer in got)
+
+
+def busy_job(array: npt.NDArray[np.uint8]) -> float:
+    """200 ms of a user's own work on a frame, in a thread (as a model would run)."""
+    time.sleep(0.2)
+    return float(array.mean())
+
+
+async def test_a_slow_reader_gets_fresh_frames_and_leaves_the_loop_alone(
+    server: RunningServer,
+) -> None:
+    times = FrameTimes()  # when the tap handed each of alice's frames over
+    async with sender_and_bot(server.ws_url, times=times) as (_, bot):
+        await asyncio.sleep(2.0)  # past the connection's start (keyframes, bitrate ramp)
+        async with LoopLag() as baseline:  # the same machine, no reader yet
+            await asyncio.sleep(3.0)
+        got: list[tuple[float, float, float, int]] = []  # (arrived, asked, got, skipped)
+
+        async def read() -> None:
+            asked = time.monotonic()
+            async for frame in bot.video_frames("alice"):
+                got.append((frame.arrived, asked, time.monotonic(), frame.skipped))
+                await asyncio.to_thread(busy_job, frame.array)
+                asked = time.monotonic()
+
+        reader = asyncio.create_task(read())
+        try:
+            await asyncio.sleep(5.0)  # warm-up: allocator and aiortc buffers settle
+            got.clear()
+            before = rss_bytes()
+            async with LoopLag() as lag:
+                await asyncio.sleep(60.0)
+            growth = rss_bytes() - before
+        finally:
+            reader.cancel()
+    arrivals = times.times["alice"]
+    ages = [at - arrived for arrived, _, at, _ in got]
+    # A frame older than 250 ms is the reader's fault only if a newer one had arrived by the
+    # time it asked (a backlog); if the stream itself paused (a busy machine), it was the
+    # newest there was. Those are counted apart.
+    backlog = [
+        (age, arrived, asked)
+        for (arrived, asked, _, _), age in zip(got, ages, strict=True)
+        if age > 0.250 and any(arrived < t <= asked for t in arrivals)
+    ]
+    stalled = sum(age > 0.250 for age in ages) - len(backlog)
+    base, p99 = baseline.percentile(0.99), lag.percentile(0.99)
+    # 20 ms as the issue asks, unless the machine alone (no reader) already lags more: then
+    # the reader may add no more than 10 ms to what the same run measured without it.
+    limit = max(0.020, base + 0.010)
+    log.info(
+        "%d frames, age median %.0f ms, max %.0f ms (%d older than 250 ms: the stream paused), "
+        "skipped mean %.1f; lag p99 %.1f ms (baseline %.1f ms); RSS growth %.2f MB",
+        len(ages), 1000 * float(np.median(ages)), 1000 * max(ages), stalled,
+        np.mean([skipped for *_, skipped in got]), 1000 * p99, 1000 * base, growth / 1e6,
+    )  # fmt: skip
+    assert len(ages) >= 60 * 4, len(ages)  # ~4.5 frames a second at 200 ms each
+    assert not backlog, backlog[:5]
+    assert p99 <= limit, (p99, base)
+    assert growth < 5_000_000, growth
+
+
+async def test_audio_at_16_khz_is_continuous_and_keeps_the_tone(server: RunningServer) -> None:
+    async with sender_and_bot(server.ws_url, video=False, tone_hz=1000) as (_, bot):
+        blocks: list[ReceivedAudio] = []
+        window: list[float] = []
+
+        async def read() -> None:
+            async for block in bot.audio_frames("alice", sample_rate=16000, channels=1):
+                if window and time.monotonic() < window[0]:
+                    blocks.append(block)
+
+        reader = asyncio.create_task(read())
+        try:
+            await asyncio.sleep(1.0)  # the reader has started and the stream settled
+            window.append(time.monotonic() + 10.0)
+            await asyncio.sleep(10.0)
+        finally:
+            reader.cancel()
+    samples = np.concatenate([b.array[:, 0] for b in blocks]).astype(np.float64)
+    peak = float(np.argmax(np.abs(np.fft.rfft(samples)))) * 16000 / len(samples)
+    log.info(f"{len(samples)} samples in 10 s, {len(blocks)} blocks, peak {peak:.2f} Hz")
+    assert all(b.array.shape == (320, 1) and b.array.dtype == np.int16 for b in blocks)
+    assert 160_000 * 0.99 <= len(samples) <= 160_000 * 1.01
+    stamps = [b.timestamp for b in blocks]
+    assert stamps == sorted(stamps)
+    assert peak == pytest.approx(1000, abs=5)
+    assert sum(b.dropped for b in blocks) == 0
+
+
+async def test_readers_end_with_their_peer_or_the_agent_and_slow_audio_drops(
+    server: RunningServer,
+) -> None:
+    async with sender_and_bot(server.ws_url, tone_hz=440) as (alice, bot):
+        slow: list[ReceivedAudio] = []
+        alice_video: list[tuple[int, ...]] = []  # shapes: the arrays are not kept
+        everyone: list[tuple[int, ...]] = []
+
+        async def read_slowly() -> None:
+            async for block in bot.audio_frames("alice"):
+                slow.append(block)
+                if len(slow) == 1:
+                    await asyncio.sleep(6.5)  # slower than real time: 1.5 s over the 5 s kept
+
+        async def collect(into: list[tuple[int, ...]], peer: str | None) -> None:
+            async for frame in bot.video_frames(peer, format="gray"):
+                into.append(frame.array.shape)
+
+        tasks = [
+            asyncio.create_task(read_slowly()),
+            asyncio.create_task(collect(alice_video, "alice")),
+            asyncio.create_task(collect(everyone, None)),
+        ]
+        await eventually(lambda: len(slow) > 300, seconds(20), "the slow reader catching up")
+        assert alice_video and everyone and everyone[0] == (480, 640)
+        await alice.leave()
+        await asyncio.wait_for(asyncio.gather(*tasks[:2]), seconds(10))  # alice's readers end
+        assert not tasks[2].done()  # the reader of everyone goes on until the bot leaves
+        await bot.leave()
+        await asyncio.wait_for(tasks[2], seconds(10))
+    first, after = slow[0], slow[1]
+    log.info(f"slow reader: {after.dropped} blocks dropped, {len(slow)} read")
+    # 6.5 s behind with 5 s kept: ~75 blocks of 20 ms lost, the oldest, and said so.
+    assert 25 <= after.dropped <= 125, after.dropped
+    assert after.timestamp - first.timestamp == pytest.approx((after.dropped + 1) * 0.02, abs=0.03)
+    assert all(b.dropped == 0 for b in slow[2:])
