@@ -13,8 +13,7 @@ import asyncio
 import os
 import sys
 
-from peer.agent import Agent
-from peer.events import DataReceived
+from peer import Agent, DataReceived
 
 #: The access token of a server that requires one (meshpeer token ... --id chatbot).
 TOKEN = os.environ.get("MESHPEER_TOKEN") or None

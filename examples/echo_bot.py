@@ -12,8 +12,7 @@ import asyncio
 import os
 import sys
 
-from peer.agent import Agent
-from peer.events import TrackReceived
+from peer import Agent, TrackReceived
 
 #: The access token of a server that requires one (meshpeer token ... --id echo).
 TOKEN = os.environ.get("MESHPEER_TOKEN") or None

@@ -19,10 +19,7 @@ import time
 
 import numpy as np
 
-from peer.agent import Agent
-from peer.events import StatsReport
-from peer.media.capture import AudioSource, SourceStopped, VideoSource
-from peer.media.sources import LocalMedia
+from peer import Agent, AudioSource, LocalMedia, SourceStopped, StatsReport, VideoSource
 
 #: The access token of a server that requires one (meshpeer token ... --id numpy).
 TOKEN = os.environ.get("MESHPEER_TOKEN") or None

@@ -13,9 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from peer.agent import Agent
-from peer.events import PeerJoined, PeerLeft
-from peer.media.recorder import Recorder
+from peer import Agent, PeerJoined, PeerLeft, Recorder
 
 #: The access token of a server that requires one (meshpeer token ... --id recorder).
 TOKEN = os.environ.get("MESHPEER_TOKEN") or None

@@ -12,9 +12,7 @@ import asyncio
 import os
 import sys
 
-from peer.agent import Agent
-from peer.events import StatsReport
-from peer.media.sources import VideoSettings, open_local_media
+from peer import Agent, StatsReport, VideoSettings, open_local_media
 
 #: The access token of a server that requires one (meshpeer token ... --id streamer).
 TOKEN = os.environ.get("MESHPEER_TOKEN") or None

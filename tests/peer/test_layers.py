@@ -47,6 +47,25 @@ def test_no_import_cycle_inside_peer() -> None:
         raise AssertionError(f"import cycle in peer: {' -> '.join(exc.args[1])}") from None
 
 
+def test_only_the_package_imports_the_public_surface() -> None:
+    """``peer/__init__`` imports everything; a module inside that took a name from it
+    (``from peer import Agent``) would import itself through it: only submodules may be
+    taken from the package (``from peer import events``)."""
+    submodules = {p.stem for p in ROOT.glob("*.py")} | {
+        p.name for p in ROOT.iterdir() if p.is_dir()
+    }
+    wrong: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        if path == ROOT / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "peer" and node.level == 0:
+                names = [a.name for a in node.names if a.name not in submodules]
+                if names:
+                    wrong.setdefault(str(path.relative_to(ROOT.parent)), []).extend(names)
+    assert wrong == {}
+
+
 def wire(name: str) -> bool:
     """``name`` is a wire module or a name in one (``signaling.protocol.PeerId``)."""
     return any(name == module or name.startswith(module + ".") for module in WIRE)
