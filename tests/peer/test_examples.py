@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
+import re
+import sys
+import threading
+import time
 from functools import partial
 from pathlib import Path
 from types import ModuleType
 
 import av
+import numpy as np
+import numpy.typing as npt
 import pytest
 
+from peer import AudioSource, LocalMedia, ReceivedVideo, SourceStopped, VideoSource
 from peer.agent import Agent
 from peer.events import DataReceived
 from peer.media.sources import VideoSettings, open_local_media
@@ -32,6 +40,7 @@ def load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while being made
     spec.loader.exec_module(module)
     return module
 
@@ -192,3 +201,121 @@ async def test_the_bots_take_a_token_from_the_environment(monkeypatch: pytest.Mo
             )
         finally:
             await stop(echo)
+
+
+def moving_block(moving: bool, index: int) -> npt.NDArray[np.uint8]:
+    """A grey 320x240 picture with a white block: still, or sliding 8 px a frame."""
+    image = np.full((240, 320, 3), 90, np.uint8)
+    left = (8 * index) % 240 if moving else 40
+    image[80:160, left : left + 80] = 255
+    return image
+
+
+def feed(source: VideoSource, stop: threading.Event, moving: threading.Event) -> None:
+    """15 pictures a second until ``stop``; the block slides once ``moving`` is set."""
+    index = 0
+    start = time.monotonic()
+    with contextlib.suppress(SourceStopped):
+        while not stop.wait(max(0.0, start + index / 15 - time.monotonic())):
+            source.capture(moving_block(moving.is_set(), index))
+            index += 1
+
+
+def annotated(frame: ReceivedVideo) -> bool:
+    """The bot's green boxes are in the picture (the sender's own is grey and white)."""
+    b, g, r = (frame.array[..., i].astype(int) for i in range(3))
+    return int(((g > 180) & (r < 110) & (b < 110)).sum()) > 50
+
+
+async def test_motion_bot_sees_the_block_move_and_shows_it_back(server: RunningServer) -> None:
+    """A still picture reports nothing; once the block slides, the bot reports motion for
+    that participant, and the picture it publishes (boxes drawn) reaches the sender."""
+    reports: list[str] = []
+    bot = asyncio.create_task(load("motion_bot").main(server.ws_url, "test", report=reports.append))
+    source = VideoSource(width=320, height=240, fps=15)
+    halt, moving = threading.Event(), threading.Event()
+    producer = threading.Thread(target=feed, args=(source, halt, moving), daemon=True)
+    producer.start()
+    alice = Agent(
+        server.ws_url,
+        room="test",
+        peer_id="alice",
+        media=LocalMedia(video=source, audio=None),
+        stats_interval=None,
+    )
+    try:
+        await eventually(
+            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the bot's join"
+        )
+        await alice.join()
+        frames = alice.video_frames("motion")
+        first = await asyncio.wait_for(anext(frames), seconds(15))  # the bot sees alice
+        assert first.array.shape == (480, 640, 3)
+        still = [await asyncio.wait_for(anext(frames), seconds(5)) for _ in range(10)]
+        assert reports == [], "motion reported in a still picture"
+        assert not any(annotated(f) for f in still)
+        moving.set()
+        began = time.monotonic()
+        await eventually(lambda: bool(reports), seconds(10), "a motion report")
+        print(f"motion bot: {reports[0]!r} {time.monotonic() - began:.2f} s after the block moved")
+        assert reports[0].startswith("alice: motion started"), reports
+        async with asyncio.timeout(seconds(10)):
+            async for frame in frames:
+                if annotated(frame):
+                    break
+        await frames.aclose()
+    finally:
+        halt.set()
+        await alice.leave()
+        source.stop()
+        await asyncio.to_thread(producer.join)
+        await stop(bot)
+
+
+#: The speech bot's own hysteresis delays nothing it reports (it names when the sound began
+#: and ended on the sender's clock), so its times are the tone's within this margin (issue 18).
+MARGIN = 0.3
+
+
+def tone_bursts() -> npt.NDArray[np.float32]:
+    """1 s of 440 Hz, 1 s of silence, 1 s of 440 Hz, 1 s of silence, at 16 kHz."""
+    t = np.arange(16_000) / 16_000
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    silence = np.zeros(16_000)
+    return np.concatenate([tone, silence, tone, silence]).astype(np.float32)
+
+
+async def test_speech_bot_hears_when_a_participant_speaks(server: RunningServer) -> None:
+    """Tone 1 s, silence 1 s, tone 1 s: started/stopped/started/stopped 1 s apart (+-0.3 s)."""
+    reports: list[str] = []
+    bot = asyncio.create_task(load("speech_bot").main(server.ws_url, "test", report=reports.append))
+    # All 4 s go in at once and the source paces them itself: no feeding thread's jitter
+    # (an underrun would be silence inside a tone) in the times measured.
+    source = AudioSource(sample_rate=16_000, channels=1, buffer=5.0)
+    alice = Agent(
+        server.ws_url,
+        room="test",
+        peer_id="alice",
+        media=LocalMedia(video=None, audio=source),
+        stats_interval=None,
+    )
+    try:
+        await eventually(
+            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the bot's join"
+        )
+        await alice.join()
+        await eventually(lambda: "alice: listening" in reports, seconds(15), "the bot hearing")
+        await asyncio.to_thread(source.capture, tone_bursts())
+        await eventually(lambda: len(reports) >= 5, seconds(10), "four changes")
+    finally:
+        await alice.leave()
+        source.stop()
+        await stop(bot)
+    changes = [re.fullmatch(r"alice: (\w+) speaking at ([\d.]+) s", r) for r in reports[1:]]
+    assert all(changes), reports
+    kinds = [m.group(1) for m in changes if m]
+    times = [float(m.group(2)) for m in changes if m]
+    assert kinds[:4] == ["started", "stopped", "started", "stopped"], reports
+    gaps = [b - a for a, b in itertools.pairwise(times[:4])]
+    print("speech bot: changes at", times, "gaps", [round(g, 3) for g in gaps])
+    assert all(abs(gap - 1.0) <= MARGIN for gap in gaps), (times, gaps)
