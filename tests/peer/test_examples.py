@@ -203,6 +203,40 @@ async def test_the_bots_take_a_token_from_the_environment(monkeypatch: pytest.Mo
             await stop(echo)
 
 
+async def test_numpy_bot_shows_each_picture_back_inverted(server: RunningServer) -> None:
+    """alice sends a plain grey 200 picture; the bot's, read back with video_frames, is its
+    negative (55), scaled to 640x480."""
+    bot = asyncio.create_task(load("numpy_bot").main(server.ws_url, "test"))
+    source = VideoSource(width=320, height=240, fps=15)
+    source.capture(np.full((240, 320, 3), 200, np.uint8))  # repeated until replaced
+    alice = Agent(
+        server.ws_url,
+        room="test",
+        peer_id="alice",
+        media=LocalMedia(video=source, audio=None),
+        stats_interval=None,
+    )
+    levels: list[float] = []
+    try:
+        await eventually(
+            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the bot's join"
+        )
+        await alice.join()
+        frames = alice.video_frames("numpy-bot")
+        async with asyncio.timeout(seconds(15)):
+            async for frame in frames:  # black until the bot has inverted a picture
+                assert frame.array.shape == (480, 640, 3)
+                levels.append(float(frame.array.mean()))
+                if abs(levels[-1] - 55) < 10:
+                    break
+        await frames.aclose()
+    finally:
+        await alice.leave()
+        source.stop()
+        await stop(bot)
+    print(f"numpy bot: mean levels seen {[round(v) for v in levels]}")
+
+
 def moving_block(moving: bool, index: int) -> npt.NDArray[np.uint8]:
     """A grey 320x240 picture with a white block: still, or sliding 8 px a frame."""
     image = np.full((240, 320, 3), 90, np.uint8)

@@ -94,3 +94,15 @@ def test_the_docs_and_examples_import_from_peer_only() -> None:
     assert deep == {}
     assert used, "no `from peer import` found: the search is broken"
     assert used - set(peer.__all__) == set()
+
+
+def test_the_readme_shows_the_numpy_bot_as_it_is() -> None:
+    """The README's bot is ``examples/numpy_bot.py`` itself (run by test_examples), so the
+    two cannot drift; at most 15 lines of code (issue 18)."""
+    bot = (ROOT / "examples" / "numpy_bot.py").read_text()
+    readme = (ROOT / "README.md").read_text()
+    pattern = r"`examples/numpy_bot.py`, the whole file.*?```python\n(.*?)```"
+    shown = re.search(pattern, readme, re.S)
+    assert shown is not None, "the README's bot section is gone"
+    assert shown.group(1) == bot
+    assert len([line for line in bot.splitlines() if line.strip()]) <= 15
