@@ -10,9 +10,11 @@ import re
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Coroutine
 from functools import partial
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import av
 import numpy as np
@@ -203,25 +205,33 @@ async def test_the_bots_take_a_token_from_the_environment(monkeypatch: pytest.Mo
             await stop(echo)
 
 
-async def test_numpy_bot_shows_each_picture_back_inverted(server: RunningServer) -> None:
-    """alice sends a plain grey 200 picture; the bot's, read back with video_frames, is its
-    negative (55), scaled to 640x480."""
-    bot = asyncio.create_task(load("numpy_bot").main(server.ws_url, "test"))
-    source = VideoSource(width=320, height=240, fps=15)
-    source.capture(np.full((240, 320, 3), 200, np.uint8))  # repeated until replaced
-    alice = Agent(
-        server.ws_url,
-        room="test",
-        peer_id="alice",
-        media=LocalMedia(video=source, audio=None),
-        stats_interval=None,
-    )
-    levels: list[float] = []
+@contextlib.asynccontextmanager
+async def alice_with(
+    server: RunningServer, bot: Coroutine[Any, Any, None], media: LocalMedia
+) -> AsyncIterator[Agent]:
+    """The bot runs; alice joins once it is in, sending ``media``; all end afterwards."""
+    task = asyncio.create_task(bot)
+    alice = Agent(server.ws_url, room="test", peer_id="alice", media=media, stats_interval=None)
     try:
         await eventually(
             lambda: server.server.registry.counts()[1] == 1, seconds(10), "the bot's join"
         )
         await alice.join()
+        yield alice
+    finally:
+        await alice.leave()
+        media.stop()
+        await stop(task)
+
+
+async def test_numpy_bot_shows_each_picture_back_inverted(server: RunningServer) -> None:
+    """alice sends a plain grey 200 picture; the bot's, read back with video_frames, is its
+    negative (55), scaled to 640x480."""
+    source = VideoSource(width=320, height=240, fps=15)
+    source.capture(np.full((240, 320, 3), 200, np.uint8))  # repeated until replaced
+    levels: list[float] = []
+    bot = load("numpy_bot").main(server.ws_url, "test")
+    async with alice_with(server, bot, LocalMedia(video=source, audio=None)) as alice:
         frames = alice.video_frames("numpy-bot")
         async with asyncio.timeout(seconds(15)):
             async for frame in frames:  # black until the bot has inverted a picture
@@ -230,10 +240,6 @@ async def test_numpy_bot_shows_each_picture_back_inverted(server: RunningServer)
                 if abs(levels[-1] - 55) < 10:
                     break
         await frames.aclose()
-    finally:
-        await alice.leave()
-        source.stop()
-        await stop(bot)
     print(f"numpy bot: mean levels seen {[round(v) for v in levels]}")
 
 
@@ -265,45 +271,33 @@ async def test_motion_bot_sees_the_block_move_and_shows_it_back(server: RunningS
     """A still picture reports nothing; once the block slides, the bot reports motion for
     that participant, and the picture it publishes (boxes drawn) reaches the sender."""
     reports: list[str] = []
-    bot = asyncio.create_task(load("motion_bot").main(server.ws_url, "test", report=reports.append))
+    bot = load("motion_bot").main(server.ws_url, "test", report=reports.append)
     source = VideoSource(width=320, height=240, fps=15)
     halt, moving = threading.Event(), threading.Event()
     producer = threading.Thread(target=feed, args=(source, halt, moving), daemon=True)
     producer.start()
-    alice = Agent(
-        server.ws_url,
-        room="test",
-        peer_id="alice",
-        media=LocalMedia(video=source, audio=None),
-        stats_interval=None,
-    )
     try:
-        await eventually(
-            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the bot's join"
-        )
-        await alice.join()
-        frames = alice.video_frames("motion")
-        first = await asyncio.wait_for(anext(frames), seconds(15))  # the bot sees alice
-        assert first.array.shape == (480, 640, 3)
-        still = [await asyncio.wait_for(anext(frames), seconds(5)) for _ in range(10)]
-        assert reports == [], "motion reported in a still picture"
-        assert not any(annotated(f) for f in still)
-        moving.set()
-        began = time.monotonic()
-        await eventually(lambda: bool(reports), seconds(10), "a motion report")
-        print(f"motion bot: {reports[0]!r} {time.monotonic() - began:.2f} s after the block moved")
-        assert reports[0].startswith("alice: motion started"), reports
-        async with asyncio.timeout(seconds(10)):
-            async for frame in frames:
-                if annotated(frame):
-                    break
-        await frames.aclose()
+        async with alice_with(server, bot, LocalMedia(video=source, audio=None)) as alice:
+            frames = alice.video_frames("motion")
+            first = await asyncio.wait_for(anext(frames), seconds(15))  # the bot sees alice
+            assert first.array.shape == (480, 640, 3)
+            still = [await asyncio.wait_for(anext(frames), seconds(5)) for _ in range(10)]
+            assert reports == [], "motion reported in a still picture"
+            assert not any(annotated(f) for f in still)
+            moving.set()
+            began = time.monotonic()
+            await eventually(lambda: bool(reports), seconds(10), "a motion report")
+            after = time.monotonic() - began
+            print(f"motion bot: {reports[0]!r} {after:.2f} s after the block moved")
+            assert reports[0].startswith("alice: motion started"), reports
+            async with asyncio.timeout(seconds(10)):
+                async for frame in frames:
+                    if annotated(frame):
+                        break
+            await frames.aclose()
     finally:
         halt.set()
-        await alice.leave()
-        source.stop()
         await asyncio.to_thread(producer.join)
-        await stop(bot)
 
 
 #: The speech bot's own hysteresis delays nothing it reports (it names when the sound began
@@ -322,29 +316,14 @@ def tone_bursts() -> npt.NDArray[np.float32]:
 async def test_speech_bot_hears_when_a_participant_speaks(server: RunningServer) -> None:
     """Tone 1 s, silence 1 s, tone 1 s: started/stopped/started/stopped 1 s apart (+-0.3 s)."""
     reports: list[str] = []
-    bot = asyncio.create_task(load("speech_bot").main(server.ws_url, "test", report=reports.append))
+    bot = load("speech_bot").main(server.ws_url, "test", report=reports.append)
     # All 4 s go in at once and the source paces them itself: no feeding thread's jitter
     # (an underrun would be silence inside a tone) in the times measured.
     source = AudioSource(sample_rate=16_000, channels=1, buffer=5.0)
-    alice = Agent(
-        server.ws_url,
-        room="test",
-        peer_id="alice",
-        media=LocalMedia(video=None, audio=source),
-        stats_interval=None,
-    )
-    try:
-        await eventually(
-            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the bot's join"
-        )
-        await alice.join()
+    async with alice_with(server, bot, LocalMedia(video=None, audio=source)):
         await eventually(lambda: "alice: listening" in reports, seconds(15), "the bot hearing")
         await asyncio.to_thread(source.capture, tone_bursts())
         await eventually(lambda: len(reports) >= 5, seconds(10), "four changes")
-    finally:
-        await alice.leave()
-        source.stop()
-        await stop(bot)
     changes = [re.fullmatch(r"alice: (\w+) speaking at ([\d.]+) s", r) for r in reports[1:]]
     assert all(changes), reports
     kinds = [m.group(1) for m in changes if m]
