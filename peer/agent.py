@@ -55,8 +55,9 @@ from peer.events import Event, EventHub, Kind
 from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
 from peer.machine import RoomMachine
+from peer.media.encoder_group import EncoderStats
 from peer.media.encoders import Vp8Settings
-from peer.media.fanout import EncoderStats, Encoding
+from peer.media.fanout import Encoding
 from peer.media.tap import FirstFrames, FrameConsumer, Sinks
 from peer.mesh import LinkState
 from peer.negotiation import Negotiator
