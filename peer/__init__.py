@@ -15,7 +15,8 @@ root of the package's own). ``tests/peer/test_public.py`` holds the list to that
 
 from peer.agent import Agent
 from peer.candidates import CandidateError
-from peer.datachannel import DataChannel, DataLimits
+from peer.channel_limits import DataLimits
+from peer.datachannel import DataChannel
 from peer.errors import MeshpeerError
 from peer.events import (
     ChannelOpened,

@@ -48,7 +48,8 @@ from aiortc import MediaStreamTrack
 
 from peer import events as ev
 from peer import link_stats
-from peer.datachannel import DataChannel, DataLimits
+from peer.channel_limits import DataLimits
+from peer.datachannel import DataChannel
 from peer.dataplane import DataPlane
 from peer.errors import MeshpeerError
 from peer.events import Event, EventHub, Kind
@@ -56,8 +57,9 @@ from peer.ice import IceServer, parse_ice_server
 from peer.link import PeerLink
 from peer.machine import RoomMachine
 from peer.media import readers
+from peer.media.encoder_group import EncoderStats
 from peer.media.encoders import Vp8Settings
-from peer.media.fanout import EncoderStats, Encoding
+from peer.media.fanout import Encoding
 from peer.media.tap import FirstFrames, FrameConsumer, Sinks
 from peer.mesh import LinkState
 from peer.negotiation import Negotiator
@@ -98,7 +100,7 @@ class Agent:
     the shared VP8 encoder's speed and denoiser.
     ``always_send`` negotiates sending audio and video even without local tracks, so
     :meth:`send_track` can send each peer something of its own later (an echo bot).
-    ``data_limits`` (:class:`peer.datachannel.DataLimits`) bounds the data channels'
+    ``data_limits`` (:class:`peer.channel_limits.DataLimits`) bounds the data channels'
     queues (:meth:`send_data`, :meth:`open_channel`).
     Use it as an async context manager, or call :meth:`join` and :meth:`leave`.
 

@@ -33,17 +33,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from peer.chunking import MAX_FRAME, MAX_MESSAGE, Dropped, Message, Reassembler, frames
-from peer.errors import MeshpeerError
+from peer.channel_limits import MESHPEER as MESHPEER
+from peer.channel_limits import DataLimits as DataLimits
+from peer.channel_limits import prepare as prepare
+from peer.chunking import MAX_FRAME, Dropped, Message, Reassembler, frames
 from signaling.protocol import PeerId
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCPeerConnection
 
 log = logging.getLogger(__name__)
-
-#: The label of the channel that every connection opens (PROTOCOL.md 16.1).
-MESHPEER = "meshpeer"
 
 #: Drop log lines per channel: at most one a second, with a count of those left out.
 _LOG_EVERY = 1.0
@@ -94,52 +93,6 @@ class ChannelOwner(Protocol):
 
     @property
     def pc(self) -> RTCPeerConnection: ...
-
-
-@dataclass(frozen=True)
-class DataLimits:
-    """The bounds of PROTOCOL.md 16.3, per channel."""
-
-    #: Messages waiting to be handed to aiortc.
-    queue_messages: int = 64
-    #: Bytes waiting; a message of any allowed size still fits an empty queue.
-    queue_bytes: int = MAX_MESSAGE
-    #: Seconds a message waits for an open channel before it is dropped.
-    wait: float = 10.0
-    #: ``bufferedAmount`` high-water mark: above it, wait for ``bufferedamountlow``.
-    buffered: int = 1024 * 1024
-    #: The largest message sent or joined on the ``meshpeer`` channel.
-    message: int = MAX_MESSAGE
-
-    @property
-    def low(self) -> int:
-        """``bufferedAmountLowThreshold``: sending resumes once aiortc holds this little."""
-        return self.buffered // 2
-
-
-def prepare(data: object, limit: int, label: str) -> tuple[Message, int]:
-    """``data`` as an immutable message and its size in bytes; refused when over ``limit``."""
-    if isinstance(data, str):
-        try:
-            size = len(data.encode())
-        except UnicodeEncodeError as exc:
-            raise MeshpeerError(f"text for channel {label!r} has no UTF-8 form: {exc}") from None
-        message: Message = data
-    elif isinstance(data, bytes | bytearray | memoryview):
-        message = bytes(data)  # a copy of a mutable buffer: it may change while queued
-        size = len(message)
-    else:
-        raise TypeError(f"data to send must be str or bytes, not {type(data).__name__}")
-    if size > limit:
-        if label == MESHPEER:
-            raise MeshpeerError(
-                f"a message of {size} bytes is over the {limit}-byte limit of channel {label!r}"
-            )
-        raise MeshpeerError(
-            f"a message of {size} bytes is too large for channel {label!r}: extra channels "
-            f"carry raw messages of at most {limit} bytes (send_data cuts larger ones up)"
-        )
-    return message, size
 
 
 @dataclass

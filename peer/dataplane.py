@@ -13,14 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from peer.datachannel import (
-    MESHPEER,
-    ChannelEvent,
-    ChannelOwner,
-    DataChannel,
-    DataLimits,
-    prepare,
-)
+from peer.channel_limits import MESHPEER, DataLimits, prepare
+from peer.datachannel import ChannelEvent, ChannelOwner, DataChannel
 from peer.errors import MeshpeerError
 from signaling.protocol import PeerId
 

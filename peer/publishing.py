@@ -16,8 +16,9 @@ from aiortc import MediaStreamTrack
 
 from peer.errors import MeshpeerError
 from peer.events import Kind
+from peer.media.encoder_group import EncoderStats
 from peer.media.encoders import Vp8Settings
-from peer.media.fanout import EncoderStats, Encoding, Publisher
+from peer.media.fanout import Encoding, Publisher
 
 if TYPE_CHECKING:
     from peer.media.sources import LocalMedia

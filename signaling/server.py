@@ -12,14 +12,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
 from signaling.admission import IpGate, OriginPolicy, client_address
-from signaling.auth import TokenRefused, TokenVerifier, authorize
+from signaling.auth import TokenVerifier, authorize
 from signaling.connection import Connection, Flusher
-from signaling.headers import security_headers
+from signaling.endpoints import STATIC_DIR as STATIC_DIR
+from signaling.endpoints import HttpEndpoints, add_security_headers, revalidate_page
 from signaling.ice import IceServer
 from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, Metrics
 from signaling.protocol import (
@@ -41,8 +41,6 @@ from signaling.turn import TurnMinter
 #: and escaped, so no name can forge a log line (names with control characters are refused
 #: anyway, signaling.protocol.check_name).
 log = logging.getLogger(__name__)
-
-STATIC_DIR = Path(__file__).parent / "static"
 
 #: Frames above max_frame_bytes get an error and the connection lives on; frames above this
 #: multiple of it are refused by the transport (close 1009) so memory stays bounded.
@@ -86,26 +84,6 @@ class ServerConfig:
     handover: float = 3.0
 
 
-def _bearer(value: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header."""
-    if value is None:
-        return None
-    scheme, _, token = value.partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
-async def _revalidate_page(request: web.Request, response: web.StreamResponse) -> None:
-    """The page's modules must come from one version: browsers revalidate them (cheap 304s)
-    instead of mixing cached old modules with new ones after an upgrade."""
-    if request.path == "/" or request.path.startswith("/static/"):
-        response.headers["Cache-Control"] = "no-cache"
-
-
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """On every response: the page's, JSON, metrics, errors, WebSocket refusals (headers.py)."""
-    response.headers.update(security_headers(request.headers.get("Host")))
-
-
 class SignalingServer:
     """Owns the registry, the metrics and the open connections of one server process."""
 
@@ -144,14 +122,15 @@ class SignalingServer:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/ws", self.handle_ws)
-        app.router.add_get("/healthz", self.handle_health)
-        app.router.add_get("/metrics", self.handle_metrics)
-        app.router.add_get("/config.json", self.handle_config)
+        http = HttpEndpoints(self)
+        app.router.add_get("/healthz", http.health)
+        app.router.add_get("/metrics", http.metrics)
+        app.router.add_get("/config.json", http.config)
         if (STATIC_DIR / "index.html").exists():
-            app.router.add_get("/", self.handle_index)
+            app.router.add_get("/", http.index)
             app.router.add_static("/static/", STATIC_DIR)
-            app.on_response_prepare.append(_revalidate_page)
-        app.on_response_prepare.append(_security_headers)
+            app.on_response_prepare.append(revalidate_page)
+        app.on_response_prepare.append(add_security_headers)
         app.on_shutdown.append(self.shutdown)
         app.cleanup_ctx.append(_relay_gc_threshold)
         app.cleanup_ctx.append(self._registry_running)
@@ -163,55 +142,6 @@ class SignalingServer:
         await self.registry.start()
         yield
         await self.registry.close()
-
-    # -- HTTP -------------------------------------------------------------------
-    async def handle_health(self, request: web.Request) -> web.Response:
-        rooms, peers = self.registry.counts()
-        health: dict[str, object] = {
-            "status": "stopping" if self.shutting_down else "ok",
-            "rooms": rooms,
-            "peers": peers,
-            "connections": len(self.connections),
-            "uptime": round(time.monotonic() - self.started, 3),
-        }
-        cluster = self.registry.cluster_stats()
-        if cluster is not None:
-            rtt = cluster.redis_rtt
-            health["redis"] = {
-                "state": "ok" if cluster.redis_up else "unreachable",
-                "node": cluster.node,
-                "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
-            }
-        return web.json_response(health)
-
-    async def handle_metrics(self, request: web.Request) -> web.Response:
-        rooms, peers = self.registry.counts()
-        self.metrics.connections_open = len(self.connections)
-        uptime = time.monotonic() - self.started
-        text = self.metrics.render(rooms, peers, uptime, self.registry.cluster_stats())
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
-
-    async def handle_config(self, request: web.Request) -> web.Response:
-        """The page's ICE servers; with auth on, only for a valid token (TURN is minted for it)."""
-        peer, now, until = PeerId("page"), time.time(), None
-        if self.verifier is not None:
-            token = _bearer(request.headers.get("Authorization")) or request.query.get("token")
-            try:
-                grant = self.verifier.verify(token, now)
-            except TokenRefused as exc:
-                return web.json_response(
-                    {"error": exc.code.value, "message": str(exc)},
-                    status=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            peer, until = grant.peer_id, grant.expires + self.verifier.leeway
-        servers = self.ice_servers_for(peer, now, until)
-        return web.json_response(
-            {"iceServers": [s.to_json() for s in servers]}, headers={"Cache-Control": "no-store"}
-        )
-
-    async def handle_index(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC_DIR / "index.html")
 
     # -- WebSocket --------------------------------------------------------------
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:

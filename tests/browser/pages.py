@@ -27,7 +27,7 @@ from playwright.async_api import (
     WebSocketRoute,
 )
 
-from signaling.server import STATIC_DIR
+from signaling.endpoints import STATIC_DIR
 from tests.support import Timeout, eventually, seconds
 
 CHROMIUM = Path(os.environ.get("MESHPEER_CHROMIUM", "/usr/bin/chromium"))

@@ -23,7 +23,7 @@ from playwright.async_api import Browser, Page, Playwright
 
 from peer.agent import Agent
 from peer.events import RemoteTrack
-from peer.media.fanout import EncoderStats
+from peer.media.encoder_group import EncoderStats
 from peer.media.sources import VideoSettings, open_local_media
 from tests.browser.bots import running_bot
 from tests.browser.conftest import OpenPage

@@ -43,7 +43,8 @@ from peer._aiortc import (
     negotiated_codecs,
     nominated_route,
 )
-from peer.media.fanout import EncodedTrack, EncoderGroup, Publisher, SenderPort
+from peer.media.encoder_group import EncoderGroup
+from peer.media.fanout import EncodedTrack, Publisher, SenderPort
 from peer.media.synthetic import SyntheticVideoTrack
 from peer.nack import NackRepeater
 from tests.support import eventually, seconds

@@ -20,7 +20,8 @@ import pytest
 
 from peer import events as ev
 from peer.agent import Agent
-from peer.datachannel import MESHPEER, DataChannel, DataLimits
+from peer.channel_limits import MESHPEER, DataLimits
+from peer.datachannel import DataChannel
 from peer.errors import MeshpeerError
 from signaling.protocol import PeerId
 from tests.peer.helpers import join_command

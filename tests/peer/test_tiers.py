@@ -13,8 +13,9 @@ from typing import Any
 import av
 import pytest
 
+from peer.media.encoder_group import EncoderGroup
 from peer.media.encoders import make_encoder
-from peer.media.fanout import EncodedTrack, EncoderGroup, Publisher
+from peer.media.fanout import EncodedTrack, Publisher
 from peer.media.feedback import TierSplit
 from peer.media.synthetic import SyntheticVideoTrack
 from tests.support import eventually, seconds
