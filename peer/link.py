@@ -399,7 +399,9 @@ class PeerLink:
         # Every track goes to the consumers; a further one of a kind (a second camera, a
         # shared screen) has index > 0, for those that keep one per peer and kind.
         log.info("%r received", remote)
-        tap = TrackTap(remote, relay.subscribe(track, buffered=False), self._sinks)
+        # Audio is read whole (the relay queues for the tap, which drains it whenever the
+        # loop runs): speech work needs every block. Video skips to the newest frame.
+        tap = TrackTap(remote, relay.subscribe(track, buffered=kind == "audio"), self._sinks)
         tap.start()
         self.taps.append(tap)
         self._received[track] = tap

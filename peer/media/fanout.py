@@ -80,15 +80,19 @@ class Publisher:
         self._groups: dict[str, EncoderGroup] = {}
         self._on_idle = on_idle
 
-    def frames(self) -> MediaStreamTrack:
-        """The source's decoded frames, for local use (preview, per-peer encoding)."""
-        proxy: MediaStreamTrack = self._relay.subscribe(self.source, buffered=False)
+    def frames(self, *, every: bool = False) -> MediaStreamTrack:
+        """The source's decoded frames, for local use (preview, per-peer encoding).
+
+        A copy skips to the newest frame when read late, unless ``every``: that is for an
+        encoder of audio, which always reads and must not leave gaps when the loop is late
+        (the relay queues for it; it drains each time it runs)."""
+        proxy: MediaStreamTrack = self._relay.subscribe(self.source, buffered=every)
         return proxy
 
     def track(self) -> MediaStreamTrack:
         """What one connection sends; give it to ``PeerLink``, which attaches it."""
         if self.encoding is Encoding.PER_PEER:
-            return self.frames()
+            return self.frames(every=self.kind == "audio")
         return EncodedTrack(self)
 
     def group_for(self, codec: RTCRtpCodecParameters) -> EncoderGroup | None:
@@ -100,7 +104,10 @@ class Publisher:
                 return None
             vp8 = self._vp8
             group = EncoderGroup(
-                self.frames(), key, lambda: make_encoder(key, vp8=vp8), self._group_idle
+                self.frames(every=self.kind == "audio"),
+                key,
+                lambda: make_encoder(key, vp8=vp8),
+                self._group_idle,
             )
             self._groups[key] = group
             log.info("encoding %s once for every connection (%s)", self.kind, key)
