@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
@@ -66,12 +67,14 @@ def tile_colours(image: Image, tiles: int) -> list[str | None]:
     return found
 
 
-def video_frames(path: Path) -> list[tuple[float, Image]]:
-    """(time, BGR picture) of every frame in the file."""
+def tiles_in(path: Path, layouts: Sequence[int]) -> list[tuple[float, dict[int, list[str | None]]]]:
+    """For every frame of the file (decoded end to end): its time, and the tile colours it
+    shows read as each layout of ``layouts`` tiles. Pictures are not kept (2.7 MB each)."""
     with av.open(str(path)) as container:
         return [
-            (f.time or 0.0, np.asarray(f.to_ndarray(format="bgr24"), np.uint8))
-            for f in container.decode(video=0)
+            (frame.time or 0.0, {n: tile_colours(image, n) for n in layouts})
+            for frame in container.decode(video=0)
+            for image in [np.asarray(frame.to_ndarray(format="bgr24"), np.uint8)]
         ]
 
 
@@ -129,17 +132,17 @@ async def test_three_bots_for_60_s_in_one_file(server: RunningServer, tmp_path: 
         duration = container.duration / av.time_base
     print(f"room file: {duration:.3f} s (wall {wall:.3f} s), all bots in at {all_in:.2f} s")
     assert abs(duration - 60.0) <= 0.5
-    frames = video_frames(path)
+    frames = tiles_in(path, [3])
     fps = len(frames) / duration
     print(f"{len(frames)} frames: {fps:.2f} fps; audio late {result.audio_late}, "
           f"dropped {result.audio_dropped}")  # fmt: skip
     assert abs(fps - FPS) <= 1
     # Every second once everyone is in: each tile shows its own bot's colour.
     checked = 0
-    for t, image in frames[::FPS]:
+    for t, tiles in frames[::FPS]:
         if t < all_in + 1.0:
             continue
-        assert tile_colours(image, 3) == order, f"tiles at {t:.1f} s"
+        assert tiles[3] == order, f"tiles at {t:.1f} s"
         checked += 1
     assert checked >= 50
     tones = [tone_frequency(name) for name in names]
@@ -165,17 +168,20 @@ def _record_room(url: str, path: Path, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-async def _line(process: subprocess.Popen[str], text: str) -> str:
-    """The next stdout line containing ``text`` (read on a thread: the loop keeps running)."""
+async def _lines(process: subprocess.Popen[str], *texts: str) -> list[str]:
+    """Stdout lines, read until one containing each of ``texts`` came (in any order): those
+    lines. Read on a thread: the event loop keeps running."""
     assert process.stdout is not None
+    found: dict[str, str] = {}
     deadline = time.monotonic() + seconds(30)
-    while time.monotonic() < deadline:
+    while len(found) < len(texts) and time.monotonic() < deadline:
         line = await asyncio.to_thread(process.stdout.readline)
         if not line:
             break
-        if text in line:
-            return line
-    raise AssertionError(f"no line with {text!r} from the recorder")
+        found.update({text: line for text in texts if text in line})
+    missing = [text for text in texts if text not in found]
+    assert not missing, f"no line with {missing} from the recorder"
+    return [found[text] for text in texts]
 
 
 async def test_a_peer_leaving_loses_its_tile_and_the_file_stays_valid(
@@ -187,12 +193,11 @@ async def test_a_peer_leaving_loses_its_tile_and_the_file_stays_valid(
         async with agents(
             server.ws_url, ["red", "green", "blue"], media_for=coloured_media
         ) as bots:
-            await _line(process, "recording the room")
-            for name in ("red", "green", "blue"):
-                await _line(process, f"first video frame from {name}")
+            await _lines(process, "recording the room")
+            await _lines(process, *(f"first video frame from {name}" for name in COLOURS))
             await asyncio.sleep(3.0)  # three tiles on screen for a while
             await bots[2].leave()  # blue
-            closed = await _line(process, "room recording:")
+            (closed,) = await _lines(process, "room recording:")
         _, stderr = await asyncio.to_thread(process.communicate, timeout=seconds(30))
     finally:
         process.kill()
@@ -200,15 +205,13 @@ async def test_a_peer_leaving_loses_its_tile_and_the_file_stays_valid(
     assert process.returncode == 0, stderr
     print(closed.strip())
     assert f"room recording: {path} (" in closed
-    frames = video_frames(path)  # decodes end to end
+    frames = tiles_in(path, [3, 2])  # decodes end to end
     with av.open(str(path)) as container:
         assert container.duration is not None
         duration = container.duration / av.time_base
     assert abs(duration - float(closed.split("(")[1].split(" s")[0])) <= 0.5
-    three = [
-        t for t, image in frames if sorted(map(str, tile_colours(image, 3))) == sorted(COLOURS)
-    ]
-    two = [t for t, image in frames if sorted(map(str, tile_colours(image, 2))) == ["green", "red"]]
+    three = [t for t, tiles in frames if sorted(map(str, tiles[3])) == sorted(COLOURS)]
+    two = [t for t, tiles in frames if sorted(map(str, tiles[2])) == ["green", "red"]]
     assert len(three) >= 2 * FPS, "three tiles for at least 2 s"
     assert two and min(two) > max(three), "after blue left: red and green only"
     assert frames[-1][0] - min(two) >= 2.0, "two tiles until the end (the recorder left last)"
@@ -221,9 +224,9 @@ async def test_a_sigkilled_recorder_leaves_a_playable_file(
     process = _record_room(server.ws_url, path)
     try:
         async with agents(server.ws_url, ["red"], media_for=coloured_media):
-            await _line(process, "recording the room")
+            await _lines(process, "recording the room")
             started = time.monotonic()
-            await _line(process, "first video frame from red")
+            await _lines(process, "first video frame from red")
             await asyncio.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
             process.kill()  # SIGKILL: no chance to finalise
             killed = time.monotonic() - started
@@ -232,12 +235,12 @@ async def test_a_sigkilled_recorder_leaves_a_playable_file(
         process.kill()
         process.wait()
     assert process.returncode == -9
-    frames = video_frames(path)
+    frames = tiles_in(path, [1])
     last = frames[-1][0]
     print(f"killed after {killed:.2f} s: {len(frames)} frames up to {last:.2f} s")
     assert last >= killed - 1.5, "the file plays up to about its last second"
     assert len(frames) >= (killed - 1.5) * FPS * 0.9
-    assert tile_colours(frames[-1][1], 1) == ["red"]
+    assert frames[-1][1][1] == ["red"]
     with av.open(str(path)) as container:
         audio = sum(f.samples for f in container.decode(audio=0))
     assert audio >= (killed - 1.5) * 48_000
