@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pytest
 
 from peer.agent import Agent
+from peer.cli import build_parser, main
 from peer.media.capture import VideoSource
 from peer.media.mosaic import grid
 from peer.media.room_recorder import RoomRecorder
@@ -244,3 +245,23 @@ async def test_a_sigkilled_recorder_leaves_a_playable_file(
     with av.open(str(path)) as container:
         audio = sum(f.samples for f in container.decode(audio=0))
     assert audio >= (killed - 1.5) * 48_000
+
+
+def test_the_flags_and_their_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["join", "--record-room", "room.mkv"])
+    assert (args.record_room, args.record_room_size, args.record_room_fps) == (
+        Path("room.mkv"),
+        (1280, 720),
+        15,
+    )
+    args = build_parser().parse_args(["join", "--record-room-size", "640X360"])
+    assert args.record_room_size == (640, 360)
+    for size in ("641x360", "640", "0x360", "ax360"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["join", "--record-room-size", size])
+    capsys.readouterr()
+    (tmp_path / "file").write_text("")
+    unwritable = tmp_path / "file" / "room.mkv"
+    code = main(["join", "--video", "none", "--audio", "none", "--record-room", str(unwritable)])
+    assert code == 1
+    assert f"cannot write the room recording {unwritable}" in capsys.readouterr().err
