@@ -141,13 +141,19 @@ class AudioMix:
         return np.clip(total, -32768, 32767).astype(np.int16)
 
 
+def is_native(frame: av.AudioFrame) -> bool:
+    """Already the mix's format: s16 stereo at 48 kHz (what aiortc's Opus decoder gives)."""
+    shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+    return shape == ("s16", "stereo", AUDIO_RATE)
+
+
 def to_samples(frame: av.AudioFrame, resampler: av.AudioResampler | None) -> Samples:
     """``frame`` as (n, 2) s16 samples at 48 kHz, read without changing the (shared) frame.
 
     aiortc's Opus decoder gives s16 stereo at 48 kHz, which is only copied; anything else
     goes through ``resampler`` (s16, stereo, 48 kHz; the caller's own, one per track).
     """
-    if (frame.format.name, frame.layout.name, frame.sample_rate) == ("s16", "stereo", AUDIO_RATE):
+    if is_native(frame):
         return np.array(frame.to_ndarray(), np.int16).reshape(-1, 2)
     if resampler is None:
         raise MediaError(f"{frame.format.name} {frame.layout.name} audio needs a resampler")
@@ -292,14 +298,15 @@ class RoomRecorder(FrameConsumer):
 
     def track_ended(self, track: RemoteTrack) -> None:
         self.mosaic.track_ended(track)
-        if track.kind == "audio":
+        if track.kind == "audio" and not self._closed:
             self._control.append(track)
 
     async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
         """A peer gone from the room: its tiles go from the next frame, its voice at once."""
         if gone:
             self.mosaic.remove_peer(peer)
-            self._control.append(peer)
+            if not self._closed:
+                self._control.append(peer)
 
     # --- the end -------------------------------------------------------------------------
 
@@ -401,7 +408,7 @@ class RoomRecorder(FrameConsumer):
             except queue.Empty:
                 break
             resampler = self._resamplers.get(track)
-            if resampler is None and (frame.format.name, frame.sample_rate) != ("s16", AUDIO_RATE):
+            if resampler is None and not is_native(frame):
                 resampler = self._resamplers[track] = av.AudioResampler(
                     format="s16", layout="stereo", rate=AUDIO_RATE
                 )

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from peer.media.errors import MediaError
-from peer.media.room_recorder import BLOCK_SAMPLES, AudioMix, RoomRecorder, to_samples
+from peer.media.room_recorder import BLOCK_SAMPLES, AudioMix, RoomRecorder, is_native, to_samples
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
 from peer.media.tap import TrackTap
 from tests.media.clips import audio_frame, remote
@@ -90,6 +90,13 @@ def test_samples_of_other_rates_are_resampled_and_the_frame_is_left_alone() -> N
     assert bytes(frame.planes[0]) == before
     same = audio_frame(0)
     assert np.array_equal(to_samples(same, None).reshape(1, -1), same.to_ndarray())
+    mono = av.AudioFrame.from_ndarray(np.full((1, 960), 1000, np.int16), layout="mono")
+    mono.sample_rate = 48_000
+    assert not is_native(mono)
+    with pytest.raises(MediaError):
+        to_samples(mono, None)
+    resampler = av.AudioResampler(format="s16", layout="stereo", rate=48_000)
+    assert to_samples(mono, resampler).shape == (960, 2)
 
 
 def test_bad_settings_and_places_fail_cleanly(tmp_path: Path) -> None:
