@@ -72,6 +72,17 @@ def _token_file(text: str) -> str:
     return (token or b"").decode("utf-8", "replace")
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    """``WxH`` with even, positive numbers (``--record-room-size``)."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected WxH such as 1280x720, got {text!r}")
+    size = int(width), int(height)
+    if min(size) <= 0 or size[0] % 2 or size[1] % 2:
+        raise argparse.ArgumentTypeError(f"width and height must be even and positive: {text!r}")
+    return size
+
+
 def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "url",
@@ -100,6 +111,27 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--display", action="store_true", help="show everyone in a window (q closes)")
     out.add_argument("--record", type=Path, metavar="DIR", help="record every remote peer to DIR")
+    out.add_argument(
+        "--record-room",
+        type=Path,
+        metavar="FILE",
+        help="record the whole room to one Matroska FILE: everyone's video as a labelled "
+        "mosaic and everyone's audio mixed, encoded once",
+    )
+    out.add_argument(
+        "--record-room-size",
+        type=_frame_size,
+        default=(1280, 720),
+        metavar="WxH",
+        help="--record-room picture size (default 1280x720)",
+    )
+    out.add_argument(
+        "--record-room-fps",
+        type=count,
+        default=15,
+        metavar="N",
+        help="--record-room frames per second (default %(default)s)",
+    )
     out.add_argument(
         "--snapshot", type=Path, metavar="FILE", help="write a PNG mosaic of everyone to FILE"
     )

@@ -1,10 +1,11 @@
 """``meshpeer join``: one headless peer from the command line, until Ctrl-C or --duration.
 
 Prints a compact status line every few seconds (``--stats-interval``), appends stats as
-JSON lines (``--stats-json``), records (``--record``), shows (``--display``) and
-snapshots (``--snapshot``) the room, and chats (``--chat``: stdin lines to everyone on the
-data channel, what peers send printed). Ctrl-C, SIGTERM, ``--duration`` and closing the
-window all leave the same way: the room is left, recordings finalised, the snapshot written.
+JSON lines (``--stats-json``), records (``--record``: a file per peer; ``--record-room``:
+the room in one file), shows (``--display``) and snapshots (``--snapshot``) the room, and
+chats (``--chat``: stdin lines to everyone on the data channel, what peers send printed).
+Ctrl-C, SIGTERM, ``--duration`` and closing the window all leave the same way: the room is
+left, recordings finalised, the snapshot written.
 """
 
 from __future__ import annotations
@@ -132,6 +133,20 @@ async def join_room(args: argparse.Namespace) -> int:
 
             recorder = Recorder(args.record, session=peer_id)
             exits.push_async_callback(_close_recorder, recorder, peer_id)
+        consumers: list[Any] = []
+        if args.record_room is not None:
+            from peer.media.room_recorder import RoomRecorder
+
+            room_recorder = RoomRecorder(
+                args.record_room, size=args.record_room_size, fps=args.record_room_fps
+            )
+            consumers.append(room_recorder)
+            exits.push_async_callback(_close_room_recorder, room_recorder, peer_id)
+            width, height = args.record_room_size
+            say(
+                f"[{peer_id}] recording the room to {args.record_room} "
+                f"({width}x{height} at {args.record_room_fps} fps)"
+            )
         if args.display or args.snapshot is not None:
             from peer.media.mosaic import Mosaic
 
@@ -153,6 +168,7 @@ async def join_room(args: argparse.Namespace) -> int:
             token=args.token,
             recorder=recorder,
             mosaic=mosaic,
+            consumers=consumers,
             stats_interval=args.stats_interval,
             encoding=Encoding(args.encoding),
         )
@@ -247,6 +263,12 @@ async def chat_from_stdin(agent: Agent) -> None:
 async def _close_recorder(recorder: Any, peer_id: str) -> None:
     for path in await recorder.close():
         say(f"[{peer_id}] recording: {path}")
+
+
+async def _close_room_recorder(room_recorder: Any, peer_id: str) -> None:
+    result = await room_recorder.close()
+    state = ", failed: see the log" if result.failed else ""
+    say(f"[{peer_id}] room recording: {result.path} ({result.seconds:.1f} s{state})")
 
 
 async def _last_snapshot(snapshots: Any, peer_id: str, path: Any) -> None:

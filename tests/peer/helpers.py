@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,14 +43,20 @@ def full_mesh_flowing(agents: Sequence[Agent], minimum: int = 5) -> bool:
 
 @asynccontextmanager
 async def agents(
-    url: str, names: Sequence[str], room: str = "test", **kwargs: Any
+    url: str,
+    names: Sequence[str],
+    room: str = "test",
+    *,
+    media_for: Callable[[str], LocalMedia] = small_media,
+    **kwargs: Any,
 ) -> AsyncIterator[list[Agent]]:
-    """Agents joined one after another; all leave and stop their media afterwards."""
+    """Agents joined one after another, each sending ``media_for(its name)``; all leave and
+    stop their media afterwards."""
     joined: list[Agent] = []
     medias: list[LocalMedia] = []
     try:
         for name in names:
-            media = small_media(name)
+            media = media_for(name)
             medias.append(media)
             agent = Agent(url, room=room, peer_id=name, media=media, **kwargs)
             await agent.join()
