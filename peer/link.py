@@ -79,7 +79,7 @@ class PeerLink:
         self.pc = RTCPeerConnection(configuration=config)
         self.taps: list[TrackTap] = []
         self._repeaters: list[NackRepeater] = []
-        #: The first live remote track of each kind (the one the consumers get).
+        #: The first live remote track of each kind (the one ``subscribe(kind)`` copies).
         self.relays: dict[Kind, tuple[MediaRelay, MediaStreamTrack]] = {}
         #: Every remote track being read, and its tap (further tracks of a kind included).
         self._received: dict[MediaStreamTrack, TrackTap] = {}
@@ -358,12 +358,10 @@ class PeerLink:
             self.track_id(track),
             self._free_index(kind),
         )
-        # The consumers (recorder, mosaic) get the first track of each kind. A further one
-        # (a second camera, a shared screen) is only drained, and announced.
-        if remote.index > 0:
-            log.info("another %s track from %s: not given to the consumers", kind, self.remote)
-        sinks = self._sinks if remote.index == 0 else ()
-        tap = TrackTap(remote, relay.subscribe(track, buffered=False), sinks)
+        # Every track goes to the consumers; a further one of a kind (a second camera, a
+        # shared screen) has index > 0, for those that keep one per peer and kind.
+        log.info("%r received", remote)
+        tap = TrackTap(remote, relay.subscribe(track, buffered=False), self._sinks)
         tap.start()
         self.taps.append(tap)
         self._received[track] = tap

@@ -81,6 +81,27 @@ WATCH_JS = """
 }
 """
 
+#: In the page: a painted canvas sent to ``peer`` as one more video track (the connection's
+#: negotiationneeded sends the offer); answers the track's ID.
+ADD_CANVAS_JS = """
+(peer) => {
+  const link = meshpeer.page.links.get(peer);
+  const canvas = Object.assign(document.createElement("canvas"), { width: 160, height: 120 });
+  const ctx = canvas.getContext("2d");
+  let hue = 0;
+  const paint = () => {
+    ctx.fillStyle = `hsl(${(hue += 9) % 360} 80% 50%)`;
+    ctx.fillRect(0, 0, 160, 120);
+  };
+  paint();
+  window.__canvas = { timer: setInterval(paint, 50) };
+  const stream = canvas.captureStream(20);
+  const track = stream.getVideoTracks()[0];
+  window.__canvas.sender = link.pc.addTrack(track, stream);
+  return track.id;
+}
+"""
+
 #: Every Content-Security-Policy violation in a page, to its console (where Chromium's own
 #: "Refused to ..." lines go too), so a test sees it whatever Chromium itself logs.
 REPORT_CSP_VIOLATIONS = """

@@ -21,7 +21,7 @@ from peer.mesh import LinkState
 from signaling.protocol import PeerId
 from tests.browser.bots import Bot, running_bot
 from tests.browser.conftest import OpenPage
-from tests.browser.pages import DECODING_JS, WATCH_JS, RoomPage
+from tests.browser.pages import ADD_CANVAS_JS, DECODING_JS, WATCH_JS, RoomPage
 from tests.peer.helpers import SMALL, FrameTimes, largest_gap
 from tests.support import RunningServer, eventually, seconds
 
@@ -32,27 +32,6 @@ WEB = PeerId("web")
 MAX_IN_PLACE_GAP = 0.5
 #: A replaced connection: offer, answer, ICE, DTLS, a keyframe (a fraction of this here).
 MAX_REPLACED_GAP = 3.0
-
-#: In the page: a painted canvas sent to ``peer`` as one more video track (the connection's
-#: negotiationneeded sends the offer); answers the track's ID.
-ADD_CANVAS_JS = """
-(peer) => {
-  const link = meshpeer.page.links.get(peer);
-  const canvas = Object.assign(document.createElement("canvas"), { width: 160, height: 120 });
-  const ctx = canvas.getContext("2d");
-  let hue = 0;
-  const paint = () => {
-    ctx.fillStyle = `hsl(${(hue += 9) % 360} 80% 50%)`;
-    ctx.fillRect(0, 0, 160, 120);
-  };
-  paint();
-  window.__canvas = { timer: setInterval(paint, 50) };
-  const stream = canvas.captureStream(20);
-  const track = stream.getVideoTracks()[0];
-  window.__canvas.sender = link.pc.addTrack(track, stream);
-  return track.id;
-}
-"""
 
 REMOVE_CANVAS_JS = """
 (peer) => {

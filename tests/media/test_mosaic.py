@@ -231,3 +231,20 @@ def test_display_window_opens_and_q_closes_it(xvfb: str) -> None:
         window.wait()
     assert "closed" in stdout.split(), stderr
     assert window.returncode == 0, stderr
+
+
+def test_each_video_track_is_a_tile_and_a_further_one_goes_when_it_ends() -> None:
+    mosaic = Mosaic(tile=TILE)
+    camera, screen = remote("bob"), remote("bob", index=1)
+    mosaic.put_frame(camera, _solid(COLOURS[0]))
+    mosaic.put_frame(screen, _solid(COLOURS[1]))
+    mosaic.put_frame(remote("bob", "audio"), audio_frame(0))
+    assert mosaic.labels() == ["bob", "bob (2)"]
+    assert mosaic.peers() == [PeerId("bob")]
+    image = mosaic.render()
+    assert image.shape[:2] == (TILE[1], 2 * TILE[0])
+    mosaic.track_ended(screen)
+    mosaic.track_ended(camera)  # the first track's tile stays, with the name
+    assert mosaic.labels() == ["bob"]
+    mosaic.remove_peer(PeerId("bob"))
+    assert mosaic.labels() == []

@@ -64,14 +64,15 @@ async def agents(
 
 class FrameTimes:
     """A FrameConsumer (``Agent(consumers=[...])``) that keeps the arrival time
-    (``time.monotonic()``) of every decoded video frame, per sending peer: the largest gap
-    in a window says how long the picture froze, whatever happened meanwhile."""
+    (``time.monotonic()``) of every decoded frame of each sending peer's first video track
+    (index 0): the largest gap in a window says how long the picture froze, whatever
+    happened meanwhile (a second track's frames cannot hide it)."""
 
     def __init__(self) -> None:
         self.times: dict[str, list[float]] = {}
 
     def put_frame(self, track: RemoteTrack, frame: object) -> None:
-        if track.kind == "video":
+        if track.kind == "video" and track.index == 0:
             self.times.setdefault(str(track.peer), []).append(time.monotonic())
 
     def track_ended(self, track: RemoteTrack) -> None:
@@ -81,6 +82,28 @@ class FrameTimes:
         """The longest time without a frame from ``peer`` between ``start`` and ``end``
         (both ends count: frames that stop before ``end`` make a gap up to it)."""
         return largest_gap(self.times.get(peer, []), start, end)
+
+
+class TrackFrames:
+    """A FrameConsumer counting the frames of each remote track, told apart by the track
+    (``agent.sinks.add(it)`` at run time: it records the ``track_started`` calls too)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[RemoteTrack, int] = {}
+        self.started: list[RemoteTrack] = []
+
+    def track_started(self, track: RemoteTrack) -> None:
+        self.started.append(track)
+
+    def put_frame(self, track: RemoteTrack, frame: object) -> None:
+        self.frames[track] = self.frames.get(track, 0) + 1
+
+    def track_ended(self, track: RemoteTrack) -> None:
+        pass
+
+    def video_from(self, peer: PeerId) -> dict[int, int]:
+        """Frames of each of ``peer``'s video tracks, by index."""
+        return {t.index: n for t, n in self.frames.items() if t.peer == peer and t.kind == "video"}
 
 
 def largest_gap(stamps: Sequence[float], start: float, end: float) -> float:
