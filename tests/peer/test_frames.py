@@ -23,7 +23,8 @@ from peer.agent import Agent
 from peer.media.readers import ReceivedAudio
 from peer.media.sources import LocalMedia
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
-from tests.peer.helpers import FrameTimes, frames_from
+from signaling.protocol import PeerId
+from tests.peer.helpers import SMALL, FrameTimes, agents, frames_from, full_mesh_flowing
 from tests.support import LoopLag, RunningServer, eventually, seconds
 
 log = logging.getLogger(__name__)
@@ -211,3 +212,30 @@ async def test_readers_end_with_their_peer_or_the_agent_and_slow_audio_drops(
     assert 25 <= after.dropped <= 125, after.dropped
     assert after.timestamp - first.timestamp == pytest.approx((after.dropped + 1) * 0.02, abs=0.03)
     assert all(b.dropped == 0 for b in slow[2:])
+
+
+async def test_a_peers_second_video_track_is_read_too(server: RunningServer) -> None:
+    """A screen share added in place: ``video_frames`` yields arrays of both tracks, each
+    with the ``RemoteTrack`` (``index`` 0 and 1) and its own timestamps."""
+    async with agents(server.ws_url, ["alice", "bob"]) as (alice, bob):
+        await eventually(lambda: full_mesh_flowing([alice, bob], 5), seconds(15), "video flowing")
+        seen: dict[int, list[float]] = {}
+
+        async def read() -> None:
+            async for frame in alice.video_frames("bob", format="rgb24"):
+                assert frame.array.shape == (SMALL.height, SMALL.width, 3)
+                seen.setdefault(frame.track.index, []).append(frame.timestamp)
+
+        reader = asyncio.create_task(read())
+        screen = SyntheticVideoTrack("screen", width=SMALL.width, height=SMALL.height, fps=15)
+        try:
+            assert await bob.add_track(PeerId("alice"), screen)
+            await eventually(
+                lambda: all(len(seen.get(i, ())) >= 10 for i in (0, 1)),
+                seconds(10),
+                "arrays of both of bob's video tracks",
+            )
+        finally:
+            screen.stop()
+            reader.cancel()
+        assert all(stamps == sorted(stamps) for stamps in seen.values())
