@@ -94,6 +94,7 @@ def busy_job(array: npt.NDArray[np.uint8]) -> float:
     return float(array.mean())
 
 
+@pytest.mark.timeout(240)  # a 60 s window, as the issue asks, plus set-up on a busy machine
 async def test_a_slow_reader_gets_fresh_frames_and_leaves_the_loop_alone(
     server: RunningServer,
 ) -> None:
@@ -210,7 +211,10 @@ async def test_readers_end_with_their_peer_or_the_agent_and_slow_audio_drops(
     log.info(f"slow reader: {after.dropped} blocks dropped, {len(slow)} read")
     # 6.5 s behind with 5 s kept: ~75 blocks of 20 ms lost, the oldest, and said so.
     assert 25 <= after.dropped <= 125, after.dropped
-    assert after.timestamp - first.timestamp == pytest.approx((after.dropped + 1) * 0.02, abs=0.03)
+    # The timestamps show the hole: at least the dropped blocks' 20 ms each (more if the
+    # sender's clock jumped meanwhile, a late packet on a busy machine).
+    jump = after.timestamp - first.timestamp
+    assert (after.dropped + 1) * 0.02 - 0.005 <= jump <= (after.dropped + 1) * 0.02 + 0.5, jump
     assert all(b.dropped == 0 for b in slow[2:])
 
 
