@@ -9,6 +9,7 @@ the same window, so a busy machine slows both alike); a reader whose every frame
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from peer.media.sources import LocalMedia
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
 from signaling.protocol import PeerId
 from tests.peer.helpers import SMALL, FrameTimes, agents, frames_from, full_mesh_flowing
-from tests.support import LoopLag, RunningServer, eventually, seconds
+from tests.support import LoopLag, RunningServer, ThreadLag, eventually, seconds
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ def rss_bytes() -> int:
 
 
 async def test_a_fast_reader_gets_the_frames_the_tap_decodes(server: RunningServer) -> None:
-    async with sender_and_bot(server.ws_url) as (_, bot):
+    times = FrameTimes()
+    async with sender_and_bot(server.ws_url, times=times) as (_, bot):
         got: list[tuple[tuple[int, ...], np.dtype[np.generic], float, str]] = []
 
         async def read() -> None:
@@ -72,20 +74,25 @@ async def test_a_fast_reader_gets_the_frames_the_tap_decodes(server: RunningServ
         reader = asyncio.create_task(read())
         try:
             await eventually(lambda: len(got) >= 15, seconds(10), "the reader's first frames")
-            start, tap_start, wall = len(got), frames_from(bot, "alice"), time.monotonic()
+            start, wall = len(got), time.monotonic()
             await asyncio.sleep(4.0)  # the measured window
-            read_n, decoded = len(got) - start, frames_from(bot, "alice") - tap_start
-            elapsed = time.monotonic() - wall
+            read_n, end = len(got) - start, time.monotonic()
         finally:
             reader.cancel()
-        log.info(
-            "reader %d frames (%.1f fps), tap %d (%.1f fps)",
-            read_n, read_n / elapsed, decoded, decoded / elapsed,
-        )  # fmt: skip
-        assert all(shape == (480, 640, 3) and dtype == np.uint8 for shape, dtype, _, _ in got)
-        assert decoded > 0 and read_n >= decoded * 29 / 30, (read_n, decoded)
-        stamps = [stamp for _, _, stamp, _ in got]
-        assert stamps == sorted(stamps) and all(peer == "alice" for *_, peer in got)
+    arrivals = [t for t in times.times["alice"] if wall <= t <= end]
+    # Frames the tap handed over less than 5 ms before the next one (a burst, when a busy
+    # machine held the decoder back) are the newest for too short a time for any reader
+    # of the newest frame: they are not in the anchor. On a quiet machine there are none.
+    bursts = sum(b - a < 0.005 for a, b in itertools.pairwise(arrivals))
+    anchor = len(arrivals) - bursts
+    log.info(
+        "reader %d frames (%.1f fps), tap %d (%.1f fps), %d of them in bursts",
+        read_n, read_n / (end - wall), len(arrivals), len(arrivals) / (end - wall), bursts,
+    )  # fmt: skip
+    assert all(shape == (480, 640, 3) and dtype == np.uint8 for shape, dtype, _, _ in got)
+    assert anchor > 0 and read_n >= anchor * 29 / 30, (read_n, len(arrivals), bursts)
+    stamps = [stamp for _, _, stamp, _ in got]
+    assert stamps == sorted(stamps) and all(peer == "alice" for *_, peer in got)
 
 
 def busy_job(array: npt.NDArray[np.uint8]) -> float:
@@ -117,8 +124,9 @@ async def test_a_slow_reader_gets_fresh_frames_and_leaves_the_loop_alone(
             await asyncio.sleep(5.0)  # warm-up: allocator and aiortc buffers settle
             got.clear()
             before = rss_bytes()
-            async with LoopLag() as lag:
-                await asyncio.sleep(60.0)
+            with ThreadLag() as machine:
+                async with LoopLag() as lag:
+                    await asyncio.sleep(60.0)
             growth = rss_bytes() - before
         finally:
             reader.cancel()
@@ -133,19 +141,23 @@ async def test_a_slow_reader_gets_fresh_frames_and_leaves_the_loop_alone(
         if age > 0.250 and any(arrived < t <= asked for t in arrivals)
     ]
     stalled = sum(age > 0.250 for age in ages) - len(backlog)
-    base, p99 = baseline.percentile(0.99), lag.percentile(0.99)
-    # 20 ms as the issue asks, unless the machine alone (no reader) already lags more: then
-    # the reader may add no more than 10 ms to what the same run measured without it.
-    limit = max(0.020, base + 0.010)
+    base, p99, shared = baseline.percentile(0.99), lag.percentile(0.99), machine.percentile(0.99)
+    # 20 ms as the issue asks, unless the machine itself lags more: the loop before the
+    # reader started (``base``), or a plain thread's sleep in the same 60 s (``shared``: other
+    # processes and the GIL, which the loop waits for like everyone). Then the loop may lag
+    # no more than 10 ms beyond that.
+    limit = max(0.020, base + 0.010, shared + 0.010)
     log.info(
         "%d frames, age median %.0f ms, max %.0f ms (%d older than 250 ms: the stream paused), "
-        "skipped mean %.1f; lag p99 %.1f ms (baseline %.1f ms); RSS growth %.2f MB",
+        "skipped mean %.1f; lag p99 %.1f ms (before the reader %.1f ms, a thread's %.1f ms); "
+        "RSS growth %.2f MB",
         len(ages), 1000 * float(np.median(ages)), 1000 * max(ages), stalled,
-        np.mean([skipped for *_, skipped in got]), 1000 * p99, 1000 * base, growth / 1e6,
+        np.mean([skipped for *_, skipped in got]), 1000 * p99, 1000 * base, 1000 * shared,
+        growth / 1e6,
     )  # fmt: skip
     assert len(ages) >= 60 * 4, len(ages)  # ~4.5 frames a second at 200 ms each
     assert not backlog, backlog[:5]
-    assert p99 <= limit, (p99, base)
+    assert p99 <= limit, (p99, base, shared)
     assert growth < 5_000_000, growth
 
 
