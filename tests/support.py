@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -144,6 +145,12 @@ def reference_server_binary() -> Path:
     return binary
 
 
+def percentile(samples: list[float], share: float) -> float:
+    """The ``share`` (0.99: p99) quantile of ``samples``; 0 without any."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
 class LoopLag:
     """How late the event loop runs a task: a probe sleeping ``interval`` again and again
     records each wake-up's overshoot (seconds) in ``samples``. ``async with`` runs it."""
@@ -161,8 +168,7 @@ class LoopLag:
 
     def percentile(self, share: float) -> float:
         """The ``share`` (0.99: p99) quantile of the lags so far; 0 without samples."""
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+        return percentile(self.samples, share)
 
     async def __aenter__(self) -> LoopLag:
         self._task = asyncio.create_task(self._probe())
@@ -172,3 +178,32 @@ class LoopLag:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+class ThreadLag:
+    """How late a plain thread wakes from ``time.sleep(interval)``: the machine's own delay
+    (CPU shared with other processes, the GIL) in the same window as a :class:`LoopLag`,
+    so a test tells what its event loop adds from what a busy machine costs everyone."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, name="thread-lag", daemon=True)
+
+    def _probe(self) -> None:
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            time.sleep(self.interval)
+            self.samples.append(time.perf_counter() - start - self.interval)
+
+    def percentile(self, share: float) -> float:
+        return percentile(self.samples, share)
+
+    def __enter__(self) -> ThreadLag:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -10,8 +10,9 @@ Each iterator is a frame consumer of its own, added to the agent's sinks while i
   converting that frame), and only for frames a reader takes. Tracks with a new frame are
   served in the order they got it, so no track starves another.
 - **Audio, continuous.** Each track's frames are resampled (``av.AudioResampler``, one per
-  track, state kept) and cut into exact blocks on the event loop: measured at ~20-30 us
-  per 20 ms frame (``benchmarks/frames.py``), less than a thread hand-off costs. Blocks
+  track, state kept) and cut into exact blocks on the event loop: measured at 27 us per
+  20 ms frame (47 us on a saturated machine; ``benchmarks/frames.py``), about what a
+  thread hand-off would cost. Blocks
   wait in a bounded queue of 5 s per track; a reader slower than real time loses the
   oldest ones, counted in ``dropped``.
 
