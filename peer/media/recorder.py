@@ -1,4 +1,14 @@
-"""Records each remote peer to its own file, audio and video together, encoded off the loop.
+"""Records each remote peer to its own Matroska file, audio and video together, off the loop.
+
+Two ways, one :class:`Recorder`:
+
+- **Packets** (the default): the encoded frames as they came (VP8 or H.264, Opus), every
+  track of the peer as its own stream, nothing decoded or encoded:
+  :mod:`peer.media.packet_recorder` (``PacketVisit``) says how.
+- **Transcoding** (``Recorder(transcode=True)``, ``--record-transcode``): the decoded
+  frames of each peer's first track of each kind, encoded again into one fixed format,
+  for those who need one codec whatever the senders use. The rest of this docstring is
+  about that mode.
 
 Written instead of aiortc's ``MediaRecorder``, which encodes on the event loop, fixes the
 rate at 30, and fails on non-monotonic timestamps and on audio plus video in one file.
@@ -29,6 +39,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,6 +51,7 @@ from av.video.reformatter import VideoReformatter
 
 from peer.events import RemoteTrack
 from peer.media.errors import MediaError
+from peer.media.packet_recorder import EncodedFrame, PacketVisit
 from peer.media.tap import FrameConsumer, Kind, SizeGuard
 from peer.media.timeline import AudioStamper, RecordingClock, VideoStamper
 from signaling.protocol import PeerId
@@ -244,6 +256,15 @@ class _Visit:
                     self.dropped["audio"],
                 )
 
+    def track_started(self, track: RemoteTrack) -> None:
+        return None
+
+    def track_ended(self, track: RemoteTrack) -> None:
+        self.ended.add(track.kind)
+
+    def files(self) -> list[Path]:
+        return [self.path] if self.has_file() else []
+
     def all_ended(self) -> bool:
         waiting_for = self.expected or self.seen
         return bool(waiting_for) and waiting_for <= self.ended
@@ -385,35 +406,56 @@ class _Visit:
         )
 
 
+#: A recording of one peer's visit: packets (:class:`PacketVisit`) or transcoded (``_Visit``).
+Visit = _Visit | PacketVisit
+
+
 class Recorder(FrameConsumer):
-    """A FrameConsumer that writes one file per remote peer and visit into ``directory``.
+    """Writes one file per remote peer and visit into ``directory``: a frame consumer and a
+    packet consumer of the agent's sinks (``Agent(recorder=...)``).
 
-    It records each peer's first track of each kind (``RemoteTrack.index == 0``: the camera
-    and the microphone) and leaves out the others (a screen share) for now: recording every
-    track is issue 19.
+    By default it writes each peer's encoded frames as they came (``put_packet``), every
+    track of the peer as a stream of its file (:mod:`peer.media.packet_recorder`); a track
+    that arrives once the file is written goes on in the next segment (``...-part2.mkv``).
+    With ``transcode=True`` it decodes and encodes again instead (``put_frame``): each
+    peer's first track of each kind only (``RemoteTrack.index == 0``: the camera and the
+    microphone), in one fixed format (:func:`recording_format`).
 
-    Pictures over :data:`peer.media.tap.MAX_FRAME_PIXELS` are left out (one warning per
-    track): a remote peer picks its size, and each such frame queued costs tens of MB.
+    Transcoding, pictures over :data:`peer.media.tap.MAX_FRAME_PIXELS` are left out (one
+    warning per track): a remote peer picks its size, and each such frame queued costs tens
+    of MB. Frames given to ``put_frame`` come out unmodified (they are shared with other
+    consumers).
 
-    Frames given to ``put_frame`` come out unmodified (they are shared with other
-    consumers). A visit is forgotten once its file is closed: for peers that come and go
-    the recorder keeps only the names of the files, for ``files()`` and ``close()``.
+    A visit is forgotten once its files are closed: for peers that come and go the recorder
+    keeps only the names of the files, for ``files()`` and ``close()``.
+    ``request_keyframe(track)`` (set by the agent) asks a remote video track's sender for a
+    keyframe; the packet recorder calls it when a stream has to start again.
     """
 
-    def __init__(self, directory: Path, *, session: str = "", queue_size: int = 120) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        session: str = "",
+        queue_size: int | None = None,
+        transcode: bool = True,  # packets become the default once the agent hands them over
+    ) -> None:
         self.directory = directory
         self.session = session
-        self._queue_size = queue_size
+        self.transcode = transcode
+        # Packets are small and come about 80 a second (30 video, 50 Opus): 4 s of them.
+        self._queue_size = queue_size or (120 if transcode else 320)
+        self.request_keyframe: Callable[[RemoteTrack], None] | None = None
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MediaError(f"cannot create the recording directory {directory}: {exc}") from exc
-        self._active: dict[PeerId, _Visit] = {}
-        self._finishing: dict[PeerId, list[_Visit]] = {}  # retired, not released yet
+        self._active: dict[PeerId, Visit] = {}
+        self._finishing: dict[PeerId, list[Visit]] = {}  # retired, not released yet
         self._expected: dict[PeerId, set[Kind]] = {}
-        # Every visit's file, in the order the visits started: whether it was written
-        # (known once the visit is released; until then its _Visit knows).
-        self._files: dict[Path, bool] = {}
+        # Every visit's first file, in the order the visits started, with the files the
+        # visit wrote once it is released (until then its visit knows).
+        self._files: dict[Path, list[Path] | None] = {}
         self._unreported: dict[PeerId, Path] = {}  # a released file close_peer() has to return
         self._visit_counts: dict[PeerId, int] = {}
         self._sizes = SizeGuard("recorder")
@@ -427,8 +469,26 @@ class Recorder(FrameConsumer):
         if visit is not None and not visit.opened:
             visit.expected = set(kinds)
 
+    def track_started(self, track: RemoteTrack) -> None:
+        if self._closed or self.transcode:
+            return
+        visit = self._active.get(track.peer)
+        if visit is None:
+            visit = self._start(track.peer)
+        visit.track_started(track)
+
+    def put_packet(self, track: RemoteTrack, packet: EncodedFrame) -> None:
+        """An encoded frame of ``track`` (the packet recorder's input)."""
+        if self._closed or self.transcode:
+            return
+        visit = self._active.get(track.peer)
+        if visit is None:
+            visit = self._start(track.peer)
+        if isinstance(visit, PacketVisit):
+            visit.offer(track, packet)
+
     def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
-        if self._closed or track.index != 0:
+        if self._closed or not self.transcode or track.index != 0:
             return
         if isinstance(frame, av.VideoFrame) and not self._sizes.admits(
             track, frame.width, frame.height
@@ -437,19 +497,20 @@ class Recorder(FrameConsumer):
         visit = self._active.get(track.peer)
         if visit is None:
             visit = self._start(track.peer)
-        visit.offer(track.kind, frame)
+        if isinstance(visit, _Visit):
+            visit.offer(track.kind, frame)
 
     def track_ended(self, track: RemoteTrack) -> None:
-        if track.index != 0:
-            return
-        peer, kind = track.peer, track.kind
-        self._sizes.track_ended(track)
-        visit = self._active.get(peer)
+        if self.transcode:
+            if track.index != 0:
+                return
+            self._sizes.track_ended(track)
+        visit = self._active.get(track.peer)
         if visit is None:
             return
-        visit.ended.add(kind)
+        visit.track_ended(track)
         if visit.all_ended():
-            self._retire(peer)
+            self._retire(track.peer)
 
     async def close_peer(self, peer: PeerId) -> Path | None:
         """Finalises ``peer``'s current file; its next frame starts a new one."""
@@ -481,24 +542,32 @@ class Recorder(FrameConsumer):
     def files(self) -> list[Path]:
         """The files written so far (and being written), in the order the visits started."""
         live = itertools.chain(self._active.values(), *self._finishing.values())
-        opened = {visit.path for visit in live if visit.opened}
-        return [
-            path
-            for path, written in self._files.items()
-            if (written or path in opened) and path.exists()
-        ]
+        by_first = {visit.path: visit for visit in live}
+        found: list[Path] = []
+        for first, written in self._files.items():
+            visit = by_first.get(first)
+            paths = visit.files() if visit is not None else written or []
+            found.extend(path for path in paths if path.exists())
+        return found
 
-    def _start(self, peer: PeerId) -> _Visit:
+    def _start(self, peer: PeerId) -> Visit:
         number = self._visit_counts.get(peer, 0) + 1
         self._visit_counts[peer] = number
-        visit = _Visit(
-            peer,
-            self._path_for(peer, number),
-            self._expected.get(peer, set()),
-            queue_size=self._queue_size,
-        )
+        path = self._path_for(peer, number)
+        visit: Visit
+        if self.transcode:
+            expected = self._expected.get(peer, set())
+            visit = _Visit(peer, path, expected, queue_size=self._queue_size)
+        else:
+            visit = PacketVisit(
+                peer,
+                functools.partial(_segment_path, path),
+                self._expected.get(peer, set()),
+                queue_size=self._queue_size,
+                request_keyframe=self._ask_keyframe,
+            )
         self._active[peer] = visit
-        self._files[visit.path] = False
+        self._files[visit.path] = None
         self._release_done()
         return visit
 
@@ -521,7 +590,7 @@ class Recorder(FrameConsumer):
             self._finishing.setdefault(peer, []).append(visit)
         self._release_done()
 
-    def _release(self, visit: _Visit) -> None:
+    def _release(self, visit: Visit) -> None:
         """Forgets a visit whose worker ended, keeping only whether its file was written."""
         visits = self._finishing.get(visit.peer, [])
         if visit not in visits:
@@ -529,9 +598,14 @@ class Recorder(FrameConsumer):
         visits.remove(visit)
         if not visits:
             del self._finishing[visit.peer]
-        self._files[visit.path] = visit.opened
-        if visit.opened:
-            self._unreported[visit.peer] = visit.path
+        written = visit.files()
+        self._files[visit.path] = written
+        if written:
+            self._unreported[visit.peer] = written[-1]
+
+    def _ask_keyframe(self, track: RemoteTrack) -> None:
+        if self.request_keyframe is not None:
+            self.request_keyframe(track)
 
     def _release_done(self) -> None:
         for visit in [v for visits in self._finishing.values() for v in visits if v.done]:
@@ -545,3 +619,8 @@ class Recorder(FrameConsumer):
         for visits in self._finishing.values():
             for visit in visits:
                 visit.wait(_FINISH_AT_EXIT_TIMEOUT)
+
+
+def _segment_path(first: Path, number: int) -> Path:
+    """The ``number``-th file of a visit whose first file is ``first``."""
+    return first if number == 1 else first.with_name(f"{first.stem}-part{number}{first.suffix}")

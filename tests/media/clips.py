@@ -133,3 +133,40 @@ def oversized_frame(pts: int, *, time_base: Fraction = Fraction(1, 90_000)) -> a
     frame.pts = pts
     frame.time_base = time_base
     return frame
+
+
+def vp8_packets(
+    count: int, *, size: tuple[int, int] = (320, 240), keyframe_every: int = 0, first: int = 0
+) -> list[av.Packet]:
+    """``count`` VP8 frames of a numbered picture, encoded with aiortc's libvpx settings
+    (realtime, CBR); a keyframe first and every ``keyframe_every`` frames (0: first only)."""
+    encoder = av.CodecContext.create("libvpx", "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width, encoder.height = size
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = Fraction(1, 90_000)
+    encoder.bit_rate = 500_000
+    encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    packets: list[av.Packet] = []
+    for index in range(first, first + count):
+        pts, shade = index * 3000, index % 256
+        frame = video_frame(*size, pts=pts, time_base=Fraction(1, 90_000), value=shade)
+        if keyframe_every and index % keyframe_every == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+        packets.extend(encoder.encode(frame))
+    packets.extend(encoder.encode(None))
+    return packets
+
+
+def opus_packets(count: int) -> list[av.Packet]:
+    """``count`` Opus packets of 20 ms of a tone, 48 kHz stereo."""
+    encoder = av.CodecContext.create("libopus", "w")
+    assert isinstance(encoder, av.AudioCodecContext)
+    encoder.sample_rate = 48_000
+    encoder.layout = "stereo"
+    encoder.format = "s16"
+    encoder.time_base = Fraction(1, 48_000)
+    packets: list[av.Packet] = []
+    for index in range(count + 4):
+        packets.extend(encoder.encode(audio_frame(index * 960)))
+    return packets[:count]

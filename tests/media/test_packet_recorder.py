@@ -1,0 +1,261 @@
+"""The packet recorder (``Recorder()``'s default): encoded frames to Matroska as they came.
+
+Packets made here with PyAV's libvpx and libopus, handed to the recorder the way the
+agent's sinks hand it a remote track's encoded frames; the agent end to end is in
+tests/peer/test_packet_recording.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from peer.media.packet_recorder import EncodedFrame, vp8_size
+from peer.media.recorder import Recorder
+from peer.media.timeline import RtpUnwrapper
+from signaling.protocol import PeerId
+from tests.media.clips import opus_packets, remote, vp8_packets
+from tests.support import REPO, eventually, seconds
+
+VIDEO_STEP = 3000  # 90 kHz ticks per frame at 30 fps
+AUDIO_STEP = 960  # 48 kHz ticks per 20 ms Opus packet
+
+
+def encoded(
+    packets: list[av.Packet], kind: str, start: float, first: int = 0
+) -> list[EncodedFrame]:
+    """``packets`` as a remote track's encoded frames, arriving in real time from ``start``."""
+    video = kind == "video"
+    step, rate, period = (VIDEO_STEP, 90_000, 1 / 30) if video else (AUDIO_STEP, 48_000, 0.02)
+    return [
+        EncodedFrame(
+            codec="VP8" if video else "opus",
+            data=bytes(packet),
+            timestamp=(first + i) * step,
+            clock_rate=rate,
+            keyframe=packet.is_keyframe if video else True,
+            arrival=start + (first + i) * period,
+        )
+        for i, packet in enumerate(packets)
+    ]
+
+
+def interleave(*tracks: tuple[object, list[EncodedFrame]]) -> list[tuple[object, EncodedFrame]]:
+    """The frames of several tracks in arrival order."""
+    merged = [(track, frame) for track, frames in tracks for frame in frames]
+    return sorted(merged, key=lambda item: item[1].arrival)
+
+
+def demuxed(path: Path) -> dict[int, list[av.Packet]]:
+    """Every packet of the file, by stream index (flush packets left out)."""
+    with av.open(str(path)) as container:
+        found: dict[int, list[av.Packet]] = {s.index: [] for s in container.streams}
+        for packet in container.demux():
+            if packet.size:
+                found[packet.stream.index].append(packet)
+        return found
+
+
+def ffprobe_frames(path: Path, *, cut: bool = False) -> list[dict[str, object]]:
+    """ffprobe decodes every stream of ``path`` to the end: its streams with frame counts.
+    Nothing on stderr, but for a file ``cut`` short (a killed recorder) the one notice."""
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-print_format",
+            "json",
+            "-show_streams",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    notices = [line for line in probe.stderr.splitlines() if "File ended prematurely" not in line]
+    assert notices == [] and (cut or probe.stderr == ""), probe.stderr
+    streams: list[dict[str, object]] = json.loads(probe.stdout)["streams"]
+    return streams
+
+
+def decoded(path: Path) -> dict[int, list[av.VideoFrame | av.AudioFrame]]:
+    """PyAV decodes every stream of ``path`` to the end: the frames, by stream index."""
+    with av.open(str(path)) as container:
+        found: dict[int, list[av.VideoFrame | av.AudioFrame]] = {
+            s.index: [] for s in container.streams
+        }
+        for packet in container.demux():
+            found[packet.stream.index].extend(packet.decode())  # type: ignore[arg-type]
+    return found
+
+
+def decoded_counts(path: Path) -> dict[int, int]:
+    return {index: len(frames) for index, frames in decoded(path).items()}
+
+
+def test_vp8_size_reads_keyframes_only() -> None:
+    key, delta = vp8_packets(2, size=(176, 144))
+    assert vp8_size(bytes(key)) == (176, 144)
+    assert vp8_size(bytes(delta)) is None
+
+
+def test_rtp_timestamps_unwrap_across_the_32_bit_edge() -> None:
+    unwrapper = RtpUnwrapper()
+    stamps = [2**32 - 6000, 2**32 - 3000, 0, 3000, 1500, 6000]  # a wrap, then a step back
+    assert [unwrapper.unwrap(s) for s in stamps] == [0, 3000, 6000, 9000, 7500, 12000]
+
+
+async def test_packets_go_into_the_file_byte_for_byte(tmp_path: Path) -> None:
+    """What a receiver got is what the file holds: the VP8 frames from the first keyframe
+    (the ones before it are left out), the Opus packets, timed by their RTP clocks."""
+    recorder = Recorder(tmp_path, session="room1", transcode=False)
+    peer = PeerId("bob")
+    video, audio = remote(peer, "video"), remote(peer, "audio")
+    recorder.expect(peer, {"audio", "video"})
+    recorder.track_started(video)
+    recorder.track_started(audio)
+    vp8_made, opus_made = vp8_packets(75, keyframe_every=30), opus_packets(125)
+    start = time.monotonic()  # arrivals from now: encoding took its time on a busy machine
+    vp8 = encoded(vp8_made, "video", start)
+    opus = encoded(opus_made, "audio", start)
+    # Joined mid-stream: frames 20-29, then the keyframe at 30 (the one a PLI brings).
+    for track, frame in interleave((video, vp8[20:]), (audio, opus)):
+        recorder.put_packet(track, frame)  # type: ignore[arg-type]
+    recorder.track_ended(video)
+    recorder.track_ended(audio)
+    path = await asyncio.wait_for(recorder.close_peer(peer), seconds(20))
+    assert path is not None and path.name.startswith("room1-bob-") and path.suffix == ".mkv"
+
+    sent_video = [f.data for f in vp8[30:]]  # vp8[20:30] come before the keyframe at 30
+    packets = demuxed(path)
+    with av.open(str(path)) as container:
+        assert [s.type for s in container.streams] == ["video", "audio"]
+        assert container.streams.video[0].codec_context.name == "vp8"
+        assert container.streams.audio[0].codec_context.name == "opus"
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (320, 240)
+    assert [bytes(p) for p in packets[0]] == sent_video
+    assert packets[0][0].is_keyframe
+    assert [bytes(p) for p in packets[1]] == [f.data for f in opus]
+    video_seconds = [float(p.pts * p.time_base) for p in packets[0]]
+    assert video_seconds[-1] - video_seconds[0] == pytest.approx(44 / 30, abs=0.002)
+    assert video_seconds[0] == pytest.approx(1.0, abs=0.002)  # where frame 30 is on the RTP clock
+
+    streams = ffprobe_frames(path)
+    assert [int(str(s["nb_read_frames"])) for s in streams] == [45, 125]
+    assert decoded_counts(path) == {0: 45, 1: 125}
+    assert await recorder.close() == [path]
+
+
+async def test_every_video_track_is_a_stream_and_sizes_change_in_place(tmp_path: Path) -> None:
+    """A camera that drops its resolution and a screen share that started with it: one
+    file, two video streams, the camera's keyframe at the new size kept as it came."""
+    recorder = Recorder(tmp_path, transcode=False)
+    peer = PeerId("chrome")
+    camera, share, mic = remote(peer, "video"), remote(peer, "video", 1), remote(peer, "audio")
+    recorder.expect(peer, {"audio", "video"})
+    for track in (camera, share, mic):
+        recorder.track_started(track)
+    big = vp8_packets(30, size=(320, 240))
+    small = vp8_packets(30, size=(160, 120), first=30)
+    shared = vp8_packets(58, size=(640, 360), keyframe_every=20)
+    sound = opus_packets(100)
+    start = time.monotonic()
+    camera_frames = encoded(big + small, "video", start)
+    share_frames = encoded(shared, "video", start + 0.01)
+    mic_frames = encoded(sound, "audio", start)
+    for track, frame in interleave(
+        (camera, camera_frames), (share, share_frames), (mic, mic_frames)
+    ):
+        recorder.put_packet(track, frame)  # type: ignore[arg-type]
+    (path,) = await asyncio.wait_for(recorder.close(), seconds(20))
+
+    with av.open(str(path)) as container:
+        assert [(s.type, s.metadata.get("title")) for s in container.streams] == [
+            ("video", "video 0"),
+            ("video", "video 1"),
+            ("audio", "audio 0"),
+        ]
+    frames = decoded(path)
+    sizes = {
+        i: {(f.width, f.height) for f in frames[i] if isinstance(f, av.VideoFrame)} for i in (0, 1)
+    }
+    assert sizes == {0: {(320, 240), (160, 120)}, 1: {(640, 360)}}
+    counts = {index: len(found) for index, found in frames.items()}
+    assert counts == {0: 60, 1: 58, 2: 100}
+    assert counts[1] >= 0.9 * counts[0]
+
+
+async def test_a_track_that_comes_later_goes_on_in_the_next_segment(tmp_path: Path) -> None:
+    """A screen share started once the file is written: the next file (``-part2``) has a
+    stream for every track; the camera goes on in it from the keyframe it asked for."""
+    recorder = Recorder(tmp_path, transcode=False)
+    asked: list[object] = []
+    recorder.request_keyframe = asked.append
+    peer = PeerId("ann")
+    camera, mic, share = remote(peer, "video"), remote(peer, "audio"), remote(peer, "video", 1)
+    recorder.expect(peer, {"audio", "video"})
+    recorder.track_started(camera)
+    recorder.track_started(mic)
+    made = vp8_packets(90, keyframe_every=35), opus_packets(150), vp8_packets(30, size=(640, 360))
+    start = time.monotonic()
+    camera_frames = encoded(made[0], "video", start)
+    mic_frames = encoded(made[1], "audio", start)
+    share_frames = encoded(made[2], "video", start, first=60)
+    for track, frame in interleave((camera, camera_frames[:60]), (mic, mic_frames[:100])):
+        recorder.put_packet(track, frame)  # type: ignore[arg-type]
+    await eventually(recorder.files, seconds(10), "the first file open")
+    recorder.track_started(share)
+    rest = interleave((camera, camera_frames[60:]), (mic, mic_frames[100:]), (share, share_frames))
+    for track, frame in rest:
+        recorder.put_packet(track, frame)  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # the keyframe request is made on the loop
+    first, second = await asyncio.wait_for(recorder.close(), seconds(20))
+    assert second.name == first.name.replace(".mkv", "-part2.mkv")
+    # Up to the share's first frame (2.0 s) in the first file: camera 0-60, mic 0-100.
+    assert decoded_counts(first) == {0: 61, 1: 101}
+    with av.open(str(second)) as container:
+        titles = [s.metadata.get("title") for s in container.streams]
+    assert titles == ["video 0", "video 1", "audio 0"]
+    packets = demuxed(second)
+    assert [bytes(p) for p in packets[0]] == [f.data for f in camera_frames[70:]]  # keyframe 70
+    assert [bytes(p) for p in packets[1]] == [f.data for f in share_frames]
+    assert [bytes(p) for p in packets[2]] == [f.data for f in mic_frames[101:]]
+    assert decoded_counts(second) == {0: 20, 1: 30, 2: 49}
+    assert asked == [camera]
+
+
+def test_a_killed_recorder_leaves_a_file_that_plays_to_its_last_second(tmp_path: Path) -> None:
+    """SIGKILL: no trailer, no finishing thread; the clusters flushed so far still play."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.media.record_packets_until_killed", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "recording"  # 3 s handed to it
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=seconds(10))
+    finally:
+        process.kill()
+        process.wait()
+    (path,) = tmp_path.glob("*.mkv")
+    streams = ffprobe_frames(path, cut=True)
+    assert [s["codec_name"] for s in streams] == ["vp8", "opus"]
+    counts = decoded_counts(path)
+    # 3 s handed over: the last second may be lost, and the writer may lag a busy machine.
+    assert counts[0] >= 1.5 * 30
+    assert counts[1] >= 1.5 * 50
+    assert [int(str(s["nb_read_frames"])) for s in streams] == [counts[0], counts[1]]
