@@ -86,17 +86,15 @@ class EncodedFrame:
         return self.timestamp / self.clock_rate
 
 
-class PacketConsumer(Protocol):
-    """A sink of remote encoded frames (see the module's docstring for the order of calls)."""
-
-    def put_packet(self, track: RemoteTrack, packet: EncodedFrame) -> None:
-        """Called on the event loop for each encoded frame; must never block."""
+class TrackHooks(Protocol):
+    """What every consumer of remote tracks is told, frame or packet consumer alike; all
+    but ``track_ended`` have no-op defaults, for a subclass."""
 
     def track_ended(self, track: RemoteTrack) -> None:
-        """No more packets will come from ``track``."""
+        """Nothing more will come from ``track``."""
 
     def track_started(self, track: RemoteTrack) -> None:
-        """Packets of ``track`` may come from now on (the first video one a keyframe)."""
+        """Frames of ``track`` may come from now on (the first video packet a keyframe)."""
         return None
 
     def expect(self, peer: PeerId, kinds: set[Kind]) -> None:
@@ -104,8 +102,18 @@ class PacketConsumer(Protocol):
         return None
 
     async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
-        """As :meth:`peer.media.tap.FrameConsumer.peer_closed`."""
+        """The connection to ``peer`` closed (its tracks ended first): finish what belongs to
+        that connection. ``gone``: the peer is forgotten too (it left the room, or we did),
+        not about to be connected again, so drop what is kept across its connections. Also
+        called (``gone``) for a peer that leaves while no connection to it is open."""
         return None
+
+
+class PacketConsumer(TrackHooks, Protocol):
+    """A sink of remote encoded frames (see the module's docstring for the order of calls)."""
+
+    def put_packet(self, track: RemoteTrack, packet: EncodedFrame) -> None:
+        """Called on the event loop for each encoded frame; must never block."""
 
 
 def is_keyframe(codec: str, data: bytes) -> bool:

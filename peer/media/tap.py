@@ -21,13 +21,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from peer.events import FirstFrame, RemoteTrack
 from peer.events import Kind as Kind  # defined once, in peer.events; re-exported
-from peer.media.packets import EncodedFrame, PacketConsumer, Want, wants_of
+from peer.media.packets import EncodedFrame, PacketConsumer, TrackHooks, Want, wants_of
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
 
 
-class FrameConsumer(Protocol):
+class FrameConsumer(TrackHooks, Protocol):
     """A sink of remote frames (the recorder, the mosaic, an application's own).
 
     Every call names the :class:`RemoteTrack` (its peer, kind and ``index``; the same object
@@ -36,31 +36,14 @@ class FrameConsumer(Protocol):
     :class:`TrackTap`; ``track_started`` when a track arrives, or when the consumer is added
     to :class:`Sinks` while the track is live. ``expect`` and ``peer_closed`` come from the
     agent, once per connection, so a sink can prepare for a peer's tracks and let go of what
-    it holds for it. All but the first two have no-op defaults here, which a sink gets by
-    subclassing this class; a duck-typed consumer with only the first two keeps working:
-    :class:`Sinks` calls the others only where present.
+    it holds for it. All but the first two have no-op defaults
+    (:class:`peer.media.packets.TrackHooks`), which a sink gets by subclassing this class;
+    a duck-typed consumer with only the first two keeps working: :class:`Sinks` calls the
+    others only where present.
     """
 
     def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
         """Called on the event loop for every frame; must never block (bounded queue, drop/skip)."""
-
-    def track_ended(self, track: RemoteTrack) -> None:
-        """No more frames will come from ``track``."""
-
-    def track_started(self, track: RemoteTrack) -> None:
-        """Frames of ``track`` may come from now on."""
-        return None
-
-    def expect(self, peer: PeerId, kinds: set[Kind]) -> None:
-        """A connection to ``peer`` was negotiated: these are the kinds it will send."""
-        return None
-
-    async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
-        """The connection to ``peer`` closed (its tracks ended first): finish what belongs to
-        that connection. ``gone``: the peer is forgotten too (it left the room, or we did),
-        not about to be connected again, so drop what is kept across its connections. Also
-        called (``gone``) for a peer that leaves while no connection to it is open."""
-        return None
 
 
 #: Anything the agent's :class:`Sinks` take: decoded frames, encoded ones, or both
