@@ -57,7 +57,7 @@ from peer.link import PeerLink
 from peer.machine import RoomMachine
 from peer.media.encoders import Vp8Settings
 from peer.media.fanout import EncoderStats, Encoding
-from peer.media.tap import FirstFrames, FrameConsumer, Sinks
+from peer.media.tap import Consumer, FirstFrames, Sinks
 from peer.mesh import LinkState
 from peer.negotiation import Negotiator
 from peer.publishing import Publishing
@@ -125,7 +125,7 @@ class Agent:
         ice_servers: Sequence[IceServer | str] = (),
         recorder: Recorder | None = None,
         mosaic: Mosaic | None = None,
-        consumers: Sequence[FrameConsumer] = (),
+        consumers: Sequence[Consumer] = (),
         event_queue_size: int = 256,
         stats_interval: float | None = 2.0,
         peer_left_grace: float = 0.5,
@@ -171,7 +171,7 @@ class Agent:
             on_lost=self._on_lost,
             token=token,
         )
-        consumer_list: list[FrameConsumer] = list(consumers)
+        consumer_list: list[Consumer] = list(consumers)
         if recorder is not None:
             consumer_list.append(recorder)
         if mosaic is not None:

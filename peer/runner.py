@@ -69,6 +69,8 @@ class StatsWriter:
                 # For long runs: what would show a leak of tasks or threads.
                 "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(),
+                # Remote tracks being decoded now (only while something shows them).
+                "decoders": sum(s.decoders for s in event.peers),
                 "peers": [s.to_json() for s in event.peers],
             }
             self.json_file.write(json.dumps(record) + "\n")
