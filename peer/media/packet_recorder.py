@@ -44,6 +44,7 @@ import av.container
 
 from peer.events import Kind, RemoteTrack
 from peer.media.errors import MediaError
+from peer.media.packets import EncodedFrame
 from peer.media.timeline import RecordingClock, RtpUnwrapper, VideoStamper
 from signaling.protocol import PeerId
 
@@ -54,19 +55,6 @@ OPEN_WAIT = 3.0  # s to wait for every live or expected track's first usable pac
 _PENDING_LIMIT = 600  # packets held while waiting to open the file (~7 s of audio + video)
 #: FFmpeg's names for the codecs WebRTC negotiates (``codec`` of an encoded frame).
 _MUXED = {"vp8": "vp8", "h264": "h264", "opus": "opus"}
-
-
-@dataclass(frozen=True)
-class EncodedFrame:
-    """One depacketized frame of a remote track, as the sender encoded it (stand-in for
-    ``peer.media.packets.EncodedFrame``, same fields)."""
-
-    codec: str  # "VP8", "H264", "opus" (aiortc's codec name)
-    data: bytes
-    timestamp: int  # RTP timestamp, in clock_rate units
-    clock_rate: int
-    keyframe: bool
-    arrival: float
 
 
 def codec_name(frame: EncodedFrame) -> str:
@@ -182,8 +170,8 @@ _FINISH = object()
 class PacketVisit:
     """One peer's visit: its files (segments), one writer thread, a bounded queue.
 
-    ``path_for(n)`` names the ``n``-th segment (1 first). ``request_keyframe(track)`` is
-    called on the event loop whenever a video track must restart from a keyframe.
+    ``path_for(n)`` names the ``n``-th segment (1 first). Whenever a video track must start
+    again from a keyframe, its :meth:`RemoteTrack.request_keyframe` is called on the loop.
     """
 
     def __init__(
@@ -193,7 +181,6 @@ class PacketVisit:
         expected: set[Kind],
         *,
         queue_size: int,
-        request_keyframe: Callable[[RemoteTrack], None] | None = None,
     ) -> None:
         self.peer = peer
         self.path = path_for(1)
@@ -209,7 +196,6 @@ class PacketVisit:
         self._ended: set[RemoteTrack] = set()
         self._resync: set[RemoteTrack] = set()  # loop side: dropped until a keyframe
         self._formats: dict[RemoteTrack, _Format] = {}
-        self._request_keyframe = request_keyframe
         self._loop = asyncio.get_running_loop()
         self._queue: queue.Queue[_Queued | object] = queue.Queue(maxsize=queue_size)
         self._finishing = threading.Event()
@@ -281,11 +267,10 @@ class PacketVisit:
 
     def _ask_keyframe(self, track: RemoteTrack) -> None:
         """On the loop: have the sender send ``track``'s next keyframe now."""
-        if self._request_keyframe is not None:
-            try:
-                self._request_keyframe(track)
-            except Exception:
-                log.exception("asking %r for a keyframe failed", track)
+        try:
+            track.request_keyframe()
+        except Exception:
+            log.exception("asking %r for a keyframe failed", track)
 
     # --- worker thread ---------------------------------------------------------------------
 

@@ -39,7 +39,6 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -51,7 +50,8 @@ from av.video.reformatter import VideoReformatter
 
 from peer.events import RemoteTrack
 from peer.media.errors import MediaError
-from peer.media.packet_recorder import EncodedFrame, PacketVisit
+from peer.media.packet_recorder import PacketVisit
+from peer.media.packets import EncodedFrame, Want
 from peer.media.tap import FrameConsumer, Kind, SizeGuard
 from peer.media.timeline import AudioStamper, RecordingClock, VideoStamper
 from signaling.protocol import PeerId
@@ -428,8 +428,9 @@ class Recorder(FrameConsumer):
 
     A visit is forgotten once its files are closed: for peers that come and go the recorder
     keeps only the names of the files, for ``files()`` and ``close()``.
-    ``request_keyframe(track)`` (set by the agent) asks a remote video track's sender for a
-    keyframe; the packet recorder calls it when a stream has to start again.
+
+    ``wants`` tells the agent's sinks which of the two it takes, so a packet recorder makes
+    nobody decode (:mod:`peer.media.packets`).
     """
 
     def __init__(
@@ -438,14 +439,14 @@ class Recorder(FrameConsumer):
         *,
         session: str = "",
         queue_size: int | None = None,
-        transcode: bool = True,  # packets become the default once the agent hands them over
+        transcode: bool = False,
     ) -> None:
         self.directory = directory
         self.session = session
         self.transcode = transcode
+        self.wants = Want.FRAMES if transcode else Want.PACKETS
         # Packets are small and come about 80 a second (30 video, 50 Opus): 4 s of them.
         self._queue_size = queue_size or (120 if transcode else 320)
-        self.request_keyframe: Callable[[RemoteTrack], None] | None = None
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -564,7 +565,6 @@ class Recorder(FrameConsumer):
                 functools.partial(_segment_path, path),
                 self._expected.get(peer, set()),
                 queue_size=self._queue_size,
-                request_keyframe=self._ask_keyframe,
             )
         self._active[peer] = visit
         self._files[visit.path] = None
@@ -602,10 +602,6 @@ class Recorder(FrameConsumer):
         self._files[visit.path] = written
         if written:
             self._unreported[visit.peer] = written[-1]
-
-    def _ask_keyframe(self, track: RemoteTrack) -> None:
-        if self.request_keyframe is not None:
-            self.request_keyframe(track)
 
     def _release_done(self) -> None:
         for visit in [v for visits in self._finishing.values() for v in visits if v.done]:

@@ -4,6 +4,7 @@ decoding what a recording holds."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,9 +17,14 @@ from peer.events import Kind, RemoteTrack
 from signaling.protocol import PeerId
 
 
-def remote(peer: str, kind: Kind = "video", index: int = 0) -> RemoteTrack:
-    """A remote track of ``peer`` to hand to a consumer directly (a new object each call)."""
-    return RemoteTrack(PeerId(peer), kind, id=f"{peer}-{kind}-{index}", index=index)
+def remote(
+    peer: str, kind: Kind = "video", index: int = 0, *, keyframe: Callable[[], None] | None = None
+) -> RemoteTrack:
+    """A remote track of ``peer`` to hand to a consumer directly (a new object each call);
+    ``keyframe`` is what its ``request_keyframe`` calls."""
+    return RemoteTrack(
+        PeerId(peer), kind, id=f"{peer}-{kind}-{index}", index=index, keyframe=keyframe
+    )
 
 
 def make_clip(

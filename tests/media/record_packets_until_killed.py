@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from peer.media.packet_recorder import EncodedFrame
+from peer.media.packets import EncodedFrame
 from peer.media.recorder import Recorder
 from signaling.protocol import PeerId
 from tests.media.clips import opus_packets, remote, vp8_packets
@@ -20,7 +20,7 @@ SECONDS = 10
 
 
 async def record(directory: Path) -> None:
-    recorder = Recorder(directory, transcode=False)
+    recorder = Recorder(directory)
     peer = PeerId("bob")
     video, audio = remote(peer, "video"), remote(peer, "audio")
     recorder.expect(peer, {"audio", "video"})

@@ -18,7 +18,8 @@ from pathlib import Path
 import av
 import pytest
 
-from peer.media.packet_recorder import EncodedFrame, vp8_size
+from peer.media.packet_recorder import vp8_size
+from peer.media.packets import EncodedFrame
 from peer.media.recorder import Recorder
 from peer.media.timeline import RtpUnwrapper
 from signaling.protocol import PeerId
@@ -118,7 +119,7 @@ def test_rtp_timestamps_unwrap_across_the_32_bit_edge() -> None:
 async def test_packets_go_into_the_file_byte_for_byte(tmp_path: Path) -> None:
     """What a receiver got is what the file holds: the VP8 frames from the first keyframe
     (the ones before it are left out), the Opus packets, timed by their RTP clocks."""
-    recorder = Recorder(tmp_path, session="room1", transcode=False)
+    recorder = Recorder(tmp_path, session="room1")
     peer = PeerId("bob")
     video, audio = remote(peer, "video"), remote(peer, "audio")
     recorder.expect(peer, {"audio", "video"})
@@ -159,7 +160,7 @@ async def test_packets_go_into_the_file_byte_for_byte(tmp_path: Path) -> None:
 async def test_every_video_track_is_a_stream_and_sizes_change_in_place(tmp_path: Path) -> None:
     """A camera that drops its resolution and a screen share that started with it: one
     file, two video streams, the camera's keyframe at the new size kept as it came."""
-    recorder = Recorder(tmp_path, transcode=False)
+    recorder = Recorder(tmp_path)
     peer = PeerId("chrome")
     camera, share, mic = remote(peer, "video"), remote(peer, "video", 1), remote(peer, "audio")
     recorder.expect(peer, {"audio", "video"})
@@ -198,11 +199,11 @@ async def test_every_video_track_is_a_stream_and_sizes_change_in_place(tmp_path:
 async def test_a_track_that_comes_later_goes_on_in_the_next_segment(tmp_path: Path) -> None:
     """A screen share started once the file is written: the next file (``-part2``) has a
     stream for every track; the camera goes on in it from the keyframe it asked for."""
-    recorder = Recorder(tmp_path, transcode=False)
-    asked: list[object] = []
-    recorder.request_keyframe = asked.append
+    recorder = Recorder(tmp_path)
+    asked: list[str] = []
     peer = PeerId("ann")
-    camera, mic, share = remote(peer, "video"), remote(peer, "audio"), remote(peer, "video", 1)
+    camera = remote(peer, "video", keyframe=lambda: asked.append("camera"))
+    mic, share = remote(peer, "audio"), remote(peer, "video", 1)
     recorder.expect(peer, {"audio", "video"})
     recorder.track_started(camera)
     recorder.track_started(mic)
@@ -231,7 +232,7 @@ async def test_a_track_that_comes_later_goes_on_in_the_next_segment(tmp_path: Pa
     assert [bytes(p) for p in packets[1]] == [f.data for f in share_frames]
     assert [bytes(p) for p in packets[2]] == [f.data for f in mic_frames[101:]]
     assert decoded_counts(second) == {0: 20, 1: 30, 2: 49}
-    assert asked == [camera]
+    assert asked == ["camera"]
 
 
 def test_a_killed_recorder_leaves_a_file_that_plays_to_its_last_second(tmp_path: Path) -> None:
