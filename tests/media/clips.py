@@ -4,6 +4,8 @@ decoding what a recording holds."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -176,3 +178,52 @@ def opus_packets(count: int) -> list[av.Packet]:
     for index in range(count + 4):
         packets.extend(encoder.encode(audio_frame(index * 960)))
     return packets[:count]
+
+
+def demuxed(path: Path) -> dict[int, list[av.Packet]]:
+    """Every packet of the file, by stream index (flush packets left out)."""
+    with av.open(str(path)) as container:
+        found: dict[int, list[av.Packet]] = {s.index: [] for s in container.streams}
+        for packet in container.demux():
+            if packet.size:
+                found[packet.stream.index].append(packet)
+        return found
+
+
+def ffprobe_frames(path: Path, *, cut: bool = False) -> list[dict[str, object]]:
+    """ffprobe decodes every stream of ``path`` to the end: its streams with frame counts.
+    Nothing on stderr, but for a file ``cut`` short (a killed recorder) the one notice."""
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-print_format",
+            "json",
+            "-show_streams",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    notices = [line for line in probe.stderr.splitlines() if "File ended prematurely" not in line]
+    assert notices == [] and (cut or probe.stderr == ""), probe.stderr
+    streams: list[dict[str, object]] = json.loads(probe.stdout)["streams"]
+    return streams
+
+
+def decoded(path: Path) -> dict[int, list[av.VideoFrame | av.AudioFrame]]:
+    """PyAV decodes every stream of ``path`` to the end: the frames, by stream index."""
+    with av.open(str(path)) as container:
+        found: dict[int, list[av.VideoFrame | av.AudioFrame]] = {
+            s.index: [] for s in container.streams
+        }
+        for packet in container.demux():
+            found[packet.stream.index].extend(packet.decode())  # type: ignore[arg-type]
+    return found
+
+
+def decoded_counts(path: Path) -> dict[int, int]:
+    return {index: len(frames) for index, frames in decoded(path).items()}

@@ -8,7 +8,6 @@ tests/peer/test_packet_recording.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import sys
@@ -23,7 +22,15 @@ from peer.media.packets import EncodedFrame
 from peer.media.recorder import Recorder
 from peer.media.timeline import RtpUnwrapper
 from signaling.protocol import PeerId
-from tests.media.clips import opus_packets, remote, vp8_packets
+from tests.media.clips import (
+    decoded,
+    decoded_counts,
+    demuxed,
+    ffprobe_frames,
+    opus_packets,
+    remote,
+    vp8_packets,
+)
 from tests.support import REPO, eventually, seconds
 
 VIDEO_STEP = 3000  # 90 kHz ticks per frame at 30 fps
@@ -53,55 +60,6 @@ def interleave(*tracks: tuple[object, list[EncodedFrame]]) -> list[tuple[object,
     """The frames of several tracks in arrival order."""
     merged = [(track, frame) for track, frames in tracks for frame in frames]
     return sorted(merged, key=lambda item: item[1].arrival)
-
-
-def demuxed(path: Path) -> dict[int, list[av.Packet]]:
-    """Every packet of the file, by stream index (flush packets left out)."""
-    with av.open(str(path)) as container:
-        found: dict[int, list[av.Packet]] = {s.index: [] for s in container.streams}
-        for packet in container.demux():
-            if packet.size:
-                found[packet.stream.index].append(packet)
-        return found
-
-
-def ffprobe_frames(path: Path, *, cut: bool = False) -> list[dict[str, object]]:
-    """ffprobe decodes every stream of ``path`` to the end: its streams with frame counts.
-    Nothing on stderr, but for a file ``cut`` short (a killed recorder) the one notice."""
-    probe = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-print_format",
-            "json",
-            "-show_streams",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    notices = [line for line in probe.stderr.splitlines() if "File ended prematurely" not in line]
-    assert notices == [] and (cut or probe.stderr == ""), probe.stderr
-    streams: list[dict[str, object]] = json.loads(probe.stdout)["streams"]
-    return streams
-
-
-def decoded(path: Path) -> dict[int, list[av.VideoFrame | av.AudioFrame]]:
-    """PyAV decodes every stream of ``path`` to the end: the frames, by stream index."""
-    with av.open(str(path)) as container:
-        found: dict[int, list[av.VideoFrame | av.AudioFrame]] = {
-            s.index: [] for s in container.streams
-        }
-        for packet in container.demux():
-            found[packet.stream.index].extend(packet.decode())  # type: ignore[arg-type]
-    return found
-
-
-def decoded_counts(path: Path) -> dict[int, int]:
-    return {index: len(frames) for index, frames in decoded(path).items()}
 
 
 def test_vp8_size_reads_keyframes_only() -> None:

@@ -10,11 +10,9 @@ from typing import Any
 
 from peer.agent import Agent
 from peer.events import RemoteTrack
-from peer.link import PeerLink
-from peer.media.fanout import EncodedTrack
 from peer.media.packets import EncodedFrame, PacketConsumer
 from signaling.protocol import PeerId
-from tests.peer.helpers import TrackFrames, agents, full_mesh_flowing
+from tests.peer.helpers import TrackFrames, agents, full_mesh_flowing, sent_video
 from tests.support import RunningServer, eventually, seconds
 
 ALICE, BOB = PeerId("alice"), PeerId("bob")
@@ -34,25 +32,6 @@ class Packets(PacketConsumer):
 
     def video(self, peer: PeerId) -> list[EncodedFrame]:
         return next((p for t, p in self.got.items() if t.peer == peer and t.kind == "video"), [])
-
-
-def sent_video(link: PeerLink) -> list[bytes]:
-    """What ``link``'s video sender takes from its shared encoder from now on, in order."""
-    track = next(
-        t.sender.track
-        for t in link.pc.getTransceivers()
-        if isinstance(t.sender.track, EncodedTrack) and t.sender.track.kind == "video"
-    )
-    sent: list[bytes] = []
-    recv = track.recv
-
-    async def recording() -> Any:
-        packet = await recv()
-        sent.append(bytes(packet))
-        return packet
-
-    track.recv = recording  # type: ignore[method-assign]
-    return sent
 
 
 def decoders(stats: list[Any]) -> int:
