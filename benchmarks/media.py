@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO))
 
 from peer.events import RemoteTrack  # noqa: E402
 from peer.media.mosaic import Mosaic  # noqa: E402
-from peer.media.recorder import Recorder, recording_format  # noqa: E402
+from peer.media.recorder import Recorder  # noqa: E402
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack  # noqa: E402
+from peer.media.transcode_recorder import recording_format  # noqa: E402
 from signaling.protocol import PeerId  # noqa: E402
 
 

@@ -19,9 +19,10 @@ import av
 import pytest
 
 from peer.media.errors import MediaError
-from peer.media.recorder import Recorder, _Muxer, _Visit, recording_format
+from peer.media.recorder import Recorder
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
 from peer.media.tap import TrackTap
+from peer.media.transcode_recorder import TranscodingVisit, _Muxer, recording_format
 from signaling.protocol import PeerId
 from tests.media.clips import (
     FramesTrack,
@@ -51,7 +52,9 @@ def _retained(directory: Path) -> tuple[int, int]:
     """Visits and muxers of recordings into ``directory`` that are still in memory."""
     gc.collect()
     objects = gc.get_objects()
-    visits = sum(1 for o in objects if isinstance(o, _Visit) and o.path.parent == directory)
+    visits = sum(
+        1 for o in objects if isinstance(o, TranscodingVisit) and o.path.parent == directory
+    )
     muxers = sum(
         1 for o in objects if isinstance(o, _Muxer) and Path(o.container.name).parent == directory
     )
