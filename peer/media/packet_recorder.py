@@ -74,6 +74,19 @@ def vp8_size(data: bytes) -> tuple[int, int] | None:
     return width, height
 
 
+def h264_size(data: bytes) -> tuple[int, int] | None:
+    """An H.264 keyframe's picture size (Matroska's header needs one), by decoding it."""
+    decoder = av.CodecContext.create("h264", "r")
+    try:
+        frames = decoder.decode(av.Packet(data)) + decoder.decode(None)
+    except av.FFmpegError:
+        return None
+    for frame in frames:
+        if isinstance(frame, av.VideoFrame):
+            return frame.width, frame.height
+    return None
+
+
 class FileTimeline:
     """Where each packet goes in one file, in seconds from the file's start."""
 
@@ -316,7 +329,10 @@ class PacketVisit:
         if fmt is None:
             fmt = self._formats[item.track] = _Format(codec_name(item.frame))
         if item.track.kind == "video" and item.frame.keyframe:
-            size = vp8_size(item.frame.data) if fmt.codec == "vp8" else None
+            if fmt.codec == "vp8":
+                size = vp8_size(item.frame.data)
+            else:  # the SPS has it: one keyframe decoded, once per track
+                size = None if fmt.width else h264_size(item.frame.data)
             if size is not None:
                 fmt.width, fmt.height = size
 

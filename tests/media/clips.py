@@ -166,6 +166,25 @@ def vp8_packets(
     return packets
 
 
+def h264_packets(count: int, *, size: tuple[int, int] = (320, 240)) -> list[av.Packet]:
+    """``count`` H.264 access units (Annex B, as aiortc depacketizes them) of a numbered
+    picture from libx264, a keyframe (SPS, PPS, IDR) first."""
+    encoder = av.CodecContext.create("libx264", "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width, encoder.height = size
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = Fraction(1, 90_000)
+    encoder.options = {"preset": "ultrafast", "tune": "zerolatency"}
+    packets: list[av.Packet] = []
+    for index in range(count):
+        pts, shade = index * 3000, index % 256
+        packets.extend(
+            encoder.encode(video_frame(*size, pts=pts, time_base=Fraction(1, 90_000), value=shade))
+        )
+    packets.extend(encoder.encode(None))
+    return packets
+
+
 def opus_packets(count: int) -> list[av.Packet]:
     """``count`` Opus packets of 20 ms of a tone, 48 kHz stereo."""
     encoder = av.CodecContext.create("libopus", "w")

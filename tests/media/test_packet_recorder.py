@@ -8,6 +8,7 @@ tests/peer/test_packet_recording.py.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import av
 import pytest
 
 from peer.media.packet_recorder import vp8_size
-from peer.media.packets import EncodedFrame
+from peer.media.packets import EncodedFrame, is_keyframe
 from peer.media.recorder import Recorder
 from peer.media.timeline import RtpUnwrapper
 from signaling.protocol import PeerId
@@ -27,6 +28,7 @@ from tests.media.clips import (
     decoded_counts,
     demuxed,
     ffprobe_frames,
+    h264_packets,
     opus_packets,
     remote,
     vp8_packets,
@@ -66,6 +68,48 @@ def test_vp8_size_reads_keyframes_only() -> None:
     key, delta = vp8_packets(2, size=(176, 144))
     assert vp8_size(bytes(key)) == (176, 144)
     assert vp8_size(bytes(delta)) is None
+
+
+def annex_b_units(data: bytes) -> list[bytes]:
+    """The NAL units of an Annex B access unit (split at 00 00 01 / 00 00 00 01)."""
+    units = re.split(b"\x00\x00\x00\x01|\x00\x00\x01", data)
+    return [unit.rstrip(b"\x00") for unit in units if unit]
+
+
+def avcc_units(data: bytes) -> list[bytes]:
+    """The NAL units of a length-prefixed (4 bytes) access unit."""
+    units = []
+    while data:
+        size = int.from_bytes(data[:4], "big")
+        units.append(data[4 : 4 + size].rstrip(b"\x00"))
+        data = data[4 + size :]
+    return units
+
+
+async def test_h264_access_units_go_in_as_they_came(tmp_path: Path) -> None:
+    assert "libx264" in av.codecs_available, "PyAV's FFmpeg has no libx264 to make H.264"
+    made = h264_packets(45, size=(352, 288))
+    recorder = Recorder(tmp_path)
+    camera = remote(PeerId("h264"), "video")
+    recorder.expect(camera.peer, {"video"})
+    start = time.monotonic()
+    frames = [
+        EncodedFrame(
+            "H264", bytes(p), i * VIDEO_STEP, 90_000, is_keyframe("H264", bytes(p)), start + i / 30
+        )
+        for i, p in enumerate(made)
+    ]
+    assert frames[0].keyframe and not frames[1].keyframe
+    for frame in frames:
+        recorder.put_packet(camera, frame)
+    (path,) = await asyncio.wait_for(recorder.close(), seconds(20))
+    # Matroska keeps H.264 with length prefixes instead of start codes: the same NAL units.
+    assert [avcc_units(bytes(p)) for p in demuxed(path)[0]] == [
+        annex_b_units(f.data) for f in frames
+    ]
+    (stream,) = ffprobe_frames(path)
+    assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", 352, 288)
+    assert decoded_counts(path) == {0: 45}
 
 
 def test_rtp_timestamps_unwrap_across_the_32_bit_edge() -> None:
