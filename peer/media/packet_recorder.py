@@ -29,10 +29,7 @@ what :class:`peer.media.recorder.Recorder` starts per peer when it does not tran
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +42,7 @@ import av.container
 from peer.events import Kind, RemoteTrack
 from peer.media.errors import MediaError
 from peer.media.packets import EncodedFrame
+from peer.media.recording_worker import RecordingWorker
 from peer.media.timeline import RecordingClock, RtpUnwrapper, VideoStamper
 from signaling.protocol import PeerId
 
@@ -177,10 +175,7 @@ class _Queued:
     frame: EncodedFrame
 
 
-_FINISH = object()
-
-
-class PacketVisit:
+class PacketVisit(RecordingWorker):
     """One peer's visit: its files (segments), one writer thread, a bounded queue.
 
     ``path_for(n)`` names the ``n``-th segment (1 first). Whenever a video track must start
@@ -195,11 +190,10 @@ class PacketVisit:
         *,
         queue_size: int,
     ) -> None:
-        self.peer = peer
+        super().__init__(peer, queue_size=queue_size)
         self.path = path_for(1)
         self.expected = set(expected)
         self.opened = False
-        self.failed = False
         self.dropped = {"audio": 0, "video": 0}  # lost to a full queue, resyncs included
         self.skipped = 0  # video packets left out waiting for a keyframe
         self._path_for = path_for
@@ -210,14 +204,10 @@ class PacketVisit:
         self._resync: set[RemoteTrack] = set()  # loop side: dropped until a keyframe
         self._formats: dict[RemoteTrack, _Format] = {}
         self._loop = asyncio.get_running_loop()
-        self._queue: queue.Queue[_Queued | object] = queue.Queue(maxsize=queue_size)
-        self._finishing = threading.Event()
-        self._done = threading.Event()
         self._pending: list[_Queued] = []
         self._holding: set[RemoteTrack] = set()  # the tracks with packets in _pending
         self._segment: _Segment | None = None
-        self._thread = threading.Thread(target=self._run, name=f"recorder {peer}", daemon=True)
-        self._thread.start()
+        self._start_worker()
 
     # --- event loop side -------------------------------------------------------------------
 
@@ -238,9 +228,7 @@ class PacketVisit:
                 self.dropped[track.kind] += 1
                 return
             self._resync.discard(track)
-        try:
-            self._queue.put_nowait(_Queued(track, frame))
-        except queue.Full:
+        if not self._put(_Queued(track, frame)):
             self.dropped[track.kind] += 1
             if track.kind == "video":
                 self._resync.add(track)
@@ -258,12 +246,6 @@ class PacketVisit:
         ended_kinds = {track.kind for track in self._ended}
         return bool(self._seen) and self._seen <= self._ended and self.expected <= ended_kinds
 
-    def finish(self) -> None:
-        """Asks the worker to write what is queued and close the file; returns at once."""
-        self._finishing.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_FINISH)
-
     def wait(self, timeout: float | None = None) -> Path | None:
         """Blocks until the files are closed (from a thread): the last segment written."""
         self._done.wait(timeout)
@@ -274,10 +256,6 @@ class PacketVisit:
         """The segments written so far, in order."""
         return [path for path in self._paths if path.exists()]
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
     def _ask_keyframe(self, track: RemoteTrack) -> None:
         """On the loop: have the sender send ``track``'s next keyframe now."""
         try:
@@ -287,42 +265,24 @@ class PacketVisit:
 
     # --- worker thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._consume()
-        except Exception:
-            self.failed = True
-            log.exception("recording %s failed", self._paths[-1] if self._paths else self.path)
-        finally:
-            try:
-                self._close()
-            except Exception:
-                log.exception("finalising the recording of %s failed", self.peer)
-            self._segment = None
-            self._pending = []
-            self._done.set()
+    def _take(self, item: object) -> None:
+        if not isinstance(item, _Queued):
+            return
+        self._note_format(item)
+        if self._segment is None:
+            self._hold(item)
+            self._maybe_open(time.monotonic())
+        elif item.track in self._segment.streams:
+            self._count(self._segment.write(item.track, item.frame))
+        elif self._usable_first(item):
+            self._next_segment(item)
 
-    def _consume(self) -> None:
-        while True:
-            try:
-                item = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if self._finishing.is_set():
-                    return
-                self._maybe_open(time.monotonic())
-                continue
-            if item is _FINISH:
-                return
-            if not isinstance(item, _Queued):
-                continue
-            self._note_format(item)
-            if self._segment is None:
-                self._hold(item)
-                self._maybe_open(time.monotonic())
-            elif item.track in self._segment.streams:
-                self._count(self._segment.write(item.track, item.frame))
-            elif self._usable_first(item):
-                self._next_segment(item)
+    def _idle(self, now: float) -> None:
+        self._maybe_open(now)
+
+    def _forget(self) -> None:
+        self._segment = None
+        self._pending = []
 
     def _note_format(self, item: _Queued) -> None:
         fmt = self._formats.get(item.track)

@@ -23,11 +23,8 @@ timestamps, and leaves the shared frame's ``pts``, ``time_base`` and pixels as t
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,6 +37,7 @@ from av.video.reformatter import VideoReformatter
 
 from peer.events import RemoteTrack
 from peer.media.errors import MediaError
+from peer.media.recording_worker import RecordingWorker
 from peer.media.tap import Kind
 from peer.media.timeline import AudioStamper, RecordingClock, VideoStamper
 from signaling.protocol import PeerId
@@ -80,9 +78,6 @@ class _Item:
     frame: av.VideoFrame | av.AudioFrame
     media_time: float | None  # the sender's time; the recording's own pts live in the worker
     arrival: float
-
-
-_FINISH = object()
 
 
 def _own_video(frame: av.VideoFrame) -> av.VideoFrame:
@@ -197,11 +192,11 @@ class _Muxer:
         self.container.close()
 
 
-class TranscodingVisit:
+class TranscodingVisit(RecordingWorker):
     """One peer's visit: one file, one worker thread that owns every encoder."""
 
     def __init__(self, peer: PeerId, path: Path, expected: set[Kind], *, queue_size: int) -> None:
-        self.peer = peer
+        super().__init__(peer, queue_size=queue_size)
         self.path = path
         self.expected = set(expected)
         self.seen: set[Kind] = set()
@@ -210,18 +205,13 @@ class TranscodingVisit:
         self.written = {"audio": 0, "video": 0}
         self.dropped = {"audio": 0, "video": 0}
         self.encode_seconds = 0.0
-        self.failed = False  # the file could not be written: later frames are ignored
-        self._queue: queue.Queue[_Item | object] = queue.Queue(maxsize=queue_size)
-        self._finishing = threading.Event()
-        self._done = threading.Event()
         self._pending: list[_Item] = []
         self._muxer: _Muxer | None = None
         self._clock = RecordingClock()
         self._video_pts = VideoStamper()
         self._audio_pts = AudioStamper()
         self._late_kind_logged = False
-        self._thread = threading.Thread(target=self._run, name=f"recorder {peer}", daemon=True)
-        self._thread.start()
+        self._start_worker()
 
     # --- event loop side -------------------------------------------------------------------
 
@@ -229,10 +219,7 @@ class TranscodingVisit:
         self.seen.add(kind)
         if self.failed:
             return
-        item = _Item(kind, frame, frame.time, time.monotonic())
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        if not self._put(_Item(kind, frame, frame.time, time.monotonic())):
             self.dropped[kind] += 1
             total = self.dropped["audio"] + self.dropped["video"]
             if total == 1 or total % 100 == 0:
@@ -256,12 +243,6 @@ class TranscodingVisit:
         waiting_for = self.expected or self.seen
         return bool(waiting_for) and waiting_for <= self.ended
 
-    def finish(self) -> None:
-        """Asks the worker to write what is queued and close the file; returns at once."""
-        self._finishing.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_FINISH)
-
     def wait(self, timeout: float | None = None) -> Path | None:
         """Blocks until the file is closed: call from a thread, not from the loop."""
         self._done.wait(timeout)
@@ -270,48 +251,25 @@ class TranscodingVisit:
     def has_file(self) -> bool:
         return self.opened and self.path.exists()
 
-    @property
-    def done(self) -> bool:
-        """The worker has closed the file (or given up) and ended."""
-        return self._done.is_set()
-
     # --- worker thread -------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._consume()
-        except Exception:
-            self.failed = True
-            log.exception("recording %s failed", self.path)
-        finally:
-            try:
-                self._close()
-            except Exception:
-                log.exception("finalising %s failed", self.path)
-            self._muxer = None  # the encoders and the file go now, whoever still holds the visit
-            self._pending = []
-            self._done.set()
+    def _take(self, item: object) -> None:
+        if not isinstance(item, _Item):
+            return
+        if self._muxer is None:
+            self._pending.append(item)
+            if len(self._pending) > _PENDING_LIMIT:
+                self._pending.pop(0)
+            self._maybe_open(time.monotonic())
+        else:
+            self._write(item)
 
-    def _consume(self) -> None:
-        while True:
-            try:
-                item = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if self._finishing.is_set():
-                    return
-                self._maybe_open(time.monotonic())
-                continue
-            if item is _FINISH:
-                return
-            if not isinstance(item, _Item):
-                continue
-            if self._muxer is None:
-                self._pending.append(item)
-                if len(self._pending) > _PENDING_LIMIT:
-                    self._pending.pop(0)
-                self._maybe_open(time.monotonic())
-            else:
-                self._write(item)
+    def _idle(self, now: float) -> None:
+        self._maybe_open(now)
+
+    def _forget(self) -> None:
+        self._muxer = None  # the encoders and the file go now, whoever still holds the visit
+        self._pending = []
 
     def _maybe_open(self, now: float) -> None:
         if not self._pending:

@@ -8,6 +8,7 @@ tests/peer/test_packet_recording.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import signal
 import subprocess
@@ -262,3 +263,41 @@ def test_a_killed_recorder_leaves_a_file_that_plays_to_its_last_second(tmp_path:
     assert counts[0] >= 1.5 * 30
     assert counts[1] >= 1.5 * 50
     assert [int(str(s["nb_read_frames"])) for s in streams] == [counts[0], counts[1]]
+
+
+def visit_idle(recorder: Recorder, peer: PeerId) -> bool:
+    """The peer's writer has taken everything queued."""
+    return recorder._active[peer]._queue.empty()
+
+
+async def test_a_full_queue_drops_video_up_to_the_next_keyframe(tmp_path: Path) -> None:
+    """Packets handed over in bursts of 12, faster than the writer takes them (a queue of
+    8): the dropped ones are counted, video resumes only at a keyframe (asked for), so what
+    is in the file still decodes without an error."""
+    recorder = Recorder(tmp_path, queue_size=8)
+    asked: list[int] = []
+    peer = PeerId("fast")
+    camera = remote(peer, "video", keyframe=lambda: asked.append(1))
+    recorder.expect(peer, {"video"})
+    recorder.track_started(camera)
+    made = vp8_packets(300, keyframe_every=30)
+    start = time.monotonic()
+    for index, frame in enumerate(encoded(made, "video", start)):
+        recorder.put_packet(camera, frame)
+        if index % 12 == 11:  # between bursts the writer catches up
+            await eventually(lambda: visit_idle(recorder, peer), seconds(5), "the queue empty")
+    visit = recorder._active[peer]
+    dropped = visit.dropped["video"]
+    (path,) = await asyncio.wait_for(recorder.close(), seconds(20))
+    kept = demuxed(path)[0]
+    assert dropped > 0 and asked and len(kept) + dropped <= 300
+    gaps = sum(1 for p in kept[1:] if p.is_keyframe)
+    assert gaps >= 5  # video came back at the keyframe after each loss
+    assert kept[0].is_keyframe
+    by_data = {f.data: i for i, f in enumerate(encoded(made, "video", start))}
+    indices = [by_data[bytes(p)] for p in kept]
+    for before, after in itertools.pairwise(indices):  # a gap ends on a keyframe
+        assert after == before + 1 or after % 30 == 0, (before, after)
+    print(f"\n{dropped} of 300 dropped, {len(kept)} kept, {len(asked)} keyframes asked for")
+    ffprobe_frames(path)  # no decoding error
+    assert decoded_counts(path) == {0: len(kept)}
