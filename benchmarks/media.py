@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO))
 
 from peer.events import RemoteTrack  # noqa: E402
 from peer.media.mosaic import Mosaic  # noqa: E402
-from peer.media.recorder import Recorder, recording_format  # noqa: E402
+from peer.media.recorder import Recorder  # noqa: E402
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack  # noqa: E402
+from peer.media.transcode_recorder import recording_format  # noqa: E402
 from signaling.protocol import PeerId  # noqa: E402
 
 
@@ -100,7 +101,8 @@ async def recorder_cost(width: int, height: int, frames: int, noise: bool) -> di
         frame.sample_rate, frame.pts, frame.time_base = 48_000, index * 960, Fraction(1, 48_000)
         audio.append(frame)
     with tempfile.TemporaryDirectory() as directory:
-        recorder = Recorder(Path(directory), queue_size=frames + audio_frames + 10)
+        size = frames + audio_frames + 10
+        recorder = Recorder(Path(directory), queue_size=size, transcode=True)
         peer = PeerId("bench")
         picture, sounds = RemoteTrack(peer, "video"), RemoteTrack(peer, "audio")
         recorder.expect(peer, {"audio", "video"})

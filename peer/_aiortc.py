@@ -11,34 +11,44 @@ reaches into aiortc's privates.
   retransmissions (getStats gives them all one id), and ICE's nominated pair.
 - mDNS (:mod:`peer.link`): aioice's per-process responder, bound to one event loop.
 - NACKs asked again (:mod:`peer.nack`): the receiver's NACK generator and NACK sender.
+- Encoded frames and decoding on demand (:mod:`peer.media.encoded`): the receiver's
+  decoder queue (``feed_decoder``), its PLI sender (``watch_pli``) and its media SSRCs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aioice import ice as aioice_ice
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 __all__ = [
+    "DecoderFeed",
     "InboundCounts",
     "encoder_slot",
+    "feed_decoder",
     "inbound_counts",
     "mdns_on_this_loop",
+    "media_ssrcs",
     "nack_generator",
     "negotiated_codecs",
     "nominated_route",
     "on_keyframe_request",
     "put_encoder",
     "replace_nack_sender",
+    "watch_pli",
 ]
 
 #: ``RTCRtpReceiver._send_rtcp_nack``'s shape: (media SSRC, lost sequence numbers).
 NackSender = Callable[[int, list[int]], Awaitable[None]]
+#: ``RTCRtpReceiver._send_rtcp_pli``'s shape: (media SSRC).
+PliSender = Callable[[int], Awaitable[None]]
 
 
 # -- shared encoding (peer.media.fanout) -------------------------------------------------
@@ -140,3 +150,89 @@ def replace_nack_sender(receiver: RTCRtpReceiver, replacement: NackSender) -> Na
     original: NackSender = receiver._send_rtcp_nack
     receiver._send_rtcp_nack = replacement  # type: ignore[method-assign,assignment]
     return original
+
+
+# -- encoded frames, decoding on demand (peer.media.encoded) -----------------------------
+
+
+class DecoderFeed:
+    """Stands in a receiver's private decoder queue (``__decoder_queue``).
+
+    aiortc's ``_handle_rtp_packet`` puts each depacketized frame there as ``(codec,
+    JitterFrame)``, on the event loop, in the jitter buffer's order; its decoder thread
+    (``decoder_worker``) takes them with ``get()``, and ``put(None)`` (the receiver
+    stopping, a BYE, a disconnect) ends the thread and then the track. Here each frame goes
+    to ``on_frame`` instead; only what :meth:`decode` is given reaches the decoder.
+    ``None`` still goes through, after ``on_stop``.
+    """
+
+    def __init__(
+        self,
+        decoder_queue: queue.Queue[Any],
+        on_frame: Callable[[RTCRtpCodecParameters, JitterFrame], None],
+        on_stop: Callable[[], None],
+    ) -> None:
+        self._queue = decoder_queue
+        self._on_frame = on_frame
+        self._on_stop = on_stop
+
+    @property
+    def backlog(self) -> int:
+        """Frames given to the decoder and not yet taken by it."""
+        return self._queue.qsize()
+
+    def decode(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        """Have the receiver's decoder thread decode ``frame`` (into the remote track)."""
+        self._queue.put((codec, frame))
+
+    # -- the queue aiortc sees -------------------------------------------------------
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if item is None:
+            self._on_stop()
+            self._queue.put(None)
+        else:
+            self._on_frame(*item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The decoder thread's read (it reads this object when it started after
+        :func:`feed_decoder`, the original queue otherwise: the same items)."""
+        return self._queue.get(block, timeout)
+
+
+def feed_decoder(
+    receiver: RTCRtpReceiver,
+    on_frame: Callable[[RTCRtpCodecParameters, JitterFrame], None],
+    on_stop: Callable[[], None],
+) -> DecoderFeed:
+    """Take ``receiver``'s encoded frames (see :class:`DecoderFeed`): from now on they go
+    to ``on_frame`` and are decoded only when given to :meth:`DecoderFeed.decode`."""
+    name = "_RTCRtpReceiver__decoder_queue"
+    original = getattr(receiver, name)
+    if isinstance(original, DecoderFeed):
+        raise ValueError(f"{receiver!r} already feeds its decoder through meshpeer")
+    feed = DecoderFeed(original, on_frame, on_stop)
+    setattr(receiver, name, feed)
+    return feed
+
+
+def watch_pli(receiver: RTCRtpReceiver, on_pli: Callable[[], None]) -> PliSender:
+    """Call ``on_pli`` each time ``receiver`` asks for a keyframe on its own (its jitter
+    buffer dropped frames it could not complete, or its decoder failed); return its PLI
+    sender, for our own requests (which ``on_pli`` does not hear)."""
+    original: PliSender = receiver._send_rtcp_pli
+
+    async def send(media_ssrc: int) -> None:
+        on_pli()
+        await original(media_ssrc)
+
+    receiver._send_rtcp_pli = send  # type: ignore[method-assign]
+    return original
+
+
+def media_ssrcs(receiver: RTCRtpReceiver) -> list[int]:
+    """The SSRCs of ``receiver``'s media streams seen so far (retransmissions left out):
+    where a PLI goes."""
+    streams: Mapping[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
+    rtx: Mapping[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    return [ssrc for ssrc in streams if ssrc not in rtx]

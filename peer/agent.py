@@ -60,7 +60,7 @@ from peer.media import readers
 from peer.media.encoder_group import EncoderStats
 from peer.media.encoders import Vp8Settings
 from peer.media.fanout import Encoding
-from peer.media.tap import FirstFrames, FrameConsumer, Sinks
+from peer.media.tap import Consumer, FirstFrames, Sinks
 from peer.mesh import LinkState
 from peer.negotiation import Negotiator
 from peer.publishing import Publishing
@@ -128,7 +128,7 @@ class Agent:
         ice_servers: Sequence[IceServer | str] = (),
         recorder: Recorder | None = None,
         mosaic: Mosaic | None = None,
-        consumers: Sequence[FrameConsumer] = (),
+        consumers: Sequence[Consumer] = (),
         event_queue_size: int = 256,
         stats_interval: float | None = 2.0,
         peer_left_grace: float = 0.5,
@@ -174,7 +174,7 @@ class Agent:
             on_lost=self._on_lost,
             token=token,
         )
-        consumer_list: list[FrameConsumer] = list(consumers)
+        consumer_list: list[Consumer] = list(consumers)
         if recorder is not None:
             consumer_list.append(recorder)
         if mosaic is not None:

@@ -23,19 +23,22 @@ _NOISY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
 
 
 def add_media_arguments(
-    parser: argparse.ArgumentParser, *, width: int, height: int, fps: int
+    parser: argparse.ArgumentParser, *, width: int, height: int, fps: int, join: bool = False
 ) -> None:
+    """The sources and their settings; ``join``: a recorder sends nothing unless told to
+    (``--video``/``--audio`` left as None: :func:`peer.runner.sources` decides)."""
     media = parser.add_argument_group("media")
+    unless = "; none with --record, which then sends nothing unless given a source" if join else ""
     media.add_argument(
         "--video",
-        default="synthetic",
+        default=None if join else "synthetic",
         help="video to send: synthetic, webcam[:/dev/videoN], file:PATH or a URL, none "
-        "(default synthetic)",
+        f"(default synthetic{unless})",
     )
     media.add_argument(
         "--audio",
-        default="tone",
-        help="audio to send: tone, file:PATH or a URL, none (default tone)",
+        default=None if join else "tone",
+        help=f"audio to send: tone, file:PATH or a URL, none (default tone{unless})",
     )
     media.add_argument(
         "--width", type=count, default=width, help="video width (default %(default)s)"
@@ -107,10 +110,23 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="read the access token from FILE instead",
     )
-    add_media_arguments(parser, width=640, height=480, fps=30)
+    add_media_arguments(parser, width=640, height=480, fps=30, join=True)
     out = parser.add_argument_group("output")
     out.add_argument("--display", action="store_true", help="show everyone in a window (q closes)")
-    out.add_argument("--record", type=Path, metavar="DIR", help="record every remote peer to DIR")
+    out.add_argument(
+        "--record",
+        type=Path,
+        metavar="DIR",
+        help="record every remote peer to DIR: one .mkv per peer with all its tracks, the "
+        "packets as they came (no decoding); sends nothing unless --video/--audio are given",
+    )
+    out.add_argument(
+        "--record-transcode",
+        action="store_true",
+        help="with --record: decode and encode again into one fixed format (H.264 and "
+        "Opus), each peer's first camera and microphone only; costs a decoder and an "
+        "encoder per peer",
+    )
     out.add_argument(
         "--record-room",
         type=Path,

@@ -48,12 +48,21 @@ class RemoteTrack:
         subscribe: Callable[[], Any] | None = None,
         id: str = "",
         index: int = 0,
+        keyframe: Callable[[], None] | None = None,
     ) -> None:
         self.peer = peer
         self.kind = kind
         self.id = id
         self.index = index
         self._subscribe = subscribe
+        self._keyframe = keyframe
+
+    def request_keyframe(self) -> None:
+        """Ask the sender for a keyframe of this (video) track now (an RTCP PLI); a no-op
+        for audio or a track that is not received. Packet consumers need not call it
+        (:mod:`peer.media.packets`: their first video packet is a keyframe already)."""
+        if self._keyframe is not None:
+            self._keyframe()
 
     def subscribe(self) -> Any:
         """A new ``MediaStreamTrack`` with this track's frames (unbuffered relay proxy)."""
@@ -125,7 +134,9 @@ class TrackEnded:
 
 @dataclass(frozen=True)
 class FirstFrame:
-    """The first decoded frame of ``track`` (``kind``, from ``peer``); ``seconds`` since our
+    """The first frame of ``track`` (``kind``, from ``peer``) arrived whole: its first
+    encoded frame (for video a keyframe), whether or not the agent decodes the track (a
+    decoded picture follows within the decode time when it does); ``seconds`` since our
     join began."""
 
     peer: PeerId

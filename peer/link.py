@@ -33,6 +33,7 @@ from peer.candidates import (
 )
 from peer.datachannel import MESHPEER
 from peer.events import Kind, RemoteTrack
+from peer.media.encoded import EncodedTap
 from peer.media.fanout import EncodedTrack
 from peer.media.tap import Sinks, TrackTap
 from peer.mesh import LinkState, Role
@@ -85,6 +86,8 @@ class PeerLink:
         self.relays: dict[Kind, tuple[MediaRelay, MediaStreamTrack]] = {}
         #: Every remote track being read, and its tap (further tracks of a kind included).
         self._received: dict[MediaStreamTrack, TrackTap] = {}
+        #: Each remote track's encoded frames (to the packet consumers; decoded on demand).
+        self.encoded: dict[MediaStreamTrack, EncodedTap] = {}
         #: The sender's ID of each remote track (from the description that brought it).
         self._track_ids: dict[MediaStreamTrack, str] = {}
         self._applying = ""  # the remote description being applied: its tracks' IDs
@@ -383,8 +386,10 @@ class PeerLink:
         relay = MediaRelay()
         if kind not in self.relays:
             self.relays[kind] = (relay, track)
+        receiver = None
         for transceiver in self.pc.getTransceivers():
             if transceiver.receiver.track is track:
+                receiver = transceiver.receiver
                 mid = transceiver.mid or ""
                 self._track_ids[track] = track_ids(self._applying).get(mid, track.id)
                 if kind == "video":
@@ -392,20 +397,36 @@ class PeerLink:
         remote = RemoteTrack(
             self.remote,
             kind,
-            lambda: relay.subscribe(track, buffered=False),
+            lambda: self._copy(relay, track),
             self.track_id(track),
             self._free_index(kind),
+            keyframe=lambda: self._request_keyframe(track),
         )
+        encoded = None
+        if receiver is not None:  # its frames come encoded; decoded only on demand
+            encoded = self.encoded[track] = EncodedTap(remote, receiver, self._sinks)
         # Every track goes to the consumers; a further one of a kind (a second camera, a
         # shared screen) has index > 0, for those that keep one per peer and kind.
         log.info("%r received", remote)
         # Audio is read whole (the relay queues for the tap, which drains it whenever the
         # loop runs): speech work needs every block. Video skips to the newest frame.
-        tap = TrackTap(remote, relay.subscribe(track, buffered=kind == "audio"), self._sinks)
+        copy = relay.subscribe(track, buffered=kind == "audio")
+        tap = TrackTap(remote, copy, self._sinks, received=encoded)
         tap.start()
         self.taps.append(tap)
         self._received[track] = tap
         self._on_track(self, remote)
+
+    def _copy(self, relay: MediaRelay, track: MediaStreamTrack) -> MediaStreamTrack:
+        """A copy of the decoded ``track`` for a reader of its own (decoded while read)."""
+        copy: MediaStreamTrack = relay.subscribe(track, buffered=False)
+        encoded = self.encoded.get(track)
+        return encoded.reader(copy) if encoded is not None else copy
+
+    def _request_keyframe(self, track: MediaStreamTrack) -> None:
+        encoded = self.encoded.get(track)
+        if encoded is not None:
+            encoded.request_keyframe()
 
     def _free_index(self, kind: Kind) -> int:
         """The lowest :attr:`RemoteTrack.index` no live ``kind`` track of this link holds."""
@@ -432,6 +453,9 @@ class PeerLink:
             log.info("%s stopped sending %s track %s", self.remote, kind, self.track_id(track))
             del self._received[track]
             self.taps.remove(tap)
+            encoded = self.encoded.pop(track, None)
+            if encoded is not None:
+                encoded.stop()
             if self.relays.get(kind, (None, None))[1] is track:
                 del self.relays[kind]  # the next track of this kind goes to the consumers
             sending = transceiver.direction in ("sendrecv", "sendonly")
@@ -451,8 +475,7 @@ class PeerLink:
         if entry is None:
             return None
         relay, track = entry
-        proxy: MediaStreamTrack = relay.subscribe(track, buffered=False)
-        return proxy
+        return self._copy(relay, track)
 
     # -- stats and end -----------------------------------------------------------
 
@@ -461,6 +484,11 @@ class PeerLink:
             if tap.kind == kind:
                 return tap
         return None
+
+    def decoding(self, tap: TrackTap) -> bool:
+        """Whether ``tap``'s track is being decoded now (always, without an encoded tap)."""
+        encoded = next((e for t, e in self.encoded.items() if self._received.get(t) is tap), None)
+        return encoded.decoding if encoded is not None else not tap.ended
 
     async def close(self) -> None:
         """Close the connection, stop its taps and the relay copies of our tracks."""
@@ -477,6 +505,8 @@ class PeerLink:
             log.warning("closing the connection to %s failed: %r", self.remote, exc)
         for repeater in self._repeaters:
             repeater.stop()
+        for encoded in self.encoded.values():
+            encoded.stop()
         for tap in self.taps:
             await tap.stop()
         for track in self._sent_tracks:

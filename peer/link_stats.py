@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from peer._aiortc import inbound_counts, nominated_route
-from peer.stats import Counters, PeerStats, Sampler, counters_from_report
+from peer.stats import Counters, PeerStats, Sampler, TrackStats, counters_from_report
 
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
@@ -38,6 +38,10 @@ async def sample(link: PeerLink, sampler: Sampler, joined_at: float) -> PeerStat
         log.debug("getStats for %s failed: %s", link.remote, exc)
         counters = Counters(now)
     kbps_in, kbps_out = sampler.rates(counters)
+    tracks = tuple(
+        TrackStats(tap.kind, tap.remote.index, tap.frames, tap.decoded, link.decoding(tap))
+        for tap in link.taps
+    )
     video, audio = link.tap("video"), link.tap("audio")
     first = video.first_frame_at if video is not None else None
     steps = dict(link.steps)
@@ -59,6 +63,7 @@ async def sample(link: PeerLink, sampler: Sampler, joined_at: float) -> PeerStat
         role=str(link.role),
         route=route(link.pc),
         candidates_dropped=link.candidates_dropped,
+        tracks=tracks,
     )
 
 

@@ -52,7 +52,8 @@ class Publishing:
 
     def local(self, kind: Kind, media: LocalMedia | None) -> MediaStreamTrack | None:
         """A copy of our own ``kind`` track, None if we send none."""
-        if media is not None and not self._local:
+        sends = media is not None and (media.video is not None or media.audio is not None)
+        if sends and not self._local:
             raise MeshpeerError("the local tracks are relayed once the agent has joined")
         for publisher in self._local:
             if publisher.kind == kind:

@@ -70,6 +70,8 @@ class StatsWriter:
                 # For long runs: what would show a leak of tasks or threads.
                 "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(),
+                # Remote tracks being decoded now (only while something shows them).
+                "decoders": sum(s.decoders for s in event.peers),
                 "peers": [s.to_json() for s in event.peers],
             }
             self.json_file.write(json.dumps(record) + "\n")
@@ -107,6 +109,15 @@ def progress(peer_id: str) -> Callable[[ev.Event], None]:
     return show
 
 
+def sources(args: argparse.Namespace) -> tuple[str, str]:
+    """The video and audio to send: as given; if not given, a test card and a tone, but
+    nothing for a recorder (it is there to record the room, not to appear in it)."""
+    recording = args.record is not None or getattr(args, "record_room", None) is not None
+    video = args.video if args.video is not None else "none" if recording else "synthetic"
+    audio = args.audio if args.audio is not None else "none" if recording else "tone"
+    return video, audio
+
+
 async def join_room(args: argparse.Namespace) -> int:
     from peer.media.sources import VideoSettings, open_local_media
 
@@ -119,7 +130,7 @@ async def join_room(args: argparse.Namespace) -> int:
     # everything set up so far is still released, in reverse order: the room left,
     # recordings finalised, media stopped. The first error is the one raised.
     async with contextlib.AsyncExitStack() as exits:
-        media = open_local_media(args.video, args.audio, label=peer_id, settings=settings)
+        media = open_local_media(*sources(args), label=peer_id, settings=settings)
         exits.callback(media.stop)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -131,7 +142,7 @@ async def join_room(args: argparse.Namespace) -> int:
         if args.record is not None:
             from peer.media.recorder import Recorder
 
-            recorder = Recorder(args.record, session=peer_id)
+            recorder = Recorder(args.record, session=peer_id, transcode=args.record_transcode)
             exits.push_async_callback(_close_recorder, recorder, peer_id)
         consumers: list[Any] = []
         if args.record_room is not None:
@@ -312,6 +323,9 @@ async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
 
 
 def run_join(args: argparse.Namespace) -> int:
+    if args.record_transcode and args.record is None:
+        print("meshpeer join: --record-transcode needs --record DIR", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(join_room(args))
     # IceServerError: a bad --ice-server; OSError: e.g. --record DIR not writable

@@ -50,6 +50,18 @@ def counters_from_report(entries: Iterable[Any], at: float) -> Counters:
 
 
 @dataclass(frozen=True)
+class TrackStats:
+    """One remote track: frames received (encoded, whole), frames decoded, and whether it
+    is being decoded now (only while a consumer wants pictures: peer.media.encoded)."""
+
+    kind: str
+    index: int
+    frames: int
+    decoded: int
+    decoding: bool
+
+
+@dataclass(frozen=True)
 class PeerStats:
     """One remote peer as seen from this agent. Rates are over the last sampling interval."""
 
@@ -58,8 +70,8 @@ class PeerStats:
     rtt_ms: float | None
     kbps_in: float
     kbps_out: float
-    fps_in: float  # decoded video frames per second from this peer
-    frames_in: int  # decoded video frames from this peer, total
+    fps_in: float  # video frames per second received from this peer (decoded or not)
+    frames_in: int  # video frames received from this peer, total (decoded or not)
     audio_frames_in: int
     packets_lost: int  # of the peer's packets to us, total
     remote_packets_lost: int  # of our packets to the peer, as it reports
@@ -74,12 +86,20 @@ class PeerStats:
     #: Remote candidates refused (over peer.candidates' bounds): only a broken or hostile
     #: peer sends that many.
     candidates_dropped: int = 0
+    #: Every remote track of this connection, in arrival order.
+    tracks: tuple[TrackStats, ...] = ()
+
+    @property
+    def decoders(self) -> int:
+        """Tracks of this peer being decoded now."""
+        return sum(track.decoding for track in self.tracks)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = str(self.state)
         data["role"] = str(self.role)
         data["steps"] = dict(self.steps)
+        data["decoders"] = self.decoders
         return data
 
     def line(self) -> str:

@@ -45,8 +45,8 @@ from peer.events import RemoteTrack
 from peer.media.errors import MediaError
 from peer.media.mosaic import Mosaic, grid
 from peer.media.pacing import FrameClock
-from peer.media.recorder import recording_format
 from peer.media.tap import FrameConsumer
+from peer.media.transcode_recorder import recording_format
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)

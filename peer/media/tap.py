@@ -21,12 +21,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from peer.events import FirstFrame, RemoteTrack
 from peer.events import Kind as Kind  # defined once, in peer.events; re-exported
+from peer.media.packets import EncodedFrame, PacketConsumer, TrackHooks, Want, wants_of
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
 
 
-class FrameConsumer(Protocol):
+class FrameConsumer(TrackHooks, Protocol):
     """A sink of remote frames (the recorder, the mosaic, an application's own).
 
     Every call names the :class:`RemoteTrack` (its peer, kind and ``index``; the same object
@@ -35,58 +36,71 @@ class FrameConsumer(Protocol):
     :class:`TrackTap`; ``track_started`` when a track arrives, or when the consumer is added
     to :class:`Sinks` while the track is live. ``expect`` and ``peer_closed`` come from the
     agent, once per connection, so a sink can prepare for a peer's tracks and let go of what
-    it holds for it. All but the first two have no-op defaults here, which a sink gets by
-    subclassing this class; a duck-typed consumer with only the first two keeps working:
-    :class:`Sinks` calls the others only where present.
+    it holds for it. All but the first two have no-op defaults
+    (:class:`peer.media.packets.TrackHooks`), which a sink gets by subclassing this class;
+    a duck-typed consumer with only the first two keeps working: :class:`Sinks` calls the
+    others only where present.
     """
 
     def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
         """Called on the event loop for every frame; must never block (bounded queue, drop/skip)."""
 
-    def track_ended(self, track: RemoteTrack) -> None:
-        """No more frames will come from ``track``."""
 
-    def track_started(self, track: RemoteTrack) -> None:
-        """Frames of ``track`` may come from now on."""
-        return None
-
-    def expect(self, peer: PeerId, kinds: set[Kind]) -> None:
-        """A connection to ``peer`` was negotiated: these are the kinds it will send."""
-        return None
-
-    async def peer_closed(self, peer: PeerId, *, gone: bool) -> None:
-        """The connection to ``peer`` closed (its tracks ended first): finish what belongs to
-        that connection. ``gone``: the peer is forgotten too (it left the room, or we did),
-        not about to be connected again, so drop what is kept across its connections. Also
-        called (``gone``) for a peer that leaves while no connection to it is open."""
-        return None
+#: Anything the agent's :class:`Sinks` take: decoded frames, encoded ones, or both
+#: (:func:`peer.media.packets.wants_of`).
+Consumer = FrameConsumer | PacketConsumer
 
 
 class Sinks:
-    """The agent's frame consumers, as one consumer: the taps hand it every frame, and it
-    keeps which tracks are live, so a consumer added at run time (:meth:`add`) is told of
-    them and gets their next frames; a removed one gets nothing more, even when it is
-    removed while a frame is being handed out. Each consumer's failure is logged and never
-    stops the others.
+    """The agent's frame and packet consumers, as one consumer: the taps hand it every
+    frame (decoded: :meth:`put_frame`; encoded: :meth:`put_packet`), and it keeps which
+    tracks are live, so a consumer added at run time (:meth:`add`) is told of them and gets
+    their next frames; a removed one gets nothing more, even when it is removed while a
+    frame is being handed out. Each consumer's failure is logged and never stops the others.
+
+    :attr:`wants_frames` is what decides whether remote tracks are decoded at all: true
+    while some consumer wants decoded frames (:class:`peer.media.packets.Want`).
     """
 
-    def __init__(self, consumers: Sequence[FrameConsumer] = ()) -> None:
+    def __init__(self, consumers: Sequence[Consumer] = ()) -> None:
         #: Replaced, never changed in place: a dispatch in progress keeps its own copy.
-        self.consumers: tuple[FrameConsumer, ...] = tuple(consumers)
+        self.consumers: tuple[Consumer, ...] = ()
+        self._frames: tuple[FrameConsumer, ...] = ()
+        self._packets: tuple[PacketConsumer, ...] = ()
         self._live: dict[RemoteTrack, None] = {}  # insertion order: arrival
+        #: Per video track, the packet consumers (by id) that get nothing before a keyframe.
+        self._waiting: dict[RemoteTrack, set[int]] = {}
         self._failures = 0
+        for consumer in consumers:
+            self.add(consumer)
 
-    def add(self, consumer: FrameConsumer) -> None:
-        """From now on ``consumer`` gets every frame, starting with the live tracks'."""
+    @property
+    def wants_frames(self) -> bool:
+        """Some consumer wants decoded frames."""
+        return bool(self._frames)
+
+    def add(self, consumer: Consumer) -> None:
+        """From now on ``consumer`` gets every frame, starting with the live tracks'
+        (a packet consumer's first video packet of each is a keyframe)."""
         if consumer in self.consumers:
             return
         self.consumers = (*self.consumers, consumer)
+        self._sort()
         for track in list(self._live):
+            self._wait_for_keyframe(track, (consumer,))
             self._call(consumer, "track_started", track)
 
-    def remove(self, consumer: FrameConsumer) -> None:
+    def remove(self, consumer: Consumer) -> None:
         """``consumer`` gets no further call (``track_ended`` included)."""
         self.consumers = tuple(c for c in self.consumers if c is not consumer)
+        self._sort()
+        for waiting in self._waiting.values():
+            waiting.discard(id(consumer))
+
+    def _sort(self) -> None:
+        wants = [(c, wants_of(c)) for c in self.consumers]
+        self._frames = tuple(c for c, w in wants if Want.FRAMES in w)  # type: ignore[misc]
+        self._packets = tuple(c for c, w in wants if Want.PACKETS in w)  # type: ignore[misc]
 
     def live_tracks(self) -> tuple[RemoteTrack, ...]:
         """The tracks being read now, in the order they arrived."""
@@ -94,27 +108,63 @@ class Sinks:
 
     def track_started(self, track: RemoteTrack) -> None:
         self._live[track] = None
+        self._wait_for_keyframe(track, self._packets)
         self._each("track_started", track)
 
     def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
-        consumers = self.consumers
+        consumers = self._frames
         for consumer in consumers:
-            if self.consumers is not consumers and consumer not in self.consumers:
+            if self._frames is not consumers and consumer not in self._frames:
                 continue  # removed by an earlier consumer of this same frame
             try:
                 consumer.put_frame(track, frame)
             except Exception:
-                self._failures += 1
-                if self._failures == 1 or self._failures % 100 == 0:
-                    log.exception(
-                        "%s failed on a frame of %r (%d failures)",
-                        type(consumer).__name__,
-                        track,
-                        self._failures,
-                    )
+                self._failed(consumer, track)
+
+    def put_packet(self, track: RemoteTrack, packet: EncodedFrame) -> bool:
+        """Hand ``packet`` to the packet consumers; True when one of them is waiting for a
+        keyframe of ``track`` and ``packet`` is none (the tap asks the sender for one)."""
+        waiting = self._waiting.get(track)
+        skipped = False
+        consumers = self._packets
+        for consumer in consumers:
+            if self._packets is not consumers and consumer not in self._packets:
+                continue
+            if waiting and id(consumer) in waiting:
+                if not packet.keyframe:
+                    skipped = True
+                    continue
+                waiting.discard(id(consumer))
+            try:
+                consumer.put_packet(track, packet)
+            except Exception:
+                self._failed(consumer, track)
+        return skipped
+
+    def resync(self, track: RemoteTrack) -> None:
+        """Frames of ``track`` were lost for good: its packet consumers get nothing more of
+        it until its next keyframe."""
+        if track in self._live:
+            self._wait_for_keyframe(track, self._packets)
+
+    def _wait_for_keyframe(self, track: RemoteTrack, consumers: Sequence[Consumer]) -> None:
+        if track.kind == "video":
+            waiting = self._waiting.setdefault(track, set())
+            waiting.update(id(c) for c in consumers if Want.PACKETS in wants_of(c))
+
+    def _failed(self, consumer: Consumer, track: RemoteTrack) -> None:
+        self._failures += 1
+        if self._failures == 1 or self._failures % 100 == 0:
+            log.exception(
+                "%s failed on a frame of %r (%d failures)",
+                type(consumer).__name__,
+                track,
+                self._failures,
+            )
 
     def track_ended(self, track: RemoteTrack) -> None:
         self._live.pop(track, None)
+        self._waiting.pop(track, None)
         self._each("track_ended", track)
 
     def expect(self, peer: PeerId, kinds: set[Kind]) -> None:
@@ -142,7 +192,7 @@ class Sinks:
                 self._call(consumer, hook, track)
 
     @staticmethod
-    def _call(consumer: FrameConsumer, hook: str, track: RemoteTrack) -> None:
+    def _call(consumer: Consumer, hook: str, track: RemoteTrack) -> None:
         method = getattr(consumer, hook, None)
         if method is not None:
             try:
@@ -151,16 +201,22 @@ class Sinks:
                 log.exception("%s failed on %s %r", type(consumer).__name__, hook, track)
 
 
-class FirstFrames(FrameConsumer):
+class FirstFrames(PacketConsumer):
     """The agent's own sink: reports the first frame of each remote track, once (until it
-    ends), as :class:`peer.events.FirstFrame`, timed from ``since()`` (when the agent joined)."""
+    ends), as :class:`peer.events.FirstFrame`, timed from ``since()`` (when the agent joined).
+
+    It takes encoded frames (the first one of a video track is a keyframe), so reporting
+    first frames never makes the agent decode a track.
+    """
+
+    wants = Want.PACKETS
 
     def __init__(self, emit: Callable[[FirstFrame], None], since: Callable[[], float]) -> None:
         self._emit = emit
         self._since = since
         self._seen: set[RemoteTrack] = set()
 
-    def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+    def put_packet(self, track: RemoteTrack, packet: EncodedFrame) -> None:
         if track not in self._seen:
             self._seen.add(track)
             seconds = time.monotonic() - self._since()
@@ -225,10 +281,26 @@ class FpsMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+class Received(Protocol):
+    """What counts a track's frames as they arrive, before decoding
+    (:class:`peer.media.encoded.EncodedTap`)."""
+
+    frames: int
+    first_frame_at: float | None
+
+    @property
+    def fps(self) -> float: ...
+
+
 class TrackTap:
     """Reads one remote track until it ends or ``stop()`` is awaited, handing each frame to
     ``consumers`` as ``remote``'s: a :class:`Sinks` (read live: consumers added later get
-    the next frames) or a fixed list."""
+    the next frames) or a fixed list.
+
+    ``frames``, ``first_frame_at`` and ``fps`` count the frames received: ``received``'s
+    (the encoded frames, decoded or not) when given, else the decoded ones; ``decoded``
+    counts the frames read here.
+    """
 
     def __init__(
         self,
@@ -237,6 +309,7 @@ class TrackTap:
         consumers: Sinks | Sequence[FrameConsumer] = (),
         *,
         clock: Callable[[], float] = time.monotonic,
+        received: Received | None = None,
     ) -> None:
         if track.kind != remote.kind:
             raise ValueError(f"cannot tap a track of kind {track.kind!r} as {remote!r}")
@@ -244,8 +317,9 @@ class TrackTap:
         self.peer = remote.peer
         self.track = track
         self.kind: Kind = remote.kind
-        self.frames = 0
-        self.first_frame_at: float | None = None
+        self.received = received
+        self.decoded = 0
+        self._decoded_first: float | None = None
         self._sinks = consumers if isinstance(consumers, Sinks) else Sinks(consumers)
         self._clock = clock
         self._meter = FpsMeter()
@@ -253,7 +327,17 @@ class TrackTap:
         self._ended = False
 
     @property
+    def frames(self) -> int:
+        return self.received.frames if self.received is not None else self.decoded
+
+    @property
+    def first_frame_at(self) -> float | None:
+        return self.received.first_frame_at if self.received is not None else self._decoded_first
+
+    @property
     def fps(self) -> float:
+        if self.received is not None:
+            return self.received.fps
         return self._meter.rate(self._clock())
 
     @property
@@ -286,15 +370,17 @@ class TrackTap:
                 frame = await self.track.recv()
                 self._on_frame(frame)
         except MediaStreamError:
-            log.info("%r ended after %d frames", self.remote, self.frames)
+            log.info(
+                "%r ended after %d frames (%d decoded)", self.remote, self.frames, self.decoded
+            )
         finally:
             self._end()
 
     def _on_frame(self, frame: object) -> None:
         now = self._clock()
-        self.frames += 1
-        if self.first_frame_at is None:
-            self.first_frame_at = now
+        self.decoded += 1
+        if self._decoded_first is None:
+            self._decoded_first = now
         self._meter.tick(now)
         if not isinstance(frame, av.AudioFrame | av.VideoFrame):
             return  # an encoded packet (passthrough): nothing for frame consumers

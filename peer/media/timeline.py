@@ -100,3 +100,22 @@ class AudioStamper:
         pts = self._next or 0
         self._next = pts + samples
         return pts
+
+
+@dataclass
+class RtpUnwrapper:
+    """One stream's RTP timestamps as an ever-growing tick count from its first packet.
+
+    RTP timestamps are 32 bits and wrap (after 13 h at 90 kHz, 25 h at 48 kHz); each step
+    is read modulo 2**32, so a step back (reordering) stays a small negative step.
+    """
+
+    ticks: int = 0
+    _last: int | None = None
+
+    def unwrap(self, timestamp: int) -> int:
+        if self._last is not None:
+            step = (timestamp - self._last) % 2**32
+            self.ticks += step - 2**32 if step >= 2**31 else step
+        self._last = timestamp
+        return self.ticks

@@ -4,6 +4,9 @@ decoding what a recording holds."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,9 +19,14 @@ from peer.events import Kind, RemoteTrack
 from signaling.protocol import PeerId
 
 
-def remote(peer: str, kind: Kind = "video", index: int = 0) -> RemoteTrack:
-    """A remote track of ``peer`` to hand to a consumer directly (a new object each call)."""
-    return RemoteTrack(PeerId(peer), kind, id=f"{peer}-{kind}-{index}", index=index)
+def remote(
+    peer: str, kind: Kind = "video", index: int = 0, *, keyframe: Callable[[], None] | None = None
+) -> RemoteTrack:
+    """A remote track of ``peer`` to hand to a consumer directly (a new object each call);
+    ``keyframe`` is what its ``request_keyframe`` calls."""
+    return RemoteTrack(
+        PeerId(peer), kind, id=f"{peer}-{kind}-{index}", index=index, keyframe=keyframe
+    )
 
 
 def make_clip(
@@ -133,3 +141,108 @@ def oversized_frame(pts: int, *, time_base: Fraction = Fraction(1, 90_000)) -> a
     frame.pts = pts
     frame.time_base = time_base
     return frame
+
+
+def vp8_packets(
+    count: int, *, size: tuple[int, int] = (320, 240), keyframe_every: int = 0, first: int = 0
+) -> list[av.Packet]:
+    """``count`` VP8 frames of a numbered picture, encoded with aiortc's libvpx settings
+    (realtime, CBR); a keyframe first and every ``keyframe_every`` frames (0: first only)."""
+    encoder = av.CodecContext.create("libvpx", "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width, encoder.height = size
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = Fraction(1, 90_000)
+    encoder.bit_rate = 500_000
+    encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    packets: list[av.Packet] = []
+    for index in range(first, first + count):
+        pts, shade = index * 3000, index % 256
+        frame = video_frame(*size, pts=pts, time_base=Fraction(1, 90_000), value=shade)
+        if keyframe_every and index % keyframe_every == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+        packets.extend(encoder.encode(frame))
+    packets.extend(encoder.encode(None))
+    return packets
+
+
+def h264_packets(count: int, *, size: tuple[int, int] = (320, 240)) -> list[av.Packet]:
+    """``count`` H.264 access units (Annex B, as aiortc depacketizes them) of a numbered
+    picture from libx264, a keyframe (SPS, PPS, IDR) first."""
+    encoder = av.CodecContext.create("libx264", "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width, encoder.height = size
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = Fraction(1, 90_000)
+    encoder.options = {"preset": "ultrafast", "tune": "zerolatency"}
+    packets: list[av.Packet] = []
+    for index in range(count):
+        pts, shade = index * 3000, index % 256
+        packets.extend(
+            encoder.encode(video_frame(*size, pts=pts, time_base=Fraction(1, 90_000), value=shade))
+        )
+    packets.extend(encoder.encode(None))
+    return packets
+
+
+def opus_packets(count: int) -> list[av.Packet]:
+    """``count`` Opus packets of 20 ms of a tone, 48 kHz stereo."""
+    encoder = av.CodecContext.create("libopus", "w")
+    assert isinstance(encoder, av.AudioCodecContext)
+    encoder.sample_rate = 48_000
+    encoder.layout = "stereo"
+    encoder.format = "s16"
+    encoder.time_base = Fraction(1, 48_000)
+    packets: list[av.Packet] = []
+    for index in range(count + 4):
+        packets.extend(encoder.encode(audio_frame(index * 960)))
+    return packets[:count]
+
+
+def demuxed(path: Path) -> dict[int, list[av.Packet]]:
+    """Every packet of the file, by stream index (flush packets left out)."""
+    with av.open(str(path)) as container:
+        found: dict[int, list[av.Packet]] = {s.index: [] for s in container.streams}
+        for packet in container.demux():
+            if packet.size:
+                found[packet.stream.index].append(packet)
+        return found
+
+
+def ffprobe_frames(path: Path, *, cut: bool = False) -> list[dict[str, object]]:
+    """ffprobe decodes every stream of ``path`` to the end: its streams with frame counts.
+    Nothing on stderr, but for a file ``cut`` short (a killed recorder) the one notice."""
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-print_format",
+            "json",
+            "-show_streams",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    notices = [line for line in probe.stderr.splitlines() if "File ended prematurely" not in line]
+    assert notices == [] and (cut or probe.stderr == ""), probe.stderr
+    streams: list[dict[str, object]] = json.loads(probe.stdout)["streams"]
+    return streams
+
+
+def decoded(path: Path) -> dict[int, list[av.VideoFrame | av.AudioFrame]]:
+    """PyAV decodes every stream of ``path`` to the end: the frames, by stream index."""
+    with av.open(str(path)) as container:
+        found: dict[int, list[av.VideoFrame | av.AudioFrame]] = {
+            s.index: [] for s in container.streams
+        }
+        for packet in container.demux():
+            found[packet.stream.index].extend(packet.decode())  # type: ignore[arg-type]
+    return found
+
+
+def decoded_counts(path: Path) -> dict[int, int]:
+    return {index: len(frames) for index, frames in decoded(path).items()}

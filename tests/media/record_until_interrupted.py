@@ -17,7 +17,7 @@ from signaling.protocol import PeerId
 
 
 async def record(directory: Path) -> None:
-    recorder = Recorder(directory)
+    recorder = Recorder(directory, transcode=True)
     peer = PeerId("bob")
     recorder.expect(peer, {"audio", "video"})
     video = SyntheticVideoTrack("bob", width=320, height=240, fps=30)

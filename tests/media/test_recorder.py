@@ -1,4 +1,5 @@
-"""Recorder: one synchronised audio+video file per peer and visit, robust to bad input."""
+"""The transcoding Recorder (``transcode=True``): one synchronised audio+video file per peer
+and visit, robust to bad input."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import av
 import pytest
 
 from peer.media.errors import MediaError
-from peer.media.recorder import Recorder, _Muxer, _Visit, recording_format
+from peer.media.recorder import Recorder
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
 from peer.media.tap import TrackTap
+from peer.media.transcode_recorder import TranscodingVisit, _Muxer, recording_format
 from signaling.protocol import PeerId
 from tests.media.clips import (
     FramesTrack,
@@ -50,7 +52,9 @@ def _retained(directory: Path) -> tuple[int, int]:
     """Visits and muxers of recordings into ``directory`` that are still in memory."""
     gc.collect()
     objects = gc.get_objects()
-    visits = sum(1 for o in objects if isinstance(o, _Visit) and o.path.parent == directory)
+    visits = sum(
+        1 for o in objects if isinstance(o, TranscodingVisit) and o.path.parent == directory
+    )
     muxers = sum(
         1 for o in objects if isinstance(o, _Muxer) and Path(o.container.name).parent == directory
     )
@@ -65,7 +69,7 @@ def test_the_format_needs_no_external_binary() -> None:
 
 
 async def test_recording_of_real_tracks_through_taps(tmp_path: Path) -> None:
-    recorder = Recorder(tmp_path, session="room1")
+    recorder = Recorder(tmp_path, session="room1", transcode=True)
     peer = PeerId("bob")
     recorder.expect(peer, {"audio", "video"})
     video = SyntheticVideoTrack("bob", width=320, height=240, fps=30)
@@ -109,7 +113,7 @@ async def test_recording_of_real_tracks_through_taps(tmp_path: Path) -> None:
 async def test_non_monotonic_timestamps_and_a_resolution_change_still_decode(
     tmp_path: Path,
 ) -> None:
-    recorder = Recorder(tmp_path, queue_size=1000)
+    recorder = Recorder(tmp_path, queue_size=1000, transcode=True)
     peer = PeerId("chrome")
     recorder.expect(peer, {"audio", "video"})
     video_pts = [i * 3000 for i in range(60)]
@@ -134,7 +138,7 @@ async def test_non_monotonic_timestamps_and_a_resolution_change_still_decode(
 
 
 async def test_a_peer_that_rejoins_gets_a_second_file(tmp_path: Path) -> None:
-    recorder = Recorder(tmp_path, queue_size=1000)
+    recorder = Recorder(tmp_path, queue_size=1000, transcode=True)
     peer = PeerId("alice")
     paths = []
     for visit in range(2):
@@ -158,7 +162,7 @@ async def test_a_peer_that_rejoins_gets_a_second_file(tmp_path: Path) -> None:
 
 
 async def test_close_finalises_every_peer_and_ignores_later_frames(tmp_path: Path) -> None:
-    recorder = Recorder(tmp_path, queue_size=1000)
+    recorder = Recorder(tmp_path, queue_size=1000, transcode=True)
     for name in ("p1", "p2"):
         for i in range(10):
             frame = video_frame(160, 120, pts=i * 3000, time_base=VIDEO_90K)
@@ -203,7 +207,7 @@ async def test_unwritable_places_fail_cleanly(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match="cannot create the recording directory"):
         Recorder(blocker / "recordings")
     directory = tmp_path / "gone"
-    recorder = Recorder(directory, queue_size=1000)
+    recorder = Recorder(directory, queue_size=1000, transcode=True)
     directory.rmdir()  # the file cannot be opened any more
     peer = PeerId("bob")
     for i in range(40):
@@ -217,7 +221,7 @@ async def test_unwritable_places_fail_cleanly(tmp_path: Path) -> None:
 async def test_frames_shared_with_other_consumers_are_not_modified(tmp_path: Path) -> None:
     # A relay hands the same frame objects to the recorder and to aiortc's encoder (an
     # echo bot that records): the recorder must leave their timing and pixels as they were.
-    recorder = Recorder(tmp_path, queue_size=1000)
+    recorder = Recorder(tmp_path, queue_size=1000, transcode=True)
     peer = PeerId("echo")
     recorder.expect(peer, {"audio", "video"})
     given: list[tuple[av.AudioFrame | av.VideoFrame, int | None, Fraction | None, bytes]] = []
@@ -249,7 +253,7 @@ async def test_frames_shared_with_other_consumers_are_not_modified(tmp_path: Pat
 
 async def test_visits_that_ended_are_released(tmp_path: Path) -> None:
     # Peers that come and go: the recorder keeps their file names, not their visits.
-    recorder = Recorder(tmp_path, queue_size=1000)
+    recorder = Recorder(tmp_path, queue_size=1000, transcode=True)
     ann, ben = PeerId("ann"), PeerId("ben")
     paths: list[Path] = []
     for _ in range(12):
@@ -278,7 +282,7 @@ async def test_visits_that_ended_are_released(tmp_path: Path) -> None:
 
 
 async def test_close_peer_returns_a_file_whose_visit_was_already_released(tmp_path: Path) -> None:
-    recorder = Recorder(tmp_path, queue_size=1000)
+    recorder = Recorder(tmp_path, queue_size=1000, transcode=True)
     ann, ben = PeerId("ann"), PeerId("ben")
     for i in range(5):
         recorder.put_frame(
@@ -304,7 +308,7 @@ async def test_oversized_pictures_are_left_out_and_the_rest_recorded(
     """A remote track's pictures over MAX_FRAME_PIXELS would cost tens of MB each in the
     queue and the encoder: they are left out with one warning, the others are recorded."""
     caplog.set_level(logging.WARNING)
-    recorder = Recorder(tmp_path)
+    recorder = Recorder(tmp_path, transcode=True)
     peer = PeerId("huge")
     frames = [
         oversized_frame(i * 3000)

@@ -1,8 +1,10 @@
-"""TrackTap: reads a real track continuously, fans frames out, survives bad consumers."""
+"""TrackTap: reads a real track continuously, fans frames out, survives bad consumers;
+Sinks: packet consumers start each video track at a keyframe."""
 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import time
 from collections.abc import Callable
 
@@ -10,6 +12,8 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from peer.events import RemoteTrack
+from peer.media.encoders import VideoEncoder, make_encoder
+from peer.media.packets import EncodedFrame, Want, is_keyframe, wants_of
 from peer.media.synthetic import SyntheticVideoTrack
 from peer.media.tap import Sinks, TrackTap
 from signaling.protocol import PeerId
@@ -165,3 +169,70 @@ async def test_a_consumer_removed_during_a_frame_gets_not_even_that_frame() -> N
     await asyncio.wait_for(tap.wait_ended(), seconds(10))
     assert len(remover.frames) == 5
     assert victim.frames == [] and victim.ended == []
+
+
+class Both(Collector):
+    """Takes decoded and encoded frames; ``wants`` says packets only."""
+
+    wants = Want.PACKETS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packets: list[tuple[RemoteTrack, EncodedFrame]] = []
+
+    def put_packet(self, track: RemoteTrack, packet: EncodedFrame) -> None:
+        self.packets.append((track, packet))
+
+
+def _packet(keyframe: bool, timestamp: int = 0) -> EncodedFrame:
+    return EncodedFrame("VP8", b"\x00" if keyframe else b"\x01", timestamp, 90000, keyframe, 0.0)
+
+
+def test_packet_consumers_start_each_video_track_at_a_keyframe_and_after_a_loss() -> None:
+    sinks = Sinks()
+    frames, packets = Collector(), Both()
+    assert wants_of(frames) == Want.FRAMES and wants_of(packets) == Want.PACKETS
+    assert not sinks.wants_frames
+    sinks.add(packets)
+    assert not sinks.wants_frames  # a packet consumer never makes the agent decode
+    video, audio = RemoteTrack(PeerId("bob"), "video"), RemoteTrack(PeerId("bob"), "audio")
+    sinks.track_started(video)
+    sinks.track_started(audio)
+    assert sinks.put_packet(video, _packet(False, 1))  # skipped: asks for a keyframe
+    assert not sinks.put_packet(audio, EncodedFrame("opus", b"x", 0, 48000, True, 0.0))
+    assert not sinks.put_packet(video, _packet(True, 2))
+    assert not sinks.put_packet(video, _packet(False, 3))
+    sinks.resync(video)  # a loss the jitter buffer could not repair
+    assert sinks.put_packet(video, _packet(False, 4))
+    assert not sinks.put_packet(video, _packet(True, 5))
+    assert [(t.kind, p.timestamp) for t, p in packets.packets] == [
+        ("audio", 0),
+        ("video", 2),
+        ("video", 3),
+        ("video", 5),
+    ]
+    late = Both()
+    sinks.add(late)  # mid-stream: its own wait for a keyframe
+    assert sinks.put_packet(video, _packet(False, 6))
+    assert len(packets.packets) == 5 and late.packets == []
+    sinks.add(frames)
+    assert sinks.wants_frames
+    sinks.remove(frames)
+    assert not sinks.wants_frames
+
+
+def test_keyframes_of_real_encoders() -> None:
+    def frame(n: int) -> av.VideoFrame:
+        picture = av.VideoFrame(64, 48, "yuv420p")
+        picture.pts, picture.time_base = n * 3000, fractions.Fraction(1, 90000)
+        return picture
+
+    for mime in ("video/vp8", "video/h264"):
+        encoder = make_encoder(mime)
+        assert isinstance(encoder, VideoEncoder)
+        first = b"".join(bytes(p) for p in encoder.encode(frame(0), True))
+        later = b"".join(bytes(p) for n in (1, 2, 3) for p in encoder.encode(frame(n), False))
+        name = mime.split("/")[1].upper()
+        assert is_keyframe(name, first), mime
+        assert later and not is_keyframe(name, later), mime
+    assert is_keyframe("opus", b"\x00")

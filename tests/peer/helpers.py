@@ -12,6 +12,8 @@ from typing import Any
 
 from peer.agent import Agent
 from peer.events import RemoteTrack
+from peer.link import PeerLink
+from peer.media.fanout import EncodedTrack
 from peer.media.sources import LocalMedia, VideoSettings, open_local_media
 from signaling.protocol import PeerId
 from tests.support import REPO, seconds
@@ -194,3 +196,22 @@ async def serve(port: int) -> asyncio.subprocess.Process:
     )  # fmt: skip
     await connectable(f"ws://127.0.0.1:{port}/ws")
     return proc
+
+
+def sent_video(link: PeerLink) -> list[bytes]:
+    """What ``link``'s video sender takes from its shared encoder from now on, in order."""
+    track = next(
+        t.sender.track
+        for t in link.pc.getTransceivers()
+        if isinstance(t.sender.track, EncodedTrack) and t.sender.track.kind == "video"
+    )
+    sent: list[bytes] = []
+    recv = track.recv
+
+    async def recording() -> Any:
+        packet = await recv()
+        sent.append(bytes(packet))
+        return packet
+
+    track.recv = recording  # type: ignore[method-assign]
+    return sent

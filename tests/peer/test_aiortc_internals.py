@@ -22,29 +22,45 @@ NACKs asked again (peer.nack):
   numbers in ``missing``;
 - ``replace_nack_sender``: the receiver's ``(ssrc, lost)`` NACK sender, which the sender
   answers, can be replaced.
+
+Encoded frames, decoding on demand (peer.media.encoded):
+- ``feed_decoder``: at the ``track`` event the receiver's decoder thread has not started,
+  so it reads the queue we put in ``__decoder_queue``; every whole frame is put there as
+  ``(codec, JitterFrame)`` in order, timestamps mapped to start at 0; ``None`` on stop;
+- ``watch_pli``/``media_ssrcs``: the receiver's own PLI (the jitter buffer's
+  ``pli_flag``) goes through ``_send_rtcp_pli``, to a media SSRC of ``__remote_streams``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from aioice.ice import get_or_create_mdns_protocol, unref_mdns_protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
 from peer._aiortc import (
+    DecoderFeed,
     InboundCounts,
     encoder_slot,
+    feed_decoder,
     inbound_counts,
     mdns_on_this_loop,
+    media_ssrcs,
     nack_generator,
     negotiated_codecs,
     nominated_route,
+    watch_pli,
 )
 from peer.media.encoder_group import EncoderGroup
 from peer.media.fanout import EncodedTrack, Publisher, SenderPort
+from peer.media.packets import is_keyframe
 from peer.media.synthetic import SyntheticVideoTrack
 from peer.nack import NackRepeater
 from tests.support import eventually, seconds
@@ -58,6 +74,7 @@ class Pair:
         self.sender = sender
         self.receiver = receiver
         self.frames = 0
+        self.ended = False
 
     @property
     def group(self) -> EncoderGroup:
@@ -67,9 +84,13 @@ class Pair:
         return track._group
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
-    """A synthetic source sent as an EncodedTrack from one connection to another."""
+@asynccontextmanager
+async def connected_pair(
+    on_track: Callable[[RTCRtpReceiver], None] | None = None,
+) -> AsyncIterator[Pair]:
+    """A synthetic source sent as an EncodedTrack from one connection to another; the
+    remote track is read (``Pair.frames``); ``on_track`` sees the receiver at its track
+    event."""
     source = SyntheticVideoTrack("pin", width=160, height=120, fps=30)
     publisher = Publisher(source)
     config = RTCConfiguration(iceServers=[])
@@ -83,12 +104,19 @@ async def pair() -> AsyncIterator[Pair]:
     readers: list[asyncio.Task[None]] = []
 
     @answerer.on("track")
-    def on_track(remote: object) -> None:
+    def on_track_event(remote: object) -> None:
+        if on_track is not None:
+            on_track(next(t.receiver for t in answerer.getTransceivers()))
+
         async def read() -> None:
-            while True:
-                await remote.recv()  # type: ignore[attr-defined]
+            try:
+                while True:
+                    await remote.recv()  # type: ignore[attr-defined]
+                    if pair_holder:
+                        pair_holder[0].frames += 1
+            except MediaStreamError:
                 if pair_holder:
-                    pair_holder[0].frames += 1
+                    pair_holder[0].ended = True
 
         readers.append(asyncio.ensure_future(read()))
 
@@ -108,6 +136,12 @@ async def pair() -> AsyncIterator[Pair]:
         await answerer.close()
         publisher.close()
         source.stop()
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    async with connected_pair() as connected:
+        yield connected
 
 
 async def test_negotiated_codecs_and_the_encoder_slot(pair: Pair) -> None:
@@ -222,3 +256,70 @@ def test_aioice_mdns_responder_works_again_on_a_second_event_loop() -> None:
 
     for _ in range(2):
         asyncio.run(contend())
+
+
+async def test_encoded_frames_come_through_the_decoder_queue() -> None:
+    """At the track event the decoder thread has not started; from then on every whole
+    frame reaches our feed, in order, and the track decodes only what the feed passes on;
+    the receiver stopping puts None through it, and the track ends."""
+    got: list[tuple[RTCRtpCodecParameters, JitterFrame]] = []
+    stopped: list[bool] = []
+    decode = [False]
+    feeds: list[DecoderFeed] = []
+
+    def on_frame(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        got.append((codec, frame))
+        if decode[0] or (is_keyframe(codec.name, frame.data) and len(got) > 30):
+            decode[0] = True
+            feeds[0].decode(codec, frame)
+
+    def on_track(receiver: RTCRtpReceiver) -> None:
+        assert receiver._RTCRtpReceiver__decoder_thread is None  # type: ignore[attr-defined]
+        feeds.append(feed_decoder(receiver, on_frame, lambda: stopped.append(True)))
+
+    async with connected_pair(on_track) as pair:
+        await eventually(lambda: len(got) >= 30, seconds(15), "encoded frames at the feed")
+        assert pair.frames == 0  # nothing decoded: the decoder thread reads our feed
+        codec, first = got[0]
+        assert codec.name == "VP8" and codec.clockRate == 90000
+        assert first.timestamp == 0  # mapped by aiortc: 0 at the first frame
+        assert is_keyframe("VP8", first.data)
+        stamps = [frame.timestamp for _, frame in got]
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+        # A keyframe on request (the receiver's PLI to the first media SSRC), then decoding.
+        assert media_ssrcs(pair.receiver) == [pair.sender._ssrc]
+        await pair.receiver._send_rtcp_pli(pair.sender._ssrc)
+        await eventually(lambda: pair.frames >= 5, seconds(10), "decoded frames")
+        assert feeds[0].backlog < 30
+        await pair.receiver.stop()
+        assert stopped == [True]
+        await eventually(lambda: pair.ended, seconds(5), "the track ended")
+
+
+async def test_the_receivers_own_keyframe_requests_are_heard(pair: Pair) -> None:
+    """A jump the jitter buffer cannot take (its ``pli_flag``) makes the receiver send a
+    PLI through ``_send_rtcp_pli``: ``watch_pli`` hears it; ours through the original
+    sender are not heard, and reach the sender's encoder all the same."""
+    await eventually(lambda: pair.frames >= 5, seconds(15), "frames")
+    heard: list[bool] = []
+    send_pli = watch_pli(pair.receiver, lambda: heard.append(True))
+    group = pair.group
+    before = group.stats()[0].keyframe_requests
+    await send_pli(pair.sender._ssrc)
+    await eventually(
+        lambda: group.stats()[0].keyframe_requests > before, seconds(5), "our PLI at the group"
+    )
+    assert heard == []
+    generator = nack_generator(pair.receiver)
+    assert generator is not None and generator.max_seq is not None
+    transceiver = pair.sender.track._transceiver  # type: ignore[union-attr]
+    assert transceiver is not None
+    stale = RtpPacket(
+        payload_type=negotiated_codecs(transceiver)[0].payloadType,
+        sequence_number=(generator.max_seq - 1000) % 65536,  # far behind: a reset
+        timestamp=0,
+        ssrc=pair.sender._ssrc,
+        payload=b"\x10" + bytes(10),
+    )
+    await pair.receiver._handle_rtp_packet(stale, arrival_time_ms=0)
+    assert heard, "the jitter buffer's pli_flag did not go through _send_rtcp_pli"

@@ -72,7 +72,8 @@ async def test_join_ctrl_c_leaves_cleanly(server: RunningServer, tmp_path: Path)
     stats = tmp_path / "stats.jsonl"
     stderr = tmp_path / "stderr.txt"
     command = join_command(
-        server.ws_url, "cli", "--record", str(tmp_path / "rec"), "--stats-json", str(stats),
+        server.ws_url, "cli", "--record", str(tmp_path / "rec"), "--video", "synthetic",
+        "--audio", "tone", "--stats-json", str(stats),
         "--stats-interval", "0.5", "--snapshot", str(tmp_path / "snap.png"),
         "--log-level", "INFO",
     )  # fmt: skip
