@@ -408,7 +408,7 @@ class PeerLink:
         # Every track goes to the consumers; a further one of a kind (a second camera, a
         # shared screen) has index > 0, for those that keep one per peer and kind.
         log.info("%r received", remote)
-        copy = relay.subscribe(track, buffered=False)
+        copy = relay.subscribe(track, buffered=False)  # the tap's own: not a reader's
         tap = TrackTap(remote, copy, self._sinks, received=encoded)
         tap.start()
         self.taps.append(tap)
@@ -482,11 +482,6 @@ class PeerLink:
             if tap.kind == kind:
                 return tap
         return None
-
-    def decoding(self, tap: TrackTap) -> bool:
-        """Whether ``tap``'s track is being decoded now (always, without an encoded tap)."""
-        encoded = next((e for t, e in self.encoded.items() if self._received.get(t) is tap), None)
-        return encoded.decoding if encoded is not None else not tap.ended
 
     async def close(self) -> None:
         """Close the connection, stop its taps and the relay copies of our tracks."""

@@ -287,6 +287,7 @@ class Received(Protocol):
 
     frames: int
     first_frame_at: float | None
+    decoding: bool
 
     @property
     def fps(self) -> float: ...
@@ -339,6 +340,12 @@ class TrackTap:
         if self.received is not None:
             return self.received.fps
         return self._meter.rate(self._clock())
+
+    @property
+    def decoding(self) -> bool:
+        """Whether the track is being decoded now (``received`` decides; without it, while
+        the tap reads)."""
+        return self.received.decoding if self.received is not None else not self._ended
 
     @property
     def ended(self) -> bool:
