@@ -408,8 +408,8 @@ class PeerLink:
         # Every track goes to the consumers; a further one of a kind (a second camera, a
         # shared screen) has index > 0, for those that keep one per peer and kind.
         log.info("%r received", remote)
-        # Audio is read whole (the relay queues for the tap, which drains it whenever the
-        # loop runs): speech work needs every block. Video skips to the newest frame.
+        # The tap's own copy, not a reader's. Audio is read whole (the relay queues for the
+        # tap, which drains it whenever the loop runs): speech work needs every block.
         copy = relay.subscribe(track, buffered=kind == "audio")
         tap = TrackTap(remote, copy, self._sinks, received=encoded)
         tap.start()
@@ -484,11 +484,6 @@ class PeerLink:
             if tap.kind == kind:
                 return tap
         return None
-
-    def decoding(self, tap: TrackTap) -> bool:
-        """Whether ``tap``'s track is being decoded now (always, without an encoded tap)."""
-        encoded = next((e for t, e in self.encoded.items() if self._received.get(t) is tap), None)
-        return encoded.decoding if encoded is not None else not tap.ended
 
     async def close(self) -> None:
         """Close the connection, stop its taps and the relay copies of our tracks."""

@@ -39,7 +39,7 @@ async def sample(link: PeerLink, sampler: Sampler, joined_at: float) -> PeerStat
         counters = Counters(now)
     kbps_in, kbps_out = sampler.rates(counters)
     tracks = tuple(
-        TrackStats(tap.kind, tap.remote.index, tap.frames, tap.decoded, link.decoding(tap))
+        TrackStats(tap.kind, tap.remote.index, tap.frames, tap.decoded, tap.decoding)
         for tap in link.taps
     )
     video, audio = link.tap("video"), link.tap("audio")

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -98,9 +98,10 @@ class Sinks:
             waiting.discard(id(consumer))
 
     def _sort(self) -> None:
+        # What a consumer wants is read here, once: its methods are what Want promises.
         wants = [(c, wants_of(c)) for c in self.consumers]
-        self._frames = tuple(c for c, w in wants if Want.FRAMES in w)  # type: ignore[misc]
-        self._packets = tuple(c for c, w in wants if Want.PACKETS in w)  # type: ignore[misc]
+        self._frames = tuple(cast(FrameConsumer, c) for c, w in wants if Want.FRAMES in w)
+        self._packets = tuple(cast(PacketConsumer, c) for c, w in wants if Want.PACKETS in w)
 
     def live_tracks(self) -> tuple[RemoteTrack, ...]:
         """The tracks being read now, in the order they arrived."""
@@ -287,6 +288,7 @@ class Received(Protocol):
 
     frames: int
     first_frame_at: float | None
+    decoding: bool
 
     @property
     def fps(self) -> float: ...
@@ -339,6 +341,12 @@ class TrackTap:
         if self.received is not None:
             return self.received.fps
         return self._meter.rate(self._clock())
+
+    @property
+    def decoding(self) -> bool:
+        """Whether the track is being decoded now (``received`` decides; without it, while
+        the tap reads)."""
+        return self.received.decoding if self.received is not None else not self._ended
 
     @property
     def ended(self) -> bool:
