@@ -1,10 +1,12 @@
 """Every video track a Chromium page sends reaches the bot's sinks (issue 18): the page
 adds a canvas track through its own renegotiation path (``negotiationneeded``) and a
-counting consumer registered on the bot at run time gets frames of both tracks, and a
+counting consumer registered on the bot at run time gets frames of both tracks, and
+``video_frames`` yields arrays of both, and a
 recording bot writes both as streams of the page's file (issue 19)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import av
@@ -50,6 +52,20 @@ async def test_a_canvas_track_the_page_adds_reaches_the_bots_sinks(
         assert all(track in counts.frames for track in videos)
         print(f"\nframes at the bot's sinks by video track index: {counts.video_from(WEB)}")
         bot.agent.sinks.remove(counts)
+
+        shapes: dict[int, tuple[int, ...]] = {}  # video_frames: arrays of both tracks
+
+        async def read() -> None:
+            async for frame in bot.agent.video_frames("web"):
+                shapes[frame.track.index] = frame.array.shape
+                if len(shapes) == 2:
+                    return
+
+        await asyncio.wait_for(read(), seconds(10))
+        assert {i: (len(shape), shape[2]) for i, shape in shapes.items()} == {
+            0: (3, 3),
+            1: (3, 3),
+        }, shapes
 
 
 async def test_a_canvas_track_is_a_second_video_stream_of_the_recording(
