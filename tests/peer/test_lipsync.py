@@ -1,0 +1,53 @@
+"""Lip sync in a packets-to-file recording (issue 19): a sender flashes and beeps at the same
+instants every 2 s; in the recorder's file every beep is within 45 ms of its flash, the
+first one too (the file waits for the sender reports before it starts)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from peer.agent import Agent
+from peer.media.recorder import Recorder
+from peer.media.sources import LocalMedia
+from signaling.protocol import PeerId
+from tests.media.lipsync import PERIOD, BeepTrack, FlashTrack, ShowClock, onsets
+from tests.peer.helpers import agents, frames_from
+from tests.support import RunningServer, eventually, seconds
+
+SENDER, REC = PeerId("show"), PeerId("rec")
+RECORDED = 20.0  # s of recording
+TARGET = 0.045  # s, |beep - flash|
+
+
+def flash_and_beep(name: str) -> LocalMedia:
+    clock = ShowClock()
+    return LocalMedia(FlashTrack(clock), BeepTrack(clock))
+
+
+async def test_beeps_and_flashes_stay_together_in_the_file(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    recorder = Recorder(tmp_path)
+    async with agents(server.ws_url, [SENDER], media_for=flash_and_beep):
+        bot = Agent(server.ws_url, room="test", peer_id=REC, recorder=recorder)
+        await bot.join()
+        try:
+            await eventually(lambda: frames_from(bot, SENDER) >= 1, seconds(15), "video")
+            await eventually(recorder.files, seconds(10), "the file open", interval=0.05)
+            await asyncio.sleep(RECORDED)  # the recording's length, not a synchronisation
+        finally:
+            await bot.leave()
+    (path,) = await recorder.close()
+    found = onsets(path)
+    found.flashes[:] = [f for f in found.flashes if f > 0.1]  # a beep from before the file
+    pairs = found.pairs()
+    offsets = [round(offset * 1000, 1) for _, offset in pairs]
+    print(f"flashes at {[round(f, 2) for f in found.flashes]}")
+    print(f"beep - flash (ms): {offsets}")
+    expected = int(RECORDED / PERIOD) - 1
+    assert len(found.flashes) >= expected, found
+    assert len(pairs) == len(found.flashes), f"a flash without its beep: {found}"
+    assert found.flashes[0] < PERIOD + 0.1, "the first flash is not in the first period"
+    worst = max(abs(offset) for _, offset in pairs)
+    assert worst <= TARGET, f"|beep - flash| up to {worst * 1000:.1f} ms: {offsets}"
