@@ -184,3 +184,9 @@ class SenderClock:
         rate), None before both a report and the anchor."""
         zero = self._zero
         return None if zero is None else zero + timestamp / self._rate
+
+    def wallclock_of(self, media_time: float) -> float | None:
+        """The sender's wall clock at ``media_time`` seconds of mapped time (a decoded
+        frame's ``time``: aiortc's decoders keep the mapped timestamp as pts)."""
+        zero = self._zero
+        return None if zero is None else zero + media_time

@@ -39,7 +39,7 @@ from peer.events import RemoteTrack
 from peer.media.errors import MediaError
 from peer.media.recording_worker import RecordingWorker
 from peer.media.tap import Kind
-from peer.media.timeline import AudioStamper, RecordingClock, VideoStamper
+from peer.media.timeline import AudioStamper, RecordingClock, SenderClock, VideoStamper
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class _Item:
     frame: av.VideoFrame | av.AudioFrame
     media_time: float | None  # the sender's time; the recording's own pts live in the worker
     arrival: float
+    clock: str  # the RecordingClock key: "sender" (its wall clock, both kinds) or the kind
 
 
 def _own_video(frame: av.VideoFrame) -> av.VideoFrame:
@@ -215,11 +216,21 @@ class TranscodingVisit(RecordingWorker):
 
     # --- event loop side -------------------------------------------------------------------
 
-    def offer(self, kind: Kind, frame: av.VideoFrame | av.AudioFrame) -> None:
+    def offer(
+        self, kind: Kind, frame: av.VideoFrame | av.AudioFrame, sender: SenderClock | None = None
+    ) -> None:
+        """Queue ``frame``; with its track's ``sender`` clock synced (a sender report came),
+        it is placed by the sender's wall clock, on one timeline with the other kind."""
         self.seen.add(kind)
         if self.failed:
             return
-        if not self._put(_Item(kind, frame, frame.time, time.monotonic())):
+        media: float | None = frame.time
+        synced = None if sender is None or media is None else sender.wallclock_of(media)
+        item = _Item(
+            kind, frame, media if synced is None else synced, time.monotonic(),
+            kind if synced is None else "sender",
+        )  # fmt: skip
+        if not self._put(item):
             self.dropped[kind] += 1
             total = self.dropped["audio"] + self.dropped["video"]
             if total == 1 or total % 100 == 0:
@@ -306,7 +317,7 @@ class TranscodingVisit(RecordingWorker):
         if muxer is None:
             return
         started = time.perf_counter()
-        t = self._clock.place(item.kind, item.media_time, item.arrival)
+        t = self._clock.place(item.clock, item.media_time, item.arrival)
         if isinstance(item.frame, av.VideoFrame):
             if muxer.video is None:
                 self._note_late_kind(item.kind)

@@ -1,11 +1,14 @@
 """Lip sync in a packets-to-file recording (issue 19): a sender flashes and beeps at the same
 instants every 2 s; in the recorder's file every beep is within 45 ms of its flash, the
-first one too (the file waits for the sender reports before it starts)."""
+first one too (the file waits for the sender reports before it starts). The transcoding
+recorder places decoded frames by the same sender clocks."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+
+import pytest
 
 from peer.agent import Agent
 from peer.media.recorder import Recorder
@@ -25,10 +28,11 @@ def flash_and_beep(name: str) -> LocalMedia:
     return LocalMedia(FlashTrack(clock), BeepTrack(clock))
 
 
+@pytest.mark.parametrize("transcode", [False, True], ids=["packets", "transcoded"])
 async def test_beeps_and_flashes_stay_together_in_the_file(
-    server: RunningServer, tmp_path: Path
+    server: RunningServer, tmp_path: Path, transcode: bool
 ) -> None:
-    recorder = Recorder(tmp_path)
+    recorder = Recorder(tmp_path, transcode=transcode)
     async with agents(server.ws_url, [SENDER], media_for=flash_and_beep):
         bot = Agent(server.ws_url, room="test", peer_id=REC, recorder=recorder)
         await bot.join()
