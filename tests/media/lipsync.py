@@ -121,36 +121,56 @@ class Onsets:
 
 
 def onsets(path: Path) -> Onsets:
-    """Decode ``path`` (its first video and audio streams) and find the onsets."""
+    """Decode ``path`` (its first video and audio streams) and find the onsets that can be
+    timed: a flash whose first frame follows the previous one without a gap (or is followed
+    by all its white frames without one), a beep whose audio
+    follows the previous packet without a gap (a lost packet there would move the onset)."""
     flashes: list[float] = []
     starts: list[float] = []
     chunks: list[np.ndarray] = []
     with av.open(str(path)) as container:
-        last_light = 0.0
-        for frame in container.decode(video=0):
-            light = float(frame.to_ndarray(format="gray").mean())
-            if light > 128 and last_light <= 128 and frame.time is not None:
-                flashes.append(frame.time)
-            last_light = light
+        frames = [
+            (frame.time, float(frame.to_ndarray(format="gray").mean()) > 128)
+            for frame in container.decode(video=0)
+            if frame.time is not None
+        ]
+    for i, (t, white) in enumerate(frames):
+        if not white or i == 0 or frames[i - 1][1]:
+            continue
+        run = 1  # white frames in a row from here: all FLASH_FRAMES there, this is the first
+        while i + run < len(frames) and frames[i + run][1]:
+            if frames[i + run][0] - frames[i + run - 1][0] > _FRAME_GAP:
+                break
+            run += 1
+        if t - frames[i - 1][0] <= _FRAME_GAP or run == FLASH_FRAMES:
+            flashes.append(t)
     with av.open(str(path)) as container:
         for frame in container.decode(audio=0):
             if frame.time is None:
                 continue
             samples = frame.to_ndarray()
-            mono = samples.reshape(-1) if samples.ndim == 1 else samples[0]
-            if frame.format.is_packed and samples.ndim == 2 and samples.shape[0] == 1:
-                mono = samples[0][:: len(frame.layout.channels)]
+            mono = samples[0] if samples.ndim == 2 else samples
+            if frame.format.is_packed:
+                mono = mono[:: len(frame.layout.channels)]
             starts.append(frame.time)
             chunks.append(mono.astype(np.float64))
     return Onsets(flashes, _beeps(starts, chunks, AUDIO_RATE))
 
 
+_FRAME_GAP = 0.05  # s between two decoded frames at most for a flash to be timed (30 fps)
+
+
 def _beeps(starts: list[float], chunks: list[np.ndarray], rate: int) -> list[float]:
-    """Beep onsets: the first 1 ms window loud after at least half a period of quiet."""
+    """Beep onsets: the first 1 ms window loud after at least half a period of quiet, in
+    audio that follows the previous chunk without a gap (after a lost packet the decoder
+    fades back in: the onset would read late)."""
     beeps: list[float] = []
     quiet_since: float | None = None
     window = rate // 1000
+    end = None
     for start, chunk in zip(starts, chunks, strict=True):
+        contiguous = end is not None and abs(start - end) < 0.002
+        end = start + len(chunk) / rate
         scale = 1.0 if np.abs(chunk).max(initial=0) > 2 else 32767.0  # float or s16
         for i in range(0, len(chunk) - window + 1, window):
             t = start + i / rate
@@ -158,7 +178,7 @@ def _beeps(starts: list[float], chunks: list[np.ndarray], rate: int) -> list[flo
             if not loud:
                 quiet_since = t if quiet_since is None else quiet_since
             elif quiet_since is not None:
-                if t - quiet_since >= PERIOD / 2 or not beeps:
+                if t - quiet_since >= PERIOD / 2 and contiguous:
                     beeps.append(t)
                 quiet_since = None
     return beeps
