@@ -63,7 +63,7 @@ async def record(args: argparse.Namespace, directory: Path) -> Path:
 
 def summarise(path: Path) -> dict[str, Any]:
     found = onsets(path)
-    pairs = [(f, o) for f, o in found.pairs() if f > 0.1]  # a beep from before the file
+    pairs = found.pairs()
     minutes: list[dict[str, Any]] = []
     for minute in range(int(max((f for f, _ in pairs), default=0) // 60) + 1):
         offsets = [o * 1000 for f, o in pairs if minute * 60 <= f < (minute + 1) * 60]

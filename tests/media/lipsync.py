@@ -110,14 +110,24 @@ class Onsets:
     beeps: list[float]
 
     def pairs(self, within: float = PERIOD / 2) -> list[tuple[float, float]]:
-        """(flash, beep - flash) for each flash with a beep less than ``within`` away."""
+        """(flash, beep - flash) for each flash with a beep less than ``within`` away; a
+        flash in the file's first 0.1 s is left out (its beep may be before the file)."""
         found = []
-        for flash in self.flashes:
+        for flash in (f for f in self.flashes if f > 0.1):
             near = [b for b in self.beeps if abs(b - flash) < within]
             if near:
                 beep = min(near, key=lambda b: abs(b - flash))
                 found.append((flash, beep - flash))
         return found
+
+
+def timed_pairs(path: Path) -> tuple[Onsets, list[tuple[float, float]]]:
+    """The onsets in ``path`` and their pairs, the offsets printed (for a test's output)."""
+    found = onsets(path)
+    pairs = found.pairs()
+    print(f"flashes at {[round(f, 2) for f in found.flashes]}")
+    print(f"beep - flash (ms): {[round(offset * 1000, 1) for _, offset in pairs]}")
+    return found, pairs
 
 
 def onsets(path: Path) -> Onsets:
