@@ -13,6 +13,9 @@ reaches into aiortc's privates.
 - NACKs asked again (:mod:`peer.nack`): the receiver's NACK generator and NACK sender.
 - Encoded frames and decoding on demand (:mod:`peer.media.encoded`): the receiver's
   decoder queue (``feed_decoder``), its PLI sender (``watch_pli``) and its media SSRCs.
+- Lip sync (:mod:`peer.media.encoded`): the RTCP sender reports a receiver gets
+  (``watch_sender_reports``) and where aiortc's RTP timestamp mapping starts
+  (``rtp_origin``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from aioice import ice as aioice_ice
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtcpSrPacket
 
 __all__ = [
     "DecoderFeed",
@@ -42,7 +46,9 @@ __all__ = [
     "on_keyframe_request",
     "put_encoder",
     "replace_nack_sender",
+    "rtp_origin",
     "watch_pli",
+    "watch_sender_reports",
 ]
 
 #: ``RTCRtpReceiver._send_rtcp_nack``'s shape: (media SSRC, lost sequence numbers).
@@ -236,3 +242,33 @@ def media_ssrcs(receiver: RTCRtpReceiver) -> list[int]:
     streams: Mapping[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
     rtx: Mapping[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
     return [ssrc for ssrc in streams if ssrc not in rtx]
+
+
+# -- sender reports, lip sync (peer.media.encoded) ---------------------------------------
+
+
+def watch_sender_reports(receiver: RTCRtpReceiver, on_report: Callable[[int, int], None]) -> None:
+    """Call ``on_report(ntp, rtp)`` with each RTCP sender report of ``receiver``'s media
+    stream (64-bit NTP timestamp, 32-bit RTP timestamp: the sender's wall clock at that RTP
+    time), before aiortc's own ``_handle_rtcp_packet`` (which keeps only stats of it).
+    Reports of a retransmission stream are left out."""
+    original = receiver._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            rtx: Mapping[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+            if packet.ssrc not in rtx:
+                info = packet.sender_info
+                on_report(info.ntp_timestamp, info.rtp_timestamp)
+        await original(packet)
+
+    receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+def rtp_origin(receiver: RTCRtpReceiver) -> int | None:
+    """The RTP timestamp aiortc maps to 0 for ``receiver``'s frames (its first frame's,
+    ``TimestampMapper._origin``; a wrap moves it by 2**32), None before the first frame:
+    a frame's timestamp plus this is its RTP timestamp modulo 2**32."""
+    mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+    origin = getattr(mapper, "_origin", None)
+    return origin if isinstance(origin, int) else None

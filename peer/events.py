@@ -23,6 +23,7 @@ from peer.mesh import LinkState
 from signaling.protocol import PeerId
 
 if TYPE_CHECKING:
+    from peer.media.timeline import SenderClock
     from peer.stats import PeerStats
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class RemoteTrack:
         self.index = index
         self._subscribe = subscribe
         self._keyframe = keyframe
+        #: The track's RTP clock on the sender's wall clock (from its RTCP sender reports),
+        #: set by the agent's encoded tap; what puts a peer's audio and video in sync.
+        self.sender_clock: SenderClock | None = None
 
     def request_keyframe(self) -> None:
         """Ask the sender for a keyframe of this (video) track now (an RTCP PLI); a no-op

@@ -23,10 +23,17 @@ from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from peer._aiortc import feed_decoder, media_ssrcs, watch_pli
+from peer._aiortc import (
+    feed_decoder,
+    media_ssrcs,
+    rtp_origin,
+    watch_pli,
+    watch_sender_reports,
+)
 from peer.events import RemoteTrack
 from peer.media.packets import EncodedFrame, is_keyframe
 from peer.media.tap import FpsMeter, Sinks
+from peer.media.timeline import SenderClock
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,9 @@ class EncodedTap:
         self._stopped = False
         self._feed = feed_decoder(receiver, self._on_frame, self._on_stop)
         self._send_pli = watch_pli(receiver, self._on_loss)
+        #: The sender's wall clock for this track (lip sync), also ``remote.sender_clock``.
+        self.sender_clock = remote.sender_clock = SenderClock()
+        watch_sender_reports(receiver, self.sender_clock.report)
 
     @property
     def fps(self) -> float:
@@ -126,6 +136,9 @@ class EncodedTap:
         self.keyframes += packet.keyframe
         if self.first_frame_at is None:
             self.first_frame_at = now
+            origin = rtp_origin(self.receiver)
+            if origin is not None:
+                self.sender_clock.anchor(origin, codec.clockRate)
         self._meter.tick(now)
         wants_keyframe = self._sinks.put_packet(self.remote, packet)
         if self._decode(packet):

@@ -15,10 +15,13 @@ what :class:`peer.media.recorder.Recorder` starts per peer when it does not tran
 - **Keyframes.** Each video stream starts on a keyframe: packets before it are dropped.
   Resolution changes stay in the stream (VP8 and H.264 keyframes carry their size; the
   header has the first one).
-- **Time.** :meth:`FileTimeline.file_time` maps a packet's (track, RTP timestamp) to
-  seconds in the file: each track's RTP clock (90 kHz video, 48 kHz Opus), anchored where
-  its first packet arrived (``peer.media.timeline.RecordingClock``). That one method is
-  what lip sync from RTCP sender reports replaces.
+- **Time, in sync.** :meth:`FileTimeline.file_time` maps a packet's (track, RTP
+  timestamp) to seconds in the file by the sender's wall clock: each track's RTCP sender
+  reports (``RemoteTrack.sender_clock``) map its RTP clock to that one clock, so a peer's
+  audio and video sit where the sender captured them. The file waits (its packets held,
+  bounded) until every track has had a report, so it is in sync from its first second;
+  a track with none within ``OPEN_WAIT`` (a sender that sends none) is placed by its
+  arrival instead, logged once. Times never go back within a stream (nudged, counted).
 - **Off the loop.** The loop only queues (bounded); one thread per visit writes. When the
   queue is full the packet is dropped, counted, and for video every packet of that track
   up to its next keyframe too (it could not be decoded), with a PLI asked for.
@@ -86,18 +89,74 @@ def h264_size(data: bytes) -> tuple[int, int] | None:
 
 
 class FileTimeline:
-    """Where each packet goes in one file, in seconds from the file's start."""
+    """Where each packet goes in one file, in seconds from the file's start.
+
+    Synced (some track had a sender report when the file opened): a packet's time is its
+    sender's wall clock at its RTP timestamp minus the file's start on that clock. A track
+    without a report yet is placed by its arrival, carried to the sender's clock by the
+    smallest (arrival - sender time) seen, until its first report. Unsynced (no report at
+    all: a sender that sends none): each track's RTP clock anchored where its first packet
+    arrived (``RecordingClock``).
+    """
 
     def __init__(self) -> None:
+        self.synced = False
+        #: Packets placed by arrival in a synced file (their track had no report yet).
+        self.estimated = 0
+        self._start: float | None = None  # the file's start on the sender's wall clock
+        self._skew: float | None = None  # the least (arrival - sender time) seen
+        self._anchors: dict[RemoteTrack, float] = {}  # estimated: sender time - RTP time
         self._clock = RecordingClock()
         self._rtp: dict[RemoteTrack, RtpUnwrapper] = {}
 
+    @property
+    def skew(self) -> float | None:
+        """The least (arrival - sender time) seen, None before a report."""
+        return self._skew
+
+    def begin(self, items: list[tuple[RemoteTrack, EncodedFrame]], skew: float | None) -> bool:
+        """Fix the file's start from its first packets (those held while it waited) and
+        ``skew`` (a previous file's, if any); whether the file is synced."""
+        if skew is not None:
+            self._note_skew(skew)
+        walls = [_sender_time(track, frame) for track, frame in items]
+        for (_, frame), wall in zip(items, walls, strict=True):
+            if wall is not None:
+                self._note_skew(frame.arrival - wall)
+        self.synced = self._skew is not None
+        if self.synced:
+            self._start = min(self._wall(track, frame) for track, frame in items)
+        return self.synced
+
     def file_time(self, track: RemoteTrack, frame: EncodedFrame) -> float:
-        """``frame``'s time in the file: its track's RTP clock, anchored at the arrival of
-        the track's first packet. Replaced by the NTP/RTP mapping of sender reports later."""
-        ticks = self._rtp.setdefault(track, RtpUnwrapper()).unwrap(frame.timestamp)
-        key = f"{track.kind}{track.index}"
-        return self._clock.place(key, ticks / frame.clock_rate, frame.arrival)
+        """``frame``'s time in the file (see the class docstring)."""
+        if not self.synced:
+            ticks = self._rtp.setdefault(track, RtpUnwrapper()).unwrap(frame.timestamp)
+            key = f"{track.kind}{track.index}"
+            return self._clock.place(key, ticks / frame.clock_rate, frame.arrival)
+        wall = self._wall(track, frame)
+        if self._start is None:
+            self._start = wall
+        return wall - self._start
+
+    def _wall(self, track: RemoteTrack, frame: EncodedFrame) -> float:
+        wall = _sender_time(track, frame)
+        if wall is not None:
+            self._note_skew(frame.arrival - wall)
+            return wall
+        skew = self._skew if self._skew is not None else 0.0
+        anchor = self._anchors.setdefault(track, frame.arrival - skew - frame.seconds)
+        self.estimated += 1
+        return frame.seconds + anchor
+
+    def _note_skew(self, skew: float) -> None:
+        if self._skew is None or skew < self._skew:
+            self._skew = skew
+
+
+def _sender_time(track: RemoteTrack, frame: EncodedFrame) -> float | None:
+    clock = track.sender_clock
+    return None if clock is None else clock.wallclock(frame.timestamp)
 
 
 @dataclass
@@ -145,6 +204,11 @@ class _Segment:
             self.container.close()
             raise
 
+    @property
+    def nudged(self) -> int:
+        """Packets whose time went back within their stream, moved one tick after the last."""
+        return sum(target.stamper.repaired for target in self.streams.values())
+
     def write(self, track: RemoteTrack, frame: EncodedFrame) -> bool:
         """Muxes ``frame`` into its track's stream; False when it was left out."""
         target = self.streams[track]
@@ -167,6 +231,11 @@ class _Segment:
 
     def close(self) -> None:
         self.container.close()
+
+
+def _reported(tracks: set[RemoteTrack]) -> bool:
+    """Whether every track whose sender reports are watched has had one (the file waits)."""
+    return all(t.sender_clock is None or t.sender_clock.synced for t in tracks)
 
 
 @dataclass(frozen=True)
@@ -207,6 +276,8 @@ class PacketVisit(RecordingWorker):
         self._pending: list[_Queued] = []
         self._holding: set[RemoteTrack] = set()  # the tracks with packets in _pending
         self._segment: _Segment | None = None
+        self._unsynced_logged = False
+        self._skew: float | None = None  # the last segment's (arrival - sender time)
         self._start_worker()
 
     # --- event loop side -------------------------------------------------------------------
@@ -322,13 +393,14 @@ class PacketVisit(RecordingWorker):
         kinds = {track.kind for track in ready}
         expected = self.expected or {"audio", "video"}
         complete = self._live <= ready and expected <= kinds
-        if complete or now - self._pending[0].frame.arrival >= OPEN_WAIT:
+        if (complete and _reported(ready)) or now - self._pending[0].frame.arrival >= OPEN_WAIT:
             self._open(ready)
 
     def _open(self, tracks: set[RemoteTrack]) -> None:
         order = sorted(tracks, key=lambda t: (t.kind != "video", t.kind, t.index, t.id))
         path = self._path_for(len(self._paths) + 1)
         self._segment = _Segment(path, {track: self._formats[track] for track in order})
+        streams = self._segment.streams
         self._paths.append(path)
         self.opened = True
         log.info(
@@ -339,6 +411,15 @@ class PacketVisit(RecordingWorker):
         )
         pending, self._pending = self._pending, []
         self._holding = set()
+        kept = [(item.track, item.frame) for item in pending if item.track in streams]
+        if not self._segment.timeline.begin(kept, self._skew) and not self._unsynced_logged:
+            self._unsynced_logged = True
+            log.warning(
+                "no RTCP sender report from %s within %.0f s: its tracks are placed by "
+                "arrival, not in sync",
+                self.peer,
+                OPEN_WAIT,
+            )
         for item in pending:
             if item.track in self._segment.streams:
                 self._count(self._segment.write(item.track, item.frame))
@@ -360,15 +441,19 @@ class PacketVisit(RecordingWorker):
         segment, self._segment = self._segment, None
         if segment is None:
             return
+        self._skew = segment.timeline.skew
         segment.close()
         log.info(
             "recorded %s: %d packets, %d skipped waiting for keyframes, dropped %d video "
-            "and %d audio -> %s",
+            "and %d audio, %d nudged forward, %d placed by arrival, %s -> %s",
             self.peer,
             segment.written,
             self.skipped,
             self.dropped["video"],
             self.dropped["audio"],
+            segment.nudged,
+            segment.timeline.estimated,
+            "in sync" if segment.timeline.synced else "not in sync",
             segment.path,
         )
 

@@ -130,7 +130,7 @@ class Recorder(FrameConsumer):
         if visit is None:
             visit = self._start(track.peer)
         if isinstance(visit, TranscodingVisit):
-            visit.offer(track.kind, frame)
+            visit.offer(track.kind, frame, track.sender_clock)
 
     def track_ended(self, track: RemoteTrack) -> None:
         if self.transcode:

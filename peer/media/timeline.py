@@ -119,3 +119,74 @@ class RtpUnwrapper:
             self.ticks += step - 2**32 if step >= 2**31 else step
         self._last = timestamp
         return self.ticks
+
+
+_NTP_UNIT = 2.0**-32  # seconds per unit of a 64-bit NTP timestamp
+REPORTS_KEPT = 12  # sender reports a SenderClock takes its mapping from (~12 s of aiortc's)
+
+
+@dataclass
+class SenderClock:
+    """One remote stream's RTP clock on its sender's wall clock, from RTCP sender reports.
+
+    Each sender report pairs an NTP time (the sender's wall clock) with an RTP timestamp;
+    the sender's audio and video share that wall clock, so placing both by it is lip sync
+    (RFC 3550 6.4.1). aiortc stamps a report with the time it *sent* its last packet, so
+    a report taken while the sender's loop was held up reads late (0.3 s seen under load):
+    of the last ``REPORTS_KEPT`` reports the earliest mapping counts (the least delay),
+    which still follows slow drift between the sender's two clocks. The receiver's frames
+    carry aiortc's mapped timestamps (0 at the first frame): ``anchor`` gives the RTP
+    timestamp mapped to 0 and the clock rate. Reports come on the event loop, recorder
+    threads read: each field is replaced whole.
+    """
+
+    reports: int = 0
+    _origin: int | None = None  # the RTP timestamp mapped to 0
+    _rate: int = 0
+    _early: list[tuple[int, int]] = field(default_factory=list)  # reports before the anchor
+    _last: int | None = None  # the last report's mapped RTP timestamp (for unwrapping)
+    _zeros: tuple[float, ...] = ()  # per report kept: sender time of mapped timestamp 0
+    _zero: float | None = None  # the earliest of them
+
+    def report(self, ntp: int, rtp: int) -> None:
+        """A sender report: 64-bit NTP timestamp, 32-bit RTP timestamp."""
+        self.reports += 1
+        if self._origin is None:
+            self._early = [*self._early[-REPORTS_KEPT + 1 :], (ntp, rtp)]
+            return
+        near = self._last if self._last is not None else 0
+        step = (rtp - self._origin - near) % 2**32
+        mapped = near + (step - 2**32 if step >= 2**31 else step)
+        self._last = mapped
+        zeros = (*self._zeros[-REPORTS_KEPT + 1 :], ntp * _NTP_UNIT - mapped / self._rate)
+        self._zeros = zeros
+        self._zero = min(zeros)
+
+    def anchor(self, origin: int, clock_rate: int) -> None:
+        """The RTP timestamp of the first frame (mapped timestamp 0) and the stream's clock
+        rate; the first call counts."""
+        if self._origin is not None:
+            return
+        self._rate = clock_rate
+        self._origin = origin % 2**32
+        early, self._early = self._early, []
+        self.reports -= len(early)
+        for ntp, rtp in early:
+            self.report(ntp, rtp)
+
+    @property
+    def synced(self) -> bool:
+        """Whether :meth:`wallclock` has what it needs (a report and the anchor)."""
+        return self._zero is not None
+
+    def wallclock(self, timestamp: int) -> float | None:
+        """The sender's wall clock (seconds) at mapped ``timestamp`` (in the stream's clock
+        rate), None before both a report and the anchor."""
+        zero = self._zero
+        return None if zero is None else zero + timestamp / self._rate
+
+    def wallclock_of(self, media_time: float) -> float | None:
+        """The sender's wall clock at ``media_time`` seconds of mapped time (a decoded
+        frame's ``time``: aiortc's decoders keep the mapped timestamp as pts)."""
+        zero = self._zero
+        return None if zero is None else zero + media_time

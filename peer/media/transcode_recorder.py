@@ -39,7 +39,7 @@ from peer.events import RemoteTrack
 from peer.media.errors import MediaError
 from peer.media.recording_worker import RecordingWorker
 from peer.media.tap import Kind
-from peer.media.timeline import AudioStamper, RecordingClock, VideoStamper
+from peer.media.timeline import AudioStamper, RecordingClock, SenderClock, VideoStamper
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ _AUDIO_RATE = 48_000
 _AUDIO_TIME_BASE = Fraction(1, _AUDIO_RATE)
 _OPEN_WAIT_EXPECTED = 3.0  # s to wait for every expected kind before opening the file
 _OPEN_WAIT_UNKNOWN = 1.0  # s to wait for a second kind when expect() was not called
+#: Audio placed by the sender's clock is re-aligned past this (s); by arrival, 50 ms.
+SYNCED_AUDIO_TOLERANCE = 0.005
 _PENDING_LIMIT = 240  # frames held while waiting to open the file
 # ultrafast: measured 3x cheaper than veryfast on grainy 640x480 (1.8 vs 5.6 ms a frame),
 # at twice the size there and about the same on smooth (already WebRTC-compressed) video.
@@ -78,6 +80,7 @@ class _Item:
     frame: av.VideoFrame | av.AudioFrame
     media_time: float | None  # the sender's time; the recording's own pts live in the worker
     arrival: float
+    sender: SenderClock | None  # its track's: placed by the sender's wall clock once synced
 
 
 def _own_video(frame: av.VideoFrame) -> av.VideoFrame:
@@ -215,11 +218,16 @@ class TranscodingVisit(RecordingWorker):
 
     # --- event loop side -------------------------------------------------------------------
 
-    def offer(self, kind: Kind, frame: av.VideoFrame | av.AudioFrame) -> None:
+    def offer(
+        self, kind: Kind, frame: av.VideoFrame | av.AudioFrame, sender: SenderClock | None = None
+    ) -> None:
+        """Queue ``frame``; with its track's ``sender`` clock synced (a sender report came),
+        it is placed by the sender's wall clock, on one timeline with the other kind."""
         self.seen.add(kind)
         if self.failed:
             return
-        if not self._put(_Item(kind, frame, frame.time, time.monotonic())):
+        item = _Item(kind, frame, frame.time, time.monotonic(), sender)
+        if not self._put(item):
             self.dropped[kind] += 1
             total = self.dropped["audio"] + self.dropped["video"]
             if total == 1 or total % 100 == 0:
@@ -277,7 +285,8 @@ class TranscodingVisit(RecordingWorker):
         seen = {item.kind for item in self._pending}
         wait = _OPEN_WAIT_EXPECTED if self.expected else _OPEN_WAIT_UNKNOWN
         complete = seen >= self.expected if self.expected else seen == {"audio", "video"}
-        if complete or now - self._pending[0].arrival >= wait:
+        synced = all(i.sender is None or i.sender.synced for i in self._pending)
+        if (complete and synced) or now - self._pending[0].arrival >= wait:
             self._open(seen)
 
     def _open(self, kinds: set[Kind]) -> None:
@@ -306,7 +315,14 @@ class TranscodingVisit(RecordingWorker):
         if muxer is None:
             return
         started = time.perf_counter()
-        t = self._clock.place(item.kind, item.media_time, item.arrival)
+        media, sender = item.media_time, item.sender
+        wall = None if sender is None or media is None else sender.wallclock_of(media)
+        if wall is None:  # no sender report (yet): its kind's own media clock
+            t = self._clock.place(item.kind, media, item.arrival)
+        else:  # both kinds on the sender's wall clock: in sync
+            t = self._clock.place("sender", wall, item.arrival)
+            # Sender times have no arrival jitter: audio follows corrections over 5 ms.
+            self._audio_pts.tolerance = SYNCED_AUDIO_TOLERANCE
         if isinstance(item.frame, av.VideoFrame):
             if muxer.video is None:
                 self._note_late_kind(item.kind)

@@ -29,11 +29,18 @@ Encoded frames, decoding on demand (peer.media.encoded):
   ``(codec, JitterFrame)`` in order, timestamps mapped to start at 0; ``None`` on stop;
 - ``watch_pli``/``media_ssrcs``: the receiver's own PLI (the jitter buffer's
   ``pli_flag``) goes through ``_send_rtcp_pli``, to a media SSRC of ``__remote_streams``.
+
+Lip sync (peer.media.encoded):
+- ``watch_sender_reports``: the sender's RTCP SRs reach the receiver's
+  ``_handle_rtcp_packet``, looked up on the instance for each packet;
+- ``rtp_origin``: ``__timestamp_mapper._origin`` is the RTP timestamp of the first frame,
+  which the frames' timestamps count from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -56,7 +63,9 @@ from peer._aiortc import (
     nack_generator,
     negotiated_codecs,
     nominated_route,
+    rtp_origin,
     watch_pli,
+    watch_sender_reports,
 )
 from peer.media.encoder_group import EncoderGroup
 from peer.media.fanout import EncodedTrack, Publisher, SenderPort
@@ -323,3 +332,33 @@ async def test_the_receivers_own_keyframe_requests_are_heard(pair: Pair) -> None
     )
     await pair.receiver._handle_rtp_packet(stale, arrival_time_ms=0)
     assert heard, "the jitter buffer's pli_flag did not go through _send_rtcp_pli"
+
+
+async def test_sender_reports_and_the_rtp_origin() -> None:
+    """Each SR the sender sends (every 0.5-1.5 s) reaches ``watch_sender_reports`` with its
+    NTP and RTP timestamps; ``rtp_origin`` plus a frame's mapped timestamp is its RTP
+    timestamp; an SR's pair is one the sender really sent (RTP ahead of the first frame,
+    NTP near now)."""
+    reports: list[tuple[int, int]] = []
+    got: list[JitterFrame] = []
+    origins: list[int | None] = []
+
+    def on_track(receiver: RTCRtpReceiver) -> None:
+        watch_sender_reports(receiver, lambda ntp, rtp: reports.append((ntp, rtp)))
+        origins.append(rtp_origin(receiver))
+
+        def on_frame(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+            got.append(frame)
+            origins.append(rtp_origin(receiver))
+
+        feed_decoder(receiver, on_frame, lambda: None)
+
+    async with connected_pair(on_track):
+        await eventually(lambda: len(reports) >= 2, seconds(10), "two sender reports")
+    assert origins[0] is None  # before the first frame
+    origin = origins[1]
+    assert origin is not None and set(origins[1:]) == {origin}
+    ntp, rtp = reports[-1]
+    ahead = (rtp - origin) % 2**32
+    assert 0 < ahead < 90_000 * 15 and ahead - got[-1].timestamp < 90_000
+    assert abs(ntp / 2**32 - 2_208_988_800 - time.time()) < 5  # NTP epoch 1900
