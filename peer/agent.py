@@ -310,7 +310,7 @@ class Agent:
     def subscribe(self, peer: PeerId, kind: Kind) -> MediaStreamTrack | None:
         """A copy of ``peer``'s ``kind`` track (e.g. to send it back), None if not received."""
         link = self.links.get(peer)
-        return link.subscribe(kind) if link is not None else None
+        return link.received.subscribe(kind) if link is not None else None
 
     def subscribe_local(self, kind: Kind) -> MediaStreamTrack | None:
         """A copy of our own ``kind`` track (e.g. a local preview), None if we send none."""

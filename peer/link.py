@@ -1,9 +1,10 @@
-"""One RTCPeerConnection to one remote peer, with its remote tracks, taps and candidates.
+"""One RTCPeerConnection to one remote peer: its descriptions, candidates and sent tracks.
 
 The aiortc glue of the agent: it makes and takes descriptions, queues candidates that
-arrive before the remote description (aiortc would drop them silently), reads every
-remote track through a :class:`peer.media.tap.TrackTap` and releases all of it on
-:meth:`PeerLink.close`. It decides nothing: :mod:`peer.mesh` does, in :mod:`peer.agent`.
+arrive before the remote description (aiortc would drop them silently), sends our tracks
+and releases all of it on :meth:`PeerLink.close`. What arrives on it (remote tracks, their
+taps) is :class:`peer.received.ReceivedTracks`, its ``received``. It decides nothing:
+:mod:`peer.mesh` does, in :mod:`peer.agent`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from peer.media.encoded import EncodedTap
 from peer.media.fanout import EncodedTrack
 from peer.media.tap import Sinks, TrackTap
 from peer.mesh import LinkState, Role
-from peer.nack import NackRepeater
-from peer.renegotiation import reoffer, track_ids
+from peer.received import ReceivedTracks
+from peer.renegotiation import reoffer
 from signaling.ice import IceServer
 from signaling.protocol import IceCandidate, PeerId
 
@@ -80,26 +81,16 @@ class PeerLink:
         #: When each negotiation step finished (time.monotonic()), for the timing breakdown.
         self.steps: dict[str, float] = {"created": self.created_at}
         self.pc = RTCPeerConnection(configuration=config)
-        self.taps: list[TrackTap] = []
-        self._repeaters: list[NackRepeater] = []
-        #: The first live remote track of each kind (the one ``subscribe(kind)`` copies).
-        self.relays: dict[Kind, tuple[MediaRelay, MediaStreamTrack]] = {}
-        #: Every remote track being read, and its tap (further tracks of a kind included).
-        self._received: dict[MediaStreamTrack, TrackTap] = {}
-        #: Each remote track's encoded frames (to the packet consumers; decoded on demand).
-        self.encoded: dict[MediaStreamTrack, EncodedTap] = {}
-        #: The sender's ID of each remote track (from the description that brought it).
-        self._track_ids: dict[MediaStreamTrack, str] = {}
-        self._applying = ""  # the remote description being applied: its tracks' IDs
-        self._on_track_ended = on_track_ended
-        self._sinks = sinks
+        #: What arrives: the remote tracks, their taps and copies.
+        self.received = ReceivedTracks(remote, self.pc, sinks, on_track=lambda t: on_track(self, t))
+        if on_track_ended is not None:
+            self.received.on_ended = lambda kind, track: on_track_ended(self, kind, track)
         #: Candidates taken before the remote description (aiortc would drop them).
         self._pending: list[RTCIceCandidate | None] = []
         self._resolving: set[asyncio.Task[None]] = set()
         self._budget = CandidateBudget()
         self._refused: set[Refusal] = set()  # each reason is logged once per link
         self._on_state = on_state
-        self._on_track = on_track
         self._closed = False
         self._sent_tracks = list(local_tracks)
         #: The published sources this connection sends, each as its own copy (an m-line).
@@ -127,7 +118,7 @@ class PeerLink:
         #: Published copies to place on the remote offer's m-lines (the answering side).
         self._to_place = offered
         self.pc.on("connectionstatechange", self._connection_state_changed)
-        self.pc.on("track", self._track)
+        self.pc.on("track", self.received.track)
         if on_channel is not None:
             # PROTOCOL.md 16.1: the first offer carries the meshpeer channel (no extra round
             # trip); the answerer gets it, and any channel the remote opens, as "datachannel".
@@ -149,9 +140,22 @@ class PeerLink:
         """Remote candidates refused so far (see :mod:`peer.candidates`)."""
         return self._budget.dropped
 
+    # What arrives, read through the link: ``received``'s (tests and tools read these).
+
     @property
-    def kinds_received(self) -> set[Kind]:
-        return set(self.relays)
+    def taps(self) -> list[TrackTap]:
+        return self.received.taps
+
+    @property
+    def relays(self) -> dict[Kind, tuple[MediaRelay, MediaStreamTrack]]:
+        return self.received.relays
+
+    @property
+    def encoded(self) -> dict[MediaStreamTrack, EncodedTap]:
+        return self.received.encoded
+
+    def tap(self, kind: Kind) -> TrackTap | None:
+        return self.received.tap(kind)
 
     @property
     def remote_sdp(self) -> str | None:
@@ -179,7 +183,7 @@ class PeerLink:
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply the remote offer and return our answer."""
-        sdp = self._applying = self._trim(sdp)
+        sdp = self.received.applying = self._trim(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._mark("remote-description")
         self._attach_to_offer()
@@ -193,13 +197,13 @@ class PeerLink:
         """Apply a new offer from the same remote connection in place; return our answer.
 
         Media on the tracks both keep flows on. A new m-line brings a new remote track (the
-        ``track`` event); one the remote no longer sends ends (:meth:`_end_stopped_tracks`).
+        ``track`` event); one the remote no longer sends ends (``received.end_stopped``).
         Our own tracks stay on their m-lines: none is added to the new ones.
         """
-        sdp = self._applying = self._trim(sdp)
+        sdp = self.received.applying = self._trim(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        await self._end_stopped_tracks()
+        await self.received.end_stopped()
         return str(self.pc.localDescription.sdp)
 
     async def add_track(self, track: MediaStreamTrack) -> str:
@@ -279,12 +283,12 @@ class PeerLink:
         return False
 
     async def accept_answer(self, sdp: str) -> None:
-        sdp = self._applying = self._trim(sdp)
+        sdp = self.received.applying = self._trim(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._mark("remote-description")
         await self._flush_candidates()
         self._set_state(self._from_pc(LinkState.CONNECTING))
-        await self._end_stopped_tracks()  # after a renegotiation of ours
+        await self.received.end_stopped()  # after a renegotiation of ours
 
     async def add_candidate(self, candidate: IceCandidate | None) -> None:
         """Apply a trickled candidate now: the remote description is set (what
@@ -381,109 +385,7 @@ class PeerLink:
             self._mark("connected")
         self._on_state(self)
 
-    def _track(self, track: MediaStreamTrack) -> None:
-        kind: Kind = "video" if track.kind == "video" else "audio"
-        relay = MediaRelay()
-        if kind not in self.relays:
-            self.relays[kind] = (relay, track)
-        receiver = None
-        for transceiver in self.pc.getTransceivers():
-            if transceiver.receiver.track is track:
-                receiver = transceiver.receiver
-                mid = transceiver.mid or ""
-                self._track_ids[track] = track_ids(self._applying).get(mid, track.id)
-                if kind == "video":
-                    self._repeaters.append(NackRepeater(transceiver.receiver))
-        remote = RemoteTrack(
-            self.remote,
-            kind,
-            lambda: self._copy(relay, track),
-            self.track_id(track),
-            self._free_index(kind),
-            keyframe=lambda: self._request_keyframe(track),
-        )
-        encoded = None
-        if receiver is not None:  # its frames come encoded; decoded only on demand
-            encoded = self.encoded[track] = EncodedTap(remote, receiver, self._sinks)
-        # Every track goes to the consumers; a further one of a kind (a second camera, a
-        # shared screen) has index > 0, for those that keep one per peer and kind.
-        log.info("%r received", remote)
-        # The tap's own copy, not a reader's. Audio is read whole (the relay queues for the
-        # tap, which drains it whenever the loop runs): speech work needs every block.
-        copy = relay.subscribe(track, buffered=kind == "audio")
-        tap = TrackTap(remote, copy, self._sinks, received=encoded)
-        tap.start()
-        self.taps.append(tap)
-        self._received[track] = tap
-        self._on_track(self, remote)
-
-    def _copy(self, relay: MediaRelay, track: MediaStreamTrack) -> MediaStreamTrack:
-        """A copy of the decoded ``track`` for a reader of its own (decoded while read)."""
-        copy: MediaStreamTrack = relay.subscribe(track, buffered=False)
-        encoded = self.encoded.get(track)
-        return encoded.reader(copy) if encoded is not None else copy
-
-    def _request_keyframe(self, track: MediaStreamTrack) -> None:
-        encoded = self.encoded.get(track)
-        if encoded is not None:
-            encoded.request_keyframe()
-
-    def _free_index(self, kind: Kind) -> int:
-        """The lowest :attr:`RemoteTrack.index` no live ``kind`` track of this link holds."""
-        taken = {tap.remote.index for tap in self._received.values() if tap.kind == kind}
-        return next(i for i in range(len(taken) + 1) if i not in taken)
-
-    def track_id(self, track: MediaStreamTrack) -> str:
-        """``track``'s ID as its sender named it (the remote browser's track.id)."""
-        return self._track_ids.get(track, track.id)
-
-    async def _end_stopped_tracks(self) -> None:
-        """End the remote tracks whose m-line no longer receives (the remote removed them).
-
-        aiortc only stops feeding such a track, so its readers would wait forever: the
-        receiver is stopped (its track ends, and every copy with it) and our side of the
-        m-line stops receiving for good, so a later offer cannot revive a stopped receiver.
-        """
-        for transceiver in self.pc.getTransceivers():
-            track = transceiver.receiver.track
-            tap = self._received.get(track) if track is not None else None
-            if tap is None or transceiver.currentDirection in ("sendrecv", "recvonly"):
-                continue
-            kind = tap.kind
-            log.info("%s stopped sending %s track %s", self.remote, kind, self.track_id(track))
-            del self._received[track]
-            self.taps.remove(tap)
-            encoded = self.encoded.pop(track, None)
-            if encoded is not None:
-                encoded.stop()
-            if self.relays.get(kind, (None, None))[1] is track:
-                del self.relays[kind]  # the next track of this kind goes to the consumers
-            sending = transceiver.direction in ("sendrecv", "sendonly")
-            transceiver.direction = "sendonly" if sending else "inactive"
-            for repeater in [r for r in self._repeaters if r.receiver is transceiver.receiver]:
-                repeater.stop()
-                self._repeaters.remove(repeater)
-            await transceiver.receiver.stop()
-            await tap.stop()
-            if self._on_track_ended is not None:
-                self._on_track_ended(self, kind, track)
-            self._track_ids.pop(track, None)
-
-    def subscribe(self, kind: Kind) -> MediaStreamTrack | None:
-        """A new unbuffered copy of the remote ``kind`` track, or None if none was received."""
-        entry = self.relays.get(kind)
-        if entry is None:
-            return None
-        relay, track = entry
-        return self._copy(relay, track)
-
-    # -- stats and end -----------------------------------------------------------
-
-    def tap(self, kind: Kind) -> TrackTap | None:
-        for tap in self.taps:
-            if tap.kind == kind:
-                return tap
-        return None
+    # -- end ---------------------------------------------------------------------
 
     async def close(self) -> None:
         """Close the connection, stop its taps and the relay copies of our tracks."""
@@ -498,12 +400,7 @@ class PeerLink:
             await asyncio.wait_for(asyncio.shield(self.pc.close()), 5.0)
         except Exception as exc:  # the taps and tracks below are released all the same
             log.warning("closing the connection to %s failed: %r", self.remote, exc)
-        for repeater in self._repeaters:
-            repeater.stop()
-        for encoded in self.encoded.values():
-            encoded.stop()
-        for tap in self.taps:
-            await tap.stop()
+        await self.received.stop()
         for track in self._sent_tracks:
             track.stop()
         self.pc.remove_all_listeners()

@@ -40,9 +40,9 @@ async def sample(link: PeerLink, sampler: Sampler, joined_at: float) -> PeerStat
     kbps_in, kbps_out = sampler.rates(counters)
     tracks = tuple(
         TrackStats(tap.kind, tap.remote.index, tap.frames, tap.decoded, tap.decoding)
-        for tap in link.taps
+        for tap in link.received.taps
     )
-    video, audio = link.tap("video"), link.tap("audio")
+    video, audio = link.received.tap("video"), link.received.tap("audio")
     first = video.first_frame_at if video is not None else None
     steps = dict(link.steps)
     if first is not None:

@@ -348,8 +348,8 @@ class Negotiator:
         self._data.close()
 
     def _expect(self, peer: PeerId, link: PeerLink) -> None:
-        if link.kinds_received:
-            self._sinks.expect(peer, link.kinds_received)
+        if link.received.kinds:
+            self._sinks.expect(peer, link.received.kinds)
 
     # -- link callbacks ------------------------------------------------------------------
     def _link_track(self, link: PeerLink, track: RemoteTrack) -> None:
@@ -357,7 +357,7 @@ class Negotiator:
 
     def _link_track_ended(self, link: PeerLink, kind: Kind, track: MediaStreamTrack) -> None:
         if self._room.link(link.remote) is link:
-            self._emit(ev.TrackEnded(link.remote, kind, link.track_id(track)))
+            self._emit(ev.TrackEnded(link.remote, kind, link.received.track_id(track)))
 
     def _link_state(self, link: PeerLink) -> None:
         peer = link.remote
