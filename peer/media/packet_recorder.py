@@ -40,12 +40,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import av.container
 
 from peer.events import Kind, RemoteTrack
 from peer.media.errors import MediaError
 from peer.media.packets import EncodedFrame
-from peer.media.recording_worker import RecordingWorker
+from peer.media.recording_worker import RecordingWorker, open_matroska
 from peer.media.timeline import RecordingClock, RtpUnwrapper, VideoStamper
 from signaling.protocol import PeerId
 
@@ -181,12 +180,7 @@ class _Segment:
 
     def __init__(self, path: Path, tracks: dict[RemoteTrack, _Format]) -> None:
         self.path = path
-        self.container: av.container.OutputContainer = av.open(
-            str(path),
-            "w",
-            format="matroska",
-            options={"flush_packets": "1", "cluster_time_limit": "1000"},
-        )
+        self.container = open_matroska(path)
         self.timeline = FileTimeline()
         self.streams: dict[RemoteTrack, _Stream] = {}
         self.written = 0

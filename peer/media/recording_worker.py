@@ -3,7 +3,9 @@
 The event loop only queues (``_put``, never blocking: False when full); the thread owns the
 files, takes each item in order (``_take``), does what waiting allows (``_idle``, about
 every 0.1 s) and, however it ends, closes the files (``_close``) and lets go of them
-(``_forget``), so a visit that failed or finished holds nothing.
+(``_forget``), so a visit that failed or finished holds nothing. Every recorder (the room's
+too) opens its file with :func:`open_matroska` and, where it encodes, ends it with
+:func:`close_matroska`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,43 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import av
+import av.container
 
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
+
+
+def open_matroska(path: Path, format: str = "matroska") -> av.container.OutputContainer:
+    """``path`` opened for writing in clusters of at most 1 s, flushed as written: a process
+    killed outright (no chance to finalise) still leaves a playable file missing at most its
+    last second."""
+    return av.open(
+        str(path),
+        "w",
+        format=format,
+        options={"flush_packets": "1", "cluster_time_limit": "1000"},
+    )
+
+
+def close_matroska(
+    container: av.container.OutputContainer,
+    streams: Iterable[av.VideoStream | av.AudioStream | None],
+) -> None:
+    """Write what each encoder still holds (a failing one is logged, the rest go on), then
+    close the file."""
+    for stream in streams:
+        if stream is not None:
+            try:
+                container.mux(stream.encode(None))
+            except av.FFmpegError:
+                log.exception("flushing the %s encoder failed", stream.type)
+    container.close()
+
 
 _FINISH = object()
 

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import av.container
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +44,7 @@ from peer.events import RemoteTrack
 from peer.media.errors import MediaError
 from peer.media.mosaic import Mosaic, grid
 from peer.media.pacing import FrameClock
+from peer.media.recording_worker import close_matroska, open_matroska
 from peer.media.tap import FrameConsumer
 from peer.media.transcode_recorder import recording_format
 from signaling.protocol import PeerId
@@ -181,13 +181,7 @@ class _Writer:
 
     def __init__(self, path: Path, size: tuple[int, int], fps: int) -> None:
         fmt = recording_format()
-        # As the per-peer recorder: clusters of at most 1 s, flushed as written.
-        self.container: av.container.OutputContainer = av.open(
-            str(path),
-            "w",
-            format=fmt.container,
-            options={"flush_packets": "1", "cluster_time_limit": "1000"},
-        )
+        self.container = open_matroska(path, fmt.container)
         video = self.container.add_stream(fmt.video_codec, rate=fps)
         audio = self.container.add_stream(fmt.audio_codec, rate=AUDIO_RATE)
         if not isinstance(video, av.VideoStream) or not isinstance(audio, av.AudioStream):
@@ -226,12 +220,7 @@ class _Writer:
             self.container.mux(self.audio.encode(chunk))
 
     def close(self) -> None:
-        for stream in (self.video, self.audio):
-            try:
-                self.container.mux(stream.encode(None))
-            except av.FFmpegError:
-                log.exception("flushing the %s encoder failed", stream.type)
-        self.container.close()
+        close_matroska(self.container, (self.video, self.audio))
 
 
 class RoomRecorder(FrameConsumer):

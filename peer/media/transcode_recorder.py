@@ -31,13 +31,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import av.container
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from peer.events import RemoteTrack
 from peer.media.errors import MediaError
-from peer.media.recording_worker import RecordingWorker
+from peer.media.recording_worker import RecordingWorker, close_matroska, open_matroska
 from peer.media.tap import Kind
 from peer.media.timeline import AudioStamper, RecordingClock, SenderClock, VideoStamper
 from signaling.protocol import PeerId
@@ -120,14 +119,7 @@ class _Muxer:
 
     def __init__(self, path: Path, kinds: set[Kind], size: tuple[int, int]) -> None:
         fmt = recording_format()
-        # Clusters of at most 1 s, flushed as written: a process killed outright (no
-        # chance to finalise) still leaves a playable file missing at most its last second.
-        self.container: av.container.OutputContainer = av.open(
-            str(path),
-            "w",
-            format=fmt.container,
-            options={"flush_packets": "1", "cluster_time_limit": "1000"},
-        )
+        self.container = open_matroska(path, fmt.container)
         self.video: av.VideoStream | None = None
         self.audio: av.AudioStream | None = None
         self.size = size
@@ -186,13 +178,7 @@ class _Muxer:
         return self._resampler.resample(frame)
 
     def close(self) -> None:
-        for stream in (self.video, self.audio):
-            if stream is not None:
-                try:
-                    self.container.mux(stream.encode(None))
-                except av.FFmpegError:
-                    log.exception("flushing the %s encoder failed", stream.type)
-        self.container.close()
+        close_matroska(self.container, (self.video, self.audio))
 
 
 class TranscodingVisit(RecordingWorker):
