@@ -142,7 +142,11 @@ async def test_video_source_fed_from_a_thread_arrives_numbered_in_order(
         f"{source.sent}, replaced {source.replaced}, repeated {source.repeated}"
     )
     assert numbers == sorted(numbers), "pictures out of order"
-    assert len(arrived) >= 285, (len(arrived), sorted(set(range(300)) - set(arrived)))
+    # 95% of the 300 (the figure) of those that left the source: a machine too busy
+    # to run the sender's loop at 30 fps makes the source replace pictures before sending
+    # them (newest-picture slot), which is the source working as documented, not a loss.
+    left = 300 - source.replaced
+    assert len(arrived) >= 0.95 * left, (len(arrived), left, sorted(set(range(300)) - set(arrived)))
     assert median < 0.150, median
     assert source.captured == 300
 
