@@ -15,12 +15,12 @@ what :class:`peer.media.recorder.Recorder` starts per peer when it does not tran
 - **Keyframes.** Each video stream starts on a keyframe: packets before it are dropped.
   Resolution changes stay in the stream (VP8 and H.264 keyframes carry their size; the
   header has the first one).
-- **Time, in sync.** :meth:`FileTimeline.file_time` maps a packet's (track, RTP
-  timestamp) to seconds in the file by the sender's wall clock: each track's RTCP sender
-  reports (``RemoteTrack.sender_clock``) map its RTP clock to that one clock, so a peer's
-  audio and video sit where the sender captured them. The file waits (its packets held,
-  bounded) until every track has had a report, so it is in sync from its first second;
-  a track with none within ``OPEN_WAIT`` (a sender that sends none) is placed by its
+- **Time, in sync.** ``FileTimeline.file_time`` (:mod:`peer.media.file_timeline`) maps a
+  packet's (track, RTP timestamp) to seconds in the file by the sender's wall clock: each
+  track's RTCP sender reports (``RemoteTrack.sender_clock``) map its RTP clock to that one
+  clock, so a peer's audio and video sit where the sender captured them. The file waits (its
+  packets held, bounded) until every track has had a report, so it is in sync from its first
+  second; a track with none within ``OPEN_WAIT`` (a sender that sends none) is placed by its
   arrival instead, logged once. Times never go back within a stream (nudged, counted).
 - **Off the loop.** The loop only queues (bounded); one thread per visit writes. When the
   queue is full the packet is dropped, counted, and for video every packet of that track
@@ -43,9 +43,10 @@ import av
 
 from peer.events import Kind, RemoteTrack
 from peer.media.errors import MediaError
+from peer.media.file_timeline import FileTimeline
 from peer.media.packets import EncodedFrame
 from peer.media.recording_worker import RecordingWorker, open_matroska
-from peer.media.timeline import RecordingClock, RtpUnwrapper, VideoStamper
+from peer.media.timeline import VideoStamper
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
@@ -85,77 +86,6 @@ def h264_size(data: bytes) -> tuple[int, int] | None:
         if isinstance(frame, av.VideoFrame):
             return frame.width, frame.height
     return None
-
-
-class FileTimeline:
-    """Where each packet goes in one file, in seconds from the file's start.
-
-    Synced (some track had a sender report when the file opened): a packet's time is its
-    sender's wall clock at its RTP timestamp minus the file's start on that clock. A track
-    without a report yet is placed by its arrival, carried to the sender's clock by the
-    smallest (arrival - sender time) seen, until its first report. Unsynced (no report at
-    all: a sender that sends none): each track's RTP clock anchored where its first packet
-    arrived (``RecordingClock``).
-    """
-
-    def __init__(self) -> None:
-        self.synced = False
-        #: Packets placed by arrival in a synced file (their track had no report yet).
-        self.estimated = 0
-        self._start: float | None = None  # the file's start on the sender's wall clock
-        self._skew: float | None = None  # the least (arrival - sender time) seen
-        self._anchors: dict[RemoteTrack, float] = {}  # estimated: sender time - RTP time
-        self._clock = RecordingClock()
-        self._rtp: dict[RemoteTrack, RtpUnwrapper] = {}
-
-    @property
-    def skew(self) -> float | None:
-        """The least (arrival - sender time) seen, None before a report."""
-        return self._skew
-
-    def begin(self, items: list[tuple[RemoteTrack, EncodedFrame]], skew: float | None) -> bool:
-        """Fix the file's start from its first packets (those held while it waited) and
-        ``skew`` (a previous file's, if any); whether the file is synced."""
-        if skew is not None:
-            self._note_skew(skew)
-        walls = [_sender_time(track, frame) for track, frame in items]
-        for (_, frame), wall in zip(items, walls, strict=True):
-            if wall is not None:
-                self._note_skew(frame.arrival - wall)
-        self.synced = self._skew is not None
-        if self.synced:
-            self._start = min(self._wall(track, frame) for track, frame in items)
-        return self.synced
-
-    def file_time(self, track: RemoteTrack, frame: EncodedFrame) -> float:
-        """``frame``'s time in the file (see the class docstring)."""
-        if not self.synced:
-            ticks = self._rtp.setdefault(track, RtpUnwrapper()).unwrap(frame.timestamp)
-            key = f"{track.kind}{track.index}"
-            return self._clock.place(key, ticks / frame.clock_rate, frame.arrival)
-        wall = self._wall(track, frame)
-        if self._start is None:
-            self._start = wall
-        return wall - self._start
-
-    def _wall(self, track: RemoteTrack, frame: EncodedFrame) -> float:
-        wall = _sender_time(track, frame)
-        if wall is not None:
-            self._note_skew(frame.arrival - wall)
-            return wall
-        skew = self._skew if self._skew is not None else 0.0
-        anchor = self._anchors.setdefault(track, frame.arrival - skew - frame.seconds)
-        self.estimated += 1
-        return frame.seconds + anchor
-
-    def _note_skew(self, skew: float) -> None:
-        if self._skew is None or skew < self._skew:
-            self._skew = skew
-
-
-def _sender_time(track: RemoteTrack, frame: EncodedFrame) -> float | None:
-    clock = track.sender_clock
-    return None if clock is None else clock.wallclock(frame.timestamp)
 
 
 @dataclass
