@@ -101,15 +101,15 @@ def start(work: Path, args: argparse.Namespace) -> list[Proc]:
         flags = (*size, "--video", "synthetic", "--audio", "tone")
         flags += ("--record", str(work / "recordings" / name))
         procs.append(bot(at, name, (*flags, "--snapshot", str(work / f"{name}.png")), True))
-    for role in args.roles:
-        for variant in args.variants:
-            name = f"{role}-{variant}"
-            fill = {"dir": str(work / "recordings" / name), "png": str(work / f"{name}.png")}
-            flags = [f.format(**fill) for f in ROLES[role]] + ["--video", "none", "--audio", "none"]
-            traced = args.tracemalloc or variant == "traced"
-            env = {"PYTHONTRACEMALLOC": "1"} if traced else {}
-            flags += VARIANTS[variant]
-            procs.append(bot(at, name, tuple(flags), variant == "tuned", env))
+    pairs = args.bots or [(r, v) for r in args.roles for v in args.variants]
+    for role, variant in pairs:
+        name = f"{role}-{variant}"
+        fill = {"dir": str(work / "recordings" / name), "png": str(work / f"{name}.png")}
+        flags = [f.format(**fill) for f in ROLES[role]] + ["--video", "none", "--audio", "none"]
+        traced = args.tracemalloc or variant == "traced"
+        env = {"PYTHONTRACEMALLOC": "1"} if traced else {}
+        flags += VARIANTS[variant]
+        procs.append(bot(at, name, tuple(flags), variant == "tuned", env))
     return procs
 
 
@@ -242,6 +242,14 @@ def _names(known: dict[str, Any]) -> Callable[[str], list[str]]:
     return parse
 
 
+def _pairs(text: str) -> list[tuple[str, str]]:
+    pairs = [tuple(n.split("-", 1)) for n in text.split(",") if n]
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] not in ROLES or pair[1] not in VARIANTS:
+            raise argparse.ArgumentTypeError(f"not ROLE-VARIANT: {'-'.join(pair)!r}")
+    return [(role, variant) for role, variant in pairs]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -258,6 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--variants", type=_names(VARIANTS), default=["tuned"], help="of " + ",".join(VARIANTS)
+    )
+    parser.add_argument(
+        "--bots",
+        type=_pairs,
+        help="instead of --roles x --variants: ROLE-VARIANT,... (recorder-glibc,viewer-tuned)",
     )
     parser.add_argument(
         "--tracemalloc", action="store_true", help="the receive-only bots trace the Python heap"
