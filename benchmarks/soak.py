@@ -282,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     procs = start(work, args)
     started = time.monotonic()
     end = started + args.minutes * 60
+    # Ctrl-C or SIGTERM ends the run early: the bots leave and what was sampled is summed up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while time.monotonic() < end:
             time.sleep(args.interval)
@@ -294,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    except KeyboardInterrupt:
+        print("stopped early", file=sys.stderr)
     finally:  # the bots leave (finalising recordings), then the server stops
         for group in (procs[1:], procs[:1]):
             for proc in group:
