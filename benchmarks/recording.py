@@ -203,7 +203,9 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
         "sender_cpu_percent": round(cpu[1], 1),
         "fps_min": round(min(fps.values()), 1),
         "fps_mean": round(statistics.fmean(fps.values()), 1),
-        "real_time": round(min(fps[p] / reference[p] for p in senders if reference[p]), 3),
+        "real_time": min(
+            (round(fps[p] / reference[p], 3) for p in senders if reference[p]), default=None
+        ),
         "dropped_video": dropped[0],
         "dropped_audio": dropped[1],
     }
@@ -280,7 +282,7 @@ def main() -> int:
     top = max(counts)
     held = [r for r in runs if r["mode"] == "packets" and r["streams"] == top]
     holds = bool(held) and all(
-        r["dropped_video"] == 0 and r["dropped_audio"] == 0 and r["real_time"] >= REAL_TIME
+        r["dropped_video"] == r["dropped_audio"] == 0 and (r["real_time"] or 0) >= REAL_TIME
         for r in held
     )
     single = median(runs, "receive", 1, "sender_cpu_percent") if 1 in counts else None
@@ -320,7 +322,7 @@ def main() -> int:
     print()
     for r in held:
         print(
-            f"packets x{top}: received {r['real_time']:.0%} of what the senders get from each "
+            f"packets x{top}: received {r['real_time']} of what the senders get from each "
             f"other, dropped {r['dropped_video']} video / {r['dropped_audio']} audio packets"
         )
     print(f"sender with one receive-only peer: {single}%; in a mesh of {MESH}: {mesh}%", end="")
