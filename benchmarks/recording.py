@@ -181,8 +181,9 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
         others = [received(path) for path in room.stats]
     finally:
         stop([recorder])
-    fps = {p: last[p][0] for p in senders}
-    frames = sum(last[p][1] - first[p][1] for p in senders)
+    # A sender the recorder lost (a connection that failed under load) counts as 0 fps.
+    fps = {p: last.get(p, (0.0, 0))[0] for p in senders}
+    frames = sum(last.get(p, (0.0, 0))[1] - first.get(p, (0.0, 0))[1] for p in senders)
     # What the other senders (or, alone, nobody: the configured rate) receive from each.
     reference = {
         p: statistics.fmean([o[p][0] for o in others if p in o] or [float(args.fps)])
