@@ -239,12 +239,18 @@ def main() -> int:
     )
     runs: list[dict[str, Any]] = []
     mesh: float | None = None
+    failures: dict[int, str] = {}  # sender counts whose room never formed, and why
     try:
         wait_listening(server, port, 20)
         url = f"ws://127.0.0.1:{port}/ws"
         with tempfile.TemporaryDirectory(prefix="meshpeer-recording-") as work:
             for streams in counts:
-                room = start_room(url, streams, args, Path(work))
+                try:
+                    room = start_room(url, streams, args, Path(work))
+                except RuntimeError as exc:  # the machine cannot carry this many senders
+                    failures[streams] = str(exc)
+                    print(f"x{streams}: {exc}", file=sys.stderr, flush=True)
+                    continue
                 try:
                     if streams == MESH:
                         mesh = mesh_cost(room, args)
@@ -252,7 +258,12 @@ def main() -> int:
                     for round_ in range(args.rounds):
                         order = list(MODES) if round_ % 2 == 0 else list(MODES)[::-1]
                         for mode in order:
-                            run = measure(room, mode, args, len(runs))
+                            try:
+                                run = measure(room, mode, args, len(runs))
+                            except RuntimeError as exc:
+                                failures[streams] = f"{mode}: {exc}"
+                                print(f"x{streams} {mode}: {exc}", file=sys.stderr, flush=True)
+                                continue
                             print(
                                 f"round {round_ + 1}: {mode:9s} x{streams}: "
                                 f"{run['cpu_percent']:5.1f}% of a core, "
@@ -328,6 +339,8 @@ def main() -> int:
         )
     print(f"sender with one receive-only peer: {single}%; in a mesh of {MESH}: {mesh}%", end="")
     print(f" ({mesh_ratio}x)")
+    for streams, why in failures.items():
+        print(f"x{streams} not measured: {why}")
     for name, met in targets.items():
         print(f"{'met' if met else 'NOT met'}: {name}")
     result = {
@@ -336,6 +349,7 @@ def main() -> int:
         "table": table,
         "mesh": {"single_receiver_cpu": single, "mesh_cpu": mesh, "ratio": mesh_ratio},
         "targets": targets,
+        "failures": failures,
         "runs": runs,
     }
     write_result(args.output, result)
