@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
     free_port,
     last_json_line,
     machine_info,
+    stop_all,
     wait_listening,
     write_result,
 )
@@ -117,17 +117,6 @@ def wait_receiving(path: Path, peers: set[str], procs: list[subprocess.Popen[byt
         time.sleep(0.3)
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def start_room(url: str, streams: int, args: argparse.Namespace, work: Path) -> Room:
     name = f"rec-{streams}-{time.monotonic_ns()}"
     room = Room(url, name, work, [], [])
@@ -141,7 +130,7 @@ def start_room(url: str, streams: int, args: argparse.Namespace, work: Path) -> 
             others = {f"s{j + 1}" for j in range(streams) if j != i}
             wait_receiving(path, others, room.senders)
     except BaseException:
-        stop(room.senders)
+        stop_all(room.senders, 30)
         raise
     return room
 
@@ -180,7 +169,7 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
         cpu, wall, first, last = window([recorder.pid, room.senders[0].pid], stats, args.window)
         others = [received(path) for path in room.stats]
     finally:
-        stop([recorder])
+        stop_all([recorder], 30)
     # A sender the recorder lost (a connection that failed under load) counts as 0 fps.
     fps = {p: last.get(p, (0.0, 0))[0] for p in senders}
     frames = sum(last.get(p, (0.0, 0))[1] - first.get(p, (0.0, 0))[1] for p in senders)
@@ -275,7 +264,7 @@ def main() -> int:
                             )
                             runs.append(run)
                 finally:
-                    stop(room.senders)
+                    stop_all(room.senders, 30)
     finally:
         server.terminate()
         server.wait(timeout=10)
