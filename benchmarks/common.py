@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import tempfile
@@ -25,6 +26,7 @@ __all__ = [
     "last_json_line",
     "machine_info",
     "reference_dir",
+    "stop_all",
     "wait_listening",
     "write_result",
 ]
@@ -104,6 +106,19 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """SIGTERM to all at once (they leave together), then SIGKILL whoever is still there
+    after ``timeout`` seconds."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def start_redis(stack: ExitStack) -> tuple[subprocess.Popen[bytes], int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from benchmarks.common import (  # noqa: E402
     cpu_seconds,
     free_port,
     last_json_line,
+    stop_all,
     wait_listening,
     write_result,
 )
@@ -55,17 +55,6 @@ def receiver_fps(stats: Path) -> float:
     if not record:
         return 0.0
     return sum(p["fps_in"] for p in record["peers"] if p["peer"] == "sender")
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def measure(
@@ -96,8 +85,8 @@ def measure(
             fps_samples.append([receiver_fps(path) for path in stats])
         cpu, wall = cpu_seconds(sender.pid) - cpu, time.monotonic() - wall
     finally:
-        stop(procs[1:])
-        stop(procs[:1])
+        stop_all(procs[1:])
+        stop_all(procs[:1])
     per_receiver = [statistics.fmean(column) for column in zip(*fps_samples, strict=True)]
     return {
         "mode": mode,

@@ -168,6 +168,22 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         "--stats-json", type=Path, metavar="FILE", help="append stats as JSON lines to FILE"
     )
     out.add_argument("--quiet", action="store_true", help="no status lines")
+    memory = parser.add_argument_group("memory (glibc's allocator, for long runs)")
+    memory.add_argument(
+        "--malloc-arenas",
+        type=int,
+        default=2,
+        metavar="N",
+        help="at most N malloc arenas for the media threads (default %(default)s; 0: "
+        "glibc's default of 8 per core)",
+    )
+    memory.add_argument(
+        "--malloc-trim",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="give freed memory back to the system every S seconds (default %(default)s; 0: never)",
+    )
     out.add_argument(
         "--chat",
         action="store_true",

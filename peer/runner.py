@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from peer import events as ev
+from peer import memory
 from peer.agent import Agent, random_peer_id, run_until
 from peer.datachannel import MESHPEER
 from peer.errors import MeshpeerError
@@ -70,6 +71,7 @@ class StatsWriter:
                 # For long runs: what would show a leak of tasks or threads.
                 "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(),
+                "memory": memory.memory_use().to_json(),
                 # Remote tracks being decoded now (only while something shows them).
                 "decoders": sum(s.decoders for s in event.peers),
                 "peers": [s.to_json() for s in event.peers],
@@ -191,6 +193,9 @@ async def join_room(args: argparse.Namespace) -> int:
         agent.add_listener(writer)
         writer.joined_unix = time.time()
         exits.push_async_callback(agent.leave)
+        if args.malloc_trim > 0:
+            trimmer = loop.create_task(memory.trim_every(args.malloc_trim))
+            exits.callback(trimmer.cancel)
         if not await _join_unless_stopped(agent, stop):
             return 130
         if mosaic is not None:
@@ -326,6 +331,7 @@ def run_join(args: argparse.Namespace) -> int:
     if args.record_transcode and args.record is None:
         print("meshpeer join: --record-transcode needs --record DIR", file=sys.stderr)
         return 2
+    memory.limit_arenas(args.malloc_arenas)  # before any thread starts
     try:
         return asyncio.run(join_room(args))
     # IceServerError: a bad --ice-server; OSError: e.g. --record DIR not writable

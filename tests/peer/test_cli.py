@@ -109,6 +109,7 @@ async def test_join_ctrl_c_leaves_cleanly(server: RunningServer, tmp_path: Path)
     assert (tmp_path / "snap.png").stat().st_size > 1000
     last = json.loads(stats.read_text().splitlines()[-1])
     assert last["peer"] == "cli" and last["peers"][0]["peer"] == "alice"
+    assert last["memory"]["rss_kib"] > 0 and last["memory"]["malloc_used_kib"] > 0
 
 
 def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
