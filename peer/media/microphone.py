@@ -1,11 +1,14 @@
 """``--audio mic[:DEVICE]``: the system's microphone as an audio track (``sounddevice``).
 
 PortAudio calls back with each 20 ms block at 48 kHz on its own thread; the block is made
-s16 stereo there and handed to the loop. The track is paced by the sound card, not by a
-timer: a card whose clock runs a little fast or slow sends a little more or less, and the
-receiving side's jitter buffer follows it (a timer here would let the two clocks drift apart
-in a buffer on this side, delay growing by the minute). Blocks the loop has not taken are
-bounded (``_BACKLOG``): the oldest are dropped and counted.
+s16 stereo there and handed to the loop. The track sends a block when one has come and its
+slot (20 ms after the previous one) is due: a source that delivers in bursts (PulseAudio's
+sine source posts 2 s at once) still goes out at the pace of speech, and a card that is a
+little slow sets the pace itself (the slots restart from the late block). A card that is a
+little fast leaves a standing backlog: once per window (``_WINDOW``) the smallest backlog
+seen in it, less one block, is sent at once, so the delay on this side does not grow by
+the hour, and a burst source's sawtooth (empty just before each burst) is left alone.
+Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
 
 Echo: a person whose speaker and microphone are both open is heard back by the others unless
 something cancels the echo. :class:`EchoCanceller` is the seam for one: given to the
@@ -19,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from typing import Any, Protocol
 
 import av
@@ -34,7 +38,10 @@ __all__ = ["EchoCanceller", "MicrophoneTrack", "open_microphone"]
 
 log = logging.getLogger(__name__)
 
-_BACKLOG = 10  # 20 ms blocks captured and not yet sent (200 ms), the oldest dropped
+_BACKLOG = 150  # 20 ms blocks captured and not yet sent (3 s), the oldest dropped
+_WINDOW = 250  # blocks (5 s) over which the smallest backlog is the standing one
+_BLOCK_SECONDS = AUDIO_FRAME_SAMPLES / AUDIO_RATE
+_MAX_LAG = 0.1  # a block this late restarts the slots from it
 
 Block = npt.NDArray[np.int16]  # (960, 2) s16 stereo at 48 kHz
 
@@ -54,7 +61,8 @@ class MicrophoneTrack(MediaStreamTrack):
     """The microphone's blocks as 20 ms s16 stereo frames; ``stop`` closes the device.
 
     Counters: ``captured`` (blocks from the card), ``dropped`` (blocks the loop was too late
-    to take), ``overflows`` (the card's own reports of lost input).
+    to take), ``rushed`` (blocks sent early against a standing backlog), ``overflows``
+    (the card's own reports of lost input).
     """
 
     kind = "audio"
@@ -69,6 +77,10 @@ class MicrophoneTrack(MediaStreamTrack):
         self._ready = asyncio.Event()
         self._reader_loop = asyncio.get_running_loop()  # made on the loop that reads it
         self._pts = 0
+        self._due: float | None = None  # the next block's slot (monotonic seconds)
+        self._sent_in_window = 0
+        self._lowest = _BACKLOG
+        self.rushed = 0  # blocks sent ahead of their slot to take a standing backlog away
         self._stream: Any = None
 
     def _callback(
@@ -93,8 +105,21 @@ class MicrophoneTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
-        if self.readyState != "live":
+        now = time.monotonic()
+        if self._due is None or now - self._due > _MAX_LAG:
+            self._due = now
+        elif self._due > now:
+            await asyncio.sleep(self._due - now)
+        if self.readyState != "live" or not self._blocks:
             raise MediaStreamError
+        self._due += _BLOCK_SECONDS
+        self._lowest = min(self._lowest, len(self._blocks) - 1)
+        self._sent_in_window += 1
+        if self._sent_in_window >= _WINDOW:
+            standing = max(0, self._lowest - 1)
+            self._due -= standing * _BLOCK_SECONDS  # those go out at once
+            self.rushed += standing
+            self._sent_in_window, self._lowest = 0, _BACKLOG
         block = self._blocks.popleft()
         frame = audio_frame(block.reshape(1, -1), self._pts)
         self._pts += len(block)
