@@ -100,24 +100,34 @@ def pulse_server() -> Iterator[PulseServer]:
 
 @dataclass
 class Recording:
-    """What a sink played: mono samples at 48 kHz and the monotonic time of sample 0."""
+    """What a sink played: mono samples at 48 kHz, and when each chunk of them came out
+    (``arrivals``, monotonic, and ``ends``, the sample count after each chunk)."""
 
     samples: npt.NDArray[np.int16]
-    start: float
+    arrivals: npt.NDArray[np.float64]
+    ends: npt.NDArray[np.int64]
+
+    def time_of(self, index: int, around: float = 2.0) -> float:
+        """The monotonic time sample ``index`` came out: the earliest that the chunks of
+        the ``around`` seconds either side allow (arrival minus the samples since; a chunk
+        held back in a buffer only makes its estimate later, so delays measured against it
+        are never shorter than the truth). Local, so a sink clock off by parts per million
+        over a long run does not bend it."""
+        near = np.abs(self.ends - index) <= around * RATE
+        if not near.any():
+            near = np.ones(len(self.ends), bool)
+        offsets = self.arrivals[near] - self.ends[near] / RATE
+        return float(offsets.min() + index / RATE)
 
 
 @dataclass
 class Recorder:
-    """``parec`` on a sink's monitor, read on a thread; ``take()`` returns all so far.
-
-    The time of sample 0 is the earliest any chunk's arrival allows (arrival minus the
-    samples before it): a chunk held back in a buffer only makes that estimate later, so
-    delays measured against it are never shorter than the truth.
-    """
+    """``parec`` on a sink's monitor, read on a thread; ``take()`` returns all so far."""
 
     process: subprocess.Popen[bytes]
     chunks: list[bytes] = field(default_factory=list)
-    start: float = float("inf")
+    arrivals: list[float] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
     _received: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -129,14 +139,15 @@ class Recorder:
             with self._lock:
                 self.chunks.append(chunk)
                 self._received += len(chunk)
-                self.start = min(self.start, now - self._received / 2 / RATE)
+                self.arrivals.append(now)
+                self.ends.append(self._received // 2)
 
     def take(self) -> Recording:
         with self._lock:
             data = b"".join(self.chunks)
-            start = self.start
+            arrivals, ends = np.array(self.arrivals), np.array(self.ends, np.int64)
         usable = len(data) // 2 * 2
-        return Recording(np.frombuffer(data[:usable], np.int16).copy(), start)
+        return Recording(np.frombuffer(data[:usable], np.int16).copy(), arrivals, ends)
 
 
 @contextlib.contextmanager
@@ -159,12 +170,14 @@ def recording(server: PulseServer, sink: str = "spk") -> Iterator[Recorder]:
 class PipeSource:
     """A PulseAudio source fed by the test through a FIFO (``module-pipe-source``): silence,
     and a 1 kHz beep whenever asked, written in 10 ms chunks at their due time, so the
-    monotonic time of each beep's first sample is known."""
+    monotonic time of each beep's first sample is known. ``speed`` above 1 writes that much
+    faster than real time: a microphone whose clock runs fast against the speaker's."""
 
     CHUNK = RATE // 100
 
-    def __init__(self, server: PulseServer, name: str = "voice") -> None:
+    def __init__(self, server: PulseServer, name: str = "voice", speed: float = 1.0) -> None:
         self.name = name
+        self.speed = speed
         self.fifo = server.runtime / f"{name}.fifo"
         server.pactl(
             "load-module", "module-pipe-source", f"source_name={name}", f"file={self.fifo}",
@@ -191,7 +204,7 @@ class PipeSource:
             start = time.monotonic()
             index = 0
             while not self._stop.is_set():
-                due = start + index * 0.01
+                due = start + index * 0.01 / self.speed
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -213,19 +226,20 @@ class PipeSource:
 def onsets(recording: Recording, *, after: float = 0.0, gap: float = 0.5) -> list[float]:
     """Monotonic times where sound starts (a 5 ms window over a quarter of the loudest)
     after ``gap`` s of quiet."""
-    samples = np.abs(recording.samples.astype(np.int32))
     window = RATE // 200
-    if len(samples) < window:
+    if len(recording.samples) < window:
         return []
-    level = np.convolve(samples, np.ones(window) / window, mode="valid")
+    summed = np.concatenate([[0], np.cumsum(np.abs(recording.samples.astype(np.int64)))])
+    level = (summed[window:] - summed[:-window]) / window
     loud = (level > max(level.max() / 4, 500)).astype(np.int8)
     change = np.diff(np.concatenate([[0], loud, [0]]))
     found: list[float] = []
     quiet_since = -gap * RATE
     for rise, fall in zip(np.flatnonzero(change == 1), np.flatnonzero(change == -1), strict=True):
-        moment = recording.start + rise / RATE
-        if rise - quiet_since >= gap * RATE and moment >= after:
-            found.append(moment)
+        if rise - quiet_since >= gap * RATE:
+            moment = recording.time_of(int(rise))
+            if moment >= after:
+                found.append(moment)
         quiet_since = fall
     return found
 

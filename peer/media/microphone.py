@@ -4,7 +4,8 @@ PortAudio calls back with each 20 ms block at 48 kHz on its own thread; the bloc
 s16 stereo there and handed to the loop. The track sends a block when one has come and its
 slot (20 ms after the previous one) is due: a source that delivers in bursts (PulseAudio's
 sine source posts 2 s at once) still goes out at the pace of speech, and a card that is a
-little slow sets the pace itself (the slots restart from the late block). A card that is a
+little slow sets the pace itself (the slots restart from the late block; blocks that
+waited through such a pause, as before the first peer came, are stale and dropped). A card that is a
 little fast leaves a standing backlog: once per window (``_WINDOW``) the smallest backlog
 seen in it, less one block, is sent at once, so the delay on this side does not grow by
 the hour, and a burst source's sawtooth (empty just before each burst) is left alone.
@@ -107,6 +108,10 @@ class MicrophoneTrack(MediaStreamTrack):
             await self._ready.wait()
         now = time.monotonic()
         if self._due is None or now - self._due > _MAX_LAG:
+            # First read, or nobody read for a while (no peer yet): what waited is stale.
+            while len(self._blocks) > 1:
+                self._blocks.popleft()
+                self.dropped += 1
             self._due = now
         elif self._due > now:
             await asyncio.sleep(self._due - now)

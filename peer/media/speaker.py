@@ -30,10 +30,12 @@ __all__ = ["Speaker", "open_speaker"]
 
 log = logging.getLogger(__name__)
 
-#: Blocks a track may hold (200 ms more than its prebuffer: a burst after a stall), and the
-#: prebuffer each track starts with and is held at (40 ms, on top of aiortc's own buffer).
-_CAPACITY = 12
+#: The prebuffer each track starts with and is held at (40 ms, on top of aiortc's own
+#: buffer), and the most it may hold: 60 ms more, so that time lost at once (the card ran
+#: dry while this process was starved, a burst after a network stall) costs at most that
+#: much delay and is dropped rather than followed away at 0.5% for minutes.
 _PREBUFFER = 2
+_CAPACITY = 5
 
 
 class Speaker(FrameConsumer):

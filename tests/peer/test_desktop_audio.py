@@ -115,7 +115,7 @@ async def test_the_microphone_reaches_the_speaker_at_its_frequency(
         )
         await asyncio.sleep(1.5)  # a second and a half of tone after it started
         played = recorder.take()
-    begin = round((heard[0] - played.start) * RATE) + RATE // 4
+    begin = round((heard[0] - played.time_of(0)) * RATE) + RATE // 4
     tone = played.samples[begin : begin + RATE]
     assert len(tone) == RATE
     frequency = dominant_frequency(tone)
