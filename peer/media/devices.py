@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "audio_devices",
     "cameras",
     "check_audio_device",
+    "open_stream",
     "opening",
     "portaudio",
 ]
@@ -41,6 +42,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _PACTL_TIMEOUT = 5.0
+_RATE = 48_000
+_BLOCK = 960  # 20 ms
 #: Streams are opened one at a time: the environment that names their device is the process's.
 _OPENING = threading.Lock()
 
@@ -155,6 +158,32 @@ def check_audio_device(name: str, direction: Direction) -> list[AudioDevice]:
     what = "audio input" if direction is Direction.INPUT else "audio output"
     known = ", ".join(d.name for d in fitting) or "none"
     raise MediaSourceError(f"no {what} named {name!r} (there are: {known}; see meshpeer devices)")
+
+
+def open_stream(name: str, direction: Direction, callback: Callable[..., None]) -> Any:
+    """A started 48 kHz s16 PortAudio stream in 20 ms blocks on device ``name`` (empty: the
+    default): mono in, stereo out, ``callback`` on PortAudio's thread. MediaSourceError,
+    one line, when the device is missing or busy."""
+    sd = portaudio()
+    what = "microphone" if direction is Direction.INPUT else "speaker"
+    shown = name or f"the default {direction.value}"
+    with opening(name, direction) as device:
+        kind = sd.InputStream if direction is Direction.INPUT else sd.OutputStream
+        try:
+            stream = kind(
+                samplerate=_RATE,
+                blocksize=_BLOCK,
+                channels=1 if direction is Direction.INPUT else 2,
+                dtype="int16",
+                device=device,
+                latency="low",
+                callback=callback,
+            )
+            stream.start()
+        except (sd.PortAudioError, ValueError) as exc:
+            raise MediaSourceError(f"cannot open the {what} {shown}: {exc}") from exc
+    log.info("%s: %s at %d Hz (latency %.0f ms)", what, shown, _RATE, stream.latency * 1e3)
+    return stream
 
 
 @contextlib.contextmanager

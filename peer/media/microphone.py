@@ -31,8 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from peer.media.devices import Direction, opening, portaudio
-from peer.media.errors import MediaSourceError
+from peer.media.devices import Direction, open_stream
 from peer.media.synthetic import AUDIO_FRAME_SAMPLES, AUDIO_RATE, audio_frame
 
 __all__ = ["EchoCanceller", "MicrophoneTrack", "open_microphone"]
@@ -143,23 +142,6 @@ class MicrophoneTrack(MediaStreamTrack):
 def open_microphone(device: str = "", echo: EchoCanceller | None = None) -> MicrophoneTrack:
     """Opens the input ``device`` (empty: the default) at 48 kHz; on the event loop.
     MediaSourceError, one line, when it is missing or busy."""
-    sd = portaudio()
     track = MicrophoneTrack(echo)
-    shown = device or "the default input"
-    with opening(device, Direction.INPUT) as portaudio_device:
-        try:
-            stream = sd.InputStream(
-                samplerate=AUDIO_RATE,
-                blocksize=AUDIO_FRAME_SAMPLES,
-                channels=1,
-                dtype="int16",
-                device=portaudio_device,
-                latency="low",
-                callback=track._callback,
-            )
-            stream.start()
-        except (sd.PortAudioError, ValueError) as exc:
-            raise MediaSourceError(f"cannot open the microphone {shown}: {exc}") from exc
-    track._stream = stream
-    log.info("microphone: %s at %d Hz (latency %.0f ms)", shown, AUDIO_RATE, stream.latency * 1e3)
+    track._stream = open_stream(device, Direction.INPUT, track._callback)
     return track

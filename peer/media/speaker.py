@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from peer.events import RemoteTrack
-from peer.media.audio_mix import AUDIO_RATE, BLOCK_SAMPLES, AudioMix, is_native, to_samples
-from peer.media.devices import Direction, opening, portaudio
-from peer.media.errors import MediaError, MediaSourceError
+from peer.media.audio_mix import AUDIO_RATE, AudioMix, is_native, to_samples
+from peer.media.devices import Direction, open_stream
+from peer.media.errors import MediaError
 from peer.media.microphone import EchoCanceller
 from peer.media.tap import FrameConsumer
 from signaling.protocol import PeerId
@@ -125,23 +125,6 @@ class Speaker(FrameConsumer):
 def open_speaker(device: str = "", echo: EchoCanceller | None = None) -> Speaker:
     """Opens the output ``device`` (empty: the default) at 48 kHz stereo and starts playing
     (silence until someone speaks). MediaSourceError, one line, when it is missing or busy."""
-    sd = portaudio()
     speaker = Speaker(echo)
-    shown = device or "the default output"
-    with opening(device, Direction.OUTPUT) as portaudio_device:
-        try:
-            stream = sd.OutputStream(
-                samplerate=AUDIO_RATE,
-                blocksize=BLOCK_SAMPLES,
-                channels=2,
-                dtype="int16",
-                device=portaudio_device,
-                latency="low",
-                callback=speaker._callback,
-            )
-            stream.start()
-        except (sd.PortAudioError, ValueError) as exc:
-            raise MediaSourceError(f"cannot open the speaker {shown}: {exc}") from exc
-    speaker._stream = stream
-    log.info("speaker: %s at %d Hz (latency %.0f ms)", shown, AUDIO_RATE, stream.latency * 1e3)
+    speaker._stream = open_stream(device, Direction.OUTPUT, speaker._callback)
     return speaker

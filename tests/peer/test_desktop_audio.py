@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from peer.cli import build_parser
+from peer.media.errors import MediaSourceError
+from peer.runner import open_speaker_for
 from tests.peer.helpers import join_command, stop
 from tests.pulse_server import (
     RATE,
@@ -152,3 +155,42 @@ async def test_mouth_to_ear_latency_at_the_median(
     print(f"mouth to ear (s): {[round(d, 3) for d in delays]}")
     assert len(delays) >= 6
     assert statistics.median(delays[1:]) <= LATENCY_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("flags", "plays"),
+    [
+        (["--display"], True),
+        (["--display", "--no-speaker"], False),
+        ([], False),
+        (["--speaker"], True),
+    ],
+)
+def test_the_display_plays_the_room_unless_told_not_to(
+    pulse: PulseServer, monkeypatch: pytest.MonkeyPatch, flags: list[str], plays: bool
+) -> None:
+    monkeypatch.setenv("PULSE_SERVER", pulse.env["PULSE_SERVER"])
+    args = build_parser().parse_args(["join", *flags])
+    speaker = open_speaker_for(args, "me")
+    try:
+        assert (speaker is not None) == plays
+        if speaker is not None:  # a stream playing on the server (the null sink)
+            assert pulse.pactl("list", "short", "sink-inputs").strip()
+    finally:
+        if speaker is not None:
+            speaker.close()
+
+
+def test_a_speaker_the_display_implies_is_dropped_when_there_is_no_sound(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PULSE_SERVER", "unix:/nonexistent/pulse/native")
+    args = build_parser().parse_args(["join", "--display", "--speaker", "nowhere"])
+    with pytest.raises(MediaSourceError):  # asked for by name: an error
+        open_speaker_for(args, "me")
+    args = build_parser().parse_args(["join", "--display"])
+    speaker = open_speaker_for(args, "me")  # implied: the call goes on silent, or plays
+    if speaker is None:
+        assert "no sound" in capsys.readouterr().out
+    else:
+        speaker.close()
