@@ -13,6 +13,7 @@ Without a sound server, the names are PortAudio's devices.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import json
 import logging
@@ -44,6 +45,12 @@ log = logging.getLogger(__name__)
 _PACTL_TIMEOUT = 5.0
 _RATE = 48_000
 _BLOCK = 960  # 20 ms
+#: Seconds of sound queued ahead for the card. PortAudio's "low" (40 ms through ALSA's
+#: pulse plugin) ran dry again and again on a busy machine, and each time the card plays
+#: silence the whole room is heard later (measured on two oversubscribed cores: 4 to 7 of
+#: 48 thousand samples a second played at 40 ms, 44 at 60 ms, 48 at 150 ms). Input keeps
+#: "low": a larger input buffer makes the sound server deliver in larger pieces.
+_OUTPUT_LATENCY = 0.06
 #: Streams are opened one at a time: the environment that names their device is the process's.
 _OPENING = threading.Lock()
 
@@ -103,12 +110,35 @@ def _server_devices() -> list[AudioDevice] | None:
     return found
 
 
+#: alsa-lib's error handler type (file, line, function, err, fmt, ...): a no-op one is set.
+_ALSA_HANDLER = ctypes.CFUNCTYPE(
+    None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
+)
+_quiet_alsa: Any = None
+
+
+def _silence_alsa() -> None:
+    """alsa-lib prints every underrun it recovers from ("snd_pcm_recover) underrun
+    occurred") on stderr, where a command's output is one line per error; the speaker and
+    microphone count their underruns themselves (logged when they close)."""
+    global _quiet_alsa
+    if _quiet_alsa is not None:
+        return
+    try:
+        alsa = ctypes.CDLL("libasound.so.2")
+    except OSError:
+        return
+    _quiet_alsa = _ALSA_HANDLER(lambda *_: None)
+    alsa.snd_lib_error_set_handler(_quiet_alsa)
+
+
 def portaudio() -> Any:
     """The ``sounddevice`` module; MediaSourceError when PortAudio is not installed."""
     try:
         import sounddevice
     except OSError as exc:  # the module is there, the C library not
         raise MediaSourceError(f"no PortAudio for sound (Debian: libportaudio2): {exc}") from exc
+    _silence_alsa()
     return sounddevice
 
 
@@ -176,7 +206,7 @@ def open_stream(name: str, direction: Direction, callback: Callable[..., None]) 
                 channels=1 if direction is Direction.INPUT else 2,
                 dtype="int16",
                 device=device,
-                latency="low",
+                latency="low" if direction is Direction.INPUT else _OUTPUT_LATENCY,
                 callback=callback,
             )
             stream.start()
