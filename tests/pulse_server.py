@@ -215,6 +215,8 @@ class PipeSource:
                     self.onsets.append(due)
                 os.write(fd, (tone if loud else silence).tobytes())
                 index += 1
+        except BrokenPipeError:  # the server went first
+            pass
         finally:
             os.close(fd)
 
