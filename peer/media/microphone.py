@@ -5,10 +5,11 @@ s16 stereo there and handed to the loop. The track sends a block when one has co
 slot (20 ms after the previous one) is due: a source that delivers in bursts (PulseAudio's
 sine source posts 2 s at once) still goes out at the pace of speech, and a card that is a
 little slow sets the pace itself (the slots restart from the late block; blocks that
-waited through such a pause, as before the first peer came, are stale and dropped). A card that is a
-little fast leaves a standing backlog: once per window (``_WINDOW``) the smallest backlog
-seen in it, less one block, is sent at once, so the delay on this side does not grow by
-the hour, and a burst source's sawtooth (empty just before each burst) is left alone.
+waited through a pause in reading, as before the first peer came, are stale and dropped).
+A card that is a little fast leaves a standing backlog: once per window (``_WINDOW``) the
+smallest backlog seen in it, less one block, is sent at once, so the delay on this side
+does not grow by the hour, and a burst source's sawtooth (empty just before each burst) is
+left alone.
 Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
 
 Echo: a person whose speaker and microphone are both open is heard back by the others unless
@@ -73,7 +74,8 @@ class MicrophoneTrack(MediaStreamTrack):
         self.dropped = 0
         self.overflows = 0
         self._echo = echo
-        self._blocks: collections.deque[Block] = collections.deque(maxlen=_BACKLOG)
+        #: (when it came, the block)
+        self._blocks: collections.deque[tuple[float, Block]] = collections.deque(maxlen=_BACKLOG)
         self._ready = asyncio.Event()
         self._reader_loop = asyncio.get_running_loop()  # made on the loop that reads it
         self._pts = 0
@@ -94,7 +96,7 @@ class MicrophoneTrack(MediaStreamTrack):
             block = self._echo.captured(block)
         if len(self._blocks) == _BACKLOG:
             self.dropped += 1
-        self._blocks.append(block)
+        self._blocks.append((time.monotonic(), block))
         self.captured += 1
         with contextlib.suppress(RuntimeError):  # the loop closed under a running stream
             self._reader_loop.call_soon_threadsafe(self._ready.set)
@@ -108,7 +110,7 @@ class MicrophoneTrack(MediaStreamTrack):
         now = time.monotonic()
         if self._due is None or now - self._due > _MAX_LAG:
             # First read, or nobody read for a while (no peer yet): what waited is stale.
-            while len(self._blocks) > 1:
+            while len(self._blocks) > 1 and self._blocks[0][0] < now - _MAX_LAG:
                 self._blocks.popleft()
                 self.dropped += 1
             self._due = now
@@ -124,7 +126,7 @@ class MicrophoneTrack(MediaStreamTrack):
             self._due -= standing * _BLOCK_SECONDS  # those go out at once
             self.rushed += standing
             self._sent_in_window, self._lowest = 0, _BACKLOG
-        block = self._blocks.popleft()
+        _, block = self._blocks.popleft()
         frame = audio_frame(block.reshape(1, -1), self._pts)
         self._pts += len(block)
         return frame
