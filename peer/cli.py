@@ -1,10 +1,12 @@
-"""The ``meshpeer`` command: ``serve`` runs the signaling server, ``join`` a peer, ``demo`` both."""
+"""The ``meshpeer`` command: ``serve`` runs the signaling server, ``join`` a peer, ``demo`` both,
+``devices`` lists the sound and video devices ``join`` can use."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +40,8 @@ def add_media_arguments(
     media.add_argument(
         "--audio",
         default=None if join else "tone",
-        help=f"audio to send: tone, file:PATH or a URL, none (default tone{unless})",
+        help=f"audio to send: tone, mic[:DEVICE] (the system's input; names: meshpeer "
+        f"devices), file:PATH or a URL, none (default tone{unless})",
     )
     media.add_argument(
         "--width", type=count, default=width, help="video width (default %(default)s)"
@@ -112,7 +115,24 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_media_arguments(parser, width=640, height=480, fps=30, join=True)
     out = parser.add_argument_group("output")
-    out.add_argument("--display", action="store_true", help="show everyone in a window (q closes)")
+    out.add_argument(
+        "--display",
+        action="store_true",
+        help="show everyone in a window (q closes); plays the room too unless --no-speaker",
+    )
+    speaker = out.add_mutually_exclusive_group()
+    speaker.add_argument(
+        "--speaker",
+        nargs="?",
+        const="",
+        metavar="DEVICE",
+        help="play everyone's audio, mixed, on DEVICE (default: the system's output; names: "
+        "meshpeer devices). No echo cancellation: with --audio mic, use headphones, or the "
+        "others hear themselves",
+    )
+    speaker.add_argument(
+        "--no-speaker", action="store_true", help="with --display: do not play the room's audio"
+    )
     out.add_argument(
         "--record",
         type=Path,
@@ -212,6 +232,20 @@ def _join(args: argparse.Namespace) -> int:
     return run_join(args)
 
 
+def _devices(_args: argparse.Namespace) -> int:
+    """``meshpeer devices``: the names --audio mic:NAME, --speaker NAME and --video take."""
+    from peer.media.devices import listing
+    from peer.media.errors import MediaError
+
+    try:
+        text = listing()
+    except MediaError as exc:
+        print(f"meshpeer devices: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from peer.demo import run_demo
 
@@ -234,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     join_parser = sub.add_parser("join", help="join a room as a headless peer", parents=[common])
     add_join_arguments(join_parser)
     join_parser.set_defaults(run=_join)
+    devices_parser = sub.add_parser(
+        "devices",
+        help="list audio inputs and outputs and cameras, by the names the flags accept",
+        parents=[common],
+    )
+    devices_parser.set_defaults(run=_devices)
     token_parser = sub.add_parser(
         "token", help="print an access token for a server run with --auth-secret-file"
     )

@@ -160,6 +160,10 @@ async def join_room(args: argparse.Namespace) -> int:
                 f"[{peer_id}] recording the room to {args.record_room} "
                 f"({width}x{height} at {args.record_room_fps} fps)"
             )
+        speaker = open_speaker_for(args, peer_id)
+        if speaker is not None:
+            consumers.append(speaker)
+            exits.callback(speaker.close)
         if args.display or args.snapshot is not None:
             from peer.media.mosaic import Mosaic
 
@@ -220,6 +224,28 @@ async def join_room(args: argparse.Namespace) -> int:
         await run_until(agent, stop, args.duration)
         return 1 if agent.left.is_set() and not stop.is_set() else 0  # 1: the agent gave up
     raise AssertionError("unreachable")  # pragma: no cover - the stack returns or raises
+
+
+def open_speaker_for(args: argparse.Namespace, peer_id: str) -> Any:
+    """The ``--speaker`` (or ``--display``'s) speaker, or None. Asked for by name, a missing
+    or busy device stops the command (MediaSourceError); implied by ``--display``, the call
+    goes on without sound."""
+    from peer.media.errors import MediaSourceError
+    from peer.media.speaker import open_speaker
+
+    device = getattr(args, "speaker", None)
+    implied = device is None and args.display and not getattr(args, "no_speaker", False)
+    if device is None and not implied:
+        return None
+    try:
+        speaker = open_speaker(device or "")
+    except MediaSourceError as exc:
+        if not implied:
+            raise
+        say(f"[{peer_id}] no sound: {exc}")
+        return None
+    say(f"[{peer_id}] playing the room on {device or 'the default output'}")
+    return speaker
 
 
 def print_chat(event: ev.Event) -> None:

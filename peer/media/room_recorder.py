@@ -9,11 +9,9 @@ encodes both. Nothing of that runs on the event loop: ``put_frame`` only keeps a
 to a video frame (keep-latest per tile) or queues an audio frame (bounded; a full queue
 drops and counts).
 
-Audio: each remote audio track has its own jitter buffer (:class:`AudioMix`) of 20 ms
-blocks at 48 kHz; a block is taken from each track that has one, summed and clipped. A
-track that is late or silent adds nothing (the mix never waits for it), and one that sends
-more than its buffer holds loses its oldest blocks (counted as late). Nobody speaking is
-silence, so the audio runs for the whole recording.
+Audio: every remote audio track mixed by :class:`peer.media.audio_mix.AudioMix` (a jitter
+buffer of 20 ms blocks per track, summed and clipped), shared with the speaker. Nobody
+speaking is silence, so the audio runs for the whole recording.
 
 Format: Matroska with the encoder the per-peer recorder picks (``recording_format``:
 libx264 ultrafast/zerolatency, else VP8) and Opus, written with clusters of at most 1 s
@@ -30,10 +28,9 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 import cv2
@@ -41,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from peer.events import RemoteTrack
+from peer.media.audio_mix import AUDIO_RATE, BLOCK_SAMPLES, AudioMix, is_native, to_samples
 from peer.media.errors import MediaError
 from peer.media.mosaic import Mosaic, grid
 from peer.media.pacing import FrameClock
@@ -51,117 +49,12 @@ from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
 
-AUDIO_RATE = 48_000
-BLOCK_SAMPLES = 960  # 20 ms at 48 kHz
 BLOCK_SECONDS = BLOCK_SAMPLES / AUDIO_RATE
 _AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
 _AUDIO_QUEUE = 256  # audio frames waiting for the worker (~1.7 s of 3 peers)
 _FINISH_AT_EXIT_TIMEOUT = 10.0
 
 Block = npt.NDArray[np.int16]  # (BLOCK_SAMPLES, 2): s16 stereo
-Samples = npt.NDArray[np.int16]  # (n, 2)
-
-
-@dataclass
-class _Voice:
-    """One audio track's jitter buffer: whole blocks, the rest of a cut frame, its state."""
-
-    blocks: collections.deque[Block]
-    partial: Samples = field(default_factory=lambda: np.zeros((0, 2), np.int16))
-    playing: bool = False
-    ended: bool = False
-
-
-class AudioMix:
-    """Mixes the audio of every track into 20 ms blocks of s16 stereo at 48 kHz. Pure.
-
-    Each track buffers up to ``capacity`` blocks and starts playing once it holds
-    ``prebuffer`` of them (room for network jitter). ``mix`` takes one block from each
-    playing track: a track with nothing buffered contributes silence and buffers again
-    (``underruns``); a block that does not fit replaces the oldest (``late``).
-    """
-
-    def __init__(self, *, capacity: int = 10, prebuffer: int = 3) -> None:
-        if not 0 < prebuffer <= capacity:
-            raise ValueError(f"need 0 < prebuffer <= capacity, got {prebuffer} and {capacity}")
-        self.capacity = capacity
-        self.prebuffer = prebuffer
-        self.late = 0
-        self.underruns = 0
-        self.clipped = 0
-        self._voices: dict[RemoteTrack, _Voice] = {}
-
-    def push(self, track: RemoteTrack, samples: Samples) -> None:
-        """``samples`` (n, 2) s16 of ``track``, in arrival order."""
-        voice = self._voices.get(track)
-        if voice is None:
-            voice = self._voices[track] = _Voice(collections.deque())
-        voice.ended = False
-        pending = np.concatenate([voice.partial, samples]) if voice.partial.size else samples
-        whole = len(pending) // BLOCK_SAMPLES * BLOCK_SAMPLES
-        for start in range(0, whole, BLOCK_SAMPLES):
-            if len(voice.blocks) >= self.capacity:
-                voice.blocks.popleft()
-                self.late += 1
-            voice.blocks.append(pending[start : start + BLOCK_SAMPLES])
-        voice.partial = pending[whole:].copy()
-
-    def end(self, track: RemoteTrack) -> None:
-        """No more samples of ``track``: what it buffered still plays, then it goes."""
-        voice = self._voices.get(track)
-        if voice is not None:
-            voice.ended = True
-            voice.playing = True  # play out even a buffer shorter than the prebuffer
-
-    def forget(self, peer: PeerId) -> None:
-        """Drops every track of ``peer`` at once (it left the room)."""
-        self._voices = {t: v for t, v in self._voices.items() if t.peer != peer}
-
-    def tracks(self) -> list[RemoteTrack]:
-        return list(self._voices)
-
-    def mix(self) -> Block:
-        """The next 20 ms of the room: silence when nobody has anything to play."""
-        total = np.zeros((BLOCK_SAMPLES, 2), np.int32)
-        for track, voice in list(self._voices.items()):
-            if not voice.playing and len(voice.blocks) >= self.prebuffer:
-                voice.playing = True
-            if not voice.playing:
-                continue
-            if voice.blocks:
-                total += voice.blocks.popleft()
-            elif voice.ended:
-                del self._voices[track]
-            else:
-                self.underruns += 1
-                voice.playing = False
-        peak = int(np.abs(total).max())
-        if peak > 32767:
-            self.clipped += 1
-        return np.clip(total, -32768, 32767).astype(np.int16)
-
-
-def is_native(frame: av.AudioFrame) -> bool:
-    """Already the mix's format: s16 stereo at 48 kHz (what aiortc's Opus decoder gives)."""
-    shape = (frame.format.name, frame.layout.name, frame.sample_rate)
-    return shape == ("s16", "stereo", AUDIO_RATE)
-
-
-def to_samples(frame: av.AudioFrame, resampler: av.AudioResampler | None) -> Samples:
-    """``frame`` as (n, 2) s16 samples at 48 kHz, read without changing the (shared) frame.
-
-    aiortc's Opus decoder gives s16 stereo at 48 kHz, which is only copied; anything else
-    goes through ``resampler`` (s16, stereo, 48 kHz; the caller's own, one per track).
-    """
-    if is_native(frame):
-        return np.array(frame.to_ndarray(), np.int16).reshape(-1, 2)
-    if resampler is None:
-        raise MediaError(f"{frame.format.name} {frame.layout.name} audio needs a resampler")
-    samples: Any = np.ascontiguousarray(frame.to_ndarray())  # the frame's own sample type
-    copy = av.AudioFrame.from_ndarray(samples, format=frame.format.name, layout=frame.layout.name)
-    copy.sample_rate = frame.sample_rate
-    chunks = [c.to_ndarray().reshape(-1, 2) for c in resampler.resample(copy)]
-    return np.concatenate(chunks).astype(np.int16) if chunks else np.zeros((0, 2), np.int16)
 
 
 @dataclass(frozen=True)

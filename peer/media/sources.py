@@ -1,7 +1,8 @@
 """The local media one agent publishes, picked by one spec string per kind.
 
 Video: ``synthetic``, ``webcam`` / ``webcam:/dev/videoN``, ``file:PATH`` or a URL PyAV
-opens (looped), ``none``. Audio: ``tone``, ``file:PATH`` / URL, ``none``. When video and
+opens (looped), ``none``. Audio: ``tone``, ``mic`` / ``mic:DEVICE`` (the system's input,
+:mod:`peer.media.microphone`), ``file:PATH`` / URL, ``none``. When video and
 audio name the same file, one player feeds both tracks so they stay in sync.
 
 Every frame leaves in the format the encoders want (video yuv420p, audio s16 stereo
@@ -58,6 +59,7 @@ class SourceKind(enum.Enum):
     SYNTHETIC = "synthetic"
     TONE = "tone"
     WEBCAM = "webcam"
+    MIC = "mic"
     FILE = "file"  # a path or any URL PyAV opens
 
 
@@ -68,10 +70,10 @@ class SourceSpec:
 
 
 _VIDEO_KINDS = {SourceKind.NONE, SourceKind.SYNTHETIC, SourceKind.WEBCAM, SourceKind.FILE}
-_AUDIO_KINDS = {SourceKind.NONE, SourceKind.TONE, SourceKind.FILE}
+_AUDIO_KINDS = {SourceKind.NONE, SourceKind.TONE, SourceKind.MIC, SourceKind.FILE}
 _EXPECTED = {
     "video": "synthetic, webcam, webcam:/dev/videoN, file:PATH, a URL or none",
-    "audio": "tone, file:PATH, a URL or none",
+    "audio": "tone, mic, mic:DEVICE, file:PATH, a URL or none",
 }
 
 
@@ -86,6 +88,8 @@ def parse_source_spec(spec: str, kind: str) -> SourceSpec:
     elif text == "webcam" or text.startswith("webcam:"):
         device = text.removeprefix("webcam").removeprefix(":") or DEFAULT_CAMERA
         parsed = SourceSpec(SourceKind.WEBCAM, device)
+    elif text == "mic" or text.startswith("mic:"):
+        parsed = SourceSpec(SourceKind.MIC, text.removeprefix("mic").removeprefix(":"))
     elif text in {"none", "synthetic", "tone"}:
         parsed = SourceSpec(SourceKind(text))
     else:
@@ -149,11 +153,17 @@ def open_local_media(
                 audio_track = player.audio
         if audio_spec.kind is SourceKind.TONE:
             audio_track = ToneAudioTrack(label)
+        elif audio_spec.kind is SourceKind.MIC:
+            from peer.media.microphone import open_microphone
+
+            audio_track = open_microphone(audio_spec.target)
         elif audio_spec.kind is SourceKind.FILE and audio_track is None:
             player = _open_file(audio_spec.target, want_video=False, want_audio=True)
             players.append(player)
             audio_track = player.audio
     except BaseException:
+        if video_track is not None:
+            video_track.stop()
         for opened in players:
             opened.stop()
         raise

@@ -115,6 +115,12 @@ def test_fit_keeps_the_aspect_ratio_inside_the_box() -> None:
         ("file:clip.mkv", "video", SourceSpec(SourceKind.FILE, "clip.mkv")),
         ("rtsp://cam.local/x", "video", SourceSpec(SourceKind.FILE, "rtsp://cam.local/x")),
         ("tone", "audio", SourceSpec(SourceKind.TONE)),
+        ("mic", "audio", SourceSpec(SourceKind.MIC)),
+        (
+            "mic:alsa_input.usb-Headset",
+            "audio",
+            SourceSpec(SourceKind.MIC, "alsa_input.usb-Headset"),
+        ),
         ("file:/a b.wav", "audio", SourceSpec(SourceKind.FILE, "/a b.wav")),
         ("none", "audio", SourceSpec(SourceKind.NONE)),
     ],
@@ -127,6 +133,7 @@ def test_source_specs(spec: str, kind: str, expected: SourceSpec) -> None:
     ("spec", "kind"),
     [
         ("tone", "video"),
+        ("mic", "video"),
         ("synthetic", "audio"),
         ("webcam", "audio"),
         ("cam", "video"),

@@ -14,8 +14,9 @@ import av
 import numpy as np
 import pytest
 
+from peer.media.audio_mix import BLOCK_SAMPLES, AudioMix, is_native, to_samples
 from peer.media.errors import MediaError
-from peer.media.room_recorder import BLOCK_SAMPLES, AudioMix, RoomRecorder, is_native, to_samples
+from peer.media.room_recorder import RoomRecorder
 from peer.media.synthetic import SyntheticVideoTrack, ToneAudioTrack
 from peer.media.tap import TrackTap
 from tests.media.clips import audio_frame, remote

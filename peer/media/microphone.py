@@ -1,0 +1,149 @@
+"""``--audio mic[:DEVICE]``: the system's microphone as an audio track (``sounddevice``).
+
+PortAudio calls back with each 20 ms block at 48 kHz on its own thread; the block is made
+s16 stereo there and handed to the loop. The track sends a block when one has come and its
+slot (20 ms after the previous one) is due: a source that delivers in bursts (PulseAudio's
+sine source posts 2 s at once) still goes out at the pace of speech, and a card that is a
+little slow sets the pace itself (the slots restart from the late block; blocks that
+waited through a pause in reading, as before the first peer came, are stale and dropped).
+A card that is a little fast leaves a standing backlog: once per window (``_WINDOW``) the
+smallest backlog seen in it, less one block, is sent at once, so the delay on this side
+does not grow by the hour, and a burst source's sawtooth (empty just before each burst) is
+left alone.
+Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
+
+Echo: a person whose speaker and microphone are both open is heard back by the others unless
+something cancels the echo. :class:`EchoCanceller` is the seam for one: given to the
+microphone and to the speaker (:mod:`peer.media.speaker`), it sees every block played and
+every block captured before it is encoded. No canceller ships (README: use headphones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from typing import Any, Protocol
+
+import av
+import numpy as np
+import numpy.typing as npt
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from peer.media.devices import Direction, open_stream
+from peer.media.synthetic import AUDIO_FRAME_SAMPLES, AUDIO_RATE, audio_frame
+
+__all__ = ["EchoCanceller", "MicrophoneTrack", "open_microphone"]
+
+log = logging.getLogger(__name__)
+
+_BACKLOG = 150  # 20 ms blocks captured and not yet sent (3 s), the oldest dropped
+_WINDOW = 250  # blocks (5 s) over which the smallest backlog is the standing one
+_BLOCK_SECONDS = AUDIO_FRAME_SAMPLES / AUDIO_RATE
+_MAX_LAG = 0.1  # a block this late restarts the slots from it
+
+Block = npt.NDArray[np.int16]  # (960, 2) s16 stereo at 48 kHz
+
+
+class EchoCanceller(Protocol):
+    """Removes what the speaker played from what the microphone hears. Both calls come on
+    the sound card's threads with 20 ms blocks of s16 stereo at 48 kHz."""
+
+    def played(self, block: Block) -> None:
+        """A block the speaker is about to play (the far end's voice)."""
+
+    def captured(self, block: Block) -> Block:
+        """A block from the microphone; returns it with the echo removed."""
+
+
+class MicrophoneTrack(MediaStreamTrack):
+    """The microphone's blocks as 20 ms s16 stereo frames; ``stop`` closes the device.
+
+    Counters: ``captured`` (blocks from the card), ``dropped`` (blocks the loop was too late
+    to take), ``rushed`` (blocks sent early against a standing backlog), ``overflows``
+    (the card's own reports of lost input).
+    """
+
+    kind = "audio"
+
+    def __init__(self, echo: EchoCanceller | None = None) -> None:
+        super().__init__()
+        self.captured = 0
+        self.dropped = 0
+        self.overflows = 0
+        self._echo = echo
+        #: (when it came, the block)
+        self._blocks: collections.deque[tuple[float, Block]] = collections.deque(maxlen=_BACKLOG)
+        self._ready = asyncio.Event()
+        self._reader_loop = asyncio.get_running_loop()  # made on the loop that reads it
+        self._pts = 0
+        self._due: float | None = None  # the next block's slot (monotonic seconds)
+        self._sent_in_window = 0
+        self._lowest = _BACKLOG
+        self.rushed = 0  # blocks sent ahead of their slot to take a standing backlog away
+        self._stream: Any = None
+
+    def _callback(
+        self, indata: npt.NDArray[np.int16], frames: int, _time: Any, status: Any
+    ) -> None:
+        """PortAudio's thread: one block in; never waits for the loop."""
+        if status.input_overflow:
+            self.overflows += 1
+        block: Block = np.repeat(indata[:, :1], 2, axis=1)  # mono doubled: no 3 dB loss
+        if self._echo is not None:
+            block = self._echo.captured(block)
+        if len(self._blocks) == _BACKLOG:
+            self.dropped += 1
+        self._blocks.append((time.monotonic(), block))
+        self.captured += 1
+        with contextlib.suppress(RuntimeError):  # the loop closed under a running stream
+            self._reader_loop.call_soon_threadsafe(self._ready.set)
+
+    async def recv(self) -> av.AudioFrame:
+        while not self._blocks:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        now = time.monotonic()
+        if self._due is None or now - self._due > _MAX_LAG:
+            # First read, or nobody read for a while (no peer yet): what waited is stale.
+            while len(self._blocks) > 1 and self._blocks[0][0] < now - _MAX_LAG:
+                self._blocks.popleft()
+                self.dropped += 1
+            self._due = now
+        elif self._due > now:
+            await asyncio.sleep(self._due - now)
+        if self.readyState != "live" or not self._blocks:
+            raise MediaStreamError
+        self._due += _BLOCK_SECONDS
+        self._lowest = min(self._lowest, len(self._blocks) - 1)
+        self._sent_in_window += 1
+        if self._sent_in_window >= _WINDOW:
+            standing = max(0, self._lowest - 1)
+            self._due -= standing * _BLOCK_SECONDS  # those go out at once
+            self.rushed += standing
+            self._sent_in_window, self._lowest = 0, _BACKLOG
+        _, block = self._blocks.popleft()
+        frame = audio_frame(block.reshape(1, -1), self._pts)
+        self._pts += len(block)
+        return frame
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.abort()
+            stream.close()
+            log.info("microphone closed: %d blocks, %d dropped", self.captured, self.dropped)
+        super().stop()
+        self._ready.set()  # a waiting recv ends
+
+
+def open_microphone(device: str = "", echo: EchoCanceller | None = None) -> MicrophoneTrack:
+    """Opens the input ``device`` (empty: the default) at 48 kHz; on the event loop.
+    MediaSourceError, one line, when it is missing or busy."""
+    track = MicrophoneTrack(echo)
+    track._stream = open_stream(device, Direction.INPUT, track._callback)
+    return track

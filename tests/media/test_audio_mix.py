@@ -1,0 +1,62 @@
+"""AudioMix following a sender's clock (``follow``), as the speaker uses it: pure, tables of
+pushes and mixes, no sound card. The mix's other rules are in test_room_recorder.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peer.media.audio_mix import BLOCK_SAMPLES, AudioMix
+from tests.media.clips import remote
+
+#: 5 minutes of 20 ms blocks.
+BLOCKS = 15_000
+
+
+def _run(mix: AudioMix, per_block: float) -> list[int]:
+    """A sender that sends ``per_block`` samples for each block the card plays (960 at the
+    same clock); the buffered samples after each mix."""
+    track = remote("a", "audio")
+    sent = 0.0
+    held = []
+    for index in range(BLOCKS):
+        due = round((index + 1) * per_block) - round(sent)
+        sent += due
+        mix.push(track, np.full((due, 2), 1000, np.int16))
+        mix.mix()
+        held.append(mix.buffered(track))
+    return held
+
+
+@pytest.mark.parametrize("ppm", [-2000, -200, 200, 2000])
+def test_following_holds_the_buffer_at_its_prebuffer_against_a_drifting_sender(ppm: int) -> None:
+    mix = AudioMix(capacity=12, prebuffer=2, follow=True)
+    held = _run(mix, BLOCK_SAMPLES * (1 + ppm * 1e-6))
+    last_minute = np.array(held[-3000:]) / 48  # ms, after each mix
+    # The prebuffer (40 ms) less the block just played, give or take the dead zone and the
+    # offset a proportional follower keeps against the drift; never empty.
+    assert 5 <= last_minute.mean() <= 35, last_minute.mean()
+    assert last_minute.min() > 0
+    assert mix.late == 0
+    assert mix.underruns == 0
+    assert mix.stretched > 0
+
+
+@pytest.mark.parametrize("ppm", [-2000, 2000])
+def test_without_following_a_drifting_sender_drops_or_runs_dry(ppm: int) -> None:
+    mix = AudioMix(capacity=12, prebuffer=2)
+    _run(mix, BLOCK_SAMPLES * (1 + ppm * 1e-6))
+    assert (mix.late if ppm > 0 else mix.underruns) > 0
+
+
+def test_a_stretched_block_keeps_the_pitch_within_half_a_percent() -> None:
+    mix = AudioMix(capacity=500, prebuffer=2, follow=True)
+    track = remote("a", "audio")
+    time = np.arange(BLOCK_SAMPLES * 400) / 48_000
+    tone = (np.sin(2 * np.pi * 1000 * time) * 10_000).astype(np.int16)
+    mix.push(track, np.repeat(tone[:, np.newaxis], 2, axis=1))  # 8 s at once: far too full
+    played = np.concatenate([mix.mix()[:, 0] for _ in range(100)])
+    assert mix.stretched == 100
+    crossings = np.count_nonzero(np.diff(np.signbit(played).astype(np.int8)) == -1)
+    frequency = crossings / (len(played) / 48_000)
+    assert 1000 < frequency <= 1006  # taken faster: a little higher, never more than 0.5%
