@@ -87,6 +87,10 @@ class RoomPage {
     this.#showInvite(); // before joining too: this page's own address may carry our token
     // Leave works from the first moment: the camera prompt waits as long as the person does.
     document.getElementById("leave").addEventListener("click", () => this.leave());
+    // The people list and chat are below the videos, which fill the window.
+    document.getElementById("show-side").addEventListener("click", () => {
+      document.getElementById("sidebar").scrollIntoView({ behavior: "smooth", block: "start" });
+    });
     view.setStatus("starting", this.params.watch ? "Joining to watch…" : "Starting camera…");
     const media = openLocalMedia({ watch: this.params.watch, signal: this.leaving.signal }).then(
       (local) => {

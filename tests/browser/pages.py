@@ -300,15 +300,19 @@ async def open_room_page(
     page: Page | None = None,
     token: str | None = None,
     send_id: bool = True,
+    watch: bool = False,
 ) -> RoomPage:
     """Open the page as ``peer_id``; ``token`` adds ``?token=``, ``send_id=False`` leaves
-    ``?id=`` out (the page then takes its name from the token, or makes one up)."""
+    ``?id=`` out (the page then takes its name from the token, or makes one up), ``watch``
+    adds ``?watch=1`` (no camera nor microphone: the page only receives)."""
     page = page or await context.new_page()
     params = {"id": peer_id} if send_id else {}
     if room is not None:
         params["room"] = room
     if token is not None:
         params["token"] = token
+    if watch:
+        params["watch"] = "1"
     room_page = RoomPage(page, peer_id)
     page.on("console", lambda msg: room_page.console.append(f"{msg.type}: {msg.text}"))
     page.on("pageerror", lambda exc: room_page.console.append(f"pageerror: {exc}"))
