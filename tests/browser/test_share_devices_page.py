@@ -75,6 +75,11 @@ async def test_a_shared_screen_reaches_the_bot_as_a_second_video_track(
         await bot.wait_receiving("web", "video")
         link = bot.agent.links[WEB]
         await web.page.click("#share-screen")  # getDisplayMedia wants a user gesture
+
+        async def sharing() -> bool:
+            return bool((await web.snapshot())["sharing"])
+
+        await eventually(sharing, seconds(10), "the page sharing its screen")
         assert await web.page.get_attribute("#share-screen", "aria-pressed") == "true"
 
         shapes: list[tuple[int, ...]] = []
