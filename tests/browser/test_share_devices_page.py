@@ -1,6 +1,7 @@
 """Screen share, device pickers, speaking rings and connection quality on the page (issue
 20, items 7 to 9), against a bot: a shared screen reaches the bot as a second video track
-with frames, and leaves it when sharing stops; switching camera keeps the connection (the
+with frames, and leaves it when sharing stops (another page shows it on a tile of its own
+meanwhile); switching camera keeps the connection (the
 bot's link object, its state and the page's RTCPeerConnection unchanged, no track added)
 with a picture gap <= 0.5 s at the bot, and the choice survives a reload; the pickers list
 Chromium's fake devices; the bot's tile shows its tone as speaking and a quality word."""
@@ -71,8 +72,10 @@ async def test_a_shared_screen_reaches_the_bot_as_a_second_video_track(
 ) -> None:
     async with running_bot(signaling.ws_url, "bot", room="share", settings=SMALL) as bot:
         web = await open_page("web", room="share")
+        viewer = await open_page("viewer", room="share", watch=True)  # another person
         await bot.wait_state("web", LinkState.CONNECTED)
         await bot.wait_receiving("web", "video")
+        await viewer.wait_state("web", "connected")
         link = bot.agent.links[WEB]
         await web.page.click("#share-screen")  # getDisplayMedia wants a user gesture
 
@@ -95,6 +98,7 @@ async def test_a_shared_screen_reaches_the_bot_as_a_second_video_track(
         print(f"\nshared screen at the bot: {len(shapes)} frames, last {shapes[-1]}")
         assert shapes[-1][2] == 3 and shapes[-1][1] > shapes[-1][0]  # a wide picture
         assert await web.page.locator(".tile.share[data-share='']").count() == 1
+        await viewer.page.wait_for_selector(".tile.share[data-share='web'] video")  # its tile
 
         await web.page.click("#share-screen")  # stop: the track leaves, the link stays
         await eventually(
@@ -108,6 +112,7 @@ async def test_a_shared_screen_reaches_the_bot_as_a_second_video_track(
         assert bot.agent.links[WEB] is link and bot.state("web") is LinkState.CONNECTED
         assert not (await web.snapshot())["sharing"]
         assert await web.page.locator(".tile.share").count() == 0
+        await viewer.page.wait_for_selector(".tile.share", state="detached")
 
 
 async def test_switching_camera_keeps_the_link_and_the_choice(
