@@ -142,3 +142,42 @@ async def test_tiles_fill_the_window_at_every_count_and_shape(
                 cover[name] = await check_layout(web, size, remotes, name)
     print(f"\ntiles' share of the area below the header: {cover}")
     assert cover["desktop-2-people"] >= TWO_PEOPLE_COVER, cover
+
+
+#: (width, height, tiles) -> the columns layout.js picks: a wide window lays people side by
+#: side, a tall one stacks them, and the grid with the largest tiles wins.
+GRIDS = [
+    ((1268, 690, 1), 1),
+    ((1268, 690, 2), 2),
+    ((1268, 690, 4), 2),
+    ((1268, 690, 8), 4),
+    ((374, 690, 2), 1),
+    ((374, 690, 8), 2),
+    ((2000, 300, 3), 3),
+]
+
+
+async def test_the_grid_makes_the_tiles_largest(open_page: OpenPage) -> None:
+    """layout.js's bestGrid, as the page loads it, against the table (and against every
+    other column count: none gives larger tiles)."""
+    web = await open_page("grid", watch=True)
+    for (width, height, count), cols in GRIDS:
+        result: dict[str, Any] = await web.page.evaluate(
+            """async ([width, height, count]) => {
+              const { bestGrid, TILE_ASPECT } = await import("/static/layout.js");
+              const best = bestGrid({ width, height, count, gap: 6 });
+              const widths = [];
+              for (let c = 1; c <= count; c++) {
+                const rows = Math.ceil(count / c);
+                widths.push(Math.floor(Math.min((width - (c - 1) * 6) / c,
+                  ((height - (rows - 1) * 6) / rows) * TILE_ASPECT)));
+              }
+              return { ...best, widest: Math.max(...widths) };
+            }""",
+            [width, height, count],
+        )
+        assert result["cols"] == cols, ((width, height, count), result)
+        assert result["tileWidth"] == result["widest"], result
+        rows = -(-count // cols)
+        assert cols * result["tileWidth"] + (cols - 1) * 6 <= width
+        assert rows * result["tileHeight"] + (rows - 1) * 6 <= height
