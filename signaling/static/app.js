@@ -3,11 +3,12 @@
 
 import { ChatPanel, sha256Hex } from "./chat.js";
 import { MAX_MESSAGE, messageSize } from "./chunks.js";
-import { openLocalMedia } from "./media.js";
+import { listDevices, openDevice, openLocalMedia, saveDevice } from "./media.js";
 import { closeText, serverErrorText } from "./messages.js";
 import { configUrl, inviteUrl, pageUrl, readParams, signalingUrl, takeToken } from "./params.js";
 import { CHANNEL_LABEL, PeerLink, usableIceServers } from "./peer.js";
 import { SignalingClient } from "./signaling.js";
+import { SPEAKING_LEVEL, lossBetween, quality, readReport } from "./stats.js";
 import { View } from "./ui.js";
 
 /** Codes after which this page cannot be in the room under this name (or with this
@@ -32,6 +33,9 @@ const PEER_LEFT_GRACE_MS = 500;
 /** How long the answering side of a connection the other side hung up on waits for that
  * side's new offer before offering itself (give or take half). */
 const HUNG_UP_WAIT_MS = 2000;
+/** How often each connection's stats are read (speaking rings); quality every QUALITY_TICKS. */
+const STATS_INTERVAL_MS = 500;
+const QUALITY_TICKS = 4;
 /** Close code of a server going away (shutting down or restarting). */
 const GOING_AWAY = 1001;
 /** Messages received that `meshpeer.messages()` keeps (for the console and tests). */
@@ -79,6 +83,11 @@ class RoomPage {
     this.chat = new ChatPanel(document, (text) => this.#chatSend(text));
     this.inbox = []; // the last MAX_INBOX messages received, described
     this.dropped = 0; // messages we could not send
+    this.share = null; // our shared screen: {track, stream}
+    this.statsTimer = null;
+    this.statsTicks = 0;
+    this.lastFigures = new Map(); // PeerLink -> readReport() figures at the last quality tick
+    this.qualities = {}; // peerId -> {quality, rttMs, lossPercent} (snapshot)
   }
 
   async start() {
@@ -87,6 +96,10 @@ class RoomPage {
     this.#showInvite(); // before joining too: this page's own address may carry our token
     // Leave works from the first moment: the camera prompt waits as long as the person does.
     document.getElementById("leave").addEventListener("click", () => this.leave());
+    // The people list and chat are below the videos, which fill the window.
+    document.getElementById("show-side").addEventListener("click", () => {
+      document.getElementById("sidebar").scrollIntoView({ behavior: "smooth", block: "start" });
+    });
     view.setStatus("starting", this.params.watch ? "Joining to watch…" : "Starting camera…");
     const media = openLocalMedia({ watch: this.params.watch, signal: this.leaving.signal }).then(
       (local) => {
@@ -102,6 +115,7 @@ class RoomPage {
     view.showLocal(local);
     if (local.problem) view.notice("camera", local.problem, { level: "warning" });
     this.#setupControls();
+    this.statsTimer = setInterval(() => this.#readStats(), STATS_INTERVAL_MS);
 
     const signaling = new SignalingClient(signalingUrl(location.href, this.room), {
       peerId: this.peerId,
@@ -121,6 +135,8 @@ class RoomPage {
     if (this.left) return;
     this.left = true;
     this.leaving.abort();
+    clearInterval(this.statsTimer);
+    this.stopShare();
     this.signaling?.close();
     this.#closeAllLinks();
     this.local?.stop();
@@ -298,7 +314,9 @@ class RoomPage {
     this.view.addPeer(peerId);
     this.view.setPeerState(peerId, link.state);
     link.addEventListener("state", (e) => this.#linkState(peerId, link, e.detail.state));
-    link.addEventListener("stream", (e) => this.view.setPeerStream(peerId, e.detail.stream));
+    link.addEventListener("stream", (e) => this.#remoteTrack(peerId, e.detail));
+    link.addEventListener("removed", (e) => this.view.removeShare(peerId, e.detail.track));
+    if (this.share) link.share(this.share.track, this.share.stream);
     link.addEventListener("message", (e) => this.#received(peerId, e.detail));
     link.addEventListener("dropped", (e) => this.#notDelivered(peerId, e.detail));
     return link;
@@ -410,18 +428,153 @@ class RoomPage {
     this.chat.notice(`Not delivered to ${peerId}: ${what} (${reason}).`);
   }
 
+  /** A remote track: the first video track is the person's camera, any other a screen. */
+  #remoteTrack(peerId, { stream, track }) {
+    this.view.setPeerStream(peerId, stream);
+    if (track.kind === "video" && stream.getVideoTracks().indexOf(track) > 0) {
+      this.view.addShare(peerId, `${peerId}'s screen`, track);
+      track.addEventListener("ended", () => this.view.removeShare(peerId, track));
+    }
+  }
+
+  // -- screen share ----------------------------------------------------------------
+  /** Share a screen (a window, a tab) with everyone: one more video track on every link. */
+  async startShare() {
+    if (this.share || this.left) return;
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    } catch (error) {
+      if (error.name !== "NotAllowedError") {
+        this.view.notice("share", `The screen could not be shared: ${error.message}`, {
+          level: "warning",
+        });
+      }
+      return; // NotAllowedError: the person cancelled the browser's picker
+    }
+    const track = stream.getVideoTracks()[0];
+    if (this.left || !track) {
+      for (const t of stream.getTracks()) t.stop();
+      return;
+    }
+    this.share = { track, stream };
+    track.addEventListener("ended", () => this.stopShare()); // the browser's "Stop sharing"
+    for (const link of this.links.values()) link.share(track, stream);
+    this.view.addShare("", "Your screen", track);
+    this.#shareButton(true);
+  }
+
+  stopShare() {
+    if (!this.share) return;
+    const { track } = this.share;
+    this.share = null;
+    for (const link of this.links.values()) link.unshare();
+    track.stop();
+    this.view.removeShare("");
+    this.#shareButton(false);
+  }
+
+  #shareButton(sharing) {
+    const button = document.getElementById("share-screen");
+    button.setAttribute("aria-pressed", String(sharing));
+    button.textContent = sharing ? "Stop sharing" : "Share screen";
+  }
+
+  // -- camera and microphone choice -------------------------------------------------
+  async #fillPicker(kind) {
+    const select = document.getElementById(kind === "video" ? "camera-select" : "mic-select");
+    const current = this.local?.track(kind)?.getSettings().deviceId ?? null;
+    let devices = [];
+    try {
+      devices = await listDevices(kind);
+    } catch {
+      devices = [];
+    }
+    select.replaceChildren(
+      ...devices.map((d) => {
+        const option = document.createElement("option");
+        option.value = d.deviceId;
+        option.textContent = d.label;
+        option.selected = d.deviceId === current;
+        return option;
+      }),
+    );
+    // Switching replaces a track we send; a kind we never sent would need a new offer.
+    select.disabled = this.left || !current || devices.length === 0;
+  }
+
+  /** Send `deviceId`'s track instead of this kind's current one, on every link, in place. */
+  async switchDevice(kind, deviceId) {
+    const old = this.local?.track(kind);
+    if (!old || this.left || old.getSettings().deviceId === deviceId) return;
+    let track;
+    try {
+      track = await openDevice(kind, deviceId);
+    } catch {
+      // Some devices open only once: let the old one go, then try again.
+      old.stop();
+      try {
+        track = await openDevice(kind, deviceId);
+      } catch (error) {
+        this.view.notice("device", `That ${kind === "video" ? "camera" : "microphone"} could not be started: ${error.message}`);
+        return;
+      }
+    }
+    await this.useTrack(kind, track);
+    saveDevice(kind, deviceId);
+    this.view.clearNotice("device");
+    await this.#fillPicker(kind);
+  }
+
+  /** Send `track` instead of this kind's current one (stopped), on every link, in place. */
+  async useTrack(kind, track) {
+    const old = this.local?.track(kind);
+    if (!old) return;
+    track.enabled = old.enabled; // a muted microphone stays muted
+    this.local.replace(kind, track);
+    await Promise.all([...this.links.values()].map((link) => link.replaceTrack(kind, track)));
+    old.stop();
+    if (kind === "video") this.view.showLocal(this.local);
+  }
+
+  // -- stats: speaking rings and connection quality -----------------------------------
+  async #readStats() {
+    const tick = this.statsTicks++;
+    let localLevel = 0;
+    for (const [peerId, link] of this.links) {
+      if (link.state !== "connected") continue;
+      let figures;
+      try {
+        figures = readReport(await link.pc.getStats());
+      } catch {
+        continue; // closed meanwhile
+      }
+      localLevel = Math.max(localLevel, figures.localLevel);
+      this.view.setSpeaking(peerId, figures.remoteLevel > SPEAKING_LEVEL);
+      if (tick % QUALITY_TICKS !== 0) continue;
+      const lossPercent = lossBetween(this.lastFigures.get(link), figures);
+      this.lastFigures.set(link, figures);
+      const shown = { quality: quality(figures.rttMs, lossPercent), rttMs: figures.rttMs, lossPercent };
+      this.qualities[peerId] = shown;
+      this.view.setPeerQuality(peerId, shown);
+    }
+    const micOn = Boolean(this.local?.audio?.enabled);
+    this.view.setSpeaking(null, micOn && localLevel > SPEAKING_LEVEL);
+  }
+
   // -- controls --------------------------------------------------------------------
   #setupControls() {
     const doc = document;
     const bind = (id, kind, onText, offText) => {
       const button = doc.getElementById(id);
-      const track = this.local.track(kind);
-      button.disabled = !track;
-      if (!track) {
+      button.disabled = !this.local.track(kind);
+      if (button.disabled) {
         button.textContent = kind === "video" ? "No camera" : "No mic";
         return;
       }
       button.addEventListener("click", () => {
+        const track = this.local.track(kind); // the one sent now (a switch replaces it)
+        if (!track) return;
         track.enabled = !track.enabled;
         const muted = !track.enabled;
         button.setAttribute("aria-pressed", String(muted));
@@ -431,7 +584,19 @@ class RoomPage {
     };
     bind("toggle-camera", "video", "Start camera", "Stop camera");
     bind("toggle-mic", "audio", "Unmute mic", "Mute mic");
-    doc.addEventListener("click", () => {
+    const share = doc.getElementById("share-screen");
+    share.hidden = !navigator.mediaDevices?.getDisplayMedia; // phones cannot share a screen
+    share.disabled = share.hidden || this.params.watch;
+    share.addEventListener("click", () => (this.share ? this.stopShare() : this.startShare()));
+    for (const kind of ["video", "audio"]) {
+      const select = doc.getElementById(kind === "video" ? "camera-select" : "mic-select");
+      select.addEventListener("change", () => this.switchDevice(kind, select.value));
+      this.#fillPicker(kind);
+    }
+    navigator.mediaDevices?.addEventListener?.("devicechange", () => {
+      this.#fillPicker("video");
+      this.#fillPicker("audio");
+    });    doc.addEventListener("click", () => {
       if (this.view.soundBlocked) this.view.enableSound();
     });
   }
@@ -455,7 +620,7 @@ class RoomPage {
         location.assign(pageUrl(location.href, { room, peerId })); // an invitation cannot follow
       }
     };
-    for (const id of ["leave", "toggle-camera", "toggle-mic"]) {
+    for (const id of ["leave", "toggle-camera", "toggle-mic", "share-screen", "camera-select", "mic-select"]) {
       document.getElementById(id).disabled = true;
     }
     this.chat.setEnabled(false);
@@ -480,6 +645,12 @@ class RoomPage {
       joined: this.joined,
       peers,
       sending: { audio: Boolean(this.local?.audio), video: Boolean(this.local?.video) },
+      sharing: Boolean(this.share),
+      devices: {
+        video: this.local?.video?.getSettings().deviceId ?? null,
+        audio: this.local?.audio?.getSettings().deviceId ?? null,
+      },
+      quality: this.qualities,
       iceServers: this.iceServers,
       iceSource: this.iceSource,
       joinSentAt: this.signaling?.joinSentAt ?? null,

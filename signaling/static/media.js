@@ -1,4 +1,5 @@
-// The local camera and microphone: asked for once, shared by every peer connection.
+// The local camera and microphone: asked for once, shared by every peer connection, and
+// switched in place (another device's track replaces the old one on every sender).
 
 import { mediaErrorText } from "./messages.js";
 
@@ -23,9 +24,63 @@ export class LocalMedia {
     return kind === "audio" ? this.audio : this.video;
   }
 
+  /** Put `track` in place of this kind's track (which the caller stops); answers the old one. */
+  replace(kind, track) {
+    const old = this.track(kind);
+    if (old) this.stream.removeTrack(old);
+    this.stream.addTrack(track);
+    return old;
+  }
+
   stop() {
     for (const track of this.stream.getTracks()) track.stop();
   }
+}
+
+/** Where the chosen camera and microphone are remembered (this browser, this server). */
+const DEVICES_KEY = "meshpeer.devices";
+const DEVICE_KINDS = { video: "videoinput", audio: "audioinput" };
+
+/** The device IDs chosen earlier: {video, audio}, each a string or null. */
+export function savedDevices() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(DEVICES_KEY) ?? "{}");
+    return {
+      video: typeof saved?.video === "string" ? saved.video : null,
+      audio: typeof saved?.audio === "string" ? saved.audio : null,
+    };
+  } catch {
+    return { video: null, audio: null }; // storage refused, or garbage in it
+  }
+}
+
+export function saveDevice(kind, deviceId) {
+  try {
+    localStorage.setItem(DEVICES_KEY, JSON.stringify({ ...savedDevices(), [kind]: deviceId }));
+  } catch {
+    // Storage refused (a privacy setting): the choice lasts until the page closes.
+  }
+}
+
+/** The cameras or microphones there are: [{deviceId, label}] (labels once one was granted). */
+export async function listDevices(kind) {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  return devices
+    .filter((d) => d.kind === DEVICE_KINDS[kind] && d.deviceId)
+    .map((d, i) => ({ deviceId: d.deviceId, label: d.label || `${kind === "video" ? "Camera" : "Microphone"} ${i + 1}` }));
+}
+
+/** One track of that device. */
+export async function openDevice(kind, deviceId) {
+  const stream = await navigator.mediaDevices.getUserMedia({ [kind]: { deviceId: { exact: deviceId } } });
+  return stream.getTracks()[0];
+}
+
+/** What getUserMedia asks for one kind: the remembered device (exact: Chromium's device
+ * choice ignores an ideal one) or, with `remembered` false or nothing saved, the default. */
+function wanted(kind, remembered = true) {
+  const deviceId = remembered ? savedDevices()[kind] : null;
+  return deviceId ? { deviceId: { exact: deviceId } } : true;
 }
 
 async function tryGetUserMedia(constraints) {
@@ -48,7 +103,12 @@ export async function openLocalMedia({ watch, signal = null }) {
     const error = { name: "InsecureContext", message: "no mediaDevices" };
     return new LocalMedia(new MediaStream(), mediaErrorText(error));
   }
-  const both = await tryGetUserMedia({ audio: true, video: true });
+  let both = await tryGetUserMedia({ audio: wanted("audio"), video: wanted("video") });
+  const saved = savedDevices();
+  if (!both.stream && both.error?.name !== "NotAllowedError" && (saved.audio || saved.video)) {
+    // A remembered device that is gone (unplugged): the defaults instead.
+    both = await tryGetUserMedia({ audio: true, video: true });
+  }
   if (both.stream) return new LocalMedia(both.stream, null);
   if (both.error?.name === "NotAllowedError") {
     return new LocalMedia(new MediaStream(), mediaErrorText(both.error)); // asking again is rude
@@ -57,7 +117,7 @@ export async function openLocalMedia({ watch, signal = null }) {
   const tracks = [];
   for (const kind of ["video", "audio"]) {
     if (signal?.aborted) break;
-    const one = await tryGetUserMedia({ [kind]: true });
+    const one = await tryGetUserMedia({ [kind]: wanted(kind, false) });
     if (one.stream) tracks.push(...one.stream.getTracks());
   }
   const stream = new MediaStream(tracks);

@@ -101,6 +101,9 @@ export class PeerLink extends EventTarget {
     this.pendingCandidates = [];
     this.droppedCandidates = 0; // beyond MAX_PENDING_CANDIDATES
     this.closed = false;
+    /** A shared screen to send ({track, stream}), and its sender once added. */
+    this.shared = null;
+    this.shareSender = null;
     /** The other side closed this connection (its DTLS close_notify reached us). */
     this.hungUp = false;
     this.watchedTransport = null;
@@ -122,8 +125,14 @@ export class PeerLink extends EventTarget {
       this.send({ type: "candidate", to: peerId, candidate: candidate ? candidate.toJSON() : null });
     });
     pc.addEventListener("negotiationneeded", () => this.#offer());
-    pc.addEventListener("track", ({ track }) => {
+    pc.addEventListener("track", ({ track, streams }) => {
       if (!this.stream.getTracks().includes(track)) this.stream.addTrack(track);
+      // The other side removed it (a shared screen that stopped): its stream says so.
+      streams[0]?.addEventListener("removetrack", (event) => {
+        if (event.track !== track) return;
+        this.stream.removeTrack(track);
+        this.#emit("removed", { track });
+      });
       this.dispatchEvent(new CustomEvent("stream", { detail: { stream: this.stream, track } }));
     });
     pc.addEventListener("connectionstatechange", () => {
@@ -134,6 +143,7 @@ export class PeerLink extends EventTarget {
         this.#watchHangUp();
       }
       this.#setState(state);
+      if (state === "connected") this.#sendShare();
     });
   }
 
@@ -203,6 +213,37 @@ export class PeerLink extends EventTarget {
       return;
     }
     await this.#addCandidate(candidate);
+  }
+
+  /**
+   * Send a shared screen as one more video track: added by renegotiation in place (our
+   * negotiationneeded offers it) once the connection is up, so never in the middle of the
+   * first offer and answer.
+   */
+  share(track, stream) {
+    this.unshare();
+    this.shared = { track, stream };
+    this.#sendShare();
+  }
+
+  /** Stop sending the shared screen (renegotiated in place too). */
+  unshare() {
+    this.shared = null;
+    if (!this.shareSender || this.closed) return;
+    this.pc.removeTrack(this.shareSender);
+    this.shareSender = null;
+  }
+
+  /**
+   * Another camera's or microphone's track in place of the one we send: same sender, no
+   * renegotiation, no new connection (the shared screen's sender is left alone).
+   */
+  async replaceTrack(kind, track) {
+    if (this.closed) return;
+    const senders = this.pc
+      .getSenders()
+      .filter((s) => s !== this.shareSender && s.track?.kind === kind);
+    await Promise.all(senders.map((sender) => sender.replaceTrack(track)));
   }
 
   close() {
@@ -322,6 +363,11 @@ export class PeerLink extends EventTarget {
       console.info(`meshpeer: ${this.peerId} closed its connection`);
       this.#setState("failed");
     });
+  }
+
+  #sendShare() {
+    if (!this.shared || this.shareSender || this.closed || this.state !== "connected") return;
+    this.shareSender = this.pc.addTrack(this.shared.track, this.shared.stream);
   }
 
   #setState(state) {

@@ -1,6 +1,8 @@
 // Everything the page shows: the status line, notices, the peer list and the video tiles.
 // No networking here; app.js decides, this module draws.
 
+import { bestGrid } from "./layout.js";
+
 const STATE_TEXT = {
   connecting: "connecting…",
   connected: "connected",
@@ -43,6 +45,26 @@ export class View {
     this.soundBlocked = false;
     /** Epoch ms of the first video frame shown per peer (read by tests and the benchmark). */
     this.firstFrameAt = new Map();
+    this.shares = new Map(); // key (a peer ID, "" for ours) -> {tile, video, track}
+    /** The grid last applied (tests and the console read it). */
+    this.grid = null;
+    // The tiles fill whatever the window leaves them: again on every resize, join and leave.
+    new ResizeObserver(() => this.layout()).observe(this.tilesEl);
+  }
+
+  /** Size the tiles: the grid that makes them largest in the space the tiles element has. */
+  layout() {
+    const count = this.tilesEl.querySelectorAll(".tile").length;
+    const gap = parseFloat(getComputedStyle(this.tilesEl).columnGap) || 0;
+    const grid = bestGrid({
+      width: this.tilesEl.clientWidth,
+      height: this.tilesEl.clientHeight,
+      count,
+      gap,
+    });
+    this.grid = { ...grid, count };
+    this.tilesEl.style.setProperty("--tile-w", `${grid.tileWidth}px`);
+    this.tilesEl.style.setProperty("--tile-h", `${grid.tileHeight}px`);
   }
 
   setIdentity(peerId, room) {
@@ -136,10 +158,15 @@ export class View {
     if (this.peers.has(peerId)) return;
     const video = element("video", { playsInline: true, autoplay: false });
     const badge = element("span", { className: "badge", textContent: STATE_TEXT.connecting });
+    const quality = element("span", { className: "quality" });
     const tile = element("figure", { className: "tile remote no-video" }, [
       video,
       element("div", { className: "placeholder" }, [element("span", { textContent: peerId })]),
-      element("figcaption", {}, [element("span", { className: "name", textContent: peerId }), badge]),
+      element("figcaption", {}, [
+        element("span", { className: "name", textContent: peerId }),
+        badge,
+        quality,
+      ]),
     ]);
     tile.dataset.peer = peerId;
     tile.dataset.state = "connecting";
@@ -171,8 +198,59 @@ export class View {
     video.addEventListener("resize", firstFrame);
     this.tilesEl.append(tile);
     this.listEl.append(item);
-    this.peers.set(peerId, { tile, video, badge, item, stateEl, showVideo });
+    this.peers.set(peerId, { tile, video, badge, quality, item, stateEl, showVideo });
     this.#updateCount();
+  }
+
+  /** How the connection to `peerId` does: "good", "fair" or "poor" (stats.js), with figures. */
+  setPeerQuality(peerId, { quality, rttMs, lossPercent }) {
+    const peer = this.peers.get(peerId);
+    if (!peer) return;
+    peer.quality.dataset.quality = quality;
+    peer.quality.textContent = quality;
+    const rtt = rttMs === null ? "RTT unknown" : `RTT ${Math.round(rttMs)} ms`;
+    const text = `Connection ${quality}: ${rtt}, ${lossPercent.toFixed(1)}% lost`;
+    peer.quality.title = text;
+    peer.quality.setAttribute("aria-label", text);
+  }
+
+  /** Whether `peerId` (null: us) is speaking now: a ring around the tile. */
+  setSpeaking(peerId, speaking) {
+    const tile = peerId === null ? this.localTile : this.peers.get(peerId)?.tile;
+    tile?.classList.toggle("speaking", speaking);
+  }
+
+  /**
+   * A shared screen on a tile of its own: `key` is the peer ID ("" for our own share),
+   * `track` the screen's video track. Replaces that key's earlier share.
+   */
+  addShare(key, label, track) {
+    this.removeShare(key);
+    const video = element("video", { playsInline: true, muted: true, autoplay: true });
+    video.srcObject = new MediaStream([track]);
+    const tile = element("figure", { className: "tile share" }, [
+      video,
+      element("figcaption", {}, [
+        element("span", { className: "name", textContent: label }),
+        element("span", { className: "badge", textContent: "screen" }),
+      ]),
+    ]);
+    tile.dataset.share = key;
+    const anchor = key === "" ? this.localTile : this.peers.get(key)?.tile;
+    if (anchor) anchor.after(tile);
+    else this.tilesEl.append(tile);
+    this.shares.set(key, { tile, video, track });
+    video.play().catch(() => {});
+    this.layout();
+  }
+
+  removeShare(key, track = null) {
+    const share = this.shares.get(key);
+    if (!share || (track && share.track !== track)) return;
+    share.video.srcObject = null;
+    share.tile.remove();
+    this.shares.delete(key);
+    this.layout();
   }
 
   setPeerState(peerId, state) {
@@ -203,6 +281,7 @@ export class View {
     if (!peer) return;
     peer.video.srcObject = null;
     peer.tile.remove();
+    this.removeShare(peerId);
     peer.item.remove();
     this.peers.delete(peerId);
     this.firstFrameAt.delete(peerId);
@@ -243,5 +322,6 @@ export class View {
     this.countEl.textContent = String(count);
     this.emptyEl.hidden = count > 0;
     this.tilesEl.dataset.count = String(count + 1);
+    this.layout();
   }
 }

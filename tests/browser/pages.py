@@ -43,7 +43,18 @@ QUIET_FLAGS = [
     "--use-fake-device-for-media-stream",
 ]
 #: Grants camera and microphone without a prompt; without it, headless Chromium refuses them.
+#: It also answers ``getDisplayMedia`` (after a click: it wants a user gesture) with a fake
+#: screen, 1280x720 at 30 fps, labelled ``screen:-3:0``: no
+#: ``--auto-select-desktop-capture-source`` needed (Chromium 156, measured).
 GRANT_CAMERA = "--use-fake-ui-for-media-stream"
+#: Two fake cameras (``fake_device_0``, ``fake_device_1``) instead of one; the microphones
+#: are always three (``Fake Default Audio Input``, ``Fake Audio Input 1`` and ``2``). Given
+#: after QUIET_FLAGS, it wins over their plain ``--use-fake-device-for-media-stream``.
+#: Only the first sends: a WebRTC sender given ``fake_device_1`` (first, or through
+#: ``replaceTrack``) encodes no frame at all (0 in 7 s, Chromium 156, measured), while
+#: ``fake_device_0``, a second getUserMedia of it or a canvas resume within 1 s. Measure a
+#: switch's picture gap with a canvas; ``fake_device_1`` only shows the picker's path.
+TWO_CAMERAS = "--use-fake-device-for-media-stream=device-count=2"
 #: The page's signaling WebSocket, for ``page.route_web_socket``: ``/ws``, with or without
 #: the ``?room=`` the page adds for load balancers.
 SIGNALING_SOCKET = re.compile(r"/ws(\?[^/]*)?$")
@@ -128,9 +139,13 @@ def artifacts_dir() -> Path:
     return path
 
 
-async def launch(playwright: Playwright, *, camera: bool = True) -> Browser:
+async def launch(
+    playwright: Playwright, *, camera: bool = True, extra_args: Sequence[str] = ()
+) -> Browser:
     args = [*QUIET_FLAGS, GRANT_CAMERA] if camera else list(QUIET_FLAGS)
-    return await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+    return await playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=[*args, *extra_args]
+    )
 
 
 @asynccontextmanager
@@ -300,15 +315,19 @@ async def open_room_page(
     page: Page | None = None,
     token: str | None = None,
     send_id: bool = True,
+    watch: bool = False,
 ) -> RoomPage:
     """Open the page as ``peer_id``; ``token`` adds ``?token=``, ``send_id=False`` leaves
-    ``?id=`` out (the page then takes its name from the token, or makes one up)."""
+    ``?id=`` out (the page then takes its name from the token, or makes one up), ``watch``
+    adds ``?watch=1`` (no camera nor microphone: the page only receives)."""
     page = page or await context.new_page()
     params = {"id": peer_id} if send_id else {}
     if room is not None:
         params["room"] = room
     if token is not None:
         params["token"] = token
+    if watch:
+        params["watch"] = "1"
     room_page = RoomPage(page, peer_id)
     page.on("console", lambda msg: room_page.console.append(f"{msg.type}: {msg.text}"))
     page.on("pageerror", lambda exc: room_page.console.append(f"pageerror: {exc}"))
