@@ -147,6 +147,8 @@ class AudioMix:
             if not voice.playing and voice.held() >= self.prebuffer * BLOCK_SAMPLES:
                 voice.playing = True
                 voice.level = None
+                if self.follow:  # start at the target: a backlog would take the follower
+                    voice.take(voice.held() - self.prebuffer * BLOCK_SAMPLES)  # (0.5%) minutes
             if not voice.playing:
                 continue
             if not voice.blocks:
