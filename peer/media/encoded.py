@@ -150,7 +150,7 @@ class EncodedTap:
 
     def _decode(self, packet: EncodedFrame) -> bool:
         """Whether ``packet`` goes to the decoder (and the decoder's state with it)."""
-        wanted = self._readers > 0 or self._sinks.wants_frames
+        wanted = self._readers > 0 or self._sinks.wants_frames_of(self.kind)
         if wanted != self.decoding:
             self.decoding = wanted
             self._await_keyframe = wanted and self.kind == "video"

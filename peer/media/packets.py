@@ -47,6 +47,18 @@ class Want(enum.Flag):
     PACKETS = enum.auto()
 
 
+#: What a frame consumer without a ``frame_kinds`` attribute is decoded for: both kinds.
+ALL_KINDS: frozenset[Kind] = frozenset({"audio", "video"})
+
+
+def frame_kinds_of(consumer: object) -> frozenset[Kind]:
+    """The kinds whose decoded frames ``consumer`` uses: its ``frame_kinds`` attribute,
+    else both. A track of another kind is not decoded for it (a speaker or an audio reader
+    must not make the agent decode every picture)."""
+    kinds = getattr(consumer, "frame_kinds", None)
+    return frozenset(kinds) if kinds is not None else ALL_KINDS
+
+
 def wants_of(consumer: object) -> Want:
     """What ``consumer`` takes: its ``wants`` attribute, else what it has methods for."""
     wants = getattr(consumer, "wants", None)

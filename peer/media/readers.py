@@ -39,7 +39,7 @@ import numpy.typing as npt
 from av.audio.resampler import AudioResampler
 from av.video.reformatter import VideoReformatter
 
-from peer.events import RemoteTrack
+from peer.events import Kind, RemoteTrack
 from peer.media.tap import FrameConsumer, SizeGuard
 from signaling.protocol import PeerId
 
@@ -93,9 +93,10 @@ class ConsumerSet(Protocol):
 class _Reader(FrameConsumer):
     """What both readers share: the peer filter, the wake-up of a waiting iterator, the end."""
 
-    kind: str
+    kind: Kind
 
     def __init__(self, peer: PeerId | None) -> None:
+        self.frame_kinds = frozenset({self.kind})  # the other kind is not decoded for it
         self.peer = peer
         self.closed = False
         self._waiter: asyncio.Future[None] | None = None

@@ -48,6 +48,7 @@ class Speaker(FrameConsumer):
 
     def __init__(self, echo: EchoCanceller | None = None) -> None:
         self.mix = AudioMix(capacity=_CAPACITY, prebuffer=_PREBUFFER, follow=True)
+        self.frame_kinds = frozenset({"audio"})  # no picture is decoded for the speaker
         self.played = 0
         self.card_underflows = 0
         self._echo = echo

@@ -21,7 +21,14 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from peer.events import FirstFrame, RemoteTrack
 from peer.events import Kind as Kind  # defined once, in peer.events; re-exported
-from peer.media.packets import EncodedFrame, PacketConsumer, TrackHooks, Want, wants_of
+from peer.media.packets import (
+    EncodedFrame,
+    PacketConsumer,
+    TrackHooks,
+    Want,
+    frame_kinds_of,
+    wants_of,
+)
 from signaling.protocol import PeerId
 
 log = logging.getLogger(__name__)
@@ -58,8 +65,9 @@ class Sinks:
     their next frames; a removed one gets nothing more, even when it is removed while a
     frame is being handed out. Each consumer's failure is logged and never stops the others.
 
-    :attr:`wants_frames` is what decides whether remote tracks are decoded at all: true
-    while some consumer wants decoded frames (:class:`peer.media.packets.Want`).
+    :meth:`wants_frames_of` is what decides whether remote tracks of a kind are decoded at
+    all: true while some consumer wants decoded frames (:class:`peer.media.packets.Want`)
+    of that kind (:func:`peer.media.packets.frame_kinds_of`).
     """
 
     def __init__(self, consumers: Sequence[Consumer] = ()) -> None:
@@ -67,6 +75,7 @@ class Sinks:
         self.consumers: tuple[Consumer, ...] = ()
         self._frames: tuple[FrameConsumer, ...] = ()
         self._packets: tuple[PacketConsumer, ...] = ()
+        self._frame_kinds: frozenset[Kind] = frozenset()
         self._live: dict[RemoteTrack, None] = {}  # insertion order: arrival
         #: Per video track, the packet consumers (by id) that get nothing before a keyframe.
         self._waiting: dict[RemoteTrack, set[int]] = {}
@@ -78,6 +87,10 @@ class Sinks:
     def wants_frames(self) -> bool:
         """Some consumer wants decoded frames."""
         return bool(self._frames)
+
+    def wants_frames_of(self, kind: Kind) -> bool:
+        """Some consumer wants decoded frames of ``kind``."""
+        return kind in self._frame_kinds
 
     def add(self, consumer: Consumer) -> None:
         """From now on ``consumer`` gets every frame, starting with the live tracks'
@@ -102,6 +115,7 @@ class Sinks:
         wants = [(c, wants_of(c)) for c in self.consumers]
         self._frames = tuple(cast(FrameConsumer, c) for c, w in wants if Want.FRAMES in w)
         self._packets = tuple(cast(PacketConsumer, c) for c, w in wants if Want.PACKETS in w)
+        self._frame_kinds = frozenset().union(*(frame_kinds_of(c) for c in self._frames))
 
     def live_tracks(self) -> tuple[RemoteTrack, ...]:
         """The tracks being read now, in the order they arrived."""

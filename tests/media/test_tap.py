@@ -221,6 +221,23 @@ def test_packet_consumers_start_each_video_track_at_a_keyframe_and_after_a_loss(
     assert not sinks.wants_frames
 
 
+def test_a_track_is_decoded_only_for_the_kinds_its_frame_consumers_use() -> None:
+    """A speaker or an audio reader (``frame_kinds``) must not make every picture decoded;
+    a consumer that names no kinds takes both."""
+    sinks = Sinks()
+    listener = Collector()
+    listener.frame_kinds = frozenset({"audio"})  # type: ignore[attr-defined]
+    sinks.add(listener)
+    assert sinks.wants_frames_of("audio") and not sinks.wants_frames_of("video")
+    both = Collector()
+    sinks.add(both)
+    assert sinks.wants_frames_of("audio") and sinks.wants_frames_of("video")
+    sinks.remove(both)
+    assert not sinks.wants_frames_of("video")
+    sinks.remove(listener)
+    assert not sinks.wants_frames_of("audio")
+
+
 def test_keyframes_of_real_encoders() -> None:
     def frame(n: int) -> av.VideoFrame:
         picture = av.VideoFrame(64, 48, "yuv420p")
