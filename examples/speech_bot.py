@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from peer import Agent, PeerLeft, ReceivedAudio, RemoteTrack
+from peer import Agent, PeerLeft, ReceivedAudio, RemoteTrack, TrackReceived
 
 #: The access token of a server that requires one (meshpeer token ... --id speech).
 TOKEN = os.environ.get("MESHPEER_TOKEN") or None
@@ -69,18 +69,22 @@ class Voice:
 async def main(url: str, room: str, *, report: Callable[[str], None] = print) -> None:
     voices: dict[RemoteTrack, Voice] = {}
 
-    def forget(event: object) -> None:
-        if isinstance(event, PeerLeft):
+    def follow(event: object) -> None:
+        # A voice per audio track from its arrival to its peer's departure: blocks still
+        # queued for a peer that left are skipped, not taken for a new voice.
+        if isinstance(event, TrackReceived) and event.kind == "audio":
+            voices[event.track] = Voice()
+            report(f"{event.peer}: listening")
+        elif isinstance(event, PeerLeft):
             for track in [t for t in voices if t.peer == event.peer]:
                 del voices[track]
 
     async with Agent(url, room=room, peer_id="speech", token=TOKEN) as agent:
-        agent.add_listener(forget)
+        agent.add_listener(follow)
         async for block in agent.audio_frames(sample_rate=SAMPLE_RATE, channels=1):
             voice = voices.get(block.track)
             if voice is None:
-                voices[block.track] = voice = Voice()
-                report(f"{block.peer}: listening")
+                continue
             change = voice.step(block)
             if change is not None:
                 started, when = change
