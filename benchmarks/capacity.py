@@ -1,5 +1,5 @@
 """What connections cost a node when they are idle or nearly so: the figures behind
-docs/SCALING.md.
+docs/several-nodes.md.
 
 One node with ``--redis-url`` (its own ``redis-server`` on a free port). ``sigload`` joins
 ``--clients`` clients in rooms of ``--per-room`` and keeps them connected for

@@ -284,6 +284,7 @@ class Agent:
 
     @property
     def links(self) -> dict[PeerId, PeerLink]:
+        """The live link to each remote peer, by ID (read only: the agent owns them)."""
         return self._room.links
 
     @property
@@ -294,17 +295,21 @@ class Agent:
 
     @property
     def left(self) -> asyncio.Event:
+        """Set once the agent has left the room (``leave()``, ``Failed``, or the context's end)."""
         return self._left
 
     @property
     def signaling_connected(self) -> bool:
+        """Whether the signaling WebSocket is up now (media flows on while it is down)."""
         return self._signaling.connected
 
     @property
     def reconnects(self) -> int:
+        """How many times the signaling connection was made again after a loss."""
         return self._signaling.reconnects
 
     def connection_states(self) -> dict[PeerId, LinkState]:
+        """Each remote peer's media connection state, by ID."""
         return {peer: link.state for peer, link in self.links.items()}
 
     def subscribe(self, peer: PeerId, kind: Kind) -> MediaStreamTrack | None:

@@ -146,14 +146,17 @@ class DataChannel:
 
     @property
     def is_open(self) -> bool:
+        """Whether the channel is open now (``send()`` raises otherwise)."""
         return self._rtc is not None and self._rtc.readyState == "open"
 
     @property
     def ordered(self) -> bool:
+        """Whether messages arrive in the order sent."""
         return self._rtc.ordered if self._rtc is not None else True
 
     @property
     def max_retransmits(self) -> int | None:
+        """How often a lost message is sent again; None: until it arrives (reliable)."""
         return self._rtc.maxRetransmits if self._rtc is not None else None
 
     @property

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Kind = Literal["audio", "video"]
+"""A track's media kind, as WebRTC names it."""
 
 
 class RemoteTrack:
@@ -95,16 +96,22 @@ class SignalingLost:
 
 @dataclass(frozen=True)
 class PeerJoined:
+    """``peer`` joined the room; the agent connects to it (the newcomer offers)."""
+
     peer: PeerId
 
 
 @dataclass(frozen=True)
 class PeerLeft:
+    """``peer`` left the room; its connection, tracks and recording are released."""
+
     peer: PeerId
 
 
 @dataclass(frozen=True)
 class ConnectionStateChanged:
+    """The media connection with ``peer`` changed state (connecting, connected, failed...)."""
+
     peer: PeerId
     state: LinkState
 
@@ -120,6 +127,9 @@ class IceServerProblem:
 
 @dataclass(frozen=True)
 class TrackReceived:
+    """``peer`` sends a ``kind`` track; the agent already reads ``track`` (``subscribe()``:
+    a copy)."""
+
     peer: PeerId
     kind: Kind
     track: RemoteTrack
@@ -151,6 +161,8 @@ class FirstFrame:
 
 @dataclass(frozen=True)
 class StatsReport:
+    """Every ``stats_interval`` seconds: one ``PeerStats`` per remote peer."""
+
     peers: tuple[PeerStats, ...]
 
 
@@ -187,6 +199,7 @@ Event: TypeAlias = (
     | ChannelOpened
     | Failed
 )
+"""Anything ``Agent.events()`` yields and listeners get: match on the class."""
 
 
 #: Why a second reader is refused: each event is taken by one reader, so two would each

@@ -95,6 +95,7 @@ class PeerStats:
         return sum(track.decoding for track in self.tracks)
 
     def to_json(self) -> dict[str, Any]:
+        """One ``--stats-json`` entry: the fields, with enums as their names."""
         data = asdict(self)
         data["state"] = str(self.state)
         data["role"] = str(self.role)

@@ -18,6 +18,8 @@ class IceServerError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class IceServer:
+    """A STUN or TURN server as peers are handed it: one URL, with credentials for TURN."""
+
     url: str  # without credentials: stun:host:port, turn:host:port?transport=tcp
     username: str | None = None
     credential: str | None = None

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     _fast_loads = json.loads
 
 PeerId = NewType("PeerId", str)
+"""A peer's name in its room (what ``join`` asks for; unique in the room)."""
 RoomId = NewType("RoomId", str)
 
 #: Room of clients that name none: the reference server has a single room, this one.

@@ -16,7 +16,7 @@ messages reach another peer in the order it sent them, whichever nodes they are 
 Failures: a node that stops answering (liveness key expired) has its members ended by a
 survivor (``signaling.redis_liveness``); while Redis is unreachable joins are refused
 (``unavailable``) and leaves wait; a node that finds Redis emptied puts its members back.
-README, "Several server nodes". The room records and their scripts: ``signaling.redis_rooms``.
+docs/several-nodes.md. The room records and their scripts: ``signaling.redis_rooms``.
 """
 
 from __future__ import annotations

@@ -62,6 +62,8 @@ async def _relay_gc_threshold(app: web.Application) -> AsyncIterator[None]:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """What a server is run with (``meshpeer serve``'s flags); the defaults are its defaults."""
+
     limits: Limits = field(default_factory=Limits)
     #: ICE servers handed to every peer (``peer-list``, ``/config.json``); none by default.
     ice_servers: Sequence[IceServer] = ()
@@ -120,6 +122,7 @@ class SignalingServer:
         return static + turn.servers_for(peer, now, until) if turn is not None else static
 
     def app(self) -> web.Application:
+        """The aiohttp app: ``/ws``, ``/healthz``, ``/metrics``, ``/config.json`` and the page."""
         app = web.Application()
         app.router.add_get("/ws", self.handle_ws)
         http = HttpEndpoints(self)
@@ -145,6 +148,7 @@ class SignalingServer:
 
     # -- WebSocket --------------------------------------------------------------
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        """``GET /ws``: admit the WebSocket (origin, per-address caps), then serve it."""
         headers = request.headers
         client = client_address(
             request.remote, headers.getall("X-Forwarded-For", []), self.config.trust_proxy

@@ -32,7 +32,7 @@ from signaling.protocol import (
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Server limits; defaults documented in README and docs/PROTOCOL.md."""
+    """Server limits; defaults documented in docs/server.md and docs/PROTOCOL.md."""
 
     #: Largest frame accepted, in bytes. A 6-peer browser offer is 10+ KB.
     max_frame_bytes: int = 64 * 1024

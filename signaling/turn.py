@@ -44,6 +44,7 @@ class TurnMinter:
     def servers_for(
         self, peer_id: str, now: float, until: float | None = None
     ) -> tuple[IceServer, ...]:
+        """Every TURN URL with credentials for ``peer_id``, valid until ``expiry()``."""
         username, credential = turn_credentials(self.secret, peer_id, self.expiry(now, until))
         return tuple(IceServer(server.url, username, credential) for server in self.urls)
 

@@ -113,6 +113,7 @@ class VideoSource(MediaStreamTrack):
             self.captured += 1
 
     async def recv(self) -> av.VideoFrame:
+        """The picture for the next slot of the clock (aiortc calls it; the newest captured)."""
         tick = await next_tick(self, self._clock)
         with self._lock:
             pending, self._pending = self._pending, None
@@ -265,6 +266,7 @@ class AudioSource(MediaStreamTrack):
         return np.concatenate(chunks) if chunks else np.zeros((0, 2), dtype=np.int16)
 
     async def recv(self) -> av.AudioFrame:
+        """The next 20 ms block (aiortc calls it): buffered samples, silence when there are none."""
         tick = await next_tick(self, self._clock)
         block = np.zeros((AUDIO_FRAME_SAMPLES, 2), dtype=np.int16)
         with self._lock:

@@ -74,6 +74,7 @@ class Vp8Settings:
     noise_sensitivity: int = 0
 
     def options(self, bitrate: int) -> dict[str, str]:
+        """libvpx's options for ``bitrate`` bits per second (PyAV's ``codec_context.options``)."""
         return {
             "bufsize": str(bitrate),  # rc_buf_sz 1000 ms, as aiortc
             "cpu-used": str(self.cpu_used),

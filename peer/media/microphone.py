@@ -15,7 +15,7 @@ Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
 Echo: a person whose speaker and microphone are both open is heard back by the others unless
 something cancels the echo. :class:`EchoCanceller` is the seam for one: given to the
 microphone and to the speaker (:mod:`peer.media.speaker`), it sees every block played and
-every block captured before it is encoded. No canceller ships (README: use headphones).
+every block captured before it is encoded. No canceller ships (docs/desktop.md: use headphones).
 """
 
 from __future__ import annotations

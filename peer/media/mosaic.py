@@ -138,6 +138,7 @@ class Mosaic(FrameConsumer):
                 tile.frame = None
 
     def remove_peer(self, peer: PeerId) -> None:
+        """Drop every tile of ``peer`` (it left)."""
         with self._lock:
             self._tiles = {key: t for key, t in self._tiles.items() if key[0] != peer}
 
@@ -164,10 +165,12 @@ class Mosaic(FrameConsumer):
         return _LocalConsumer(self, label)
 
     def clear_local(self) -> None:
+        """Drop the preview tile of our own video."""
         with self._lock:
             self._tiles.pop(_LOCAL_KEY, None)
 
     def peers(self) -> list[PeerId]:
+        """The remote peers with a tile, in the order they got one."""
         with self._lock:
             return list(dict.fromkeys(PeerId(key[0]) for key in self._tiles if key != _LOCAL_KEY))
 

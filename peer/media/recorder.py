@@ -102,6 +102,7 @@ class Recorder(FrameConsumer):
             visit.expected = set(kinds)
 
     def track_started(self, track: RemoteTrack) -> None:
+        """A remote track began: packets mode opens (or extends) its peer's file."""
         if self._closed or self.transcode:
             return
         visit = self._active.get(track.peer)
@@ -120,6 +121,7 @@ class Recorder(FrameConsumer):
             visit.offer(track, packet)
 
     def put_frame(self, track: RemoteTrack, frame: av.AudioFrame | av.VideoFrame) -> None:
+        """A decoded frame, for the transcoding mode (each peer's first track of a kind)."""
         if self._closed or not self.transcode or track.index != 0:
             return
         if isinstance(frame, av.VideoFrame) and not self._sizes.admits(
@@ -133,6 +135,7 @@ class Recorder(FrameConsumer):
             visit.offer(track.kind, frame, track.sender_clock)
 
     def track_ended(self, track: RemoteTrack) -> None:
+        """A remote track ended: its stream ends; the file is finalised with its peer's last."""
         if self.transcode:
             if track.index != 0:
                 return

@@ -114,6 +114,7 @@ class LocalMedia:
         self._players = players or []
 
     def stop(self) -> None:
+        """Stop every track (devices and files close); the agent never does it for you."""
         for track in (self.video, self.audio):
             if track is not None:
                 track.stop()

@@ -151,7 +151,7 @@ async def test_switching_camera_keeps_the_link_and_the_choice(
         shown = (await web.snapshot())["quality"]["bot"]
         print(f"quality on loopback: {shown}")
         # Loopback, but a loaded machine's aiortc answers STUN late: any of the three words,
-        # as long as it is the one the figures give (stats.js thresholds, README).
+        # as long as it is the one the figures give (stats.js thresholds, docs/browser.md).
         assert quality == shown["quality"] == rating(shown["rttMs"], shown["lossPercent"])
         assert shown["rttMs"] > 0
 

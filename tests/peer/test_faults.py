@@ -123,7 +123,7 @@ def attempts() -> Iterator[_Attempts]:
 
 
 def backoff_after(attempt: int) -> float:
-    """The longest wait after failed reconnect ``attempt`` (1 first): the README's 0.25,
+    """The longest wait after failed reconnect ``attempt`` (1 first): docs/join.md's 0.25,
     0.5, then 1 s for ~7 s, then 2, 4, 5 s, +25% jitter (peer.mesh.reconnect_delay)."""
     return mesh.reconnect_delay(attempt, 0.999999)
 

@@ -4,7 +4,7 @@ The pure part (node messages, each node's view of a room) without sockets; then 
 several nodes can get wrong, with two or three real servers and a real redis-server: a
 race for one ID, per-sender order across nodes, and broadcasts reaching only the nodes
 with members in the room. Many adapter tests of the signaling suite also run on two nodes
-(conftest's ``nodes`` and ``make_nodes`` fixtures; README says which).
+(conftest's ``nodes`` and ``make_nodes`` fixtures; docs/several-nodes.md says which).
 """
 
 from __future__ import annotations
