@@ -76,3 +76,12 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
                 name,
             )
     return markdown
+
+
+#: Sphinx roles in docstrings (``:class:`Recorder```): Markdown shows the name as code, with
+#: the role before it as text; the role goes.
+ROLE = re.compile(r":(?:class|attr|meth|func|mod|data|exc|obj):(?=<code>)")
+
+
+def on_page_content(html: str, **_: Any) -> str:
+    return ROLE.sub("", html)
