@@ -97,12 +97,12 @@ def test_the_docs_and_examples_import_from_peer_only() -> None:
 
 
 def test_the_readme_shows_the_numpy_bot_as_it_is() -> None:
-    """The README's bot is ``examples/numpy_bot.py`` itself (run by test_examples), so the
-    two cannot drift; at most 15 lines of code (issue 18)."""
+    """The README's bot (and the one of docs/bots.md) is ``examples/numpy_bot.py`` itself
+    (run by test_examples), so they cannot drift; at most 15 lines of code (issue 18)."""
     bot = (ROOT / "examples" / "numpy_bot.py").read_text()
-    readme = (ROOT / "README.md").read_text()
     pattern = r"`examples/numpy_bot.py`, the whole file.*?```python\n(.*?)```"
-    shown = re.search(pattern, readme, re.S)
-    assert shown is not None, "the README's bot section is gone"
-    assert shown.group(1) == bot
+    for page in (ROOT / "README.md", ROOT / "docs" / "bots.md"):
+        shown = re.search(pattern, page.read_text(), re.S)
+        assert shown is not None, f"the bot section of {page.name} is gone"
+        assert shown.group(1) == bot, page.name
     assert len([line for line in bot.splitlines() if line.strip()]) <= 15
