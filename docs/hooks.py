@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -22,13 +23,14 @@ log = logging.getLogger("mkdocs.hooks.docstrings")
 DIRECTIVE = re.compile(r"^::: +([\w.]+)", re.M)
 
 
-#: The packages as griffe reads them, loaded once per build (``on_pre_build`` starts over).
+#: The packages as griffe reads them, loaded once per build (``on_pre_build`` starts over)
+#: from the folder of mkdocs.yml, as mkdocstrings' ``paths: [.]``.
 _loader = griffe.GriffeLoader(search_paths=["."])
 
 
-def on_pre_build(**_: Any) -> None:
+def on_pre_build(config: Any, **_: Any) -> None:
     global _loader
-    _loader = griffe.GriffeLoader(search_paths=["."])
+    _loader = griffe.GriffeLoader(search_paths=[str(Path(config.config_file_path).parent)])
 
 
 def _load(path: str) -> griffe.Object | griffe.Alias:
