@@ -114,7 +114,18 @@ def main() -> int:
     modes = tuple(args.modes.split(","))
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
+        # The sender and its receivers share a room: more than --max-peers' default of 8.
+        [
+            sys.executable,
+            "-m",
+            "signaling",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+            "--max-peers",
+            str(max(counts) + 1),
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )

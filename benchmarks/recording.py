@@ -225,7 +225,18 @@ def main() -> int:
     load_before, started = os.getloadavg(), time.monotonic()
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
+        # Senders and recorders share a room: more than --max-peers' default of 8.
+        [
+            sys.executable,
+            "-m",
+            "signaling",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+            "--max-peers",
+            str(max(counts) + 4),
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )

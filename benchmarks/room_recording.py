@@ -61,7 +61,18 @@ def main() -> int:
         port = free_port()
         url = f"ws://127.0.0.1:{port}/ws"
         server = subprocess.Popen(
-            [sys.executable, "-m", "peer", "serve", "--port", str(port), "--log-level", "WARNING"],
+            [
+                sys.executable,
+                "-m",
+                "peer",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "WARNING",
+                "--max-peers",
+                str(args.bots + 2),
+            ],
             cwd=REPO,
         )
         stack.callback(stop, server)

@@ -88,7 +88,18 @@ class Proc:
 def start(work: Path, args: argparse.Namespace) -> list[Proc]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
+        # Every bot is in the one room "soak": more than --max-peers' default of 8.
+        [
+            sys.executable,
+            "-m",
+            "signaling",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+            "--max-peers",
+            "64",
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
