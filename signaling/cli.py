@@ -166,13 +166,13 @@ def read_secret(path: Path | None, env: str, what: str) -> bytes | None:
     return value.encode() if value else None
 
 
-#: The line each command's help gives on its ICE servers: which flag for what.
+#: What ``serve --help`` says above its ICE flags: which one for what.
 ICE_SERVERS_HELP = (
     "--ice-server: a STUN server, or a TURN server whose fixed user:pass every peer and page "
     "sees (a LAN, people you trust); --turn-url: your own TURN server (coturn "
     "use-auth-secret), each peer getting its own credentials that expire: the one for rooms "
-    "on the internet. Peers get the --ice-server URLs first. Neither: host candidates only, "
-    "enough on one network"
+    "on the internet. Peers get the --ice-server URLs first. With neither, host candidates "
+    "only: enough on one network"
 )
 
 
