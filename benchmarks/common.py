@@ -12,6 +12,7 @@ import platform
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -26,6 +27,7 @@ __all__ = [
     "last_json_line",
     "machine_info",
     "reference_dir",
+    "start_signaling",
     "stop_all",
     "wait_listening",
     "write_result",
@@ -96,6 +98,13 @@ def write_result(path: Path, result: dict[str, Any], *, announce: str = "wrote")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{announce} {path}")
+
+
+def start_signaling(port: int, *flags: str) -> subprocess.Popen[bytes]:
+    """``python -m signaling`` on ``port``, warnings only, with ``flags``: a room of more
+    bots than a browser mesh carries passes ``--max-peers`` (its default is 8)."""
+    command = [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"]
+    return subprocess.Popen([*command, *flags], cwd=REPO, stdout=subprocess.DEVNULL)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

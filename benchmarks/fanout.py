@@ -31,6 +31,7 @@ from benchmarks.common import (  # noqa: E402
     cpu_seconds,
     free_port,
     last_json_line,
+    start_signaling,
     stop_all,
     wait_listening,
     write_result,
@@ -113,11 +114,8 @@ def main() -> int:
     counts = [int(n) for n in args.receivers.split(",")]
     modes = tuple(args.modes.split(","))
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+    # The sender and its receivers share a room: more than --max-peers' default of 8.
+    server = start_signaling(port, "--max-peers", str(max(counts) + 1))
     runs: list[dict[str, Any]] = []
     try:
         wait_listening(server, port, 20)

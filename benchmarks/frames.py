@@ -41,6 +41,8 @@ from peer.agent import Agent  # noqa: E402
 from peer.events import RemoteTrack  # noqa: E402
 from peer.media.readers import AudioReader  # noqa: E402
 from signaling.protocol import PeerId  # noqa: E402
+from signaling.server import ServerConfig  # noqa: E402
+from signaling.session import Limits  # noqa: E402
 from tests.peer.helpers import frames_from  # noqa: E402
 from tests.support import LoopLag, running_server  # noqa: E402
 
@@ -133,7 +135,9 @@ def _senders(url: str, room: str, streams: int, width: int, height: int) -> list
 
 
 async def run_streams(streams: int, width: int, height: int, window: float) -> dict[str, Any]:
-    async with running_server() as server:
+    # The senders and the reader share a room: more than --max-peers' default of 8.
+    config = ServerConfig(limits=Limits(max_peers=streams + 1))
+    async with running_server(config) as server:
         room = f"frames{streams}"
         senders = _senders(server.ws_url, room, streams, width, height)
         agent = Agent(server.ws_url, room=room, peer_id="reader", stats_interval=None)

@@ -65,9 +65,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def server(auth: bool, secret_file: Path) -> Iterator[tuple[int, int]]:
+def server(auth: bool, secret_file: Path, room_size: int) -> Iterator[tuple[int, int]]:
     port = free_port()
     command = [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"]
+    command += ["--max-peers", str(room_size)]
     command += ["--ip-connections", "0", "--ip-connects-per-minute", "0", "--rate", "100000"]
     if auth:
         command += ["--auth-secret-file", str(secret_file)]
@@ -106,7 +107,7 @@ async def drive(port: int, joins: int, room_size: int, auth: bool) -> float:
 
 
 def measure(auth: bool, joins: int, room_size: int, secret_file: Path) -> dict[str, float]:
-    with server(auth, secret_file) as (pid, port):
+    with server(auth, secret_file, room_size) as (pid, port):
         asyncio.run(drive(port, 20, room_size, auth))  # warm-up: imports, first allocations
         before = cpu_seconds(pid)
         wall = asyncio.run(drive(port, joins, room_size, auth))

@@ -45,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
     free_port,
     last_json_line,
     machine_info,
+    start_signaling,
     stop_all,
     wait_listening,
     write_result,
@@ -224,11 +225,8 @@ def main() -> int:
     counts = [int(n) for n in args.streams.split(",")]
     load_before, started = os.getloadavg(), time.monotonic()
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+    # Senders and recorders share a room: more than --max-peers' default of 8.
+    server = start_signaling(port, "--max-peers", str(max(counts) + 4))
     runs: list[dict[str, Any]] = []
     mesh: float | None = None
     mesh_fps = 0.0

@@ -60,10 +60,10 @@ def main() -> int:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-room-") as tmp:
         port = free_port()
         url = f"ws://127.0.0.1:{port}/ws"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "peer", "serve", "--port", str(port), "--log-level", "WARNING"],
-            cwd=REPO,
-        )
+        serve = [sys.executable, "-m", "peer", "serve", "--port", str(port)]
+        # The bots and the two recorders share a room: more than --max-peers' default of 8.
+        limits = ["--log-level", "WARNING", "--max-peers", str(args.bots + 2)]
+        server = subprocess.Popen([*serve, *limits], cwd=REPO)
         stack.callback(stop, server)
         wait_listening(server, port)
         media = ("--width", str(args.width), "--height", str(args.height), "--fps", str(args.fps))

@@ -40,7 +40,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port, last_json_line, wait_listening, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    free_port,
+    last_json_line,
+    start_signaling,
+    wait_listening,
+    write_result,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 SENDERS = ("bot1", "bot2", "bot3")
@@ -87,11 +93,8 @@ class Proc:
 
 def start(work: Path, args: argparse.Namespace) -> list[Proc]:
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+    # Every bot is in the one room "soak": more than --max-peers' default of 8.
+    server = start_signaling(port, "--max-peers", "64")
     procs = [Proc("server", server)]
     wait_listening(server, port, 20)
     at = Place(work, f"ws://127.0.0.1:{port}/ws", args.interval)

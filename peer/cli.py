@@ -12,13 +12,14 @@ from pathlib import Path
 
 from signaling.auth import SecretError
 from signaling.cli import (
+    add_log_level,
     add_serve_arguments,
     add_token_arguments,
     print_token,
     read_secret,
     serve,
 )
-from signaling.flags import count, seconds
+from signaling.flags import FPS, PIXELS, SECONDS, N, count, seconds
 
 #: Libraries whose INFO logging is per packet or per candidate pair: quiet unless --log-level DEBUG.
 _NOISY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
@@ -34,38 +35,56 @@ def add_media_arguments(
     media.add_argument(
         "--video",
         default=None if join else "synthetic",
+        metavar="SOURCE",
         help="video to send: synthetic, webcam[:/dev/videoN], file:PATH or a URL, none "
         f"(default synthetic{unless})",
     )
     media.add_argument(
         "--audio",
         default=None if join else "tone",
+        metavar="SOURCE",
         help=f"audio to send: tone, mic[:DEVICE] (the system's input; names: meshpeer "
         f"devices), file:PATH or a URL, none (default tone{unless})",
     )
     media.add_argument(
-        "--width", type=count, default=width, help="video width (default %(default)s)"
+        "--width",
+        type=count,
+        default=width,
+        metavar=PIXELS,
+        help="video width (default %(default)s)",
     )
     media.add_argument(
-        "--height", type=count, default=height, help="video height (default %(default)s)"
+        "--height",
+        type=count,
+        default=height,
+        metavar=PIXELS,
+        help="video height (default %(default)s)",
     )
     media.add_argument(
-        "--fps", type=count, default=fps, help="frames per second (default %(default)s)"
+        "--fps",
+        type=count,
+        default=fps,
+        metavar=FPS,
+        help="video frames per second (default %(default)s)",
     )
-    media.add_argument(
-        "--encoding",
-        choices=["shared", "per-peer"],
-        default="shared",
-        help="shared: encode each source once for every peer; per-peer: once per peer "
-        "(aiortc's way, for comparison) (default shared)",
+    # A comparison knob (benchmarks/fanout.py): out of --help, documented with the benchmark.
+    parser.add_argument(
+        "--encoding", choices=["shared", "per-peer"], default="shared", help=argparse.SUPPRESS
     )
-    media.add_argument(
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ice-server`` for ``join`` and ``demo``: the agent's own, besides the server's."""
+    network = parser.add_argument_group("network")
+    network.add_argument(
         "--ice-server",
         action="append",
         default=[],
         metavar="URL",
-        help="stun:host:port, turn:user:pass@host:port or turns:... (repeatable; default none, "
-        "host candidates only)",
+        help="this agent's own STUN/TURN server, tried before those the signaling server "
+        "hands out (its --ice-server and --turn-url): stun:host:port, "
+        "turn:user:pass@host:port or turns:... (repeatable; default none: the server's, "
+        "else host candidates only)",
     )
 
 
@@ -90,18 +109,24 @@ def _frame_size(text: str) -> tuple[int, int]:
 
 
 def add_join_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    conn = parser.add_argument_group("connection")
+    conn.add_argument(
         "url",
         nargs="?",
         default="ws://127.0.0.1:8080/ws",
         help="signaling server, ws://host:port/ws (default %(default)s)",
     )
-    parser.add_argument("--room", help="room to join (default: the server's default room)")
-    parser.add_argument("--id", dest="peer_id", help="peer ID (default: a random peer-xxxxxx)")
-    token = parser.add_mutually_exclusive_group()
+    conn.add_argument(
+        "--room", metavar="ROOM", help="room to join (default: the server's default room)"
+    )
+    conn.add_argument(
+        "--id", dest="peer_id", metavar="ID", help="peer ID (default: a random peer-xxxxxx)"
+    )
+    token = conn.add_mutually_exclusive_group()
     token.add_argument(
         "--token",
         default=os.environ.get("MESHPEER_TOKEN") or None,
+        metavar="TOKEN",
         help="access token for a server that requires one (default: $MESHPEER_TOKEN); "
         "without --id, the ID is the token's. Prefer $MESHPEER_TOKEN or --token-file: "
         "a --token value shows in ps to every user of the machine",
@@ -114,6 +139,7 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         help="read the access token from FILE instead",
     )
     add_media_arguments(parser, width=640, height=480, fps=30, join=True)
+    add_network_arguments(parser)
     out = parser.add_argument_group("output")
     out.add_argument(
         "--display",
@@ -159,71 +185,70 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         type=_frame_size,
         default=(1280, 720),
         metavar="WxH",
-        help="--record-room picture size (default 1280x720)",
+        help="--record-room picture size in pixels (default 1280x720)",
     )
     out.add_argument(
         "--record-room-fps",
         type=count,
         default=15,
-        metavar="N",
+        metavar=FPS,
         help="--record-room frames per second (default %(default)s)",
     )
     out.add_argument(
         "--snapshot", type=Path, metavar="FILE", help="write a PNG mosaic of everyone to FILE"
     )
     out.add_argument(
-        "--duration",
-        type=seconds,
-        metavar="S",
-        help="leave after S seconds (default: run until Ctrl-C)",
-    )
-    out.add_argument(
         "--stats-interval",
         type=seconds,
         default=2.0,
-        metavar="S",
+        metavar=SECONDS,
         help="seconds between status lines (default %(default)s)",
     )
     out.add_argument(
         "--stats-json", type=Path, metavar="FILE", help="append stats as JSON lines to FILE"
     )
     out.add_argument("--quiet", action="store_true", help="no status lines")
-    memory = parser.add_argument_group("memory (glibc's allocator, for long runs)")
-    memory.add_argument(
-        "--malloc-arenas",
-        type=int,
-        default=2,
-        metavar="N",
-        help="at most N malloc arenas for the media threads (default %(default)s; 0: "
-        "glibc's default of 8 per core)",
-    )
-    memory.add_argument(
-        "--malloc-trim",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="give freed memory back to the system every S seconds (default %(default)s; 0: never)",
-    )
     out.add_argument(
         "--chat",
         action="store_true",
         help="send each line of stdin to everyone on the data channel and print what peers "
         "send as 'peer: text' (stdin may be a pipe: the agent stays after its end)",
     )
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--duration",
+        type=seconds,
+        metavar=SECONDS,
+        help="leave after this many seconds (default: run until Ctrl-C)",
+    )
+    add_log_level(run, "WARNING", argparse.SUPPRESS)
+    # glibc's allocator for long runs: the defaults are what benchmarks/soak.py found best;
+    # its comparison (0 0: glibc's own) is the only use of the flags, so not in --help.
+    parser.add_argument("--malloc-arenas", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--malloc-trim", type=float, default=60.0, help=argparse.SUPPRESS)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bots", type=count, default=3, help="bots in the room (default 3)")
-    parser.add_argument(
-        "--duration", type=seconds, default=8.0, help="seconds to run (default %(default)s)"
+    demo = parser.add_argument_group("demo")
+    demo.add_argument(
+        "--bots", type=count, default=3, metavar=N, help="bots in the room (default 3)"
     )
-    parser.add_argument(
+    demo.add_argument(
+        "--duration",
+        type=seconds,
+        default=8.0,
+        metavar=SECONDS,
+        help="seconds to run (default %(default)s)",
+    )
+    demo.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
         help="folder for recordings and the snapshot (default ./meshpeer-demo-<timestamp>/)",
     )
     add_media_arguments(parser, width=320, height=240, fps=15)
+    add_network_arguments(parser)
+    add_log_level(parser.add_argument_group("run"), "WARNING", argparse.SUPPRESS)
 
 
 def _join(args: argparse.Namespace) -> int:
@@ -254,25 +279,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshpeer", description="Multi-peer WebRTC rooms.")
-    parser.add_argument(
-        "--log-level",
-        help="DEBUG, INFO, WARNING or ERROR (default INFO for serve, WARNING otherwise)",
+    # Also accepted after the subcommand (`meshpeer join URL --log-level INFO`), where each
+    # subcommand's help shows it with its own default.
+    add_log_level(
+        parser.add_argument_group("run"), "INFO for serve, WARNING otherwise", default=None
     )
-    # Also accepted after the subcommand (`meshpeer join URL --log-level INFO`).
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve_parser = sub.add_parser("serve", help="run the signaling server", parents=[common])
-    add_serve_arguments(serve_parser)
+    sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    serve_parser = sub.add_parser("serve", help="run the signaling server")
+    add_serve_arguments(serve_parser, log_level=argparse.SUPPRESS)
     serve_parser.set_defaults(run=serve, default_level="INFO")
-    join_parser = sub.add_parser("join", help="join a room as a headless peer", parents=[common])
+    join_parser = sub.add_parser("join", help="join a room as a headless peer")
     add_join_arguments(join_parser)
     join_parser.set_defaults(run=_join)
     devices_parser = sub.add_parser(
-        "devices",
-        help="list audio inputs and outputs and cameras, by the names the flags accept",
-        parents=[common],
+        "devices", help="list audio inputs and outputs and cameras, by the names the flags accept"
     )
+    add_log_level(devices_parser.add_argument_group("run"), "WARNING", argparse.SUPPRESS)
     devices_parser.set_defaults(run=_devices)
     token_parser = sub.add_parser(
         "token", help="print an access token for a server run with --auth-secret-file"
@@ -280,9 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_token_arguments(token_parser)
     token_parser.set_defaults(run=print_token)
     demo_parser = sub.add_parser(
-        "demo",
-        help="run a server and a few bots on loopback, print what they saw",
-        parents=[common],
+        "demo", help="run a server and a few bots on loopback, print what they saw"
     )
     add_demo_arguments(demo_parser)
     demo_parser.set_defaults(run=_demo)

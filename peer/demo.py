@@ -26,7 +26,8 @@ from peer.media.fanout import Encoding
 from peer.runner import local_preview, say
 from peer.stats import PeerStats
 from signaling.protocol import PeerId
-from signaling.server import SignalingServer
+from signaling.server import ServerConfig, SignalingServer
+from signaling.session import Limits
 
 ROOM = "demo"
 
@@ -57,8 +58,10 @@ def summary_table(results: list[PairResult]) -> str:
     return "\n".join(lines)
 
 
-async def _start_server() -> tuple[web.AppRunner, str]:
-    server = SignalingServer()
+async def _start_server(bots: int) -> tuple[web.AppRunner, str]:
+    # Every bot gets a seat, even beyond a browser mesh's default of 8: each encodes once.
+    limits = Limits(max_peers=max(bots, Limits().max_peers))
+    server = SignalingServer(ServerConfig(limits=limits))
     runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -74,7 +77,7 @@ async def demo(args: argparse.Namespace) -> int:
 
     out: Path = args.out or default_out_dir()
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
-    runner, url = await _start_server()
+    runner, url = await _start_server(args.bots)
     say(f"signaling server on {url}; {args.bots} bots in room '{ROOM}' for {args.duration:g} s")
     settings = VideoSettings(width=args.width, height=args.height, fps=args.fps)
     recorder = Recorder(out / "recordings")

@@ -17,7 +17,22 @@ from aiohttp import web, web_response
 
 from signaling.admission import Origin, OriginError, normalize_origin
 from signaling.auth import SecretError, check_secret, mint_token
-from signaling.flags import cap, count, duration, port, seconds
+from signaling.flags import (
+    BYTES,
+    BYTES_PER_S,
+    DURATION,
+    MESSAGES,
+    MSG_PER_S,
+    N_PER_MIN,
+    SECONDS,
+    N,
+    cap,
+    count,
+    duration,
+    port,
+    rate,
+    seconds,
+)
 from signaling.headers import SERVER_NAME
 from signaling.ice import IceServerError, parse_ice_server
 from signaling.redis_registry import RedisRegistry
@@ -33,62 +48,74 @@ _DEFAULTS = Limits()
 @dataclass(frozen=True, slots=True)
 class _LimitFlag:
     """How one ``Limits`` field is set from the command line: ``--max-peers`` for
-    ``max_peers``, its value type (a bad value is a usage error naming the rule), its help."""
+    ``max_peers``, its value type (a bad value is a usage error naming the rule), its
+    metavar (the unit, see :mod:`signaling.flags`), its help."""
 
     type: Callable[[str], float]
+    metavar: str
     help: str
-    metavar: str | None = None
 
 
 #: One flag per ``Limits`` field, in the order of the fields; a field missing here fails
 #: at start-up (``_limit_flags``), so a new limit cannot ship without its flag.
 _LIMIT_FLAGS = {
-    "max_frame_bytes": _LimitFlag(count, "largest frame accepted (default %(default)s)"),
-    "max_peers": _LimitFlag(count, "peers per room (default %(default)s)"),
+    "max_frame_bytes": _LimitFlag(count, BYTES, "largest frame accepted (default %(default)s)"),
+    "max_peers": _LimitFlag(
+        count,
+        N,
+        "peers per room (default %(default)s): a full mesh of N browsers sends N-1 copies of "
+        "every stream, each encoded apart, and receives N-1: at 8, each browser encodes and "
+        "uploads its camera 7 times and decodes 7. Raise it for rooms of bots or data only",
+    ),
     "join_timeout": _LimitFlag(
-        seconds, "seconds a new connection has to send join (default %(default)s)"
+        seconds, SECONDS, "seconds a new connection has to send join (default %(default)s)"
     ),
     "heartbeat": _LimitFlag(
         seconds,
+        SECONDS,
         "seconds between pings; no pong within half of it drops the client (default %(default)s)",
     ),
     "probe_timeout": _LimitFlag(
         seconds,
+        SECONDS,
         "seconds an ID's holder has to answer a ping when the ID is asked "
         "for again (default %(default)s)",
     ),
     "rate": _LimitFlag(
-        seconds, "messages per second per connection, sustained (default %(default)s)"
+        rate, MSG_PER_S, "messages per second per connection, sustained (default %(default)s)"
     ),
     "burst": _LimitFlag(
-        count, "messages per connection allowed above --rate in a burst (default %(default)s)"
+        count,
+        MESSAGES,
+        "messages per connection allowed above --rate in a burst (default %(default)s)",
     ),
     "byte_rate": _LimitFlag(
-        seconds,
+        rate,
+        BYTES_PER_S,
         "bytes per second a connection's messages may cost to deliver, sustained: a "
         "broadcast costs its size times the members it reaches (default %(default)d)",
-        "BYTES",
     ),
     "byte_burst": _LimitFlag(
         count,
+        BYTES,
         "bytes of deliveries per connection allowed above --byte-rate in a burst "
         "(default %(default)s)",
-        "BYTES",
     ),
     "send_queue": _LimitFlag(
         count,
+        MESSAGES,
         "messages queued for one client before it is dropped as too slow (default %(default)s)",
     ),
     "ip_connections": _LimitFlag(
         cap,
+        N,
         "open WebSockets per client address, more get HTTP 429 (default %(default)s; 0: no cap)",
-        "N",
     ),
     "ip_connects_per_minute": _LimitFlag(
         cap,
+        N_PER_MIN,
         "new WebSockets (join attempts) per client address per minute, more get HTTP 429 "
         "(default %(default)s; 0: no cap)",
-        "N",
     ),
 }
 
@@ -139,17 +166,48 @@ def read_secret(path: Path | None, env: str, what: str) -> bytes | None:
     return value.encode() if value else None
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+#: What ``serve --help`` says above its ICE flags: which one for what.
+ICE_SERVERS_HELP = (
+    "--ice-server: a STUN server, or a TURN server whose fixed user:pass every peer and page "
+    "sees (a LAN, people you trust); --turn-url: your own TURN server (coturn "
+    "use-auth-secret), each peer getting its own credentials that expire: the one for rooms "
+    "on the internet. Peers get the --ice-server URLs first. With neither, host candidates "
+    "only: enough on one network"
+)
+
+
+def add_log_level(group: argparse._ArgumentGroup, shown: str, default: str | None) -> None:
+    """``--log-level`` in a command's ``run`` group; ``meshpeer`` gives ``default``
+    ``SUPPRESS``, so a level given before the subcommand stays, and ``shown`` its own."""
+    group.add_argument(
+        "--log-level",
+        default=default,
+        metavar="LEVEL",
+        help=f"DEBUG, INFO, WARNING or ERROR (default {shown})",
+    )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser, log_level: str = "INFO") -> None:
+    """``serve``'s flags by purpose; ``log_level``: ``--log-level``'s default (``meshpeer``
+    gives ``SUPPRESS``, so the subcommand keeps a level given before it)."""
     net = parser.add_argument_group("network")
     net.add_argument(
         "--host",
         default="127.0.0.1",
+        metavar="HOST",
         help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the server)",
     )
-    net.add_argument("--port", type=port, default=8080, help="port to bind (default 8080)")
-    net.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
-    net.add_argument("--keyfile", help="TLS private key (PEM), with --certfile")
     net.add_argument(
+        "--port", type=port, default=8080, metavar="PORT", help="port to bind (default 8080)"
+    )
+    net.add_argument(
+        "--certfile", metavar="FILE", help="TLS certificate (PEM): serve wss:// and https://"
+    )
+    net.add_argument("--keyfile", metavar="FILE", help="TLS private key (PEM), with --certfile")
+    ice = parser.add_argument_group(
+        "ICE servers (how peers reach each other through NATs)", ICE_SERVERS_HELP
+    )
+    ice.add_argument(
         "--ice-server",
         action="append",
         default=[],
@@ -157,7 +215,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="ICE server handed to every peer, e.g. stun:host:3478 or "
         "turn:user:pass@host:3478 (repeatable; default none)",
     )
-    access = parser.add_argument_group("access (docs: README, 'Putting a room on the internet')")
+    ice.add_argument(
+        "--turn-url",
+        type=_minted_turn_url,
+        action="append",
+        default=[],
+        metavar="URL",
+        help="TURN server whose credentials are minted per peer, e.g. "
+        "turn:turn.example.com:3478?transport=udp (repeatable; needs --turn-secret-file; "
+        "use with --auth-secret-file, else anyone who reaches this server may relay)",
+    )
+    ice.add_argument(
+        "--turn-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the TURN server's static-auth-secret (coturn use-auth-secret), from FILE, at "
+        "least 32 bytes (also $MESHPEER_TURN_SECRET)",
+    )
+    ice.add_argument(
+        "--turn-ttl",
+        type=duration,
+        default=DEFAULT_TTL,
+        metavar=DURATION,
+        help="lifetime of minted TURN credentials, never beyond the access token's: seconds, "
+        "or 90m, 1h ... (default 1h)",
+    )
+    access = parser.add_argument_group("access (docs/internet.md)")
     access.add_argument(
         "--auth-secret-file",
         type=Path,
@@ -195,31 +278,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="count clients by the last X-Forwarded-For address, the one your reverse proxy "
         "appends (an IPv6 client by its /64, as without a proxy)",
     )
-    access.add_argument(
-        "--turn-url",
-        type=_minted_turn_url,
-        action="append",
-        default=[],
-        metavar="URL",
-        help="TURN server whose credentials are minted per peer, e.g. "
-        "turn:turn.example.com:3478?transport=udp (repeatable; needs --turn-secret-file; "
-        "use with --auth-secret-file, else anyone who reaches this server may relay)",
-    )
-    access.add_argument(
-        "--turn-secret-file",
-        type=Path,
-        metavar="FILE",
-        help="the TURN server's static-auth-secret (coturn use-auth-secret), from FILE, at "
-        "least 32 bytes (also $MESHPEER_TURN_SECRET)",
-    )
-    access.add_argument(
-        "--turn-ttl",
-        type=duration,
-        default=DEFAULT_TTL,
-        metavar="TIME",
-        help="lifetime of minted TURN credentials, never beyond the access token's: 3600, 90m, "
-        "1h ... (default 1h)",
-    )
     cluster = parser.add_argument_group("several nodes")
     cluster.add_argument(
         "--redis-url",
@@ -242,7 +300,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=flag.metavar,
             help=flag.help,
         )
-    parser.add_argument(
+    run = parser.add_argument_group("run")
+    add_log_level(run, "INFO", log_level)
+    run.add_argument(
         "--no-uvloop",
         action="store_true",
         help="use asyncio's default event loop even when uvloop is installed",
@@ -373,22 +433,25 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def add_token_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    token = parser.add_argument_group("token")
+    token.add_argument(
         "--secret-file",
         type=Path,
         metavar="FILE",
         help="the server's --auth-secret-file (default: $MESHPEER_AUTH_SECRET)",
     )
-    parser.add_argument("--room", required=True, help="the room the token admits to")
-    parser.add_argument("--id", dest="peer_id", required=True, help="the peer ID it admits as")
-    parser.add_argument(
+    token.add_argument("--room", required=True, metavar="ROOM", help="the room the token admits to")
+    token.add_argument(
+        "--id", dest="peer_id", required=True, metavar="ID", help="the peer ID it admits as"
+    )
+    token.add_argument(
         "--ttl",
         type=duration,
         default=3600.0,
-        metavar="TIME",
-        help="how long it is valid: 3600, 90m, 1h, 7d ... (default 1h)",
+        metavar=DURATION,
+        help="how long it is valid: seconds, or 90m, 1h, 7d ... (default 1h)",
     )
-    parser.add_argument(
+    token.add_argument(
         "--audience",
         metavar="NAME",
         help="the server's --auth-audience, put in the token's 'aud' claim (default: none)",
@@ -412,7 +475,6 @@ def print_token(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m signaling", description=__doc__)
     add_serve_arguments(parser)
-    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

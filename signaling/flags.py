@@ -1,5 +1,6 @@
-"""Value types for command-line flags: a bad value becomes argparse's usage error (exit 2)
-naming the rule, for ``meshpeer serve``, ``join``, ``demo`` and ``token`` alike."""
+"""Value types and metavars for command-line flags, for ``meshpeer serve``, ``join``,
+``demo`` and ``token`` alike: a bad value becomes argparse's usage error (exit 2) naming the
+rule, and a value's metavar names its unit, so ``--help`` reads the same everywhere."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def cap(text: str) -> int:
     return int(number(text, int, 0, inclusive=True))
 
 
+def rate(text: str) -> float:
+    """A number per second (or per the unit the flag names), more than 0."""
+    return number(text, float, 0, inclusive=False)
+
+
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -50,3 +56,17 @@ def port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {text}")
     return value
+
+
+# Metavars: the value's unit in capitals, a rate as UNIT/S; tests/peer/test_help.py holds
+# every command's help to them.
+SECONDS = "SECONDS"  #: a plain number of seconds (:func:`seconds`)
+DURATION = "DURATION"  #: seconds, or with a unit: 90s, 30m, 1h, 7d (:func:`duration`)
+FPS = "FPS"  #: frames per second
+MSG_PER_S = "MSG/S"  #: messages per second
+BYTES_PER_S = "BYTES/S"  #: bytes per second
+N_PER_MIN = "N/MIN"  #: a count per minute
+BYTES = "BYTES"
+MESSAGES = "MESSAGES"
+PIXELS = "PIXELS"
+N = "N"  #: a count

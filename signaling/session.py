@@ -36,8 +36,9 @@ class Limits:
 
     #: Largest frame accepted, in bytes. A 6-peer browser offer is 10+ KB.
     max_frame_bytes: int = 64 * 1024
-    #: Peers per room.
-    max_peers: int = 32
+    #: Peers per room: what a full mesh of browsers carries (each sends N-1 copies of
+    #: every stream, each encoded apart); rooms of bots or data only can take more.
+    max_peers: int = 8
     #: Seconds a new connection has to send ``join``.
     join_timeout: float = 10.0
     #: Seconds of silence before the server pings; no pong within half of it drops the client.
@@ -49,8 +50,9 @@ class Limits:
     burst: int = 200
     #: Bytes per second a connection's messages may cost to deliver, sustained, and the
     #: burst above it: a broadcast costs its size times the members it reaches, a routed
-    #: message its size. Far above signaling (a full room's 10 KB offers every second is
-    #: 310 KB/s); far below a 64 KiB broadcast to 31 members at ``rate`` (200 MB/s).
+    #: message its size. Far above signaling, even with ``max_peers`` raised to 32 (10 KB
+    #: offers to 31 members every second is 310 KB/s); far below a 64 KiB broadcast to 31
+    #: members at ``rate`` (200 MB/s).
     byte_rate: float = 512 * 1024
     byte_burst: int = 4 * 1024 * 1024
     #: Messages waiting to be sent to one client before it is dropped as too slow.

@@ -10,7 +10,7 @@ import pytest
 
 from tests.signaling.clients import Clients, RawClient, clients
 from tests.signaling.conftest import FAST_LIMITS, NodesFactory, ws_urls
-from tests.support import RunningServer, seconds
+from tests.support import RunningServer, running_server, seconds
 
 #: This test reads one server's own counters or log: it runs on one node.
 ONE_NODE = pytest.mark.parametrize("nodes", ["1-node"], indirect=True)
@@ -317,3 +317,17 @@ async def test_raw_client_binary_and_text_fragments(fast_server: RunningServer) 
         assert int.from_bytes(payload[:2], "big") == 1007
     finally:
         await raw.close()
+
+
+async def test_a_default_room_seats_a_full_mesh_and_then_says_it_is_full() -> None:
+    """Default limits: 8 seats, what a full mesh of browsers carries (``--max-peers``'s
+    help says why); the ninth hears ``room-full`` naming the limit, the words the page and
+    the agent show, then 4403."""
+    async with running_server() as server, clients(server.ws_url) as peers:
+        seated = [await peers.join(f"p{i}") for i in range(8)]
+        assert seated[-1].peers == [f"p{i}" for i in range(7)]
+        ninth = await peers.connect("p8")
+        await ninth.send(type="join", peerId="p8")
+        error = await ninth.recv_error("room-full")
+        assert error["message"] == "room 'default' is full (8 peers)"
+        assert await ninth.expect_close() == 4403
