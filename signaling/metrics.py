@@ -134,14 +134,9 @@ class Metrics:
         cluster = state.cluster
         if cluster is not None:
             rtt = cluster.redis_rtt
-            directions = CounterMetricFamily(
-                "meshpeer_cluster_messages_total",
-                "Messages between server nodes, by direction.",
-                labels=["direction"],
+            directions = Counter(
+                {"out": cluster.published, "in": cluster.received, "dropped": cluster.dropped}
             )
-            directions.add_metric(["out"], cluster.published)
-            directions.add_metric(["in"], cluster.received)
-            directions.add_metric(["dropped"], cluster.dropped)
             out += [
                 gauge("meshpeer_redis_up", "1 while Redis answers.", float(cluster.redis_up)),
                 gauge(
@@ -149,7 +144,12 @@ class Metrics:
                     "Round trip of the node's last liveness write to Redis.",
                     round(rtt, 6) if rtt is not None else None,
                 ),
-                directions,
+                labelled(
+                    "meshpeer_cluster_messages_total",
+                    "Messages between server nodes, by direction.",
+                    "direction",
+                    directions,
+                ),
                 counter(
                     "meshpeer_redis_errors_total", "Redis commands that failed.", cluster.errors
                 ),
