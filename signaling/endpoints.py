@@ -13,6 +13,7 @@ from aiohttp import web
 
 from signaling.auth import TokenRefused
 from signaling.headers import security_headers
+from signaling.metrics import CONTENT_TYPE, exposition
 from signaling.protocol import PeerId
 
 if TYPE_CHECKING:
@@ -69,13 +70,8 @@ class HttpEndpoints:
         return web.json_response(health)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        rooms, peers = self._server.registry.counts()
-        self._server.metrics.connections_open = len(self._server.connections)
-        uptime = time.monotonic() - self._server.started
-        text = self._server.metrics.render(
-            rooms, peers, uptime, self._server.registry.cluster_stats()
-        )
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        body = exposition(self._server.metrics_registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def config(self, request: web.Request) -> web.Response:
         """The page's ICE servers; with auth on, only for a valid token (TURN is minted for it)."""

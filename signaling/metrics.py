@@ -1,15 +1,45 @@
-"""Server counters, rendered in the Prometheus text format. Pure: the adapter increments."""
+"""Server counters and the /metrics page (Prometheus text format, through prometheus-client).
+
+The relay counts with plain ints and ``Counter`` entries (an attribute increment per
+message, no lock, no library call); the client library reads them only when Prometheus
+scrapes, through :class:`ServerCollector` (its "custom collector" pattern for exactly this
+case). Each server has its own ``CollectorRegistry``: several servers share one process in
+the tests, and the library's global registry would mix them."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+__all__ = [
+    "CONTENT_TYPE",
+    "MAX_TYPE_LABELS",
+    "OTHER_TYPE_LABEL",
+    "ClusterStats",
+    "Metrics",
+    "ServerCollector",
+    "ServerState",
+    "exposition",
+    "metrics_registry",
+]
 
 #: Message types are chosen by clients: past this many distinct ``type`` labels, the rest
 #: are counted under ``OTHER_TYPE_LABEL`` so a client cannot grow /metrics without bound.
 MAX_TYPE_LABELS = 32
 OTHER_TYPE_LABEL = "(other)"
+#: The text format 0.0.4 that ``generate_latest`` writes (names and labels kept ASCII).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 @dataclass(frozen=True)
@@ -25,10 +55,22 @@ class ClusterStats:
     errors: int  # Redis commands that failed
 
 
+@dataclass(frozen=True)
+class ServerState:
+    """What a scrape reads from the server besides the counters: gauges of the moment."""
+
+    rooms: int
+    peers: int
+    connections: int
+    uptime: float  # seconds
+    cluster: ClusterStats | None = None
+
+
 @dataclass
 class Metrics:
+    """The server's counters, incremented by the adapter on the hot path."""
+
     connections_total: int = 0
-    connections_open: int = 0
     joins_total: int = 0
     slow_clients_dropped_total: int = 0
     leaves: Counter[str] = field(default_factory=Counter)
@@ -36,100 +78,108 @@ class Metrics:
     errors: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
 
-    def render(
-        self, rooms: int, peers: int, uptime: float, cluster: ClusterStats | None = None
-    ) -> str:
-        """The /metrics page (Prometheus text exposition format 0.0.4)."""
-        lines: list[str] = []
+    def families(self, state: ServerState) -> list[Metric]:
+        """The meshpeer_* metric families, with their names and labels of before the
+        library (dashboards keep working)."""
 
-        def metric(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {name} {help_}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{labels} {value:g}")
+        def counter(name: str, help_: str, value: float) -> Metric:
+            return CounterMetricFamily(name, help_, value=value)
 
-        def labelled(label: str, counts: Counter[str]) -> list[tuple[str, float]]:
-            return [(f'{{{label}="{_escape(key)}"}}', n) for key, n in sorted(counts.items())]
+        def gauge(name: str, help_: str, value: float | None) -> Metric:
+            family = GaugeMetricFamily(name, help_)
+            if value is not None:
+                family.add_metric([], value)
+            return family
 
-        metric(
-            "meshpeer_connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            [("", self.connections_total)],
-        )
-        metric(
-            "meshpeer_connections",
-            "gauge",
-            "WebSocket connections open now.",
-            [("", self.connections_open)],
-        )
-        metric("meshpeer_joins_total", "counter", "Joins accepted.", [("", self.joins_total)])
-        metric(
-            "meshpeer_leaves_total",
-            "counter",
-            "Joined peers that left, by reason.",
-            labelled("reason", self.leaves),
-        )
-        metric(
-            "meshpeer_messages_routed_total",
-            "counter",
-            "Messages relayed, by type.",
-            labelled("type", self.routed),
-        )
-        metric(
-            "meshpeer_errors_total",
-            "counter",
-            "Error frames sent, by code.",
-            labelled("code", self.errors),
-        )
-        metric(
-            "meshpeer_refused_total",
-            "counter",
-            "WebSocket upgrades refused before any frame, by reason.",
-            labelled("reason", self.refused),
-        )
-        metric(
-            "meshpeer_slow_clients_dropped_total",
-            "counter",
-            "Clients disconnected because their send queue overflowed.",
-            [("", self.slow_clients_dropped_total)],
-        )
-        metric("meshpeer_rooms", "gauge", "Rooms with at least one peer.", [("", rooms)])
-        metric("meshpeer_peers", "gauge", "Joined peers.", [("", peers)])
-        metric(
-            "meshpeer_uptime_seconds",
-            "gauge",
-            "Seconds since the server started.",
-            [("", round(uptime, 3))],
-        )
+        def labelled(name: str, help_: str, label: str, counts: Counter[str]) -> Metric:
+            family = CounterMetricFamily(name, help_, labels=[label])
+            for key, n in sorted(counts.items()):
+                family.add_metric([key], n)
+            return family
+
+        out = [
+            counter(
+                "meshpeer_connections_total",
+                "WebSocket connections accepted.",
+                self.connections_total,
+            ),
+            gauge("meshpeer_connections", "WebSocket connections open now.", state.connections),
+            counter("meshpeer_joins_total", "Joins accepted.", self.joins_total),
+            labelled(
+                "meshpeer_leaves_total", "Joined peers that left, by reason.", "reason", self.leaves
+            ),
+            labelled(
+                "meshpeer_messages_routed_total", "Messages relayed, by type.", "type", self.routed
+            ),
+            labelled("meshpeer_errors_total", "Error frames sent, by code.", "code", self.errors),
+            labelled(
+                "meshpeer_refused_total",
+                "WebSocket upgrades refused before any frame, by reason.",
+                "reason",
+                self.refused,
+            ),
+            counter(
+                "meshpeer_slow_clients_dropped_total",
+                "Clients disconnected because their send queue overflowed.",
+                self.slow_clients_dropped_total,
+            ),
+            gauge("meshpeer_rooms", "Rooms with at least one peer.", state.rooms),
+            gauge("meshpeer_peers", "Joined peers.", state.peers),
+            gauge(
+                "meshpeer_uptime_seconds",
+                "Seconds since the server started.",
+                round(state.uptime, 3),
+            ),
+        ]
+        cluster = state.cluster
         if cluster is not None:
-            metric("meshpeer_redis_up", "gauge", "1 while Redis answers.", [("", cluster.redis_up)])
             rtt = cluster.redis_rtt
-            metric(
-                "meshpeer_redis_rtt_seconds",
-                "gauge",
-                "Round trip of the node's last liveness write to Redis.",
-                [("", round(rtt, 6))] if rtt is not None else [],
+            directions = Counter(
+                {"out": cluster.published, "in": cluster.received, "dropped": cluster.dropped}
             )
-            metric(
-                "meshpeer_cluster_messages_total",
-                "counter",
-                "Messages between server nodes, by direction.",
-                [
-                    ('{direction="out"}', cluster.published),
-                    ('{direction="in"}', cluster.received),
-                    ('{direction="dropped"}', cluster.dropped),
-                ],
-            )
-            metric(
-                "meshpeer_redis_errors_total",
-                "counter",
-                "Redis commands that failed.",
-                [("", cluster.errors)],
-            )
-        return "\n".join(lines) + "\n"
+            out += [
+                gauge("meshpeer_redis_up", "1 while Redis answers.", float(cluster.redis_up)),
+                gauge(
+                    "meshpeer_redis_rtt_seconds",
+                    "Round trip of the node's last liveness write to Redis.",
+                    round(rtt, 6) if rtt is not None else None,
+                ),
+                labelled(
+                    "meshpeer_cluster_messages_total",
+                    "Messages between server nodes, by direction.",
+                    "direction",
+                    directions,
+                ),
+                counter(
+                    "meshpeer_redis_errors_total", "Redis commands that failed.", cluster.errors
+                ),
+            ]
+        return out
 
 
-def _escape(value: str) -> str:
-    """A label value as the text format wants it (message types come from clients)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class ServerCollector:
+    """prometheus-client's view of one server: its counters and the gauges ``read`` returns,
+    turned into metric families at scrape time only."""
+
+    def __init__(self, metrics: Metrics, read: Callable[[], ServerState]) -> None:
+        self._metrics = metrics
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._metrics.families(self._read())
+
+
+def metrics_registry(collector: ServerCollector) -> CollectorRegistry:
+    """One server's registry: its own metrics plus the library's process (CPU, memory, open
+    files), platform (``python_info``) and garbage collector metrics."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The /metrics page: every collector of ``registry`` in the text format."""
+    return generate_latest(registry)

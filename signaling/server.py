@@ -21,7 +21,14 @@ from signaling.connection import Connection, Flusher
 from signaling.endpoints import STATIC_DIR as STATIC_DIR
 from signaling.endpoints import HttpEndpoints, add_security_headers, revalidate_page
 from signaling.ice import IceServer
-from signaling.metrics import MAX_TYPE_LABELS, OTHER_TYPE_LABEL, Metrics
+from signaling.metrics import (
+    MAX_TYPE_LABELS,
+    OTHER_TYPE_LABEL,
+    Metrics,
+    ServerCollector,
+    ServerState,
+    metrics_registry,
+)
 from signaling.protocol import (
     CloseCode,
     Error,
@@ -94,6 +101,8 @@ class SignalingServer:
         self.limits = self.config.limits
         self.registry: Registry = registry or LocalRegistry(self.limits.max_peers)
         self.metrics = Metrics()
+        #: This server's own registry (not the library's global one): /metrics reads it.
+        self.metrics_registry = metrics_registry(ServerCollector(self.metrics, self.metrics_state))
         self.connections: set[Connection] = set()
         #: Writes every connection's queued frames, once per event-loop pass.
         self.flusher = Flusher()
@@ -111,6 +120,17 @@ class SignalingServer:
         #: An X-Forwarded-For value that is not an address is logged the first time only.
         self._bad_forwarded_logged = False
         self.ip_gate = IpGate(self.limits.ip_connections, self.limits.ip_connects_per_minute)
+
+    def metrics_state(self) -> ServerState:
+        """The gauges of this moment, for a /metrics scrape."""
+        rooms, peers = self.registry.counts()
+        return ServerState(
+            rooms=rooms,
+            peers=peers,
+            connections=len(self.connections),
+            uptime=time.monotonic() - self.started,
+            cluster=self.registry.cluster_stats(),
+        )
 
     def ice_servers_for(
         self, peer: PeerId, now: float, until: float | None = None

@@ -23,9 +23,11 @@ import aiohttp
 from tests.support import RunningServer, seconds
 
 Frame = dict[str, Any]
-#: One sample line of /metrics: ``name value`` or ``name{label="value"} value``.
+#: One label of a sample: ``label="value"``, the value escaped as the text format wants.
+_LABEL = r'[a-z_]+="(?:[^"\\\n]|\\[\\"n])*"'
+#: One sample line of /metrics: ``name value`` or ``name{label="value",...} value``.
 SAMPLE = re.compile(
-    r'^(?P<name>[a-z_]+)(?:\{(?P<label>[a-z]+)="(?P<value>(?:[^"\\\n]|\\[\\"n])*)"\})? (?P<n>\S+)$'
+    rf"^(?P<name>[a-z_][a-z0-9_]*)(?P<labels>\{{{_LABEL}(?:,{_LABEL})*\}})? (?P<n>\S+)$"
 )
 CLOSED_TYPES = frozenset(
     {
@@ -282,7 +284,8 @@ async def get_json(server: RunningServer, path: str) -> Any:
 
 
 async def get_metrics(server: RunningServer) -> dict[str, float]:
-    """Samples by name, with labels as name{label="value"}; checks the text format."""
+    """Samples by name, with labels as written (name{label="value"}); checks the text
+    format."""
     async with aiohttp.ClientSession() as http, http.get(server.http_url + "/metrics") as response:
         assert response.status == 200
         assert response.content_type == "text/plain"
@@ -300,6 +303,6 @@ async def get_metrics(server: RunningServer) -> dict[str, float]:
         match = SAMPLE.match(line)
         assert match, f"not a Prometheus sample: {line!r}"
         assert match["name"] in described, f"{match['name']} has no HELP/TYPE"
-        key = match["name"] + (f'{{{match["label"]}="{match["value"]}"}}' if match["label"] else "")
+        key = match["name"] + (match["labels"] or "")
         samples[key] = float(match["n"])
     return samples

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 
 import aiohttp
 import pytest
@@ -131,6 +132,32 @@ async def test_one_info_line_per_join_and_leave_and_no_traffic_above_debug(
     assert len(messages) == 5, messages
     assert all(r.levelno == logging.INFO for r in info)
     assert not any(secret in m for m in messages)
+
+
+async def test_metrics_add_the_process_metrics_and_each_server_counts_its_own(
+    nodes: list[RunningServer], peers: Clients
+) -> None:
+    """prometheus-client's process, platform and GC collectors are on /metrics; two servers
+    in one process (the 2-nodes case) keep apart counters: one registry per server."""
+    alice, bob = await peers.join("alice"), await peers.join("bob")
+    await alice.recv_type("peer-joined")
+    await alice.send(type="offer", to="bob", sdp="o")
+    await bob.recv_type("offer")
+    scrapes = [await get_metrics(node) for node in nodes]
+    for m in scrapes:
+        assert m["process_cpu_seconds_total"] > 0
+        assert m["process_resident_memory_bytes"] > 10_000_000
+        assert 1 <= m["process_open_fds"] <= m["process_max_fds"]
+        assert m["process_start_time_seconds"] > 1_600_000_000
+        info = [k for k in m if k.startswith("python_info{")]
+        assert len(info) == 1 and f'version="{platform.python_version()}"' in info[0], info
+        assert 'python_gc_collections_total{generation="0"}' in m
+    assert [m["meshpeer_joins_total"] for m in scrapes] == [2 // len(nodes)] * len(nodes)
+    offers = [m.get('meshpeer_messages_routed_total{type="offer"}', 0) for m in scrapes]
+    assert sum(offers) == 1
+    if len(nodes) == 2:  # rooms shared through Redis: the cluster metrics too
+        assert all(m["meshpeer_redis_up"] == 1 for m in scrapes)
+        assert sum(m['meshpeer_cluster_messages_total{direction="out"}'] for m in scrapes) >= 1
 
 
 async def test_client_chosen_types_cannot_grow_or_break_the_metrics(
