@@ -4,7 +4,7 @@ Xvfb, its keys pressed with xdotool, and what a second agent receives from it me
 m mutes the microphone (bob hears silence, then the tone again), v stops the camera (bob
 sees black, then the picture again), f makes the window the screen's size and back; the
 process's own mosaic (its ``--snapshot``, the frame the window shows) marks bob, who sends
-a tone, as speaking.
+a tone, as speaking. A bot does the same with ``Agent.mute_audio``/``mute_video``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 
 from peer.agent import Agent
 from peer.media.levels import dbfs
-from tests.peer.helpers import agents, join_command
+from signaling.protocol import PeerId
+from tests.peer.helpers import agents, join_command, small_media
 from tests.support import REPO, RunningServer, eventually, seconds
 from tests.xvfb import SCREEN, x_tool
 
@@ -156,3 +157,41 @@ async def test_window_keys_mute_stop_and_go_full_screen(
     assert "full screen on" in lines and "full screen off" in lines, lines[-2000:]
     printed = stdout.decode(errors="replace")
     assert not re.search("^(key|fullscreen)|microphone|camera|full screen", printed, re.M), printed
+
+
+async def test_a_bot_mutes_with_the_agent_api(server: RunningServer) -> None:
+    """What the keys do, from code: muted before joining, the first picture is black; the
+    sound and the picture come and go on ``mute_audio``/``mute_video``, on the same
+    connection."""
+    received = Received()
+    async with agents(server.ws_url, ["bob"]) as (bob,):
+        media = small_media("alice")
+        alice = Agent(server.ws_url, room="test", peer_id="alice", media=media)
+        alice.mute_video(True)
+        readers = [
+            asyncio.create_task(received.listen(bob)),
+            asyncio.create_task(received.watch(bob)),
+        ]
+        try:
+            await alice.join()
+            await eventually(lambda: received.luma, seconds(20), "alice's first picture")
+            assert received.luma[0] < BLACK_LUMA, received.luma
+            await eventually(lambda: received.sound(lambda db: db > TONE_DB), seconds(10), "tone")
+            assert alice.muted == {"video"}
+            link = bob.links[PeerId("alice")]
+            alice.mute_audio(True)
+            alice.mute_video(False)
+            await eventually(lambda: received.sound(lambda db: db < SILENT_DB), seconds(5), "mute")
+            await eventually(
+                lambda: received.picture(lambda y: y > PICTURE_LUMA), seconds(5), "the picture"
+            )
+            alice.mute_audio(False)
+            await eventually(lambda: received.sound(lambda db: db > TONE_DB), seconds(5), "unmute")
+            assert alice.muted == set() and bob.links[PeerId("alice")] is link
+        finally:
+            for reader in readers:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            await alice.leave()
+            media.stop()
