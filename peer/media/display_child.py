@@ -33,6 +33,7 @@ HEADER = struct.Struct("<II")
 _QUIT_KEYS = {ord("q"), ord("Q"), 27}
 _AGENT_KEYS = {ord("m"): "m", ord("M"): "m", ord("v"): "v", ord("V"): "v"}
 _FULLSCREEN_KEYS = {ord("f"), ord("F")}
+_WM_WAITS = 8  # 50 ms each: how long a window manager gets to make the window full screen
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
@@ -92,15 +93,20 @@ class _Window:
         self.fullscreen = not self.fullscreen
         mode = cv2.WINDOW_FULLSCREEN if self.fullscreen else cv2.WINDOW_NORMAL
         cv2.setWindowProperty(self.title, cv2.WND_PROP_FULLSCREEN, mode)
-        cv2.waitKey(50)  # let a window manager act on it
         if not self.fullscreen:
+            cv2.waitKey(50)  # let a window manager restore it first
             if self.size is not None:
                 cv2.resizeWindow(self.title, *self.size)
             return
         screen = _screen_size()
-        if screen is not None and tuple(cv2.getWindowImageRect(self.title)[2:]) != screen:
-            cv2.moveWindow(self.title, 0, 0)  # no window manager did it
-            cv2.resizeWindow(self.title, *screen)
+        for _ in range(_WM_WAITS):  # a window manager's turn
+            cv2.waitKey(50)
+            if tuple(cv2.getWindowImageRect(self.title)[2:]) == screen:
+                return
+        if screen is None:
+            return
+        cv2.moveWindow(self.title, 0, 0)  # no window manager did it
+        cv2.resizeWindow(self.title, *screen)
 
 
 def main(argv: list[str]) -> int:
