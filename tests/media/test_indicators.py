@@ -121,9 +121,13 @@ def test_cam_off_for_black_or_stale_pictures_and_our_own_markers_as_set() -> Non
     mosaic.put_local_frame(np.full((120, 160, 3), GREY, np.uint8), label="me")
     local, _, gone = _tiles(mosaic.render())
     assert _red(gone[:20, TILE[0] // 2 :]) and not _red(local)
+    mosaic.put_local_audio(audio_frame(0))  # our microphone's level on our tile
+    local, _, _ = _tiles(mosaic.render())
+    assert _green(local[PICTURE_H // 2 :, :4])
     mosaic.set_local_muted(frozenset({"audio", "video"}))  # ...what we chose is
     local, _, _ = _tiles(mosaic.render())
     assert _red(local[:20, : TILE[0] // 2]) and _red(local[:20, TILE[0] // 2 :])
+    assert not _green(local[PICTURE_H // 2 :, :4])  # and a muted microphone shows no level
 
 
 def test_without_indicators_tiles_carry_no_markers() -> None:
