@@ -321,6 +321,30 @@ class Agent:
         """A copy of our own ``kind`` track (e.g. a local preview), None if we send none."""
         return self._publishing.local(kind, self.media)
 
+    def mute_audio(self, muted: bool = True) -> None:
+        """Send silence in place of our audio (``False``: the sound again): at once, on
+        every connection, without renegotiating. The ``--display`` window's ``m`` key."""
+        self._mute("audio", muted)
+
+    def mute_video(self, muted: bool = True) -> None:
+        """Send black in place of our video (``False``: the picture again), as
+        :meth:`mute_audio` does. The ``--display`` window's ``v`` key."""
+        self._mute("video", muted)
+
+    @property
+    def muted(self) -> frozenset[Kind]:
+        """The kinds we send as silence or black (:meth:`mute_audio`, :meth:`mute_video`)."""
+        return self._publishing.muted
+
+    def _mute(self, kind: Kind, muted: bool) -> None:
+        was = kind in self._publishing.muted
+        self._publishing.mute(kind, muted)
+        if self.mosaic is not None:
+            self.mosaic.set_local_muted(self._publishing.muted)
+        if was != muted:
+            state = {"audio": "microphone", "video": "camera"}[kind]
+            log.info("%s: %s %s", self.peer_id, state, "off" if muted else "on")
+
     def send_track(self, peer: PeerId, kind: Kind, track: MediaStreamTrack) -> bool:
         """Send ``track`` to ``peer`` only, in place of what we sent it as ``kind``.
 

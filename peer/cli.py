@@ -144,7 +144,9 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--display",
         action="store_true",
-        help="show everyone in a window (q closes); plays the room too unless --no-speaker",
+        help="show everyone in a window, who is speaking and who is muted (keys: m mutes the "
+        "microphone, v stops the camera, f full screen, q leaves); plays the room too unless "
+        "--no-speaker",
     )
     speaker = out.add_mutually_exclusive_group()
     speaker.add_argument(

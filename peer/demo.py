@@ -86,7 +86,7 @@ async def demo(args: argparse.Namespace) -> int:
     medias: list[Any] = []
     joined_at: dict[PeerId, float] = {}
     first_seen: dict[tuple[PeerId, PeerId], float] = {}
-    preview: Any = None
+    previews: list[Any] = []
     try:
         for index in range(args.bots):
             name = PeerId(f"bot{index + 1}")
@@ -109,7 +109,7 @@ async def demo(args: argparse.Namespace) -> int:
             await agent.join()
             agents.append(agent)
             if first:
-                preview = local_preview(agent, mosaic)
+                previews = local_preview(agent, mosaic)
             say(f"{name} joined")
         await asyncio.sleep(args.duration)
         stats = {agent.peer_id: await agent.stats() for agent in agents}
@@ -121,7 +121,7 @@ async def demo(args: argparse.Namespace) -> int:
         say(f"\nmosaic snapshot: {snapshot}")
     finally:
         await asyncio.gather(*(agent.leave() for agent in agents))
-        if preview is not None:
+        for preview in previews:
             await preview.stop()
         files = await recorder.close()
         for media in medias:

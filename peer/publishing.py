@@ -19,6 +19,7 @@ from peer.events import Kind
 from peer.media.encoder_group import EncoderStats
 from peer.media.encoders import Vp8Settings
 from peer.media.fanout import Encoding, Publisher
+from peer.media.muting import MutableTrack
 
 if TYPE_CHECKING:
     from peer.media.sources import LocalMedia
@@ -35,6 +36,9 @@ class Publishing:
         self._sent: dict[MediaStreamTrack, Publisher] = {}
         #: The published sources, in the order given: every connection sends each of them.
         self._published: dict[MediaStreamTrack, Publisher] = {}
+        #: The local sources as sent: silence or black in place of what is muted.
+        self._gates: dict[MediaStreamTrack, MutableTrack] = {}
+        self._muted: set[Kind] = set()
 
     def start(self, media: LocalMedia | None) -> None:
         """(Re)make the local publishers: on joining."""
@@ -44,7 +48,27 @@ class Publishing:
         if media is not None:
             for track in (media.video, media.audio):
                 if track is not None:
-                    self._local.append(Publisher(track, self.encoding, vp8=self.vp8))
+                    gate = self._gates.get(track)
+                    if gate is None:
+                        gate = self._gates[track] = MutableTrack(track)
+                    gate.muted = track.kind in self._muted
+                    self._local.append(Publisher(gate, self.encoding, vp8=self.vp8))
+
+    def mute(self, kind: Kind, muted: bool) -> None:
+        """Send silence (audio) or black (video) in place of our own ``kind`` source, or
+        the source again: at once, on every connection, without renegotiating."""
+        if muted:
+            self._muted.add(kind)
+        else:
+            self._muted.discard(kind)
+        for gate in self._gates.values():
+            if gate.kind == kind:
+                gate.muted = muted
+
+    @property
+    def muted(self) -> frozenset[Kind]:
+        """The kinds of our own sources sent as silence or black."""
+        return frozenset(self._muted)
 
     def local_tracks(self) -> list[MediaStreamTrack]:
         """What a new connection sends: a copy of each local source."""

@@ -167,7 +167,7 @@ async def join_room(args: argparse.Namespace) -> int:
         if args.display or args.snapshot is not None:
             from peer.media.mosaic import Mosaic
 
-            mosaic = Mosaic()
+            mosaic = Mosaic(indicators=True)
         if args.display:
             from peer.media.display import DisplayWindow
 
@@ -189,6 +189,8 @@ async def join_room(args: argparse.Namespace) -> int:
             stats_interval=args.stats_interval,
             encoding=Encoding(args.encoding),
         )
+        if window is not None:
+            window.on_key = window_keys(agent)
         if not args.quiet:
             agent.add_listener(progress(peer_id))
         if args.chat:
@@ -203,8 +205,7 @@ async def join_room(args: argparse.Namespace) -> int:
         if not await _join_unless_stopped(agent, stop):
             return 130
         if mosaic is not None:
-            preview = local_preview(agent, mosaic)
-            if preview is not None:
+            for preview in local_preview(agent, mosaic):
                 exits.push_async_callback(preview.stop)
         if args.snapshot is not None:
             from peer.media.mosaic import SnapshotWriter
@@ -335,17 +336,34 @@ async def _join_unless_stopped(agent: Agent, stop: asyncio.Event) -> bool:
     return True
 
 
-def local_preview(agent: Agent, mosaic: Any) -> Any:
-    """Our own video as the first tile of the mosaic, read through its own relay copy."""
+def local_preview(agent: Agent, mosaic: Any) -> list[Any]:
+    """Our own video as the first tile of the mosaic, and (with the mosaic's indicators) our
+    audio's level on it, each read through its own relay copy: the taps, to stop."""
     from peer.media.tap import TrackTap
 
-    track = agent.subscribe_local("video")
-    if track is None:
-        return None
-    own = ev.RemoteTrack(agent.peer_id, "video")  # our own, through the same kind of tap
-    tap = TrackTap(own, track, [mosaic.local_consumer(agent.peer_id)])
-    tap.start()
-    return tap
+    consumer = mosaic.local_consumer(agent.peer_id)
+    taps = []
+    for kind in ("video", "audio") if mosaic.indicators else ("video",):
+        track = agent.subscribe_local(kind)
+        if track is not None:
+            own = ev.RemoteTrack(agent.peer_id, kind)  # our own, through the same kind of tap
+            tap = TrackTap(own, track, [consumer])
+            tap.start()
+            taps.append(tap)
+    return taps
+
+
+def window_keys(agent: Agent) -> Callable[[str], None]:
+    """The ``--display`` window's keys for the agent: m turns our audio off and on, v our
+    video (q and f are the window's own)."""
+
+    def act(key: str) -> None:
+        if key == "m":
+            agent.mute_audio("audio" not in agent.muted)
+        elif key == "v":
+            agent.mute_video("video" not in agent.muted)
+
+    return act
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:

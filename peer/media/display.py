@@ -2,7 +2,8 @@
 
 The window lives in ``display_child.py`` (see there why: Qt's event loop and the agent's
 must not share a process); here, one thread renders the mosaic and pipes it over, another
-watches for the user closing the window.
+watches for the user's keys (m, v: ``on_key``; f, full screen, is the window's own) and for
+the user closing the window.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from peer.media.errors import DisplayError
@@ -45,6 +47,8 @@ class DisplayWindow:
     The window lives in a child process (``display_child.py``: see there why); a thread
     here renders the mosaic and pipes it over, another watches for the user closing the
     window (q, Esc or the close button), which sets ``closed``: the agent leaves the room.
+    The m and v keys go to ``on_key("m")`` / ``on_key("v")`` on the event loop (the runner
+    mutes the microphone or the camera); without one they are ignored.
     """
 
     def __init__(self, mosaic: Mosaic, *, title: str = "meshpeer", fps: float = 10.0) -> None:
@@ -52,6 +56,7 @@ class DisplayWindow:
         self.title = title
         self.fps = fps
         self.closed = asyncio.Event()
+        self.on_key: Callable[[str], None] | None = None
         self.shown = threading.Event()  # set once the window has been drawn
         self._stop = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
@@ -129,12 +134,24 @@ class DisplayWindow:
             word = line.decode(errors="replace").strip()
             if word == "shown":
                 self.shown.set()
+            elif word.startswith("key "):
+                self._key(word.removeprefix("key "))
+            elif word.startswith("fullscreen "):
+                log.info("display window: full screen %s", word.removeprefix("fullscreen "))
             elif word == "closed":
                 log.info("display window closed by the user")
                 break
         if not self._stop.is_set():
             self._stop.set()  # stop feeding a window that is gone
             self._set_closed()
+
+    def _key(self, key: str) -> None:
+        on_key = self.on_key
+        if on_key is None or self._loop is None:
+            log.debug("display window: key %r ignored", key)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(on_key, key)
 
     def _set_closed(self) -> None:
         if self._loop is not None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from peer.media.tap import TrackTap
 from signaling.protocol import PeerId
 from tests.media.clips import FramesTrack, audio_frame, oversized_frame, remote, video_frame
 from tests.support import seconds
+from tests.xvfb import x_tool
 
 REPO = Path(__file__).resolve().parents[2]
 TILE = (160, 120)
@@ -164,47 +163,6 @@ async def test_snapshot_writer_writes_periodically_and_on_stop(tmp_path: Path) -
 # --- the --display window ------------------------------------------------------------------
 
 
-@pytest.fixture
-def xvfb() -> Iterator[str]:
-    """A private Xvfb on a free display number (it picks one itself: -displayfd)."""
-    if shutil.which("Xvfb") is None:
-        pytest.fail("Xvfb is not installed (./dev setup installs xvfb)")
-    for tool in ("xwininfo", "xdotool"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed (./dev setup installs x11-utils and xdotool)")
-    read_fd, write_fd = os.pipe()
-    process = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
-    try:
-        with os.fdopen(read_fd) as pipe:
-            number = pipe.readline().strip()
-        assert number, "Xvfb did not report its display number"
-        yield f":{number}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=seconds(10))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _x(display: str, *command: str) -> str:
-    result = subprocess.run(
-        command,
-        env={**os.environ, "DISPLAY": display},
-        capture_output=True,
-        text=True,
-        timeout=seconds(10),
-    )
-    return result.stdout
-
-
 @pytest.mark.slow
 def test_display_window_opens_and_q_closes_it(xvfb: str) -> None:
     title = "meshpeer-display-test"
@@ -219,12 +177,12 @@ def test_display_window_opens_and_q_closes_it(xvfb: str) -> None:
     )
     try:
         deadline = time.monotonic() + seconds(30)
-        while title not in _x(xvfb, "xwininfo", "-root", "-tree"):
+        while title not in x_tool(xvfb, "xwininfo", "-root", "-tree"):
             assert window.poll() is None, window.communicate()
             assert time.monotonic() < deadline, "no window in xwininfo -root -tree"
             time.sleep(0.1)
-        (window_id, *_) = _x(xvfb, "xdotool", "search", "--name", title).split()
-        _x(xvfb, "xdotool", "key", "--window", window_id, "q")
+        (window_id, *_) = x_tool(xvfb, "xdotool", "search", "--name", title).split()
+        x_tool(xvfb, "xdotool", "key", "--window", window_id, "q")
         stdout, stderr = window.communicate(timeout=seconds(30))
     finally:
         window.kill()
