@@ -214,6 +214,7 @@ class Mosaic(FrameConsumer):
             self._local_audio.update(db, self._clock())
 
     def end_local_audio(self) -> None:
+        """Our microphone has stopped: our tile shows no level rather than its last one."""
         with self._lock:
             self._local_audio = None
 
