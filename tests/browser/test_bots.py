@@ -235,6 +235,8 @@ async def test_recorder_example_records_a_browser(
     await web.wait_joined()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-X",
+        "faulthandler",
         str(RECORDER_EXAMPLE),
         signaling.ws_url,
         "studio",
@@ -260,7 +262,12 @@ async def test_recorder_example_records_a_browser(
         await eventually(sent_frames, seconds(20), "the page sending 40 frames to the recorder")
         await web.leave()
         process.send_signal(signal.SIGINT)  # Ctrl-C: the example finalises its files and exits
-        output, _ = await asyncio.wait_for(process.communicate(), seconds(20))
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), seconds(20))
+        except TimeoutError:  # -X faulthandler: every thread's stack on SIGABRT
+            process.send_signal(signal.SIGABRT)
+            output, _ = await asyncio.wait_for(process.communicate(), seconds(10))
+            pytest.fail(f"the example did not exit 20 s after Ctrl-C:\n{output.decode()[-8000:]}")
     finally:
         if process.returncode is None:
             process.kill()

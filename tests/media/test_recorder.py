@@ -179,7 +179,15 @@ async def test_close_finalises_every_peer_and_ignores_later_frames(tmp_path: Pat
 
 def test_ctrl_c_finalises_the_file(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.media.record_until_interrupted", str(tmp_path)],
+        # -X faulthandler: a hang past Ctrl-C is reported with every thread's stack (SIGABRT).
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "tests.media.record_until_interrupted",
+            str(tmp_path),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -189,7 +197,12 @@ def test_ctrl_c_finalises_the_file(tmp_path: Path) -> None:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "recording"
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=seconds(30))
+        try:
+            _, stderr = process.communicate(timeout=seconds(30))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, stacks = process.communicate(timeout=seconds(10))
+            pytest.fail(f"the recorder did not exit 30 s after Ctrl-C; its threads:\n{stacks}")
     finally:
         process.kill()
         process.wait()
