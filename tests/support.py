@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -63,6 +64,14 @@ async def eventually(
         if time.monotonic() > deadline:
             raise Timeout(f"timed out after {limit:.1f} s waiting for {what} (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child that a test stops with SIGINT (Ctrl-C) and that relies on
+    Python's KeyboardInterrupt: a test run started in the background by a shell without job
+    control ignores SIGINT, its children inherit that, and Python then installs no handler
+    (the child would never exit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def terminate(proc: subprocess.Popen[Any], timeout: float = 3.0) -> None:

@@ -25,7 +25,7 @@ from tests.browser.pages import (
     persistent_browser,
 )
 from tests.media.clips import decoded_frames
-from tests.support import RunningServer, eventually, seconds
+from tests.support import RunningServer, eventually, interruptible, seconds
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -243,6 +243,7 @@ async def test_recorder_example_records_a_browser(
         str(tmp_path),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=interruptible,
     )
     try:
         await web.wait_state("recorder", "connected", within=30)

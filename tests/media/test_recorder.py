@@ -33,7 +33,7 @@ from tests.media.clips import (
     remote,
     video_frame,
 )
-from tests.support import seconds
+from tests.support import interruptible, seconds
 
 REPO = Path(__file__).resolve().parents[2]
 VIDEO_90K = Fraction(1, 90_000)
@@ -192,6 +192,7 @@ def test_ctrl_c_finalises_the_file(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     try:
         assert process.stdout is not None
