@@ -16,6 +16,8 @@ reaches into aiortc's privates.
 - Lip sync (:mod:`peer.media.encoded`): the RTCP sender reports a receiver gets
   (``watch_sender_reports``) and where aiortc's RTP timestamp mapping starts
   (``rtp_origin``).
+- Audio delay (:mod:`peer.media.encoded`): the audio jitter buffer's prefetch
+  (``set_jitter_prefetch``): aiortc holds each Opus frame until four newer ones came.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "put_encoder",
     "replace_nack_sender",
     "rtp_origin",
+    "set_jitter_prefetch",
     "watch_pli",
     "watch_sender_reports",
 ]
@@ -272,3 +275,17 @@ def rtp_origin(receiver: RTCRtpReceiver) -> int | None:
     mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
     origin = getattr(mapper, "_origin", None)
     return origin if isinstance(origin, int) else None
+
+
+# -- audio delay (peer.media.encoded) ----------------------------------------------------
+
+
+def set_jitter_prefetch(receiver: RTCRtpReceiver, frames: int) -> None:
+    """Have ``receiver``'s jitter buffer hand a frame on once ``frames`` newer ones came
+    (``JitterBuffer._prefetch``; aiortc's audio default is 4: 80 ms of Opus held for
+    nothing, as a lost packet stalls it whatever the prefetch). 1, the least it takes:
+    a frame goes on when the next one arrives."""
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
+        raise TypeError(f"{receiver!r} has no jitter buffer with a prefetch")
+    buffer._prefetch = frames

@@ -5,11 +5,16 @@ s16 stereo there and handed to the loop. The track sends a block when one has co
 slot (20 ms after the previous one) is due: a source that delivers in bursts (PulseAudio's
 sine source posts 2 s at once) still goes out at the pace of speech, and a card that is a
 little slow sets the pace itself (the slots restart from the late block; blocks that
-waited through a pause in reading, as before the first peer came, are stale and dropped).
-A card that is a little fast leaves a standing backlog: once per window (``_WINDOW``) the
-smallest backlog seen in it, less one block, is sent at once, so the delay on this side
-does not grow by the hour, and a burst source's sawtooth (empty just before each burst) is
-left alone.
+waited through a pause in reading, as before the first peer came, are stale and dropped:
+all but the newest and the burst it came in).
+Every block waiting is heard that much later. A backlog that stays (a card a little fast,
+or a burst of blocks held up while this process or the sound server was starved) is
+standing: when the blocks left waiting after each send stayed within ``_STEADY`` of each
+other for a window (``_WINDOW``, half a second), as many as the fewest of them are taken
+away: the quiet ones among them dropped (a pause in speech shortened, which nobody hears),
+up to ``_RUSH`` loud ones sent at once (the speaker skips what its buffer gains at its
+next quiet moment). A burst source's sawtooth (2 s drained block by block) is never that
+steady and is left alone.
 Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
 
 Echo: a person whose speaker and microphone are both open is heard back by the others unless
@@ -32,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from peer.media.audio_mix import is_quiet
 from peer.media.devices import Direction, open_stream
 from peer.media.synthetic import AUDIO_FRAME_SAMPLES, AUDIO_RATE, audio_frame
 
@@ -40,7 +46,9 @@ __all__ = ["EchoCanceller", "MicrophoneTrack", "open_microphone"]
 log = logging.getLogger(__name__)
 
 _BACKLOG = 150  # 20 ms blocks captured and not yet sent (3 s), the oldest dropped
-_WINDOW = 250  # blocks (5 s) over which the smallest backlog is the standing one
+_WINDOW = 25  # blocks (0.5 s) over which a backlog that stays is a standing one
+_STEADY = 4  # blocks: the most a standing backlog moves within the window
+_RUSH = 2  # blocks sent at once per window at most: what the speaker's buffer takes
 _BLOCK_SECONDS = AUDIO_FRAME_SAMPLES / AUDIO_RATE
 _MAX_LAG = 0.1  # a block this late restarts the slots from it
 
@@ -62,8 +70,8 @@ class MicrophoneTrack(MediaStreamTrack):
     """The microphone's blocks as 20 ms s16 stereo frames; ``stop`` closes the device.
 
     Counters: ``captured`` (blocks from the card), ``dropped`` (blocks the loop was too late
-    to take), ``rushed`` (blocks sent early against a standing backlog), ``overflows``
-    (the card's own reports of lost input).
+    to take), ``skipped`` and ``rushed`` (quiet blocks dropped and loud ones sent early
+    against a standing backlog), ``overflows`` (the card's own reports of lost input).
     """
 
     kind = "audio"
@@ -81,8 +89,10 @@ class MicrophoneTrack(MediaStreamTrack):
         self._pts = 0
         self._due: float | None = None  # the next block's slot (monotonic seconds)
         self._sent_in_window = 0
-        self._lowest = _BACKLOG
+        self._lowest = _BACKLOG  # the fewest and most blocks left waiting in the window
+        self._highest = 0
         self.rushed = 0  # blocks sent ahead of their slot to take a standing backlog away
+        self.skipped = 0  # quiet blocks dropped from a standing backlog
         self._stream: Any = None
 
     def _callback(
@@ -109,8 +119,10 @@ class MicrophoneTrack(MediaStreamTrack):
             await self._ready.wait()
         now = time.monotonic()
         if self._due is None or now - self._due > _MAX_LAG:
-            # First read, or nobody read for a while (no peer yet): what waited is stale.
-            while len(self._blocks) > 1 and self._blocks[0][0] < now - _MAX_LAG:
+            # First read, or nobody read for a while (no peer yet): what waited is stale,
+            # but for the newest block and the burst it came in.
+            newest = self._blocks[-1][0]
+            while len(self._blocks) > 1 and self._blocks[0][0] < newest - _BLOCK_SECONDS:
                 self._blocks.popleft()
                 self.dropped += 1
             self._due = now
@@ -119,24 +131,47 @@ class MicrophoneTrack(MediaStreamTrack):
         if self.readyState != "live" or not self._blocks:
             raise MediaStreamError
         self._due += _BLOCK_SECONDS
-        self._lowest = min(self._lowest, len(self._blocks) - 1)
+        waiting = len(self._blocks) - 1
+        self._lowest = min(self._lowest, waiting)
+        self._highest = max(self._highest, waiting)
         self._sent_in_window += 1
         if self._sent_in_window >= _WINDOW:
-            standing = max(0, self._lowest - 1)
-            self._due -= standing * _BLOCK_SECONDS  # those go out at once
-            self.rushed += standing
-            self._sent_in_window, self._lowest = 0, _BACKLOG
+            if self._highest - self._lowest <= _STEADY:
+                self._take_standing(self._lowest)
+            self._sent_in_window, self._lowest, self._highest = 0, _BACKLOG, 0
         _, block = self._blocks.popleft()
         frame = audio_frame(block.reshape(1, -1), self._pts)
         self._pts += len(block)
         return frame
+
+    def _take_standing(self, standing: int) -> None:
+        """Takes ``standing`` blocks out of the wait: quiet ones dropped, loud ones (up to
+        ``_RUSH``) sent at once."""
+        kept: list[tuple[float, Block]] = []
+        while standing and self._blocks:
+            came, block = self._blocks.popleft()
+            if is_quiet(block):
+                self.skipped += 1
+                standing -= 1
+            else:
+                kept.append((came, block))
+        self._blocks.extendleft(reversed(kept))
+        rushed = min(standing, _RUSH)
+        self._due = (self._due or 0.0) - rushed * _BLOCK_SECONDS  # those go out at once
+        self.rushed += rushed
 
     def stop(self) -> None:
         if self._stream is not None:
             stream, self._stream = self._stream, None
             stream.abort()
             stream.close()
-            log.info("microphone closed: %d blocks, %d dropped", self.captured, self.dropped)
+            log.info(
+                "microphone closed: %d blocks, %d dropped, %d skipped, %d rushed",
+                self.captured,
+                self.dropped,
+                self.skipped,
+                self.rushed,
+            )
         super().stop()
         self._ready.set()  # a waiting recv ends
 

@@ -30,6 +30,10 @@ Encoded frames, decoding on demand (peer.media.encoded):
 - ``watch_pli``/``media_ssrcs``: the receiver's own PLI (the jitter buffer's
   ``pli_flag``) goes through ``_send_rtcp_pli``, to a media SSRC of ``__remote_streams``.
 
+Audio delay (peer.media.encoded):
+- ``set_jitter_prefetch``: an audio receiver's jitter buffer holds each Opus frame until
+  four newer ones came; at 1, each goes on as the next packet arrives.
+
 Lip sync (peer.media.encoded):
 - ``watch_sender_reports``: the sender's RTCP SRs reach the receiver's
   ``_handle_rtcp_packet``, looked up on the instance for each packet;
@@ -48,7 +52,7 @@ import pytest
 from aioice.ice import get_or_create_mdns_protocol, unref_mdns_protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
@@ -64,6 +68,7 @@ from peer._aiortc import (
     negotiated_codecs,
     nominated_route,
     rtp_origin,
+    set_jitter_prefetch,
     watch_pli,
     watch_sender_reports,
 )
@@ -362,3 +367,55 @@ async def test_sender_reports_and_the_rtp_origin() -> None:
     ahead = (rtp - origin) % 2**32
     assert 0 < ahead < 90_000 * 15 and ahead - got[-1].timestamp < 90_000
     assert abs(ntp / 2**32 - 2_208_988_800 - time.time()) < 5  # NTP epoch 1900
+
+
+async def test_an_audio_frame_goes_on_when_the_next_one_arrives() -> None:
+    """aiortc's audio jitter buffer hands an Opus frame on once four newer packets came
+    (80 ms); with ``set_jitter_prefetch(receiver, 1)`` before the first packet (at the
+    track event, as ``EncodedTap``), once the next one came (20 ms). Two audio tracks, the
+    second one set."""
+    #: per receiver, per frame at the feed: how many frames newer the newest packet is
+    lags: dict[int, list[int]] = {0: [], 1: []}
+    config = RTCConfiguration(iceServers=[])
+    offerer, answerer = RTCPeerConnection(config), RTCPeerConnection(config)
+    offerer.addTrack(AudioStreamTrack())  # aiortc's silence, its own Opus encoder
+    offerer.addTrack(AudioStreamTrack())
+
+    def watch(index: int, receiver: RTCRtpReceiver) -> None:
+        newest: list[int] = []
+        handle = receiver._handle_rtp_packet
+
+        async def seen(packet: RtpPacket, arrival_time_ms: int) -> None:
+            newest.append(packet.timestamp)
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = seen  # type: ignore[method-assign]
+
+        def on_frame(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+            origin = rtp_origin(receiver)
+            assert origin is not None
+            lags[index].append(((newest[-1] - origin) % 2**32 - frame.timestamp) // 960)
+
+        feed_decoder(receiver, on_frame, lambda: None)
+        if index == 1:
+            set_jitter_prefetch(receiver, 1)
+
+    @answerer.on("track")
+    def on_track(remote: object) -> None:
+        receivers = [t.receiver for t in answerer.getTransceivers()]
+        index = next(i for i, r in enumerate(receivers) if r.track is remote)
+        watch(index, receivers[index])
+
+    try:
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await eventually(
+            lambda: min(len(v) for v in lags.values()) >= 10, seconds(15), "audio frames"
+        )
+        assert set(lags[0]) == {4}, lags[0]
+        assert set(lags[1]) == {1}, lags[1]
+    finally:
+        await offerer.close()
+        await answerer.close()

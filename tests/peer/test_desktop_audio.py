@@ -137,12 +137,6 @@ def voice(pulse: PulseServer) -> Iterator[PipeSource]:
 
 
 @pytest.mark.parametrize("call", ["voice"], indirect=True)
-@pytest.mark.xfail(
-    reason="issue 20, open: mouth-to-ear is 224-233 ms on a quiet machine but 255-305 ms when "
-    "the machine is busy, around the 250 ms the issue asks; listed as xfailed until the "
-    "speaker's start-up backlog is gone",
-    strict=False,
-)
 async def test_mouth_to_ear_latency_at_the_median(
     pulse: PulseServer, voice: PipeSource, call: None
 ) -> None:
