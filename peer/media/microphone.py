@@ -9,12 +9,13 @@ waited through a pause in reading, as before the first peer came, are stale and 
 all but the newest and the burst it came in).
 Every block waiting is heard that much later. A backlog that stays (a card a little fast,
 or a burst of blocks held up while this process or the sound server was starved) is
-standing: when the blocks left waiting after each send stayed within ``_STEADY`` of each
-other for a window (``_WINDOW``, half a second), as many as the fewest of them are taken
-away: the quiet ones among them dropped (a pause in speech shortened, which nobody hears),
-up to ``_RUSH`` loud ones sent at once (the speaker skips what its buffer gains at its
-next quiet moment). A burst source's sawtooth (2 s drained block by block) is never that
-steady and is left alone.
+standing: when the fewest blocks left waiting after a send in a window (``_WINDOW``, a
+quarter of a second) are within ``_STEADY`` of the fewest in the window before, that many
+are taken away: the quiet ones among them dropped (a pause in speech shortened, which
+nobody hears), up to ``_RUSH`` loud ones sent at once (the speaker skips what its buffer
+gains at its next quiet moment). A burst source's sawtooth (2 s drained block by block,
+its fewest falling by a window's worth each window) is left alone; jitter moves the most
+waiting, not the fewest.
 Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
 
 Echo: a person whose speaker and microphone are both open is heard back by the others unless
@@ -46,8 +47,8 @@ __all__ = ["EchoCanceller", "MicrophoneTrack", "open_microphone"]
 log = logging.getLogger(__name__)
 
 _BACKLOG = 150  # 20 ms blocks captured and not yet sent (3 s), the oldest dropped
-_WINDOW = 25  # blocks (0.5 s) over which a backlog that stays is a standing one
-_STEADY = 4  # blocks: the most a standing backlog moves within the window
+_WINDOW = 12  # blocks (0.24 s) over which the fewest waiting is measured
+_STEADY = 4  # blocks: the most a standing backlog's fewest moves from window to window
 _RUSH = 2  # blocks sent at once per window at most: what the speaker's buffer takes
 _BLOCK_SECONDS = AUDIO_FRAME_SAMPLES / AUDIO_RATE
 _MAX_LAG = 0.1  # a block this late restarts the slots from it
@@ -89,8 +90,8 @@ class MicrophoneTrack(MediaStreamTrack):
         self._pts = 0
         self._due: float | None = None  # the next block's slot (monotonic seconds)
         self._sent_in_window = 0
-        self._lowest = _BACKLOG  # the fewest and most blocks left waiting in the window
-        self._highest = 0
+        self._lowest = _BACKLOG  # the fewest blocks left waiting in this window
+        self._lowest_before: int | None = None  # and in the window before
         self.rushed = 0  # blocks sent ahead of their slot to take a standing backlog away
         self.skipped = 0  # quiet blocks dropped from a standing backlog
         self._stream: Any = None
@@ -133,12 +134,13 @@ class MicrophoneTrack(MediaStreamTrack):
         self._due += _BLOCK_SECONDS
         waiting = len(self._blocks) - 1
         self._lowest = min(self._lowest, waiting)
-        self._highest = max(self._highest, waiting)
         self._sent_in_window += 1
         if self._sent_in_window >= _WINDOW:
-            if self._highest - self._lowest <= _STEADY:
+            before, self._lowest_before = self._lowest_before, self._lowest
+            if before is not None and abs(self._lowest - before) <= _STEADY and self._lowest:
                 self._take_standing(self._lowest)
-            self._sent_in_window, self._lowest, self._highest = 0, _BACKLOG, 0
+                self._lowest_before = None
+            self._sent_in_window, self._lowest = 0, _BACKLOG
         _, block = self._blocks.popleft()
         frame = audio_frame(block.reshape(1, -1), self._pts)
         self._pts += len(block)

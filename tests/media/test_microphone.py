@@ -1,0 +1,98 @@
+"""MicrophoneTrack's pacing, fed as PortAudio feeds it: 20 ms blocks on a thread of their
+own, in real time, read back as the shared encoder reads the track. What waited while
+nobody read is dropped at the first read; a backlog that stands (blocks held up while the
+machine was starved, then handed over at once) is taken away within a second or so:
+quiet blocks dropped, loud ones sent at once. The device itself is tested against a real
+sound server in tests/peer/test_desktop_audio.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from peer.media.devices import portaudio
+from peer.media.microphone import MicrophoneTrack
+from tests.support import eventually, seconds
+
+BLOCK = 960
+
+
+def _block(value: int) -> np.ndarray:
+    return np.full((BLOCK, 1), value, np.int16)
+
+
+@contextmanager
+def card(track: MicrophoneTrack, value: int, *, burst: int = 0) -> Iterator[list[int]]:
+    """A sound card calling ``track`` back with a block of ``value`` every 20 ms, the
+    first ``burst`` of them at once (a card that was held up); yields the count sent."""
+    flags = portaudio().CallbackFlags()
+    stop = threading.Event()
+    sent = [0]
+
+    def run() -> None:
+        start = time.monotonic()
+        while not stop.is_set():
+            track._callback(_block(value), BLOCK, None, flags)
+            sent[0] += 1
+            delay = start + max(0, sent[0] - burst) * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    thread = threading.Thread(target=run, name="card", daemon=True)
+    thread.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        thread.join(seconds(5))
+
+
+async def _read(track: MicrophoneTrack) -> None:
+    """Reads as the shared encoder reads, until cancelled."""
+    while True:
+        await track.recv()
+
+
+async def test_what_waited_while_nobody_read_is_dropped_at_the_first_read() -> None:
+    track = MicrophoneTrack()
+    with card(track, 0) as sent:
+        await eventually(lambda: sent[0] >= 25, seconds(5), "half a second of blocks")
+        await track.recv()
+        assert len(track._blocks) <= 1  # the newest at most: nothing stale goes out
+        assert track.dropped >= 23
+    track.stop()
+
+
+@pytest.mark.parametrize(("value", "quiet"), [(0, True), (100, True), (5000, False)])
+async def test_a_standing_backlog_is_taken_away(value: int, quiet: bool) -> None:
+    """Ten blocks (200 ms) handed over at once, then one every 20 ms: without a reader
+    that takes them away, they would wait for the whole call. Quiet, they are dropped in
+    the window after the one the burst came in (within 1 s); loud, two a window are sent at
+    once (the speaker's follower has them)."""
+    track = MicrophoneTrack()
+    reading = asyncio.ensure_future(_read(track))
+    await asyncio.sleep(0.1)  # the reader waits: the burst comes later, at once
+    try:
+        with card(track, value, burst=10):
+            if quiet:
+                await eventually(
+                    lambda: len(track._blocks) <= 2 and track.skipped >= 8,
+                    seconds(2.0),
+                    "the quiet backlog dropped",
+                )
+            else:
+                await eventually(
+                    lambda: track.rushed >= 4, seconds(3.0), "loud blocks sent at once"
+                )
+    finally:
+        reading.cancel()
+        track.stop()
+    assert (track.skipped if quiet else track.rushed) >= 4
+    assert (track.rushed if quiet else track.skipped) == 0
