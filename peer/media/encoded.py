@@ -26,8 +26,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from peer._aiortc import (
     feed_decoder,
     media_ssrcs,
+    pass_audio_through,
     rtp_origin,
-    set_jitter_prefetch,
     watch_pli,
     watch_sender_reports,
 )
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 DECODE_BACKLOG = 30
 #: A keyframe is asked for again after this long without one (a PLI may be lost).
 KEYFRAME_RETRY = 0.5
-#: An Opus frame goes on when the next one arrives (aiortc waits for four: 80 ms more
-#: mouth to ear); the speaker's and the recorder's mixes are the jitter buffers.
-AUDIO_PREFETCH = 1
 
 
 class EncodedTap:
@@ -80,8 +77,8 @@ class EncodedTap:
         self._requests: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._feed = feed_decoder(receiver, self._on_frame, self._on_stop)
-        if self.kind == "audio":
-            set_jitter_prefetch(receiver, AUDIO_PREFETCH)
+        if self.kind == "audio":  # each Opus packet on as it comes (aiortc holds 80 ms)
+            pass_audio_through(receiver)
         self._send_pli = watch_pli(receiver, self._on_loss)
         #: The sender's wall clock for this track (lip sync), also ``remote.sender_clock``.
         self.sender_clock = remote.sender_clock = SenderClock()

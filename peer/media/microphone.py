@@ -9,13 +9,15 @@ waited through a pause in reading, as before the first peer came, are stale and 
 all but the newest and the burst it came in).
 Every block waiting is heard that much later. A backlog that stays (a card a little fast,
 or a burst of blocks held up while this process or the sound server was starved) is
-standing: when the fewest blocks left waiting after a send in a window (``_WINDOW``, a
-quarter of a second) are within ``_STEADY`` of the fewest in the window before, that many
-are taken away: the quiet ones among them dropped (a pause in speech shortened, which
-nobody hears), up to ``_RUSH`` loud ones sent at once (the speaker skips what its buffer
-gains at its next quiet moment). A burst source's sawtooth (2 s drained block by block,
-its fewest falling by a window's worth each window) is left alone; jitter moves the most
-waiting, not the fewest.
+standing: when the fewest blocks left waiting after a send in a window (``_WINDOW`` sends,
+a quarter of a second) rose by at most ``_STEADY`` from the fewest in the window before,
+and fell by at most half a window (blocks kept coming in while it was sent), two windows
+running, that many are taken away: the quiet ones among them dropped (a pause in speech
+shortened, which nobody hears), up to ``_RUSH`` loud ones sent at once (the speaker skips
+what its buffer gains at its next quiet moment). A burst source's sawtooth (2 s drained
+block by block, its fewest falling by a whole window each window but at the trough, and
+rising by a burst) is left alone; jitter moves the most waiting, and a card held up for
+less than half a window the fewest by less than that.
 Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
 
 Echo: a person whose speaker and microphone are both open is heard back by the others unless
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 _BACKLOG = 150  # 20 ms blocks captured and not yet sent (3 s), the oldest dropped
 _WINDOW = 12  # blocks (0.24 s) over which the fewest waiting is measured
-_STEADY = 4  # blocks: the most a standing backlog's fewest moves from window to window
+_STEADY = 4  # blocks: the most a standing backlog's fewest rises from window to window
 _RUSH = 2  # blocks sent at once per window at most: what the speaker's buffer takes
 _BLOCK_SECONDS = AUDIO_FRAME_SAMPLES / AUDIO_RATE
 _MAX_LAG = 0.1  # a block this late restarts the slots from it
@@ -92,6 +94,7 @@ class MicrophoneTrack(MediaStreamTrack):
         self._sent_in_window = 0
         self._lowest = _BACKLOG  # the fewest blocks left waiting in this window
         self._lowest_before: int | None = None  # and in the window before
+        self._steady = 0  # windows running whose fewest stayed near the one's before
         self.rushed = 0  # blocks sent ahead of their slot to take a standing backlog away
         self.skipped = 0  # quiet blocks dropped from a standing backlog
         self._stream: Any = None
@@ -137,7 +140,10 @@ class MicrophoneTrack(MediaStreamTrack):
         self._sent_in_window += 1
         if self._sent_in_window >= _WINDOW:
             before, self._lowest_before = self._lowest_before, self._lowest
-            if before is not None and abs(self._lowest - before) <= _STEADY and self._lowest:
+            steady = before is not None and -_WINDOW // 2 <= self._lowest - before <= _STEADY
+            self._steady = self._steady + 1 if steady and self._lowest else 0
+            if self._steady >= 2:
+                self._steady = 0
                 self._take_standing(self._lowest)
                 self._lowest_before = None
             self._sent_in_window, self._lowest = 0, _BACKLOG

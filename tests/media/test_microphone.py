@@ -29,9 +29,12 @@ def _block(value: int) -> np.ndarray:
 
 
 @contextmanager
-def card(track: MicrophoneTrack, value: int, *, burst: int = 0) -> Iterator[list[int]]:
+def card(
+    track: MicrophoneTrack, value: int, *, burst: int = 0, group: int = 1
+) -> Iterator[list[int]]:
     """A sound card calling ``track`` back with a block of ``value`` every 20 ms, the
-    first ``burst`` of them at once (a card that was held up); yields the count sent."""
+    first ``burst`` of them at once (a card that was held up), or ``group`` at once every
+    ``group`` blocks (a source that posts in bursts); yields the count sent."""
     flags = portaudio().CallbackFlags()
     stop = threading.Event()
     sent = [0]
@@ -41,7 +44,8 @@ def card(track: MicrophoneTrack, value: int, *, burst: int = 0) -> Iterator[list
         while not stop.is_set():
             track._callback(_block(value), BLOCK, None, flags)
             sent[0] += 1
-            delay = start + max(0, sent[0] - burst) * 0.02 - time.monotonic()
+            due = max(0, sent[0] - burst) // group * group
+            delay = start + due * 0.02 - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
 
@@ -73,8 +77,8 @@ async def test_what_waited_while_nobody_read_is_dropped_at_the_first_read() -> N
 @pytest.mark.parametrize(("value", "quiet"), [(0, True), (100, True), (5000, False)])
 async def test_a_standing_backlog_is_taken_away(value: int, quiet: bool) -> None:
     """Ten blocks (200 ms) handed over at once, then one every 20 ms: without a reader
-    that takes them away, they would wait for the whole call. Quiet, they are dropped in
-    the window after the one the burst came in (within 1 s); loud, two a window are sent at
+    that takes them away, they would wait for the whole call. Quiet, they are dropped once
+    they stood for two quarter-second windows (within 1 s); loud, two at a time are sent at
     once (the speaker's follower has them)."""
     track = MicrophoneTrack()
     reading = asyncio.ensure_future(_read(track))
@@ -89,10 +93,34 @@ async def test_a_standing_backlog_is_taken_away(value: int, quiet: bool) -> None
                 )
             else:
                 await eventually(
-                    lambda: track.rushed >= 4, seconds(3.0), "loud blocks sent at once"
+                    lambda: track.rushed >= 4, seconds(4.0), "loud blocks sent at once"
                 )
     finally:
         reading.cancel()
         track.stop()
     assert (track.skipped if quiet else track.rushed) >= 4
     assert (track.rushed if quiet else track.skipped) == 0
+
+
+async def test_a_source_that_posts_in_bursts_goes_out_at_the_pace_of_speech() -> None:
+    """A second at once every second (PulseAudio's sine source posts 2 s): sent one block
+    per 20 ms, nothing dropped, skipped or rushed, however quiet."""
+    track = MicrophoneTrack()
+    times: list[float] = []
+
+    async def read() -> None:
+        while True:
+            await track.recv()
+            times.append(time.monotonic())
+
+    reading = asyncio.ensure_future(read())
+    try:
+        with card(track, 0, group=50):
+            await eventually(lambda: len(times) >= 150, seconds(6), "three seconds sent")
+    finally:
+        reading.cancel()
+        track.stop()
+    assert (track.skipped, track.rushed) == (0, 0)
+    assert track.dropped <= 1  # the first read: a burst that came before it
+    rate = (len(times) - 51) / (times[-1] - times[50])  # blocks a second, after the first
+    assert 45 <= rate <= 55, rate

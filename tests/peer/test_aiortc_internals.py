@@ -31,8 +31,10 @@ Encoded frames, decoding on demand (peer.media.encoded):
   ``pli_flag``) goes through ``_send_rtcp_pli``, to a media SSRC of ``__remote_streams``.
 
 Audio delay (peer.media.encoded):
-- ``set_jitter_prefetch``: an audio receiver's jitter buffer holds each Opus frame until
-  four newer ones came; at 1, each goes on as the next packet arrives.
+- ``pass_audio_through``: an audio receiver's ``__jitter_buffer`` is aiortc's
+  ``JitterBuffer``, which holds each Opus frame until four newer ones came; the receiver
+  takes what ``add`` returns from the object put there, so with ``AudioPassThrough`` each
+  frame goes on with its own packet.
 
 Lip sync (peer.media.encoded):
 - ``watch_sender_reports``: the sender's RTCP SRs reach the receiver's
@@ -57,6 +59,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
 from peer._aiortc import (
+    AudioPassThrough,
     DecoderFeed,
     InboundCounts,
     encoder_slot,
@@ -67,8 +70,8 @@ from peer._aiortc import (
     nack_generator,
     negotiated_codecs,
     nominated_route,
+    pass_audio_through,
     rtp_origin,
-    set_jitter_prefetch,
     watch_pli,
     watch_sender_reports,
 )
@@ -369,11 +372,10 @@ async def test_sender_reports_and_the_rtp_origin() -> None:
     assert abs(ntp / 2**32 - 2_208_988_800 - time.time()) < 5  # NTP epoch 1900
 
 
-async def test_an_audio_frame_goes_on_when_the_next_one_arrives() -> None:
+async def test_an_audio_frame_goes_on_with_its_own_packet() -> None:
     """aiortc's audio jitter buffer hands an Opus frame on once four newer packets came
-    (80 ms); with ``set_jitter_prefetch(receiver, 1)`` before the first packet (at the
-    track event, as ``EncodedTap``), once the next one came (20 ms). Two audio tracks, the
-    second one set."""
+    (80 ms); with ``pass_audio_through(receiver)`` at the track event (as ``EncodedTap``),
+    with its own packet. Two audio tracks, the second one passed through."""
     #: per receiver, per frame at the feed: how many frames newer the newest packet is
     lags: dict[int, list[int]] = {0: [], 1: []}
     config = RTCConfiguration(iceServers=[])
@@ -398,7 +400,7 @@ async def test_an_audio_frame_goes_on_when_the_next_one_arrives() -> None:
 
         feed_decoder(receiver, on_frame, lambda: None)
         if index == 1:
-            set_jitter_prefetch(receiver, 1)
+            pass_audio_through(receiver)
 
     @answerer.on("track")
     def on_track(remote: object) -> None:
@@ -415,7 +417,29 @@ async def test_an_audio_frame_goes_on_when_the_next_one_arrives() -> None:
             lambda: min(len(v) for v in lags.values()) >= 10, seconds(15), "audio frames"
         )
         assert set(lags[0]) == {4}, lags[0]
-        assert set(lags[1]) == {1}, lags[1]
+        assert set(lags[1]) == {0}, lags[1]
     finally:
         await offerer.close()
         await answerer.close()
+
+
+def _packet(number: int) -> RtpPacket:
+    return RtpPacket(payload_type=111, sequence_number=number % 65536, timestamp=number * 960)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "passed"),
+    [
+        ([1, 2, 3], [1, 2, 3]),
+        ([1, 3, 2, 4], [1, 3, 4]),  # late: the one after it went on already
+        ([1, 2, 2, 3], [1, 2, 3]),  # repeated
+        ([65534, 65535, 65536, 65537], [65534, 65535, 65536, 65537]),  # wraps
+        ([5000, 5001, 10, 11], [5000, 5001, 10, 11]),  # far back: numbering restarted
+    ],
+)
+def test_audio_passes_through_in_order(numbers: list[int], passed: list[int]) -> None:
+    passing = AudioPassThrough()
+    out = [passing.add(_packet(n)) for n in numbers]
+    assert all(not pli for pli, _ in out)
+    assert [f.timestamp // 960 for _, f in out if f is not None] == passed
+    assert passing.late == len(numbers) - len(passed)
