@@ -1,23 +1,21 @@
 """``--audio mic[:DEVICE]``: the system's microphone as an audio track (``sounddevice``).
 
 PortAudio calls back with each 20 ms block at 48 kHz on its own thread; the block is made
-s16 stereo there and handed to the loop. The track sends a block when one has come and its
-slot (20 ms after the previous one) is due: a source that delivers in bursts (PulseAudio's
-sine source posts 2 s at once) still goes out at the pace of speech, and a card that is a
-little slow sets the pace itself (the slots restart from the late block; blocks that
-waited through a pause in reading, as before the first peer came, are stale and dropped:
-all but the newest and the burst it came in).
-Every block waiting is heard that much later. A backlog that stays (a card a little fast,
-or a burst of blocks held up while this process or the sound server was starved) is
-standing: when the fewest blocks left waiting after a send in a window (``_WINDOW`` sends,
-a quarter of a second) rose by at most ``_STEADY`` from the fewest in the window before,
-and fell by at most half a window (blocks kept coming in while it was sent), two windows
-running, that many are taken away: the quiet ones among them dropped (a pause in speech
-shortened, which nobody hears), up to ``_RUSH`` loud ones sent at once (the speaker skips
-what its buffer gains at its next quiet moment). A burst source's sawtooth (2 s drained
-block by block, its fewest falling by a whole window each window but at the trough, and
-rising by a burst) is left alone; jitter moves the most waiting, and a card held up for
-less than half a window the fewest by less than that.
+s16 stereo there and handed to the loop. The track sends each block as soon as it came,
+unless the source posts in bursts (PulseAudio's sine source posts 2 s at once; ``bursty``:
+most blocks of the last second came on the heels of the one before). A bursty source's
+block goes when it came and its slot (20 ms after the previous one) is due, so the burst
+goes out at the pace of speech, and a card that is a little slow sets the pace itself (the
+slots restart from the late block). Blocks that waited through a pause in reading, as
+before the first peer came, are stale and dropped: all but the newest and the burst it came
+in. A burst from a source that is not bursty (the sound server or this process was
+starved) is old sound: it goes out at once, and the speaker skips what its buffer gains at
+its next quiet moment, instead of all of it being heard late for the rest of the call.
+A bursty card that is a little fast leaves a standing backlog: once per window (``_WINDOW``,
+5 s) the fewest blocks left waiting in it, less one, are taken away: the quiet ones among
+them dropped (a pause in speech shortened, which nobody hears), up to ``_RUSH`` loud ones
+sent at once (for the speaker's follower), and a sawtooth (empty just before each burst) is
+left alone.
 Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
 
 Echo: a person whose speaker and microphone are both open is heard back by the others unless
@@ -49,9 +47,12 @@ __all__ = ["EchoCanceller", "MicrophoneTrack", "open_microphone"]
 log = logging.getLogger(__name__)
 
 _BACKLOG = 150  # 20 ms blocks captured and not yet sent (3 s), the oldest dropped
-_WINDOW = 12  # blocks (0.24 s) over which the fewest waiting is measured
-_STEADY = 4  # blocks: the most a standing backlog's fewest rises from window to window
+_WINDOW = 250  # blocks (5 s) over which the fewest waiting is the standing backlog
 _RUSH = 2  # blocks sent at once per window at most: what the speaker's buffer takes
+#: Bursty: a block that came within a quarter block of the one before is on its heels; the
+#: share of those, smoothed over about a second of blocks, above a half.
+_HEELS = 0.005
+_BURST_SMOOTHING = 1 / 50
 _BLOCK_SECONDS = AUDIO_FRAME_SAMPLES / AUDIO_RATE
 _MAX_LAG = 0.1  # a block this late restarts the slots from it
 
@@ -93,8 +94,8 @@ class MicrophoneTrack(MediaStreamTrack):
         self._due: float | None = None  # the next block's slot (monotonic seconds)
         self._sent_in_window = 0
         self._lowest = _BACKLOG  # the fewest blocks left waiting in this window
-        self._lowest_before: int | None = None  # and in the window before
-        self._steady = 0  # windows running whose fewest stayed near the one's before
+        self._last_came = 0.0  # when the last block came (PortAudio's thread)
+        self._heels = 0.0  # the smoothed share of blocks that came on the heels of one
         self.rushed = 0  # blocks sent ahead of their slot to take a standing backlog away
         self.skipped = 0  # quiet blocks dropped from a standing backlog
         self._stream: Any = None
@@ -110,7 +111,11 @@ class MicrophoneTrack(MediaStreamTrack):
             block = self._echo.captured(block)
         if len(self._blocks) == _BACKLOG:
             self.dropped += 1
-        self._blocks.append((time.monotonic(), block))
+        now = time.monotonic()
+        on_heels = now - self._last_came < _HEELS
+        self._heels += _BURST_SMOOTHING * (on_heels - self._heels)
+        self._last_came = now
+        self._blocks.append((now, block))
         self.captured += 1
         with contextlib.suppress(RuntimeError):  # the loop closed under a running stream
             self._reader_loop.call_soon_threadsafe(self._ready.set)
@@ -130,6 +135,8 @@ class MicrophoneTrack(MediaStreamTrack):
                 self._blocks.popleft()
                 self.dropped += 1
             self._due = now
+        elif not self.bursty:
+            self._due = min(self._due, now)  # sent as it came: the slots follow
         elif self._due > now:
             await asyncio.sleep(self._due - now)
         if self.readyState != "live" or not self._blocks:
@@ -139,18 +146,18 @@ class MicrophoneTrack(MediaStreamTrack):
         self._lowest = min(self._lowest, waiting)
         self._sent_in_window += 1
         if self._sent_in_window >= _WINDOW:
-            before, self._lowest_before = self._lowest_before, self._lowest
-            steady = before is not None and -_WINDOW // 2 <= self._lowest - before <= _STEADY
-            self._steady = self._steady + 1 if steady and self._lowest else 0
-            if self._steady >= 2:
-                self._steady = 0
-                self._take_standing(self._lowest)
-                self._lowest_before = None
+            if self._lowest > 1:
+                self._take_standing(self._lowest - 1)
             self._sent_in_window, self._lowest = 0, _BACKLOG
         _, block = self._blocks.popleft()
         frame = audio_frame(block.reshape(1, -1), self._pts)
         self._pts += len(block)
         return frame
+
+    @property
+    def bursty(self) -> bool:
+        """Whether the source posts in bursts (most blocks came on the heels of another)."""
+        return self._heels > 0.5
 
     def _take_standing(self, standing: int) -> None:
         """Takes ``standing`` blocks out of the wait: quiet ones dropped, loud ones (up to
