@@ -16,6 +16,8 @@ reaches into aiortc's privates.
 - Lip sync (:mod:`peer.media.encoded`): the RTCP sender reports a receiver gets
   (``watch_sender_reports``) and where aiortc's RTP timestamp mapping starts
   (``rtp_origin``).
+- Audio delay (:mod:`peer.media.encoded`): an audio receiver's jitter buffer, replaced by
+  one that hands every Opus packet on at once (``pass_audio_through``).
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from typing import Any
 
 from aioice import ice as aioice_ice
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtcpSrPacket
+from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 __all__ = [
+    "AudioPassThrough",
     "DecoderFeed",
     "InboundCounts",
     "encoder_slot",
@@ -44,6 +47,7 @@ __all__ = [
     "negotiated_codecs",
     "nominated_route",
     "on_keyframe_request",
+    "pass_audio_through",
     "put_encoder",
     "replace_nack_sender",
     "rtp_origin",
@@ -272,3 +276,47 @@ def rtp_origin(receiver: RTCRtpReceiver) -> int | None:
     mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
     origin = getattr(mapper, "_origin", None)
     return origin if isinstance(origin, int) else None
+
+
+# -- audio delay (peer.media.encoded) ----------------------------------------------------
+
+
+class AudioPassThrough:
+    """Stands in an audio receiver's private jitter buffer (``__jitter_buffer``), whose
+    ``add(packet)`` returns ``(pli_flag, frame or None)``.
+
+    aiortc's holds each Opus frame until four newer ones came (80 ms more mouth to ear),
+    hands on one frame per packet added, and stops at a lost packet until sixteen more
+    came: a loss would cost 300 ms for the rest of the call. Each RTP packet of Opus is a
+    whole frame, so here every packet goes on as it comes, in order: one older than the
+    last handed on (late, or repeated) is dropped, unless it is far older (the sender's
+    numbering restarted). The speaker's and the recorder's mixes are the jitter buffers.
+    """
+
+    MAX_MISORDER = 100  # as aiortc's: further back than this is a restart
+
+    def __init__(self) -> None:
+        self.late = 0
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        number = packet.sequence_number
+        if self._last is not None:
+            behind = (self._last - number) % 65536
+            if behind < self.MAX_MISORDER:  # this one, or one before it, went on already
+                self.late += 1
+                return False, None
+        self._last = number
+        data: bytes = getattr(packet, "_data", packet.payload)  # depayloaded by aiortc
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
+
+
+def pass_audio_through(receiver: RTCRtpReceiver) -> AudioPassThrough:
+    """Put an :class:`AudioPassThrough` in place of ``receiver``'s jitter buffer (an audio
+    receiver's, before its first packet)."""
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if not isinstance(getattr(receiver, name, None), JitterBuffer):
+        raise TypeError(f"{receiver!r} has no aiortc jitter buffer to replace")
+    passing = AudioPassThrough()
+    setattr(receiver, name, passing)
+    return passing

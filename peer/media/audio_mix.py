@@ -12,7 +12,11 @@ million apart move a buffer by tens of milliseconds an hour. With ``follow`` the
 each track's buffer at its prebuffer: it watches the buffer's level (smoothed over about a
 second) and takes a few samples more or fewer than a block when it drifts, stretched to the
 block (at most 0.5%: a pitch change nobody hears), instead of letting the delay grow until
-a block is dropped or running dry and clicking.
+a block is dropped or running dry and clicking. Time gained at once (a burst after the
+machine starved this process or the sender's) would take that pace seconds to play away,
+all of it heard later: what a buffer held above its prebuffer all through the last half
+second (``_SKIP_WINDOW``), when that is a block or more, is skipped at the next quiet
+moment instead (a pause in speech, which nobody hears shortened).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from peer.events import RemoteTrack
 from peer.media.errors import MediaError
 from signaling.protocol import PeerId
 
-__all__ = ["AUDIO_RATE", "BLOCK_SAMPLES", "AudioMix", "is_native", "to_samples"]
+__all__ = ["AUDIO_RATE", "BLOCK_SAMPLES", "AudioMix", "is_native", "is_quiet", "to_samples"]
 
 AUDIO_RATE = 48_000
 BLOCK_SAMPLES = 960  # 20 ms at 48 kHz
@@ -45,6 +49,18 @@ _SMOOTHING = 0.02
 _DEAD_ZONE = 240
 _GAIN = 1 / 240
 _MAX_STEP = 5
+#: ``follow``: what a buffer held above its prebuffer all through a window of this many
+#: blocks (0.5 s), when it is at least ``_SKIP_AT`` samples (20 ms), is skipped in one go
+#: where the samples skipped are quiet (:func:`is_quiet`).
+_SKIP_WINDOW = 25
+_SKIP_AT = 960
+#: Quiet: every sample under 1% of full scale (-40 dBFS), a pause in speech.
+_QUIET = 328
+
+
+def is_quiet(samples: npt.NDArray[np.int16]) -> bool:
+    """Whether leaving ``samples`` out is inaudible: no sample reaches ``_QUIET``."""
+    return not samples.size or int(np.abs(samples.astype(np.int32)).max()) < _QUIET
 
 
 @dataclass
@@ -58,9 +74,22 @@ class _Voice:
     playing: bool = False
     ended: bool = False
     level: float | None = None  # ``follow``: the smoothed samples held before a mix
+    lowest: int | None = None  # ``follow``: the fewest held before a mix in this window
+    mixes: int = 0  # ``follow``: mixes in this window
+    excess: int = 0  # ``follow``: samples to skip at the next quiet moment
 
     def held(self) -> int:
         return sum(len(block) for block in self.blocks)
+
+    def peek(self, count: int) -> Samples:
+        """Up to ``count`` samples from the front, left there."""
+        parts: list[Samples] = []
+        for block in self.blocks:
+            if count <= 0:
+                break
+            parts.append(block[:count])
+            count -= len(block)
+        return np.concatenate(parts) if parts else np.zeros((0, 2), np.int16)
 
     def take(self, count: int) -> Samples:
         """Up to ``count`` samples from the front."""
@@ -85,7 +114,8 @@ class AudioMix:
     playing track: a track with nothing buffered contributes silence and buffers again
     (``underruns``); a block that does not fit replaces the oldest (``late``). ``follow``:
     hold each buffer at ``prebuffer`` against clock drift (the module's docstring);
-    ``stretched`` counts the blocks made from more or fewer samples.
+    ``stretched`` counts the blocks made from more or fewer samples, ``skipped`` the quiet
+    stretches left out to bring a buffer back down.
     """
 
     def __init__(self, *, capacity: int = 10, prebuffer: int = 3, follow: bool = False) -> None:
@@ -98,6 +128,7 @@ class AudioMix:
         self.underruns = 0
         self.clipped = 0
         self.stretched = 0
+        self.skipped = 0
         self._voices: dict[RemoteTrack, _Voice] = {}
 
     def push(self, track: RemoteTrack, samples: Samples) -> None:
@@ -167,11 +198,12 @@ class AudioMix:
     def _next_block(self, voice: _Voice) -> Samples:
         if not self.follow:
             return voice.take(BLOCK_SAMPLES)
-        held = voice.held()
+        target = self.prebuffer * BLOCK_SAMPLES
+        held = self._skip_standing(voice, target)
         voice.level = (
             held if voice.level is None else voice.level + _SMOOTHING * (held - voice.level)
         )
-        error = voice.level - self.prebuffer * BLOCK_SAMPLES
+        error = voice.level - target
         step = 0 if abs(error) <= _DEAD_ZONE else round(error * _GAIN)
         step = max(-_MAX_STEP, min(_MAX_STEP, step))
         taken = voice.take(BLOCK_SAMPLES + step)
@@ -185,6 +217,25 @@ class AudioMix:
             return block
         self.stretched += 1
         return _stretch(taken, BLOCK_SAMPLES)
+
+    def _skip_standing(self, voice: _Voice, target: int) -> int:
+        """Skips what ``voice`` held above ``target`` all through the last window, once
+        it is quiet; returns the samples held now."""
+        held = voice.held()
+        voice.lowest = held if voice.lowest is None else min(voice.lowest, held)
+        voice.mixes += 1
+        if voice.mixes >= _SKIP_WINDOW:
+            standing = voice.lowest - target
+            voice.excess = standing if standing >= _SKIP_AT else 0
+            voice.lowest, voice.mixes = None, 0
+        excess = min(voice.excess, held - BLOCK_SAMPLES)  # a block is left to play
+        if excess > 0 and is_quiet(voice.peek(excess)):
+            voice.take(excess)
+            voice.level = None  # smoothed from what is held now
+            voice.excess = 0
+            self.skipped += 1
+            return held - excess
+        return held
 
 
 def _stretch(samples: Samples, count: int) -> Samples:

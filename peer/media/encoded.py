@@ -26,6 +26,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from peer._aiortc import (
     feed_decoder,
     media_ssrcs,
+    pass_audio_through,
     rtp_origin,
     watch_pli,
     watch_sender_reports,
@@ -76,6 +77,8 @@ class EncodedTap:
         self._requests: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._feed = feed_decoder(receiver, self._on_frame, self._on_stop)
+        if self.kind == "audio":  # each Opus packet on as it comes (aiortc holds 80 ms)
+            pass_audio_through(receiver)
         self._send_pli = watch_pli(receiver, self._on_loss)
         #: The sender's wall clock for this track (lip sync), also ``remote.sender_clock``.
         self.sender_clock = remote.sender_clock = SenderClock()

@@ -1,14 +1,20 @@
 """``--audio mic[:DEVICE]``: the system's microphone as an audio track (``sounddevice``).
 
 PortAudio calls back with each 20 ms block at 48 kHz on its own thread; the block is made
-s16 stereo there and handed to the loop. The track sends a block when one has come and its
-slot (20 ms after the previous one) is due: a source that delivers in bursts (PulseAudio's
-sine source posts 2 s at once) still goes out at the pace of speech, and a card that is a
-little slow sets the pace itself (the slots restart from the late block; blocks that
-waited through a pause in reading, as before the first peer came, are stale and dropped).
-A card that is a little fast leaves a standing backlog: once per window (``_WINDOW``) the
-smallest backlog seen in it, less one block, is sent at once, so the delay on this side
-does not grow by the hour, and a burst source's sawtooth (empty just before each burst) is
+s16 stereo there and handed to the loop. The track sends each block as soon as it came,
+unless the source posts in bursts (PulseAudio's sine source posts 2 s at once; ``bursty``:
+most blocks of the last second came on the heels of the one before). A bursty source's
+block goes when it came and its slot (20 ms after the previous one) is due, so the burst
+goes out at the pace of speech, and a card that is a little slow sets the pace itself (the
+slots restart from the late block). Blocks that waited through a pause in reading, as
+before the first peer came, are stale and dropped: all but the newest and the burst it came
+in. A burst from a source that is not bursty (the sound server or this process was
+starved) is old sound: it goes out at once, and the speaker skips what its buffer gains at
+its next quiet moment, instead of all of it being heard late for the rest of the call.
+A bursty card that is a little fast leaves a standing backlog: once per window (``_WINDOW``,
+5 s) the fewest blocks left waiting in it, less one, are taken away: the quiet ones among
+them dropped (a pause in speech shortened, which nobody hears), up to ``_RUSH`` loud ones
+sent at once (for the speaker's follower), and a sawtooth (empty just before each burst) is
 left alone.
 Blocks waiting are bounded (``_BACKLOG``): the oldest are dropped and counted.
 
@@ -32,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from peer.media.audio_mix import is_quiet
 from peer.media.devices import Direction, open_stream
 from peer.media.synthetic import AUDIO_FRAME_SAMPLES, AUDIO_RATE, audio_frame
 
@@ -40,7 +47,12 @@ __all__ = ["EchoCanceller", "MicrophoneTrack", "open_microphone"]
 log = logging.getLogger(__name__)
 
 _BACKLOG = 150  # 20 ms blocks captured and not yet sent (3 s), the oldest dropped
-_WINDOW = 250  # blocks (5 s) over which the smallest backlog is the standing one
+_WINDOW = 250  # blocks (5 s) over which the fewest waiting is the standing backlog
+_RUSH = 2  # blocks sent at once per window at most: what the speaker's buffer takes
+#: Bursty: a block that came within a quarter block of the one before is on its heels; the
+#: share of those, smoothed over about a second of blocks, above a half.
+_HEELS = 0.005
+_BURST_SMOOTHING = 1 / 50
 _BLOCK_SECONDS = AUDIO_FRAME_SAMPLES / AUDIO_RATE
 _MAX_LAG = 0.1  # a block this late restarts the slots from it
 
@@ -62,8 +74,8 @@ class MicrophoneTrack(MediaStreamTrack):
     """The microphone's blocks as 20 ms s16 stereo frames; ``stop`` closes the device.
 
     Counters: ``captured`` (blocks from the card), ``dropped`` (blocks the loop was too late
-    to take), ``rushed`` (blocks sent early against a standing backlog), ``overflows``
-    (the card's own reports of lost input).
+    to take), ``skipped`` and ``rushed`` (quiet blocks dropped and loud ones sent early
+    against a standing backlog), ``overflows`` (the card's own reports of lost input).
     """
 
     kind = "audio"
@@ -81,8 +93,11 @@ class MicrophoneTrack(MediaStreamTrack):
         self._pts = 0
         self._due: float | None = None  # the next block's slot (monotonic seconds)
         self._sent_in_window = 0
-        self._lowest = _BACKLOG
+        self._lowest = _BACKLOG  # the fewest blocks left waiting in this window
+        self._last_came = 0.0  # when the last block came (PortAudio's thread)
+        self._heels = 0.0  # the smoothed share of blocks that came on the heels of one
         self.rushed = 0  # blocks sent ahead of their slot to take a standing backlog away
+        self.skipped = 0  # quiet blocks dropped from a standing backlog
         self._stream: Any = None
 
     def _callback(
@@ -96,7 +111,11 @@ class MicrophoneTrack(MediaStreamTrack):
             block = self._echo.captured(block)
         if len(self._blocks) == _BACKLOG:
             self.dropped += 1
-        self._blocks.append((time.monotonic(), block))
+        now = time.monotonic()
+        on_heels = now - self._last_came < _HEELS
+        self._heels += _BURST_SMOOTHING * (on_heels - self._heels)
+        self._last_came = now
+        self._blocks.append((now, block))
         self.captured += 1
         with contextlib.suppress(RuntimeError):  # the loop closed under a running stream
             self._reader_loop.call_soon_threadsafe(self._ready.set)
@@ -109,34 +128,65 @@ class MicrophoneTrack(MediaStreamTrack):
             await self._ready.wait()
         now = time.monotonic()
         if self._due is None or now - self._due > _MAX_LAG:
-            # First read, or nobody read for a while (no peer yet): what waited is stale.
-            while len(self._blocks) > 1 and self._blocks[0][0] < now - _MAX_LAG:
+            # First read, or nobody read for a while (no peer yet): what waited is stale,
+            # but for the newest block and the burst it came in.
+            newest = self._blocks[-1][0]
+            while len(self._blocks) > 1 and self._blocks[0][0] < newest - _BLOCK_SECONDS:
                 self._blocks.popleft()
                 self.dropped += 1
             self._due = now
+        elif not self.bursty:
+            self._due = min(self._due, now)  # sent as it came: the slots follow
         elif self._due > now:
             await asyncio.sleep(self._due - now)
         if self.readyState != "live" or not self._blocks:
             raise MediaStreamError
         self._due += _BLOCK_SECONDS
-        self._lowest = min(self._lowest, len(self._blocks) - 1)
+        waiting = len(self._blocks) - 1
+        self._lowest = min(self._lowest, waiting)
         self._sent_in_window += 1
         if self._sent_in_window >= _WINDOW:
-            standing = max(0, self._lowest - 1)
-            self._due -= standing * _BLOCK_SECONDS  # those go out at once
-            self.rushed += standing
+            if self._lowest > 1:
+                self._take_standing(self._lowest - 1)
             self._sent_in_window, self._lowest = 0, _BACKLOG
         _, block = self._blocks.popleft()
         frame = audio_frame(block.reshape(1, -1), self._pts)
         self._pts += len(block)
         return frame
 
+    @property
+    def bursty(self) -> bool:
+        """Whether the source posts in bursts (most blocks came on the heels of another)."""
+        return self._heels > 0.5
+
+    def _take_standing(self, standing: int) -> None:
+        """Takes ``standing`` blocks out of the wait: quiet ones dropped, loud ones (up to
+        ``_RUSH``) sent at once."""
+        kept: list[tuple[float, Block]] = []
+        while standing and self._blocks:
+            came, block = self._blocks.popleft()
+            if is_quiet(block):
+                self.skipped += 1
+                standing -= 1
+            else:
+                kept.append((came, block))
+        self._blocks.extendleft(reversed(kept))
+        rushed = min(standing, _RUSH)
+        self._due = (self._due or 0.0) - rushed * _BLOCK_SECONDS  # those go out at once
+        self.rushed += rushed
+
     def stop(self) -> None:
         if self._stream is not None:
             stream, self._stream = self._stream, None
             stream.abort()
             stream.close()
-            log.info("microphone closed: %d blocks, %d dropped", self.captured, self.dropped)
+            log.info(
+                "microphone closed: %d blocks, %d dropped, %d skipped, %d rushed",
+                self.captured,
+                self.dropped,
+                self.skipped,
+                self.rushed,
+            )
         super().stop()
         self._ready.set()  # a waiting recv ends
 

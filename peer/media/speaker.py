@@ -42,8 +42,8 @@ class Speaker(FrameConsumer):
     """Plays every remote audio track, mixed, until :meth:`close`.
 
     Counters: ``played`` (blocks given to the card), ``card_underflows`` (the card's own
-    reports of running dry: the callback was late), and the mix's ``late``, ``underruns``
-    and ``stretched``.
+    reports of running dry: the callback was late), and the mix's ``late``, ``underruns``,
+    ``stretched`` and ``skipped``.
     """
 
     def __init__(self, echo: EchoCanceller | None = None) -> None:
@@ -114,12 +114,13 @@ class Speaker(FrameConsumer):
         stream.close()
         log.info(
             "speaker closed: %d blocks played, card underflows %d, late %d, underruns %d, "
-            "stretched %d",
+            "stretched %d, skipped %d",
             self.played,
             self.card_underflows,
             self.mix.late,
             self.mix.underruns,
             self.mix.stretched,
+            self.mix.skipped,
         )
 
 

@@ -60,6 +60,7 @@ def test_a_stretched_block_keeps_the_pitch_within_half_a_percent() -> None:
     mix.push(track, stereo[2 * BLOCK_SAMPLES :])  # then ~8 s at once: far too full
     played = np.concatenate([first] + [mix.mix()[:, 0] for _ in range(99)])
     assert mix.stretched == 99
+    assert mix.skipped == 0  # a tone is never quiet: followed, not skipped
     crossings = np.count_nonzero(np.diff(np.signbit(played).astype(np.int8)) == -1)
     frequency = crossings / (len(played) / 48_000)
     assert 1000 < frequency <= 1006  # taken faster: a little higher, never more than 0.5%
@@ -73,3 +74,32 @@ def test_a_voice_starts_at_its_prebuffer_not_behind_a_backlog() -> None:
     mix.push(track, np.ones((BLOCK_SAMPLES * 50, 2), np.int16))  # 1 s before it starts
     mix.mix()
     assert mix.buffered(track) == BLOCK_SAMPLES  # the prebuffer less the block played
+
+
+@pytest.mark.parametrize(("level", "skips"), [(0, True), (200, True), (2000, False)])
+def test_time_gained_at_once_is_skipped_at_the_next_quiet_moment(level: int, skips: bool) -> None:
+    """A burst of 80 ms on a voice that plays at its prebuffer (a stall on this side or the
+    sender's): quiet, it is skipped within a second (what stayed above the prebuffer for a
+    whole window); loud, it is left to the follower (0.5%: most of it a second later)."""
+    mix = AudioMix(capacity=12, prebuffer=2, follow=True)
+    track = remote("a", "audio")
+    block = np.full((BLOCK_SAMPLES, 2), level, np.int16)
+    for _ in range(3):
+        mix.push(track, block)
+    mix.mix()
+    held = []
+    for index in range(100):
+        mix.push(track, block)
+        if index == 10:
+            for _ in range(4):
+                mix.push(track, block)
+        mix.mix()
+        held.append(mix.buffered(track))
+    assert (mix.late, mix.underruns) == (0, 0)
+    after_a_second = held[10 + 50] / 48  # ms after the mix
+    if skips:
+        assert mix.skipped >= 1
+        assert after_a_second <= 40, held
+    else:
+        assert mix.skipped == 0
+        assert after_a_second >= 80, held

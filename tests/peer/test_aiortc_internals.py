@@ -30,6 +30,12 @@ Encoded frames, decoding on demand (peer.media.encoded):
 - ``watch_pli``/``media_ssrcs``: the receiver's own PLI (the jitter buffer's
   ``pli_flag``) goes through ``_send_rtcp_pli``, to a media SSRC of ``__remote_streams``.
 
+Audio delay (peer.media.encoded):
+- ``pass_audio_through``: an audio receiver's ``__jitter_buffer`` is aiortc's
+  ``JitterBuffer``, which holds each Opus frame until four newer ones came; the receiver
+  takes what ``add`` returns from the object put there, so with ``AudioPassThrough`` each
+  frame goes on with its own packet.
+
 Lip sync (peer.media.encoded):
 - ``watch_sender_reports``: the sender's RTCP SRs reach the receiver's
   ``_handle_rtcp_packet``, looked up on the instance for each packet;
@@ -48,11 +54,12 @@ import pytest
 from aioice.ice import get_or_create_mdns_protocol, unref_mdns_protocol
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
 from peer._aiortc import (
+    AudioPassThrough,
     DecoderFeed,
     InboundCounts,
     encoder_slot,
@@ -63,6 +70,7 @@ from peer._aiortc import (
     nack_generator,
     negotiated_codecs,
     nominated_route,
+    pass_audio_through,
     rtp_origin,
     watch_pli,
     watch_sender_reports,
@@ -362,3 +370,76 @@ async def test_sender_reports_and_the_rtp_origin() -> None:
     ahead = (rtp - origin) % 2**32
     assert 0 < ahead < 90_000 * 15 and ahead - got[-1].timestamp < 90_000
     assert abs(ntp / 2**32 - 2_208_988_800 - time.time()) < 5  # NTP epoch 1900
+
+
+async def test_an_audio_frame_goes_on_with_its_own_packet() -> None:
+    """aiortc's audio jitter buffer hands an Opus frame on once four newer packets came
+    (80 ms); with ``pass_audio_through(receiver)`` at the track event (as ``EncodedTap``),
+    with its own packet. Two audio tracks, the second one passed through."""
+    #: per receiver, per frame at the feed: how many frames newer the newest packet is
+    lags: dict[int, list[int]] = {0: [], 1: []}
+    config = RTCConfiguration(iceServers=[])
+    offerer, answerer = RTCPeerConnection(config), RTCPeerConnection(config)
+    offerer.addTrack(AudioStreamTrack())  # aiortc's silence, its own Opus encoder
+    offerer.addTrack(AudioStreamTrack())
+
+    def watch(index: int, receiver: RTCRtpReceiver) -> None:
+        newest: list[int] = []
+        handle = receiver._handle_rtp_packet
+
+        async def seen(packet: RtpPacket, arrival_time_ms: int) -> None:
+            newest.append(packet.timestamp)
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = seen  # type: ignore[method-assign]
+
+        def on_frame(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+            origin = rtp_origin(receiver)
+            assert origin is not None
+            lags[index].append(((newest[-1] - origin) % 2**32 - frame.timestamp) // 960)
+
+        feed_decoder(receiver, on_frame, lambda: None)
+        if index == 1:
+            pass_audio_through(receiver)
+
+    @answerer.on("track")
+    def on_track(remote: object) -> None:
+        receivers = [t.receiver for t in answerer.getTransceivers()]
+        index = next(i for i, r in enumerate(receivers) if r.track is remote)
+        watch(index, receivers[index])
+
+    try:
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await eventually(
+            lambda: min(len(v) for v in lags.values()) >= 10, seconds(15), "audio frames"
+        )
+        assert set(lags[0]) == {4}, lags[0]
+        assert set(lags[1]) == {0}, lags[1]
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+def _packet(number: int) -> RtpPacket:
+    return RtpPacket(payload_type=111, sequence_number=number % 65536, timestamp=number * 960)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "passed"),
+    [
+        ([1, 2, 3], [1, 2, 3]),
+        ([1, 3, 2, 4], [1, 3, 4]),  # late: the one after it went on already
+        ([1, 2, 2, 3], [1, 2, 3]),  # repeated
+        ([65534, 65535, 65536, 65537], [65534, 65535, 65536, 65537]),  # wraps
+        ([5000, 5001, 10, 11], [5000, 5001, 10, 11]),  # far back: numbering restarted
+    ],
+)
+def test_audio_passes_through_in_order(numbers: list[int], passed: list[int]) -> None:
+    passing = AudioPassThrough()
+    out = [passing.add(_packet(n)) for n in numbers]
+    assert all(not pli for pli, _ in out)
+    assert [f.timestamp // 960 for _, f in out if f is not None] == passed
+    assert passing.late == len(numbers) - len(passed)

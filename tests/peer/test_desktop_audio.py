@@ -33,6 +33,8 @@ from tests.support import REPO, RunningServer, eventually, seconds
 #: Mouth-to-ear at the median (issue 20), and the frequency's tolerance.
 LATENCY_LIMIT = 0.250
 FREQUENCY_TOLERANCE = 2.0
+#: Two agent processes started, joined and connected: seconds on a busy machine.
+CALL_START = 40.0
 
 
 @pytest.fixture
@@ -114,7 +116,7 @@ async def test_the_microphone_reaches_the_speaker_at_its_frequency(
 ) -> None:
     with recording(pulse) as recorder:
         heard = await eventually(
-            lambda: onsets(recorder.take()), seconds(15), "the mic's tone on the speaker"
+            lambda: onsets(recorder.take()), seconds(CALL_START), "the mic's tone on the speaker"
         )
         await asyncio.sleep(1.5)  # a second and a half of tone after it started
         played = recorder.take()
@@ -137,12 +139,6 @@ def voice(pulse: PulseServer) -> Iterator[PipeSource]:
 
 
 @pytest.mark.parametrize("call", ["voice"], indirect=True)
-@pytest.mark.xfail(
-    reason="issue 20, open: mouth-to-ear is 224-233 ms on a quiet machine but 255-305 ms when "
-    "the machine is busy, around the 250 ms the issue asks; listed as xfailed until the "
-    "speaker's start-up backlog is gone",
-    strict=False,
-)
 async def test_mouth_to_ear_latency_at_the_median(
     pulse: PulseServer, voice: PipeSource, call: None
 ) -> None:
@@ -150,7 +146,10 @@ async def test_mouth_to_ear_latency_at_the_median(
     with recording(pulse) as recorder:
         voice.beep_every(1.0)
         await eventually(
-            lambda: len(onsets(recorder.take())) >= 8, seconds(25), "eight beeps on the speaker"
+            lambda: onsets(recorder.take()), seconds(CALL_START), "a beep on the speaker"
+        )
+        await eventually(
+            lambda: len(onsets(recorder.take())) >= 8, seconds(15), "eight beeps on the speaker"
         )
         heard = onsets(recorder.take())
     delays = []
