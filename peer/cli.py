@@ -228,6 +228,7 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     # its comparison (0 0: glibc's own) is the only use of the flags, so not in --help.
     parser.add_argument("--malloc-arenas", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--malloc-trim", type=float, default=60.0, help=argparse.SUPPRESS)
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=128, help=argparse.SUPPRESS)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

@@ -376,6 +376,7 @@ def run_join(args: argparse.Namespace) -> int:
         print("meshpeer join: --record-transcode needs --record DIR", file=sys.stderr)
         return 2
     memory.limit_arenas(args.malloc_arenas)  # before any thread starts
+    memory.fix_mmap_threshold(args.malloc_mmap_threshold)
     try:
         return asyncio.run(join_room(args))
     # IceServerError: a bad --ice-server; OSError: e.g. --record DIR not writable
