@@ -188,6 +188,9 @@ async def join_room(args: argparse.Namespace) -> int:
             consumers=consumers,
             stats_interval=args.stats_interval,
             encoding=Encoding(args.encoding),
+            # Listeners only: a stream no one reads would keep the last 256 events, stats
+            # reports among them (megabytes in a room of 8, the soak's creep for 40 minutes).
+            event_queue_size=0,
         )
         if window is not None:
             window.on_key = window_keys(agent)
