@@ -6,8 +6,8 @@ stats (``--stats-json``); beside them, for each ``--roles`` x ``--variants``, a 
 sends nothing: ``recorder`` (``--record`` only: packets to file, no decoding),
 ``receiver`` (no sinks) or ``viewer`` (``--snapshot`` only: decodes everyone); variant
 ``tuned`` is ``meshpeer join``'s default allocator settings, ``glibc`` turns them off
-(``--malloc-arenas 0 --malloc-trim 0 --malloc-mmap-threshold 0``), ``trim`` and ``arenas``
-keep one of the first two, ``dynamic`` all but the fixed mmap threshold, ``traced`` is
+(``--malloc-arenas 0 --malloc-trim 0``), ``trim`` and ``arenas`` keep one of the two,
+``fixed`` adds a fixed mmap threshold (``--malloc-mmap-threshold 128``), ``traced`` is
 ``tuned`` under tracemalloc.
 Every ``--interval`` seconds it samples, per process, the resident memory (VmRSS) and open
 file descriptors from /proc, and from the bots' stats the asyncio task and thread counts,
@@ -60,8 +60,8 @@ ROLES = {
 #: Allocator settings, as ``meshpeer join`` flags (``tuned``: its defaults).
 VARIANTS = {
     "tuned": (),
-    "glibc": ("--malloc-arenas", "0", "--malloc-trim", "0", "--malloc-mmap-threshold", "0"),
-    "dynamic": ("--malloc-mmap-threshold", "0"),  # tuned but glibc's sliding mmap threshold
+    "glibc": ("--malloc-arenas", "0", "--malloc-trim", "0"),
+    "fixed": ("--malloc-mmap-threshold", "128"),  # tuned, and no sliding mmap threshold
     "trim": ("--malloc-arenas", "0"),
     "arenas": ("--malloc-trim", "0"),
     "traced": (),  # tuned, under tracemalloc (PYTHONTRACEMALLOC=1): the Python heap's share

@@ -276,8 +276,8 @@ class EventHub:
     listener; a listener that raises is logged and the others still get the event.
 
     ``maxsize`` 0: no stream, listeners only. A stream nobody reads still keeps its last
-    ``maxsize`` events, stats reports among them: in a long run with many peers, megabytes
-    held for no one (``meshpeer join``, which only listens)."""
+    ``maxsize`` events, stats reports of every peer among them: held for no one
+    (``meshpeer join``, which only listens)."""
 
     def __init__(self, maxsize: int = 256) -> None:
         self.queue = EventQueue(max(maxsize, 1))

@@ -4,13 +4,14 @@ Frames and packets are allocated on one thread (aiortc's decoder and encoder thr
 PyAV, the recording writer) and freed on another; glibc's malloc gives each thread its own
 arena (up to 8 per core) and keeps what is freed in them, fragmented, instead of giving it
 back to the system. The process's RSS then grows outside the Python heap although nothing
-is held (see "Soak" in docs/benchmarks.md for the figures). Three knobs bound it: fewer
-arenas (``mallopt(M_ARENA_MAX)``, before the threads start), a fixed mmap threshold (large
-blocks get a mapping of their own instead of a place in an arena) and ``malloc_trim(0)``
-now and then, which returns the free pages of every arena. Off with ``--malloc-arenas 0
---malloc-trim 0 --malloc-mmap-threshold 0``; a no-op where the C library is not glibc.
-Library users who want it call :func:`limit_arenas` and :func:`fix_mmap_threshold` and run
-:func:`trim_every` themselves: an agent does not change its process's allocator on its own.
+is held (see "Soak" in docs/benchmarks.md for the figures). Two knobs bound it: fewer
+arenas (``mallopt(M_ARENA_MAX)``, before the threads start) and ``malloc_trim(0)`` now and
+then, which returns the free pages of every arena. Off with ``--malloc-arenas 0
+--malloc-trim 0``; a no-op where the C library is not glibc. A third, a fixed mmap
+threshold (``--malloc-mmap-threshold 128``), stops malloc's free bytes growing but not RSS
+(the trim already returned them): off by default, kept for the soak's comparison. Library
+users who want the defaults call :func:`limit_arenas` and run :func:`trim_every`
+themselves: an agent does not change its process's allocator on its own.
 """
 
 from __future__ import annotations

@@ -188,8 +188,8 @@ async def join_room(args: argparse.Namespace) -> int:
             consumers=consumers,
             stats_interval=args.stats_interval,
             encoding=Encoding(args.encoding),
-            # Listeners only: a stream no one reads would keep the last 256 events, stats
-            # reports among them (megabytes in a room of 8, the soak's creep for 40 minutes).
+            # Listeners only: a stream no one reads keeps the last 256 events, stats reports
+            # of every peer among them (~1 KiB per peer per report, tracemalloc).
             event_queue_size=0,
         )
         if window is not None:
