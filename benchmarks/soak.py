@@ -7,7 +7,8 @@ sends nothing: ``recorder`` (``--record`` only: packets to file, no decoding),
 ``receiver`` (no sinks) or ``viewer`` (``--snapshot`` only: decodes everyone); variant
 ``tuned`` is ``meshpeer join``'s default allocator settings, ``glibc`` turns them off
 (``--malloc-arenas 0 --malloc-trim 0``), ``trim`` and ``arenas`` keep one of the two,
-``traced`` is ``tuned`` under tracemalloc.
+``fixed`` adds a fixed mmap threshold (``--malloc-mmap-threshold 128``), ``traced`` is
+``tuned`` under tracemalloc.
 Every ``--interval`` seconds it samples, per process, the resident memory (VmRSS) and open
 file descriptors from /proc, and from the bots' stats the asyncio task and thread counts,
 malloc's used and free bytes, the Python heap (``--tracemalloc``), the fps each receives.
@@ -60,6 +61,7 @@ ROLES = {
 VARIANTS = {
     "tuned": (),
     "glibc": ("--malloc-arenas", "0", "--malloc-trim", "0"),
+    "fixed": ("--malloc-mmap-threshold", "128"),  # tuned, and no sliding mmap threshold
     "trim": ("--malloc-arenas", "0"),
     "arenas": ("--malloc-trim", "0"),
     "traced": (),  # tuned, under tracemalloc (PYTHONTRACEMALLOC=1): the Python heap's share

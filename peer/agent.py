@@ -259,7 +259,10 @@ class Agent:
         log.info("%s left", self.peer_id)
 
     def events(self) -> AsyncIterator[Event]:
-        """The event stream (one bounded queue, one reader): ends after :meth:`leave`."""
+        """The event stream (one bounded queue, one reader): ends after :meth:`leave`.
+        RuntimeError with ``event_queue_size=0`` (listeners only)."""
+        if not self._hub.streaming:
+            raise RuntimeError("this agent has no event stream (event_queue_size=0)")
         return self._hub.queue.__aiter__()
 
     @property

@@ -228,6 +228,8 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     # its comparison (0 0: glibc's own) is the only use of the flags, so not in --help.
     parser.add_argument("--malloc-arenas", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--malloc-trim", type=float, default=60.0, help=argparse.SUPPRESS)
+    # KiB; 0: glibc's sliding threshold (fixing it at 128 did not lower the soak's slope).
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=0, help=argparse.SUPPRESS)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

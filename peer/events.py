@@ -273,17 +273,23 @@ class EventQueue:
 
 class EventHub:
     """Fans each event out to the stream (one bounded queue, one reader) and to every
-    listener; a listener that raises is logged and the others still get the event."""
+    listener; a listener that raises is logged and the others still get the event.
+
+    ``maxsize`` 0: no stream, listeners only. A stream nobody reads still keeps its last
+    ``maxsize`` events, stats reports of every peer among them: held for no one
+    (``meshpeer join``, which only listens)."""
 
     def __init__(self, maxsize: int = 256) -> None:
-        self.queue = EventQueue(maxsize)
+        self.queue = EventQueue(max(maxsize, 1))
+        self.streaming = maxsize > 0
         self._listeners: list[Callable[[Event], None]] = []
 
     def add_listener(self, callback: Callable[[Event], None]) -> None:
         self._listeners.append(callback)
 
     def emit(self, event: Event) -> None:
-        self.queue.put(event)
+        if self.streaming:
+            self.queue.put(event)
         for callback in self._listeners:
             try:
                 callback(event)

@@ -188,6 +188,9 @@ async def join_room(args: argparse.Namespace) -> int:
             consumers=consumers,
             stats_interval=args.stats_interval,
             encoding=Encoding(args.encoding),
+            # Listeners only: a stream no one reads keeps the last 256 events, stats reports
+            # of every peer among them (~1 KiB per peer per report, tracemalloc).
+            event_queue_size=0,
         )
         if window is not None:
             window.on_key = window_keys(agent)
@@ -376,6 +379,7 @@ def run_join(args: argparse.Namespace) -> int:
         print("meshpeer join: --record-transcode needs --record DIR", file=sys.stderr)
         return 2
     memory.limit_arenas(args.malloc_arenas)  # before any thread starts
+    memory.fix_mmap_threshold(args.malloc_mmap_threshold)
     try:
         return asyncio.run(join_room(args))
     # IceServerError: a bad --ice-server; OSError: e.g. --record DIR not writable

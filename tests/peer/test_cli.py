@@ -110,6 +110,7 @@ async def test_join_ctrl_c_leaves_cleanly(server: RunningServer, tmp_path: Path)
     last = json.loads(stats.read_text().splitlines()[-1])
     assert last["peer"] == "cli" and last["peers"][0]["peer"] == "alice"
     assert last["memory"]["rss_kib"] > 0 and last["memory"]["malloc_used_kib"] > 0
+    assert last["memory"]["malloc_mmapped_kib"] >= 0
 
 
 def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[Main, list[str]]] = {
 #: Knobs that exist to compare against (benchmarks/fanout.py, benchmarks/soak.py): out of
 #: the help, still accepted, documented with their benchmark.
 HIDDEN = {
-    "meshpeer join": ["--encoding", "--malloc-arenas", "--malloc-trim"],
+    "meshpeer join": ["--encoding", "--malloc-arenas", "--malloc-trim", "--malloc-mmap-threshold"],
     "meshpeer demo": ["--encoding"],
 }
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 import pytest
 
 from peer import events as ev
-from peer.events import EventQueue
+from peer.agent import Agent
+from peer.events import EventHub, EventQueue
 from peer.mesh import LinkState
 from peer.stats import Counters, PeerStats, counters_from_report, rates
 from signaling.protocol import PeerId
@@ -79,6 +80,22 @@ async def test_event_queue_wakes_a_waiting_consumer() -> None:
 def test_event_queue_needs_room() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         EventQueue(0)
+
+
+async def test_a_hub_without_a_stream_keeps_nothing_and_still_calls_listeners() -> None:
+    """``meshpeer join`` only listens: a stream no one read kept its last 256 events, stats
+    reports of every peer among them (~1 KiB per peer per report under tracemalloc)."""
+    heard: list[ev.Event] = []
+    hub = EventHub(0)
+    hub.add_listener(heard.append)
+    for n in range(1000):
+        hub.emit(ev.StatsReport(()) if n % 2 else ev.PeerJoined(PeerId(f"p{n}")))
+    assert len(heard) == 1000
+    assert len(hub.queue) == 0 and hub.queue.dropped == 0
+    agent = Agent("ws://127.0.0.1:9/ws", room="r", peer_id="a", event_queue_size=0)
+    with pytest.raises(RuntimeError, match="no event stream"):
+        agent.events()
+    assert agent.dropped_events == 0
 
 
 async def test_a_second_reader_is_refused_and_close_ends_the_first() -> None:
