@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -37,7 +38,12 @@ LONGEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+#: ``./dev test`` runs the suite in two phases: ``parallel`` (two workers, every test but the
+#: ``solo`` ones) then ``solo`` (those alone, in one process). Unset: every test.
+PHASE_ENV = "MESHPEER_TEST_PHASE"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
 
     def rank(item: pytest.Item) -> int:
@@ -45,3 +51,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: every other test keeps its place
+    phase = os.environ.get(PHASE_ENV, "")
+    if phase in ("parallel", "solo"):
+        wanted = phase == "solo"
+        other = [item for item in items if (item.get_closest_marker("solo") is not None) != wanted]
+        if other:  # counted as deselected in the summary: the other phase runs them
+            config.hook.pytest_deselected(items=other)
+            items[:] = [item for item in items if item not in other]

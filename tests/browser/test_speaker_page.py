@@ -16,7 +16,7 @@ from tests.peer.helpers import join_command, stop
 from tests.pulse_server import PulseServer, onsets, pulse_server, recording
 from tests.support import REPO, RunningServer, eventually, seconds
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow, pytest.mark.solo]
 
 
 @pytest.fixture

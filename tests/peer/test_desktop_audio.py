@@ -31,6 +31,10 @@ from tests.pulse_server import (
 from tests.support import REPO, RunningServer, eventually, seconds
 
 #: Mouth-to-ear at the median (issue 20), and the frequency's tolerance.
+#: Real-time sound through a sound server: run alone, after the parallel part of the suite
+#: (a second worker's media on 2 cores moves the mouth-to-ear median past 0.25 s).
+pytestmark = pytest.mark.solo
+
 LATENCY_LIMIT = 0.250
 FREQUENCY_TOLERANCE = 2.0
 #: Two agent processes started, joined and connected: seconds on a busy machine.
