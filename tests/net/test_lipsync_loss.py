@@ -20,9 +20,11 @@ pytestmark = pytest.mark.usefixtures("netns")
 
 RECORDED = 20.0  # s of recording
 TARGET = 0.045  # s, |beep - flash|
-#: Of 10: flashes and beeps timed (no frame or audio packet missing at either onset). The
-#: receiver's audio has gaps of 20-280 ms under this loss (57 in 20 s seen), so 2-6 are.
-MIN_PAIRS = 2
+#: Of 10: flashes and beeps timed (no frame or audio packet missing at either onset). Each
+#: lost audio packet is a 20 ms gap now that audio packets go to the decoder as they come
+#: (aiortc's jitter buffer held 300 ms after a loss: 2-6 pairs were timed then); 8-10 are
+#: (four runs, 64-96 of ~1,800 packets dropped). 5 keeps a run with bad luck from failing.
+MIN_PAIRS = 5
 
 
 @pytest.mark.timeout(180)
@@ -53,7 +55,7 @@ def test_beeps_and_flashes_stay_together_with_loss() -> None:
         path = files[0]
         found, pairs = timed_pairs(path)
     offsets = [round(offset * 1000, 1) for _, offset in pairs]
-    print(f"loss {counters}")
+    print(f"loss {counters}; {len(pairs)} of {found} timed: {offsets} ms")
     assert counters["udp_dropped"] >= 0.02 * counters["udp_in"] > 0, counters
     # A lost packet at a flash or a beep leaves it untimed (the start without loss is
     # test_lipsync's); every pair timed is in sync.
