@@ -100,6 +100,9 @@ class Agent:
     the shared VP8 encoder's speed and denoiser.
     ``always_send`` negotiates sending audio and video even without local tracks, so
     :meth:`send_track` can send each peer something of its own later (an echo bot).
+    ``receive=False`` makes a send-only peer: its connections ask no one for media, so
+    the others' uplinks are spared sending it and it receives and decodes nothing (a
+    broadcaster in a room of browsers); it cannot have consumers.
     ``data_limits`` (:class:`peer.channel_limits.DataLimits`) bounds the data channels'
     queues (:meth:`send_data`, :meth:`open_channel`).
     Use it as an async context manager, or call :meth:`join` and :meth:`leave`.
@@ -133,11 +136,14 @@ class Agent:
         stats_interval: float | None = 2.0,
         peer_left_grace: float = 0.5,
         always_send: bool = False,
+        receive: bool = True,
         token: str | None = None,
         encoding: Encoding = Encoding.SHARED,
         vp8: Vp8Settings | None = None,
         data_limits: DataLimits | None = None,
     ) -> None:
+        if not receive and (recorder is not None or mosaic is not None or consumers):
+            raise ValueError("a send-only agent (receive=False) has nothing to give consumers")
         token_peer, token_room = read_claims(token) if token else (None, None)
         peer_id = peer_id or token_peer
         room = room or token_room
@@ -149,6 +155,7 @@ class Agent:
         self.stats_interval = stats_interval
         self.peer_left_grace = peer_left_grace
         self.always_send = always_send
+        self.receive = receive
         self.encoding = encoding
         self.vp8 = vp8
         #: What we send: the local sources and the tracks given to send_track/add_track.
@@ -195,6 +202,7 @@ class Agent:
                 s if isinstance(s, IceServer) else parse_ice_server(s) for s in ice_servers
             ],
             always_send=always_send,
+            receive=receive,
         )
         #: Carries out the room machine's results for what the server says (:mod:`peer.room_io`).
         self._room_io = RoomIO(

@@ -68,6 +68,7 @@ class PeerLink:
         on_state: Callable[[PeerLink], None],
         on_track: Callable[[PeerLink, RemoteTrack], None],
         always_send: bool = False,
+        receive: bool = True,
         ice_servers: Sequence[IceServer] = (),
         on_track_ended: Callable[[PeerLink, Kind, MediaStreamTrack], None] | None = None,
         on_channel: Callable[[PeerLink, RTCDataChannel], None] | None = None,
@@ -97,13 +98,16 @@ class PeerLink:
         self.published: dict[MediaStreamTrack, MediaStreamTrack] = {}
         offered = dict(published or {})
         self._always_send = always_send
+        #: False: a send-only peer; every m-line sends or is inactive, so no one sends us
+        #: media (their uplink and our receiving are spared).
+        self.receive = receive
         #: The STUN/TURN URLs in ``config``: a server that answers later is not in here.
         self.ice_urls = frozenset(server.url for server in ice_servers)
         #: Offer again once the answer on its way has been applied (a server answered late).
         self.reoffer_when_answered = False
         if role is Role.OFFERER:
             # Offer both kinds: what we have sendrecv, the rest recvonly (a receive-only bot
-            # still gets everyone's media).
+            # still gets everyone's media); a send-only peer offers only what it sends.
             kinds = {track.kind for track in [*local_tracks, *offered.values()]}
             for track in local_tracks:
                 self._add_track(track)
@@ -111,14 +115,15 @@ class PeerLink:
                 self.publish(source, copy)
             offered = {}
             for kind in ("audio", "video"):
-                if kind not in kinds:
+                if kind not in kinds and (receive or always_send):
                     self.pc.addTransceiver(
                         kind, direction="sendrecv" if always_send else "recvonly"
                     )
         #: Published copies to place on the remote offer's m-lines (the answering side).
         self._to_place = offered
         self.pc.on("connectionstatechange", self._connection_state_changed)
-        self.pc.on("track", self.received.track)
+        if receive:  # aiortc announces an offer's tracks even where our answer refuses them
+            self.pc.on("track", self.received.track)
         if on_channel is not None:
             # PROTOCOL.md 16.1: the first offer carries the meshpeer channel (no extra round
             # trip); the answerer gets it, and any channel the remote opens, as "datachannel".
@@ -172,6 +177,7 @@ class PeerLink:
 
     async def make_offer(self) -> str:
         """Our offer, with every local candidate in it (aiortc gathers before returning)."""
+        self._send_only()
         offer = await self.pc.createOffer()
         if self.pc.remoteDescription is not None:  # a renegotiation: keep what was agreed
             local = self.pc.localDescription
@@ -202,6 +208,7 @@ class PeerLink:
         """
         sdp = self.received.applying = self._trim(sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self._send_only()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self.received.end_stopped()
         return str(self.pc.localDescription.sdp)
@@ -258,6 +265,16 @@ class PeerLink:
         if self._always_send:
             for slot in offered:
                 slot.direction = "sendrecv"  # a sender with no track yet: see send_track()
+        self._send_only()
+
+    def _send_only(self) -> None:
+        """A send-only peer's m-lines: sending ones send only, the rest are inactive (the
+        answer then tells the remote not to send; aiortc makes offered ones recvonly)."""
+        if self.receive:
+            return
+        for transceiver in self.pc.getTransceivers():
+            sending = transceiver.direction in ("sendrecv", "sendonly")
+            transceiver.direction = "sendonly" if sending else "inactive"
 
     def _add_track(self, track: MediaStreamTrack) -> None:
         sender = self.pc.addTrack(track)

@@ -63,6 +63,7 @@ class Negotiator:
         publishing: Publishing,
         own_servers: Sequence[IceServer] = (),
         always_send: bool = False,
+        receive: bool = True,
     ) -> None:
         self.me = me
         self._machine = machine
@@ -74,6 +75,7 @@ class Negotiator:
         self._timers = timers
         self._sinks = sinks
         self._always_send = always_send
+        self._receive = receive
         self._own_servers = tuple(own_servers)
         #: From the latest peer-list or ice-servers: the server's, with our TURN credentials.
         self._handed_servers: tuple[IceServer, ...] = ()
@@ -159,6 +161,7 @@ class Negotiator:
             on_state=self._link_state,
             on_track=self._link_track,
             always_send=self._always_send,
+            receive=self._receive,
             ice_servers=servers,
             on_track_ended=self._link_track_ended,
             on_channel=self._data.added,

@@ -188,6 +188,7 @@ async def join_room(args: argparse.Namespace) -> int:
             consumers=consumers,
             stats_interval=args.stats_interval,
             encoding=Encoding(args.encoding),
+            receive=not args.send_only,
             # Listeners only: a stream no one reads keeps the last 256 events, stats reports
             # of every peer among them (~1 KiB per peer per report, tracemalloc).
             event_queue_size=0,

@@ -67,6 +67,15 @@ def test_join_rejects_bad_ice_server(capsys: pytest.CaptureFixture[str]) -> None
     assert "needs user:pass@" in capsys.readouterr().err
 
 
+def test_join_send_only_refuses_outputs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["join", "--send-only", "--record", "out", "--snapshot", "s.png"])
+    assert exit_.value.code == 2
+    assert "--send-only receives nothing to output: drop --record or --snapshot" in (
+        capsys.readouterr().err
+    )
+
+
 async def test_join_ctrl_c_leaves_cleanly(server: RunningServer, tmp_path: Path) -> None:
     """SIGINT: the process leaves the room, finalises its recording and its stats file."""
     stats = tmp_path / "stats.jsonl"

@@ -12,7 +12,7 @@ from peer.agent import Agent
 from peer.link import PeerLink
 from peer.mesh import LinkState
 from signaling.protocol import PeerId
-from tests.peer.helpers import agents, frames_from, full_mesh_flowing, small_media
+from tests.peer.helpers import TrackFrames, agents, frames_from, full_mesh_flowing, small_media
 from tests.support import RunningServer, eventually, seconds
 
 pytestmark = pytest.mark.slow
@@ -209,3 +209,58 @@ async def test_failed_connection_is_offered_again_by_its_offerer(server: Running
         )
         assert bob.links[PeerId("alice")].role == "offerer"
         await eventually(lambda: full_mesh_flowing([alice, bob], 3), seconds(10), "media again")
+
+
+def _directions(agent: Agent, peer: str) -> set[str | None]:
+    return {t.currentDirection for t in agent.links[PeerId(peer)].pc.getTransceivers()}
+
+
+async def _rtp_packets_in(agent: Agent, peer: str) -> int:
+    report = await agent.links[PeerId(peer)].pc.getStats()
+    return sum(int(s.packetsReceived) for s in report.values() if s.type == "inbound-rtp")
+
+
+async def test_send_only_agents_are_sent_nothing(server: RunningServer) -> None:
+    """receive=False: everyone gets its media, as offerer and as answerer; no one sends it
+    any (its m-lines are sendonly, the others' recvonly), and two of them send each other
+    nothing at all (inactive), though connected."""
+    viewer = Agent(server.ws_url, room="test", peer_id="viewer")
+    await viewer.join()
+    try:
+        async with (
+            agents(server.ws_url, ["cast1"], receive=False) as (cast1,),
+            agents(server.ws_url, ["alice"]) as (alice,),
+            agents(server.ws_url, ["cast2"], receive=False) as (cast2,),
+        ):
+            await eventually(
+                lambda: (
+                    all(
+                        frames_from(viewer, p, kind) > 0
+                        for p in ("cast1", "alice", "cast2")
+                        for kind in ("video", "audio")
+                    )
+                    and all(frames_from(alice, p) > 0 for p in ("cast1", "cast2"))
+                    and cast2.links[PeerId("cast1")].state is LinkState.CONNECTED
+                ),
+                seconds(15),
+                "everyone's media at the viewer, the casters' at alice",
+            )
+            await asyncio.sleep(1)  # media would have flowed by now
+            assert alice.links[PeerId("cast1")].role == "offerer"  # cast1 answered
+            assert cast2.links[PeerId("alice")].role == "offerer"
+            for cast in (cast1, cast2):
+                for peer in cast.links:
+                    assert cast.links[peer].taps == [], (cast.peer_id, peer)
+                    assert await _rtp_packets_in(cast, peer) == 0, (cast.peer_id, peer)
+                assert _directions(cast, "viewer") == {"sendonly"}
+                assert _directions(cast, "alice") == {"sendonly"}
+                assert _directions(alice, cast.peer_id) == {"recvonly"}
+            assert _directions(cast1, "cast2") == {"inactive"}
+            assert _directions(cast2, "cast1") == {"inactive"}
+    finally:
+        await viewer.leave()
+
+
+async def test_send_only_agent_takes_no_consumers(server: RunningServer) -> None:
+    with pytest.raises(ValueError, match="send-only"):
+        Agent(server.ws_url, receive=False, consumers=[TrackFrames()])
