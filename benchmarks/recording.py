@@ -1,17 +1,18 @@
 """The recorder's CPU per 640x480@30 stream: packets to file, transcoding, and just receiving.
 
-N ``meshpeer join --video synthetic --audio tone`` senders (640x480@30, each its own
-process) meet through a local signaling server; for each N (``--streams``, default 1,4,8)
-one recording process joins in turn, alternating the order between rounds:
+N ``meshpeer join --video synthetic --audio tone --send-only`` senders (640x480@30, each
+its own process; send-only, so they send each other nothing and 8 of them fit on 2 cores)
+meet through a local signaling server; for each N (``--streams``, default 1,4,8) one
+recording process joins in turn, alternating the order between rounds:
 ``packets`` (``--record DIR``: packets to file, no decoding), ``transcode``
 (``--record DIR --record-transcode``: decode and encode with libx264) and ``receive``
 (no sinks: the floor). Once it receives every sender, it waits ``--settle`` seconds and
 measures over ``--window`` seconds its CPU (utime + stime from /proc, all threads, % of one
 core), per stream and per received frame (the senders may not keep 30 fps on a small
-machine), the fps it receives from each sender against what the other senders receive
-from it, and on leaving, from its own counters (its log), the packets or frames it
-dropped. Before the first recorder of 4 senders joins, the senders' own CPU in the mesh
-of 4 (they show nothing, so decode nothing) is measured against one sender's with the
+machine), the fps it receives from each sender against the configured rate, and on
+leaving, from its own counters (its log), the packets or frames it dropped. Before the
+recorders of 4 senders, 4 senders that also receive (a mesh: they show nothing, so decode
+nothing) are measured on their own, each sender's CPU against one sender's with the
 receive-only peer.
 
 Targets (issue 19): packets to file <= 25% of the transcoding recorder's CPU per stream
@@ -118,16 +119,20 @@ def wait_receiving(path: Path, peers: set[str], procs: list[subprocess.Popen[byt
         time.sleep(0.3)
 
 
-def start_room(url: str, streams: int, args: argparse.Namespace, work: Path) -> Room:
+def start_room(
+    url: str, streams: int, args: argparse.Namespace, work: Path, *, send_only: bool
+) -> Room:
+    """``streams`` senders, joined; with ``send_only=False`` a mesh, once each receives all."""
     name = f"rec-{streams}-{time.monotonic_ns()}"
     room = Room(url, name, work, [], [])
     size = ("--width", str(args.width), "--height", str(args.height), "--fps", str(args.fps))
+    flags = ("--video", "synthetic", "--audio", "tone", *size, *(("--send-only",) * send_only))
     for i in range(streams):
         peer = f"s{i + 1}"
-        room.senders.append(join(room, peer, "--video", "synthetic", "--audio", "tone", *size))
+        room.senders.append(join(room, peer, *flags))
         room.stats.append(work / f"{name}-{peer}.jsonl")
     try:
-        for i, path in enumerate(room.stats if streams > 1 else []):
+        for i, path in enumerate(room.stats if streams > 1 and not send_only else []):
             others = {f"s{j + 1}" for j in range(streams) if j != i}
             wait_receiving(path, others, room.senders)
     except BaseException:
@@ -177,9 +182,9 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
     counted = [last.get(p, (0.0, 0))[1] - first.get(p, (0.0, 0))[1] for p in senders]
     # A counter that went back: the connection was made again, its frames unknown.
     frames = sum(counted) if min(counted) >= 0 else 0
-    # What the other senders (or, alone, nobody: the configured rate) receive from each.
+    # What the other senders receive from each (if they receive: else the configured rate).
     reference = {
-        p: statistics.fmean([o[p][0] for o in others if p in o] or [float(args.fps)])
+        p: statistics.fmean([o[p][0] for o in others if o.get(p, (0.0, 0))[0] > 0] or [args.fps])
         for p in senders
     }
     dropped = [0, 0]
@@ -237,19 +242,23 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="meshpeer-recording-") as work:
             for streams in counts:
                 try:
-                    room = start_room(url, streams, args, Path(work))
-                except RuntimeError as exc:  # the machine cannot carry this many senders
-                    failures[streams] = str(exc)
-                    print(f"x{streams}: {exc}", file=sys.stderr, flush=True)
-                    continue
-                try:
                     if streams == MESH:
-                        mesh, mesh_fps = mesh_cost(room, args)
+                        room = start_room(url, streams, args, Path(work), send_only=False)
+                        try:
+                            mesh, mesh_fps = mesh_cost(room, args)
+                        finally:
+                            stop_all(room.senders, 30)
                         print(
                             f"mesh of {MESH}: {mesh}% per sender, receiving >= {mesh_fps} fps",
                             file=sys.stderr,
                             flush=True,
                         )
+                    room = start_room(url, streams, args, Path(work), send_only=True)
+                except RuntimeError as exc:  # the machine cannot carry this many senders
+                    failures[streams] = str(exc)
+                    print(f"x{streams}: {exc}", file=sys.stderr, flush=True)
+                    continue
+                try:
                     for round_ in range(args.rounds):
                         order = list(MODES) if round_ % 2 == 0 else list(MODES)[::-1]
                         for mode in order:

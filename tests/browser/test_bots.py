@@ -64,6 +64,31 @@ async def test_bot_and_browser_exchange_media(
     assert await web.tile_names() == []
 
 
+@pytest.mark.parametrize("first", ["bot", "browser"])
+async def test_send_only_bot_is_sent_nothing_by_a_browser(
+    first: str, signaling: RunningServer, open_page: OpenPage
+) -> None:
+    """receive=False with Chromium, both offer directions: the page plays the bot, and
+    its camera and microphone never reach the bot (the bot's m-lines are sendonly)."""
+    room = f"cast-{first}"
+    if first == "browser":
+        web = await open_page("web", room=room)
+        await web.wait_joined()
+    async with running_bot(signaling.ws_url, "bot", room=room, receive=False) as bot:
+        if first == "bot":
+            web = await open_page("web", room=room)
+        await bot.wait_state("web", LinkState.CONNECTED)
+        await web.wait_receiving("bot", "video")
+        await web.wait_receiving("bot", "audio")
+        await asyncio.sleep(1)  # the page's camera would be flowing by now
+        link = bot.agent.links[PeerId("web")]
+        report = await link.pc.getStats()
+        inbound = [s for s in report.values() if s.type == "inbound-rtp"]
+        assert sum(int(s.packetsReceived) for s in inbound) == 0
+        assert link.taps == []
+        assert {t.currentDirection for t in link.pc.getTransceivers()} == {"sendonly"}
+
+
 async def test_two_browsers_and_a_bot_form_a_full_mesh(
     signaling: RunningServer, open_page: OpenPage
 ) -> None:
