@@ -3,17 +3,17 @@
 N ``meshpeer join --video synthetic --audio tone --send-only`` senders (640x480@30, each
 its own process; send-only, so they send each other nothing and 8 of them fit on 2 cores)
 meet through a local signaling server; for each N (``--streams``, default 1,4,8) one
-recording process joins in turn, alternating the order between rounds:
-``packets`` (``--record DIR``: packets to file, no decoding), ``transcode``
-(``--record DIR --record-transcode``: decode and encode with libx264) and ``receive``
-(no sinks: the floor). Once it receives every sender, it waits ``--settle`` seconds and
-measures over ``--window`` seconds its CPU (utime + stime from /proc, all threads, % of one
-core), per stream and per received frame (the senders may not keep 30 fps on a small
-machine), the fps it receives from each sender against the configured rate, and on
-leaving, from its own counters (its log), the packets or frames it dropped. Before the
-recorders of 4 senders, 4 senders that also receive (a mesh: they show nothing, so decode
-nothing) are measured on their own, each sender's CPU against one sender's with the
-receive-only peer.
+recording process joins in turn, alternating the order between rounds: ``packets``
+(``--record DIR``: packets to file, no decoding), ``transcode`` (``--record DIR
+--record-transcode``: decode and encode with libx264) and ``receive`` (no sinks: the
+floor). Once it receives every sender, it waits ``--settle`` seconds and measures over
+``--window`` seconds the RTP packets it lost, its CPU (utime + stime from /proc, all
+threads, % of one core), per stream and per received frame (the senders may not keep 30
+fps on a small machine), the fps it receives from each sender against the configured
+rate, and on leaving, from its own counters (its log), the packets or frames it dropped.
+Before the recorders of 4 senders, 4 senders that also receive (a mesh: they show
+nothing, so decode nothing) are measured on their own, each sender's CPU against one
+sender's with the receive-only peer.
 
 Targets (issue 19): packets to file <= 25% of the transcoding recorder's CPU per stream
 (per frame where the transcoder cannot keep 95% of the rate: it then spends its CPU on the
@@ -110,6 +110,12 @@ def received(stats: Path) -> dict[str, tuple[float, int]]:
     return {p["peer"]: (p["fps_in"], p["frames_in"]) for p in record["peers"]}
 
 
+def packets_lost(stats: Path) -> int:
+    """RTP packets the recorder never got, summed over its peers (newest stats line)."""
+    record = last_json_line(stats)
+    return sum(p["packets_lost"] or 0 for p in record["peers"]) if record else 0
+
+
 def wait_receiving(path: Path, peers: set[str], procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + WAIT
     while not peers <= {p for p, (fps, _) in received(path).items() if fps > 0}:
@@ -174,7 +180,9 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
     try:
         wait_receiving(stats, senders, [recorder, *room.senders])
         time.sleep(args.settle)
+        lost_before = packets_lost(stats)
         cpu, wall, first, last = window([recorder.pid, room.senders[0].pid], stats, args.window)
+        lost = packets_lost(stats) - lost_before
         others = [received(path) for path in room.stats]
     finally:
         stop_all([recorder], 30)
@@ -206,6 +214,7 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
         "real_time": min(
             (round(fps[p] / reference[p], 3) for p in senders if reference[p]), default=None
         ),
+        "packets_lost": lost,
         "dropped_video": dropped[0],
         "dropped_audio": dropped[1],
     }
@@ -306,7 +315,8 @@ def main() -> int:
     top = max(counts)
     held = [r for r in runs if r["mode"] == "packets" and r["streams"] == top]
     holds = bool(held) and all(
-        r["dropped_video"] == r["dropped_audio"] == 0 and (r["real_time"] or 0) >= REAL_TIME
+        r["dropped_video"] == r["dropped_audio"] == r["packets_lost"] == 0
+        and (r["real_time"] or 0) >= REAL_TIME
         for r in held
     )
     single = median(runs, "receive", 1, "sender_cpu_percent") if 1 in counts else None
@@ -347,8 +357,9 @@ def main() -> int:
     print()
     for r in held:
         print(
-            f"packets x{top}: received {r['real_time']} of what the senders get from each "
-            f"other, dropped {r['dropped_video']} video / {r['dropped_audio']} audio packets"
+            f"packets x{top}: received {r['real_time']} of the rate (or of what the senders get "
+            f"from each other), dropped {r['dropped_video']} video / {r['dropped_audio']} "
+            f"audio packets, {r['packets_lost']} RTP packets lost in the window"
         )
     print(f"sender with one receive-only peer: {single}%; in a mesh of {MESH}: {mesh}%", end="")
     print(f" ({mesh_ratio}x; received >= {mesh_fps} fps, judged from {REAL_TIME * args.fps:g})")
