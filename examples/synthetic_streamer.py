@@ -1,4 +1,5 @@
-"""Synthetic streamer: sends a 1280x720 test pattern and a tone to everyone in the room.
+"""Synthetic streamer: sends a 1280x720 test pattern and a tone to everyone in the room,
+and asks no one for theirs (send-only: the viewers' uplinks are spared).
 
 python examples/synthetic_streamer.py ws://127.0.0.1:8080/ws lobby
 
@@ -23,7 +24,9 @@ async def main(url: str, room: str) -> None:
         "synthetic", "tone", label="streamer", settings=VideoSettings(1280, 720, 30)
     )
     try:
-        async with Agent(url, room=room, peer_id="streamer", token=TOKEN, media=media) as agent:
+        async with Agent(
+            url, room=room, peer_id="streamer", token=TOKEN, media=media, receive=False
+        ) as agent:
             async for event in agent.events():
                 if isinstance(event, StatsReport):
                     print(" | ".join(s.line() for s in event.peers) or "waiting for viewers")

@@ -30,7 +30,7 @@ from signaling.auth import mint_token
 from signaling.protocol import PeerId
 from signaling.server import ServerConfig
 from tests.media.clips import decoded_frames
-from tests.peer.helpers import frames_from
+from tests.peer.helpers import agents, frames_from
 from tests.support import RunningServer, eventually, running_server, seconds
 
 pytestmark = pytest.mark.slow
@@ -161,6 +161,24 @@ async def test_numpy_streamer_sends_its_pictures_and_sound(server: RunningServer
         assert (first.to_ndarray() != last.to_ndarray()).mean() > 0.5  # it moves
     finally:
         await viewer.leave()
+        await stop(streamer)
+
+
+async def test_synthetic_streamer_is_sent_nothing(server: RunningServer) -> None:
+    """Its picture reaches a peer that sends video too, which sends it nothing back
+    (the example joins with receive=False)."""
+    streamer = asyncio.create_task(load("synthetic_streamer").main(server.ws_url, "test"))
+    try:
+        await eventually(
+            lambda: server.server.registry.counts()[1] == 1, seconds(10), "the streamer's join"
+        )
+        async with agents(server.ws_url, ["alice"]) as (alice,):
+            await eventually(
+                lambda: receiving(alice, "streamer"), seconds(20), "the streamer's video"
+            )
+            link = alice.links[PeerId("streamer")]
+            assert {t.currentDirection for t in link.pc.getTransceivers()} == {"recvonly"}
+    finally:
         await stop(streamer)
 
 
