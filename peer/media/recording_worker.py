@@ -139,5 +139,6 @@ class RecordingWorker:
             self._take(item)
             if self._queue.empty():
                 # Let the next items gather: one wake-up per batch instead of one per
-                # packet (a put then finds no thread waiting to be woken).
-                time.sleep(BATCH)
+                # packet (a put then finds no thread waiting to be woken); finish() cuts
+                # it short.
+                self._finishing.wait(BATCH)

@@ -181,10 +181,11 @@ async def test_recorder_bot_records_a_browser_until_it_leaves(
         await eventually(a_second_recorded, seconds(20), "20 video frames from the browser")
         await web.leave()
         await bot.wait_closed("web")
-        files = recorder.files()
+        # The visit's thread writes what it still holds and closes the file meanwhile.
+        files = await eventually(recorder.files, seconds(5), "the browser's file")
         assert len(files) == 1 and files[0].name.startswith("web")
-        counts = await asyncio.to_thread(decoded_frames, files[0])
     await recorder.close()
+    counts = await asyncio.to_thread(decoded_frames, files[0])
     assert counts["video"] >= 15
     assert counts["audio"] >= 20
     assert (counts["width"], counts["height"]) == (640, 480)
