@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import MediaStreamTrack
 
-from peer import events as ev
-from peer import link_stats
+import peer.events as ev
+import peer.link_stats as link_stats
 from peer.channel_limits import DataLimits
 from peer.datachannel import DataChannel
 from peer.dataplane import DataPlane

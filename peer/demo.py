@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from peer import events as ev
+import peer.events as ev
 from peer.agent import Agent
 from peer.errors import MeshpeerError
 from peer.media.fanout import Encoding

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, assert_never
 
-from peer import events as ev
-from peer import mesh
+import peer.events as ev
+import peer.mesh as mesh
 from peer.mesh import (
     AnswerUse,
     CandidateUse,

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, assert_never
 
 from aiortc import MediaStreamTrack
 
-from peer import events as ev
-from peer import mesh, renegotiation
+import peer.events as ev
+import peer.mesh as mesh
+import peer.renegotiation as renegotiation
 from peer.dataplane import DataPlane
 from peer.events import Event, Kind, RemoteTrack
 from peer.ice import IceServer, arrange, rtc_configuration

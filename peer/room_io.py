@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from peer import events as ev
-from peer import mesh
+import peer.events as ev
+import peer.mesh as mesh
 from peer.dataplane import DataPlane
 from peer.events import Event
 from peer.machine import RoomMachine

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from peer import events as ev
-from peer import memory
+import peer.events as ev
+import peer.memory as memory
 from peer.agent import Agent, random_peer_id, run_until
 from peer.datachannel import MESHPEER
 from peer.errors import MeshpeerError

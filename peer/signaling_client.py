@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aiohttp
 
-from peer import mesh
+import peer.mesh as mesh
 from peer.errors import MeshpeerError
 from signaling.protocol import (
     Error,

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import Literal
 
-from peer import mesh
+import peer.mesh as mesh
 from peer.room import Room
 from signaling.protocol import PeerId
 
