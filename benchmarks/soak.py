@@ -2,13 +2,14 @@
 
 Starts ``python -m signaling`` and three sending ``meshpeer join`` processes on loopback,
 each recording the others (``--record``), writing a mosaic snapshot (``--snapshot``) and
-stats (``--stats-json``); beside them, for each ``--roles`` x ``--variants``, a bot that
-sends nothing: ``recorder`` (``--record`` only: packets to file, no decoding),
-``receiver`` (no sinks) or ``viewer`` (``--snapshot`` only: decodes everyone); variant
-``tuned`` is ``meshpeer join``'s default allocator settings, ``glibc`` turns them off
-(``--malloc-arenas 0 --malloc-trim 0``), ``trim`` and ``arenas`` keep one of the two,
-``fixed`` adds a fixed mmap threshold (``--malloc-mmap-threshold 128``), ``traced`` is
-``tuned`` under tracemalloc.
+stats (``--stats-json``); ``--senders`` picks each sender's job instead (``plain`` only
+sends, ``record`` or ``snapshot`` adds one of the two, ``full`` both). Beside them, for
+each ``--roles`` x ``--variants``, a bot that sends nothing: ``recorder`` (``--record``
+only: packets to file, no decoding), ``receiver`` (no sinks) or ``viewer``
+(``--snapshot`` only: decodes everyone); variant ``tuned`` is ``meshpeer join``'s default
+allocator settings, ``glibc`` turns them off (``--malloc-arenas 0 --malloc-trim 0``),
+``trim`` and ``arenas`` keep one of the two, ``fixed`` adds a fixed mmap threshold
+(``--malloc-mmap-threshold 128``), ``traced`` is ``tuned`` under tracemalloc.
 Every ``--interval`` seconds it samples, per process, the resident memory (VmRSS) and open
 file descriptors from /proc, and from the bots' stats the asyncio task and thread counts,
 malloc's used and free bytes, the Python heap (``--tracemalloc``), the fps each receives.
@@ -20,6 +21,7 @@ bot with the default settings must creep at most 0.05 MiB a minute. Writes
     ./dev bench soak --minutes 60
     ./dev bench soak --minutes 3 --warmup 1     # a short look
     ./dev bench soak --minutes 20 --variants tuned,glibc,trim,arenas --roles recorder
+    ./dev bench soak --minutes 20 --senders plain,record,snapshot --bots receiver-tuned
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ from benchmarks.common import (  # noqa: E402
 )
 
 RESULTS = ROOT / "benchmarks" / "results"
-SENDERS = ("bot1", "bot2", "bot3")
+#: What each sending bot does besides sending, as ``meshpeer join`` flags (``--senders``).
+SENDER_ROLES = {
+    "full": ("--record", "{dir}", "--snapshot", "{png}"),
+    "plain": (),
+    "record": ("--record", "{dir}"),
+    "snapshot": ("--snapshot", "{png}"),
+}
 #: What a receive-only bot does, as ``meshpeer join`` flags.
 ROLES = {
     "recorder": ("--record", "{dir}"),
@@ -101,11 +109,12 @@ def start(work: Path, args: argparse.Namespace) -> list[Proc]:
     wait_listening(server, port, 20)
     at = Place(work, f"ws://127.0.0.1:{port}/ws", args.interval)
     size = ("--width", str(args.width), "--height", str(args.height), "--fps", str(args.fps))
-    for name in SENDERS:
+    for number, role in enumerate(args.senders, 1):
+        name = f"bot{number}" if role == "full" else f"bot{number}-{role}"
+        fill = {"dir": str(work / "recordings" / name), "png": str(work / f"{name}.png")}
         # --video/--audio given: a recorder sends nothing otherwise.
         flags = (*size, "--video", "synthetic", "--audio", "tone")
-        flags += ("--record", str(work / "recordings" / name))
-        procs.append(bot(at, name, (*flags, "--snapshot", str(work / f"{name}.png")), True))
+        procs.append(bot(at, name, (*flags, *(f.format(**fill) for f in SENDER_ROLES[role])), True))
     pairs = args.bots or [(r, v) for r in args.roles for v in args.variants]
     for role, variant in pairs:
         name = f"{role}-{variant}"
@@ -263,6 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=int, default=15)
+    parser.add_argument(
+        "--senders",
+        type=_names(SENDER_ROLES),
+        default=["full"] * 3,
+        help="one sending bot per name, of " + ",".join(SENDER_ROLES) + " (full: record, snapshot)",
+    )
     parser.add_argument(
         "--roles",
         type=_names(ROLES),

@@ -12,7 +12,8 @@ reaches into aiortc's privates.
 - mDNS (:mod:`peer.link`): aioice's per-process responder, bound to one event loop.
 - NACKs asked again (:mod:`peer.nack`): the receiver's NACK generator and NACK sender.
 - Encoded frames and decoding on demand (:mod:`peer.media.encoded`): the receiver's
-  decoder queue (``feed_decoder``), its PLI sender (``watch_pli``) and its media SSRCs.
+  decoder queue (``feed_decoder``), the remote track's queue of decoded frames
+  (``bound_decoded``), its PLI sender (``watch_pli``) and its media SSRCs.
 - Lip sync (:mod:`peer.media.encoded`): the RTCP sender reports a receiver gets
   (``watch_sender_reports``) and where aiortc's RTP timestamp mapping starts
   (``rtp_origin``).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +38,10 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 __all__ = [
     "AudioPassThrough",
+    "DecodedFrames",
     "DecoderFeed",
     "InboundCounts",
+    "bound_decoded",
     "encoder_slot",
     "feed_decoder",
     "inbound_counts",
@@ -224,6 +228,66 @@ def feed_decoder(
     feed = DecoderFeed(original, on_frame, on_stop)
     setattr(receiver, name, feed)
     return feed
+
+
+class DecodedFrames:
+    """Bounds a remote track's private queue of decoded frames (``RemoteStreamTrack._queue``).
+
+    aiortc's decoder thread hands each frame to the event loop with
+    ``run_coroutine_threadsafe(queue.put(frame))``: a frame waits in the loop's callbacks,
+    then in that queue, until the track's reader takes it, without bound. FFmpeg's decoder
+    keeps a pool of picture buffers as large as the most frames ever alive at once and never
+    shrinks it, so each stall of the loop (the decoder catches up on its backlog while the
+    loop is held up) left the process larger for good: the sending bots' creep in the soak.
+    Here ``put``, called on the decoder thread, drops a frame when ``limit`` are waiting
+    (given to the loop, not yet read); ``None`` (the end) always goes through.
+    """
+
+    def __init__(self, frames: asyncio.Queue[Any], limit: int) -> None:
+        self.limit = limit
+        #: Decoded frames dropped because ``limit`` were waiting.
+        self.dropped = 0
+        self._put = frames.put
+        self._get = frames.get
+        self._lock = threading.Lock()  # the decoder thread puts, the loop gets
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Frames the decoder handed on that the track's reader has not taken yet."""
+        return self._waiting
+
+    def put(self, frame: Any) -> Awaitable[None]:
+        """On the decoder thread: what it hands to ``run_coroutine_threadsafe``."""
+        if frame is not None:
+            with self._lock:
+                if self._waiting >= self.limit:
+                    self.dropped += 1
+                    return _nothing()
+                self._waiting += 1
+        return self._put(frame)
+
+    async def get(self) -> Any:
+        frame = await self._get()
+        if frame is not None:
+            with self._lock:
+                self._waiting -= 1
+        return frame
+
+
+async def _nothing() -> None:
+    return None
+
+
+def bound_decoded(receiver: RTCRtpReceiver, limit: int) -> DecodedFrames:
+    """At most ``limit`` decoded frames of ``receiver``'s track wait for its reader (see
+    :class:`DecodedFrames`); the rest are dropped on the decoder thread."""
+    frames: asyncio.Queue[Any] = receiver.track._queue  # type: ignore[attr-defined]
+    bound = DecodedFrames(frames, limit)
+    # On the queue object itself: the decoder thread may already hold it (its argument).
+    frames.put = bound.put  # type: ignore[method-assign,assignment]
+    frames.get = bound.get  # type: ignore[method-assign]
+    return bound
 
 
 def watch_pli(receiver: RTCRtpReceiver, on_pli: Callable[[], None]) -> PliSender:

@@ -8,7 +8,9 @@ hands each to the agent's :class:`peer.media.tap.Sinks` as an
 consumer wants decoded frames (``Sinks.wants_frames``) or someone reads a copy of the
 decoded track (:meth:`EncodedTap.reader`). Decoding that starts mid-stream starts at a
 keyframe, asked for with a PLI; the decoder's backlog is bounded (a decoder that falls
-behind skips to the next keyframe). Audio follows the same rule without the keyframes:
+behind skips to the next keyframe), and so are the decoded frames waiting for the track's
+reader (past ``DECODED_WAITING`` they are dropped: FFmpeg keeps as many picture buffers as
+were ever alive at once, for good). Audio follows the same rule without the keyframes:
 Opus frames decode alone, so an idle Opus decoder resumes at any frame.
 """
 
@@ -24,6 +26,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from peer._aiortc import (
+    bound_decoded,
     feed_decoder,
     media_ssrcs,
     pass_audio_through,
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 
 #: Frames waiting for the decoder at most; past it the decoder skips to a keyframe.
 DECODE_BACKLOG = 30
+#: Decoded frames waiting for the track's reader at most (about 0.25 s of video at 15 fps,
+#: 0.5 s of audio); more are dropped. A loop held up longer would otherwise leave the
+#: decoder's picture pool that much larger for the rest of the run (the soak's creep).
+DECODED_WAITING = {"video": 4, "audio": 25}
 #: A keyframe is asked for again after this long without one (a PLI may be lost).
 KEYFRAME_RETRY = 0.5
 
@@ -77,12 +84,18 @@ class EncodedTap:
         self._requests: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._feed = feed_decoder(receiver, self._on_frame, self._on_stop)
+        self._decoded = bound_decoded(receiver, DECODED_WAITING.get(self.kind, 4))
         if self.kind == "audio":  # each Opus packet on as it comes (aiortc holds 80 ms)
             pass_audio_through(receiver)
         self._send_pli = watch_pli(receiver, self._on_loss)
         #: The sender's wall clock for this track (lip sync), also ``remote.sender_clock``.
         self.sender_clock = remote.sender_clock = SenderClock()
         watch_sender_reports(receiver, self.sender_clock.report)
+
+    @property
+    def decoded_dropped(self) -> int:
+        """Decoded frames dropped because ``DECODED_WAITING`` waited for the reader."""
+        return self._decoded.dropped
 
     @property
     def fps(self) -> float:

@@ -27,6 +27,9 @@ Encoded frames, decoding on demand (peer.media.encoded):
 - ``feed_decoder``: at the ``track`` event the receiver's decoder thread has not started,
   so it reads the queue we put in ``__decoder_queue``; every whole frame is put there as
   ``(codec, JitterFrame)`` in order, timestamps mapped to start at 0; ``None`` on stop;
+- ``bound_decoded``: the decoder thread hands each decoded frame to the loop through
+  ``put`` of the remote track's ``_queue``, called on its own thread, and the track reads
+  it with ``get``: a held-up loop keeps at most the bound's frames alive;
 - ``watch_pli``/``media_ssrcs``: the receiver's own PLI (the jitter buffer's
   ``pli_flag``) goes through ``_send_rtcp_pli``, to a media SSRC of ``__remote_streams``.
 
@@ -60,8 +63,10 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
 from peer._aiortc import (
     AudioPassThrough,
+    DecodedFrames,
     DecoderFeed,
     InboundCounts,
+    bound_decoded,
     encoder_slot,
     feed_decoder,
     inbound_counts,
@@ -311,6 +316,46 @@ async def test_encoded_frames_come_through_the_decoder_queue() -> None:
         await pair.receiver.stop()
         assert stopped == [True]
         await eventually(lambda: pair.ended, seconds(5), "the track ended")
+
+
+def hold_the_loop_until(done: Callable[[], bool], timeout: float) -> None:
+    """Block the event loop (as a loaded machine does) until ``done()``: threads go on."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "still not done with the loop held up"
+        time.sleep(0.01)
+
+
+async def test_decoded_frames_waiting_for_the_reader_are_bounded() -> None:
+    """A loop held up while the decoder works through a backlog: of 30 frames decoded
+    meanwhile, ``bound_decoded``'s 3 wait for the reader and 27 are dropped on the decoder
+    thread (aiortc would keep all 30, and FFmpeg's picture pool as many buffers for good);
+    once the loop runs, the reader gets those 3, then new frames again."""
+    got: list[tuple[RTCRtpCodecParameters, JitterFrame]] = []
+    feeds: list[DecoderFeed] = []
+    bounds: list[DecodedFrames] = []
+
+    def on_frame(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        if got or is_keyframe(codec.name, frame.data):
+            got.append((codec, frame))
+
+    def on_track(receiver: RTCRtpReceiver) -> None:
+        feeds.append(feed_decoder(receiver, on_frame, lambda: None))
+        bounds.append(bound_decoded(receiver, 3))
+
+    async with connected_pair(on_track) as pair:
+        await eventually(lambda: len(got) >= 31, seconds(15), "encoded frames from a keyframe")
+        assert pair.frames == 0
+        bound = bounds[0]
+        for codec, frame in got[:30]:
+            feeds[0].decode(codec, frame)
+        hold_the_loop_until(lambda: bound.waiting + bound.dropped >= 30, seconds(10))
+        assert (bound.waiting, bound.dropped) == (3, 27)
+        await eventually(lambda: pair.frames == 3, seconds(5), "the 3 kept frames read")
+        assert bound.waiting == 0
+        feeds[0].decode(*got[30])
+        await eventually(lambda: pair.frames == 4, seconds(5), "a new frame read")
+        assert bound.dropped == 27
 
 
 async def test_the_receivers_own_keyframe_requests_are_heard(pair: Pair) -> None:
