@@ -39,7 +39,9 @@ async def sample(link: PeerLink, sampler: Sampler, joined_at: float) -> PeerStat
         counters = Counters(now)
     kbps_in, kbps_out = sampler.rates(counters)
     tracks = tuple(
-        TrackStats(tap.kind, tap.remote.index, tap.frames, tap.decoded, tap.decoding)
+        TrackStats(
+            tap.kind, tap.remote.index, tap.frames, tap.decoded, tap.decoding, tap.decoded_dropped
+        )
         for tap in link.received.taps
     )
     video, audio = link.received.tap("video"), link.received.tap("audio")

@@ -52,13 +52,15 @@ def counters_from_report(entries: Iterable[Any], at: float) -> Counters:
 @dataclass(frozen=True)
 class TrackStats:
     """One remote track: frames received (encoded, whole), frames decoded, and whether it
-    is being decoded now (only while a consumer wants pictures: peer.media.encoded)."""
+    is being decoded now (only while a consumer wants pictures: peer.media.encoded);
+    ``decoded_dropped``: decoded frames dropped because the reader was behind."""
 
     kind: str
     index: int
     frames: int
     decoded: int
     decoding: bool
+    decoded_dropped: int = 0
 
 
 @dataclass(frozen=True)

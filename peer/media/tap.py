@@ -307,6 +307,9 @@ class Received(Protocol):
     @property
     def fps(self) -> float: ...
 
+    @property
+    def decoded_dropped(self) -> int: ...
+
 
 class TrackTap:
     """Reads one remote track until it ends or ``stop()`` is awaited, handing each frame to
@@ -361,6 +364,11 @@ class TrackTap:
         """Whether the track is being decoded now (``received`` decides; without it, while
         the tap reads)."""
         return self.received.decoding if self.received is not None else not self._ended
+
+    @property
+    def decoded_dropped(self) -> int:
+        """Decoded frames dropped before this tap read them (its reader was behind)."""
+        return self.received.decoded_dropped if self.received is not None else 0
 
     @property
     def ended(self) -> bool:

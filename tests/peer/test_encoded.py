@@ -80,7 +80,11 @@ async def test_a_bot_decodes_only_while_something_wants_pictures(
             )
             stats = await bot.stats()
             assert len(stats) == 3 and decoders(stats) == 0
-            assert all(t.decoded == 0 and t.frames >= 10 for s in stats for t in s.tracks)
+            assert all(
+                t.decoded == t.decoded_dropped == 0 and t.frames >= 10
+                for s in stats
+                for t in s.tracks
+            )
             assert all(s.fps_in > 0 and s.frames_in >= 10 for s in stats)
             for agent in sending:  # senders that show nothing decode nothing either
                 assert decoders(await agent.stats()) == 0
