@@ -320,23 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _needs_receiving(args: argparse.Namespace) -> list[str]:
-    """The output flags given that a send-only peer could not feed."""
-    flags = {
-        "--record": args.record is not None,
-        "--record-room": args.record_room is not None,
-        "--display": args.display,
-        "--snapshot": args.snapshot is not None,
-        "--speaker": getattr(args, "speaker", None) is not None,
-    }
-    return [flag for flag, given in flags.items() if given]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "send_only", False) and (given := _needs_receiving(args)):
-        parser.error(f"--send-only receives nothing to output: drop {' or '.join(given)}")
     level = (args.log_level or getattr(args, "default_level", "WARNING")).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":

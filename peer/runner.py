@@ -375,9 +375,26 @@ async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
     target.set()
 
 
+def _needs_receiving(args: argparse.Namespace) -> list[str]:
+    """The output flags given that a send-only peer could not feed."""
+    flags = {
+        "--record": args.record is not None,
+        "--record-room": args.record_room is not None,
+        "--display": args.display,
+        "--snapshot": args.snapshot is not None,
+        "--speaker": args.speaker is not None,
+    }
+    return [flag for flag, given in flags.items() if given]
+
+
 def run_join(args: argparse.Namespace) -> int:
     if args.record_transcode and args.record is None:
         print("meshpeer join: --record-transcode needs --record DIR", file=sys.stderr)
+        return 2
+    if args.send_only and (given := _needs_receiving(args)):
+        drop = " or ".join(given)
+        message = f"meshpeer join: --send-only receives nothing to output: drop {drop}"
+        print(message, file=sys.stderr)
         return 2
     memory.limit_arenas(args.malloc_arenas)  # before any thread starts
     memory.fix_mmap_threshold(args.malloc_mmap_threshold)
