@@ -194,6 +194,7 @@ class PeerLink:
         self._mark("remote-description")
         self._attach_to_offer()
         await self._flush_candidates()
+        self._send_only()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._mark("local-description")
         self._set_state(self._from_pc(LinkState.CONNECTING))
@@ -265,11 +266,10 @@ class PeerLink:
         if self._always_send:
             for slot in offered:
                 slot.direction = "sendrecv"  # a sender with no track yet: see send_track()
-        self._send_only()
 
     def _send_only(self) -> None:
-        """A send-only peer's m-lines: sending ones send only, the rest are inactive (the
-        answer then tells the remote not to send; aiortc makes offered ones recvonly)."""
+        """A send-only peer's m-lines, set before each offer or answer: sending ones send
+        only, the rest are inactive (aiortc makes offered ones recvonly)."""
         if self.receive:
             return
         for transceiver in self.pc.getTransceivers():
