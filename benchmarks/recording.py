@@ -183,7 +183,6 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
         lost_before = packets_lost(stats)
         cpu, wall, first, last = window([recorder.pid, room.senders[0].pid], stats, args.window)
         lost = packets_lost(stats) - lost_before
-        others = [received(path) for path in room.stats]
     finally:
         stop_all([recorder], 30)
     # A sender the recorder lost (a connection that failed under load) counts as 0 fps.
@@ -191,11 +190,6 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
     counted = [last.get(p, (0.0, 0))[1] - first.get(p, (0.0, 0))[1] for p in senders]
     # A counter that went back: the connection was made again, its frames unknown.
     frames = sum(counted) if min(counted) >= 0 else 0
-    # What the other senders receive from each (if they receive: else the configured rate).
-    reference = {
-        p: statistics.fmean([o[p][0] for o in others if o.get(p, (0.0, 0))[0] > 0] or [args.fps])
-        for p in senders
-    }
     dropped = [0, 0]
     for line in log.read_text(errors="replace").splitlines():
         for pattern in DROPPED:
@@ -211,9 +205,8 @@ def measure(room: Room, mode: str, args: argparse.Namespace, index: int) -> dict
         "sender_cpu_percent": round(cpu[1], 1),
         "fps_min": round(min(fps.values()), 1),
         "fps_mean": round(statistics.fmean(fps.values()), 1),
-        "real_time": min(
-            (round(fps[p] / reference[p], 3) for p in senders if reference[p]), default=None
-        ),
+        # The senders receive nothing: the configured rate is what each one sends.
+        "real_time": min(round(fps[p] / args.fps, 3) for p in senders),
         "packets_lost": lost,
         "dropped_video": dropped[0],
         "dropped_audio": dropped[1],
@@ -301,15 +294,14 @@ def main() -> int:
             row[mode] = median(runs, mode, n, "cpu_per_stream")
             row[f"{mode}_ms_per_frame"] = median(runs, mode, n, "ms_per_frame")
             row[f"{mode}_fps_min"] = median(runs, mode, n, "fps_min")
-        packets, transcode, floor = row["packets"], row["transcode"], row["receive"]
+        # A transcoder that fell behind spends its CPU on the few frames it handles: per
+        # stream it looks cheap; per frame is what real time would cost it.
         behind = (row["transcode_fps_min"] or 0) < REAL_TIME * args.fps
-        if behind:
-            # A transcoder that fell behind spends its CPU on the few frames it handles:
-            # per stream it looks cheap; per frame is what real time would cost it.
-            packets, transcode = row["packets_ms_per_frame"], row["transcode_ms_per_frame"]
         row["vs_transcode_per"] = "frame" if behind else "stream"
-        row["vs_transcode"] = round(packets / transcode, 2) if packets and transcode else None
-        packets = row["packets"]
+        unit = "_ms_per_frame" if behind else ""
+        mine, theirs = row[f"packets{unit}"], row[f"transcode{unit}"]
+        row["vs_transcode"] = round(mine / theirs, 2) if mine and theirs else None
+        packets, floor = row["packets"], row["receive"]
         row["vs_floor"] = round(packets / floor, 2) if packets and floor else None
         table.append(row)
     top = max(counts)
@@ -357,9 +349,9 @@ def main() -> int:
     print()
     for r in held:
         print(
-            f"packets x{top}: received {r['real_time']} of the rate (or of what the senders get "
-            f"from each other), dropped {r['dropped_video']} video / {r['dropped_audio']} "
-            f"audio packets, {r['packets_lost']} RTP packets lost in the window"
+            f"packets x{top}: received {r['real_time']} of the rate, dropped "
+            f"{r['dropped_video']} video / {r['dropped_audio']} audio packets, "
+            f"{r['packets_lost']} RTP packets lost in the window"
         )
     print(f"sender with one receive-only peer: {single}%; in a mesh of {MESH}: {mesh}%", end="")
     print(f" ({mesh_ratio}x; received >= {mesh_fps} fps, judged from {REAL_TIME * args.fps:g})")
