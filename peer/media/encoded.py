@@ -84,7 +84,7 @@ class EncodedTap:
         self._requests: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._feed = feed_decoder(receiver, self._on_frame, self._on_stop)
-        self._decoded = bound_decoded(receiver, DECODED_WAITING.get(self.kind, 4))
+        self._decoded = bound_decoded(receiver, DECODED_WAITING[self.kind])
         if self.kind == "audio":  # each Opus packet on as it comes (aiortc holds 80 ms)
             pass_audio_through(receiver)
         self._send_pli = watch_pli(receiver, self._on_loss)
