@@ -24,7 +24,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
-from peer._aiortc import mdns_on_this_loop
+from peer._aiortc import lighten_receive_path, mdns_on_this_loop
 from peer.candidates import (
     CandidateBudget,
     CandidateError,
@@ -81,6 +81,7 @@ class PeerLink:
         self.connected_at: float | None = None
         #: When each negotiation step finished (time.monotonic()), for the timing breakdown.
         self.steps: dict[str, float] = {"created": self.created_at}
+        lighten_receive_path()
         self.pc = RTCPeerConnection(configuration=config)
         #: What arrives: the remote tracks, their taps and copies.
         self.received = ReceivedTracks(remote, self.pc, sinks, on_track=lambda t: on_track(self, t))

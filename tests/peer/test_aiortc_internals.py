@@ -39,6 +39,13 @@ Audio delay (peer.media.encoded):
   takes what ``add`` returns from the object put there, so with ``AudioPassThrough`` each
   frame goes on with its own packet.
 
+The receive path's per-packet cost (peer.link), ``lighten_receive_path``:
+- aiortc reads the time of each received packet through ``aiortc.clock.current_ms`` and
+  ``current_datetime``, looked up on the module for each call;
+- aioice hands each datagram of a host pair to ``StunProtocol.datagram_received``, and
+  the connection's ``_queue`` is only ever given ``put_nowait`` and awaited with ``get``;
+- ``OveruseEstimator.update_min_frame_period`` is the least of the last 60 deltas.
+
 Lip sync (peer.media.encoded):
 - ``watch_sender_reports``: the sender's RTCP SRs reach the receiver's
   ``_handle_rtcp_packet``, looked up on the instance for each packet;
@@ -49,20 +56,24 @@ Lip sync (peer.media.encoded):
 from __future__ import annotations
 
 import asyncio
+import datetime
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-from aioice.ice import get_or_create_mdns_protocol, unref_mdns_protocol
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aioice.ice import StunProtocol, get_or_create_mdns_protocol, unref_mdns_protocol
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.rate import OveruseEstimator
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
 from peer._aiortc import (
     AudioPassThrough,
+    DatagramQueue,
     DecodedFrames,
     DecoderFeed,
     InboundCounts,
@@ -70,6 +81,7 @@ from peer._aiortc import (
     encoder_slot,
     feed_decoder,
     inbound_counts,
+    lighten_receive_path,
     mdns_on_this_loop,
     media_ssrcs,
     nack_generator,
@@ -488,3 +500,82 @@ def test_audio_passes_through_in_order(numbers: list[int], passed: list[int]) ->
     assert all(not pli for pli, _ in out)
     assert [f.timestamp // 960 for _, f in out if f is not None] == passed
     assert passing.late == len(numbers) - len(passed)
+
+
+# -- the receive path's per-packet cost ----------------------------------------------------
+
+
+async def test_the_lighter_receive_path_carries_the_media() -> None:
+    """With ``lighten_receive_path`` every datagram of the pair goes through our
+    ``DatagramQueue``, aiortc stamps packets with our clock, and frames flow."""
+    lighten_receive_path()
+    stamps = [0]
+    current_ms = clock.current_ms
+
+    def counting_ms() -> int:
+        stamps[0] += 1
+        return current_ms()
+
+    clock.current_ms = counting_ms
+    try:
+        async with connected_pair() as pair:
+            await eventually(lambda: pair.frames >= 5, seconds(15), "frames")
+            ice = pair.receiver.transport.transport  # RTCDtlsTransport -> RTCIceTransport
+            connection = ice._connection
+            queue = connection._queue
+            assert isinstance(queue, DatagramQueue)
+            nominated = list(connection._nominated.values())
+            assert nominated and isinstance(nominated[0].protocol, StunProtocol)
+            passed = [0]
+            put = queue.put_nowait
+
+            def counting_put(item: tuple[bytes, int] | None) -> None:
+                passed[0] += 1
+                put(item)
+
+            queue.put_nowait = counting_put  # type: ignore[method-assign]
+            before, stamped = pair.frames, stamps[0]
+            await eventually(lambda: pair.frames >= before + 10, seconds(15), "more frames")
+            assert passed[0] >= 10 and queue.dropped == 0
+            assert stamps[0] > stamped  # aiortc read our clock for the packets
+    finally:
+        clock.current_ms = current_ms
+
+
+def test_the_lighter_clock_tells_the_same_time() -> None:
+    lighten_receive_path()
+    ntp_epoch = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
+    reference = int((datetime.datetime.now(datetime.UTC) - ntp_epoch).total_seconds() * 1000)
+    assert 0 <= clock.current_ms() - reference <= 50
+    assert clock.current_datetime().tzinfo is datetime.UTC
+    assert abs(clock.current_datetime().timestamp() - time.time()) < 0.05
+
+
+def test_the_least_recent_frame_period_is_of_the_last_60() -> None:
+    lighten_receive_path()
+    estimator, rng, deltas = OveruseEstimator(), random.Random(1), []
+    for _ in range(300):
+        deltas.append(rng.choice([rng.uniform(1, 100), 33.3, 0.0]))
+        assert estimator.update_min_frame_period(deltas[-1]) == min(deltas[-60:])
+    assert estimator.ts_delta_hist == deltas[-60:]
+
+
+async def test_datagrams_waiting_are_bounded_and_none_always_goes_through() -> None:
+    queue = DatagramQueue(limit=3)
+    for n in range(5):
+        queue.put_nowait((bytes([n]), 1))
+    queue.put_nowait(None)
+    assert queue.dropped == 2 and queue.qsize() == 4
+    assert [await queue.get() for _ in range(4)] == [(b"\x00", 1), (b"\x01", 1), (b"\x02", 1), None]
+    # A waiting reader is woken; one cancelled while waiting leaves the queue usable.
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait((b"x", 1))
+    assert await waiting == (b"x", 1)
+    cancelled = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    queue.put_nowait((b"y", 1))
+    assert await asyncio.wait_for(queue.get(), 1) == (b"y", 1)
