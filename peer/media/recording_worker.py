@@ -54,9 +54,10 @@ def close_matroska(
 
 
 _FINISH = object()
-#: Seconds the thread lets items gather once it has written all it had: 10-20 context
-#: switches a second instead of one per packet; a file is at most this much behind.
-BATCH = 0.05
+#: Seconds the thread lets items gather once it has written all it had: about 5 wake-ups
+#: a second instead of one per packet (each costs the GIL's hand-over; 50 ms cost 5-7% more
+#: of a one-stream recorder's CPU); a file is at most this much behind.
+BATCH = 0.2
 
 
 class RecordingWorker:
