@@ -13,6 +13,7 @@ from pathlib import Path
 from signaling.auth import SecretError
 from signaling.cli import (
     add_log_level,
+    add_loop_flag,
     add_serve_arguments,
     add_token_arguments,
     print_token,
@@ -231,6 +232,7 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave after this many seconds (default: run until Ctrl-C)",
     )
     add_log_level(run, "WARNING", argparse.SUPPRESS)
+    add_loop_flag(run)
     # glibc's allocator for long runs: the defaults are what benchmarks/soak.py found best;
     # its comparison (0 0: glibc's own) is the only use of the flags, so not in --help.
     parser.add_argument("--malloc-arenas", type=int, default=2, help=argparse.SUPPRESS)
@@ -259,7 +261,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_media_arguments(parser, width=320, height=240, fps=15)
     add_network_arguments(parser)
-    add_log_level(parser.add_argument_group("run"), "WARNING", argparse.SUPPRESS)
+    run = parser.add_argument_group("run")
+    add_log_level(run, "WARNING", argparse.SUPPRESS)
+    add_loop_flag(run)
 
 
 def _join(args: argparse.Namespace) -> int:

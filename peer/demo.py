@@ -25,6 +25,7 @@ from peer.errors import MeshpeerError
 from peer.media.fanout import Encoding
 from peer.runner import local_preview, say
 from peer.stats import PeerStats
+from signaling import event_loop
 from signaling.protocol import PeerId
 from signaling.server import ServerConfig, SignalingServer
 from signaling.session import Limits
@@ -178,7 +179,7 @@ def _pairs(
 
 def run_demo(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(demo(args))
+        return event_loop.run(demo(args), use_uvloop=not args.no_uvloop)
     except (MeshpeerError, OSError) as exc:
         print(f"meshpeer demo: {exc}", file=sys.stderr)
         return 1

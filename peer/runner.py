@@ -31,6 +31,7 @@ from peer.errors import MeshpeerError
 from peer.ice import IceServerError
 from peer.media.fanout import Encoding
 from peer.tokens import read_claims
+from signaling import event_loop
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class StatsWriter:
                 # For long runs: what would show a leak of tasks or threads.
                 "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(),
+                "loop": event_loop.loop_name(asyncio.get_running_loop()),
                 "memory": memory.memory_use().to_json(),
                 # Remote tracks being decoded now (only while something shows them).
                 "decoders": sum(s.decoders for s in event.peers),
@@ -399,7 +401,7 @@ def run_join(args: argparse.Namespace) -> int:
     memory.limit_arenas(args.malloc_arenas)  # before any thread starts
     memory.fix_mmap_threshold(args.malloc_mmap_threshold)
     try:
-        return asyncio.run(join_room(args))
+        return event_loop.run(join_room(args), use_uvloop=not args.no_uvloop)
     # IceServerError: a bad --ice-server; OSError: e.g. --record DIR not writable
     except (MeshpeerError, IceServerError, OSError) as exc:
         print(f"meshpeer join: {exc}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import logging
 import os
@@ -17,6 +16,7 @@ from aiohttp import web, web_response
 
 from signaling.admission import Origin, OriginError, normalize_origin
 from signaling.auth import SecretError, check_secret, mint_token
+from signaling.event_loop import loop_name, new_event_loop
 from signaling.flags import (
     BYTES,
     BYTES_PER_S,
@@ -187,6 +187,15 @@ def add_log_level(group: argparse._ArgumentGroup, shown: str, default: str | Non
     )
 
 
+def add_loop_flag(group: argparse._ArgumentGroup) -> None:
+    """``--no-uvloop`` in a command's ``run`` group (every long-running command has it)."""
+    group.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="run on asyncio's own event loop even when uvloop is installed",
+    )
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser, log_level: str = "INFO") -> None:
     """``serve``'s flags by purpose; ``log_level``: ``--log-level``'s default (``meshpeer``
     gives ``SUPPRESS``, so the subcommand keeps a level given before it)."""
@@ -302,11 +311,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, log_level: str = "INFO"
         )
     run = parser.add_argument_group("run")
     add_log_level(run, "INFO", log_level)
-    run.add_argument(
-        "--no-uvloop",
-        action="store_true",
-        help="use asyncio's default event loop even when uvloop is installed",
-    )
+    add_loop_flag(run)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -348,19 +353,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name: it may resolve to anything
-
-
-def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
-    """uvloop when installed and wanted (faster relaying), else asyncio's loop."""
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-    return asyncio.new_event_loop()
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -407,7 +399,7 @@ def serve(args: argparse.Namespace) -> int:
         scheme,
         args.host,
         args.port,
-        type(loop).__module__.split(".")[0],
+        loop_name(loop),
     )
     # What aiohttp answers itself, before any route (a request it cannot parse), takes its
     # Server header from this module constant: our name there too, not aiohttp's version.

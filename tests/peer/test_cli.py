@@ -116,6 +116,7 @@ async def test_join_ctrl_c_leaves_cleanly(server: RunningServer, tmp_path: Path)
     assert (tmp_path / "snap.png").stat().st_size > 1000
     last = json.loads(stats.read_text().splitlines()[-1])
     assert last["peer"] == "cli" and last["peers"][0]["peer"] == "alice"
+    assert last["loop"] == "uvloop"  # the command's default (cheaper per RTP datagram)
     assert last["memory"]["rss_kib"] > 0 and last["memory"]["malloc_used_kib"] > 0
     assert last["memory"]["malloc_mmapped_kib"] >= 0
 
@@ -158,14 +159,15 @@ async def test_a_failure_while_leaving_still_leaves_and_finalises(
 
 
 async def test_join_chat_with_piped_stdin(server: RunningServer) -> None:
-    """Two `meshpeer join --chat`: lines piped into one print at the other as `peer: text`,
-    bytes from an agent as `peer: <N bytes>`; the end of stdin does not end the process."""
+    """Two `meshpeer join --chat`, one on each event loop: lines piped into one print at the
+    other as `peer: text`, bytes from an agent as `peer: <N bytes>`; the end of stdin does
+    not end the process."""
     chat = ("--video", "none", "--audio", "none", "--chat")
     procs: list[asyncio.subprocess.Process] = []
 
-    async def start(name: str) -> asyncio.subprocess.Process:
+    async def start(name: str, *extra: str) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
-            *join_command(server.ws_url, name, *chat), cwd=REPO,
+            *join_command(server.ws_url, name, *chat, *extra), cwd=REPO,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         procs.append(proc)
@@ -182,7 +184,7 @@ async def test_join_chat_with_piped_stdin(server: RunningServer) -> None:
         return [line.decode().rstrip("\n") for line in read]
 
     try:
-        first = await start("a")
+        first = await start("a", "--no-uvloop")  # asyncio's loop; b on uvloop (the default)
         second = await start("b")
         assert first.stdin is not None and second.stdin is not None
         second.stdin.write(b"hello from b\nsecond line\n")

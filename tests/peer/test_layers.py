@@ -13,8 +13,9 @@ import peer
 ROOT = Path(peer.__file__).parent
 #: What the agent may import of ``signaling``: the messages and the ICE server URLs.
 WIRE = {"signaling.protocol", "signaling.ice"}
-#: The command (``meshpeer serve``/``token``/``join``/``demo``) and the in-process demo.
-FRONT = {"peer.cli", "peer.demo"}
+#: The command (``meshpeer serve``/``token``/``join``/``demo``), ``join``'s body and the
+#: in-process demo: they also pick the event loop (``signaling.event_loop``).
+FRONT = {"peer.cli", "peer.runner", "peer.demo"}
 
 
 def imports() -> dict[str, set[str]]:
