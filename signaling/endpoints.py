@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from signaling.auth import TokenRefused
+from signaling.auth import TokenRefused, TokenVerifier
 from signaling.headers import security_headers
-from signaling.metrics import CONTENT_TYPE, exposition
+from signaling.ice import IceServer
+from signaling.metrics import CONTENT_TYPE, ServerState, exposition
 from signaling.protocol import PeerId
 
-if TYPE_CHECKING:
-    from signaling.server import SignalingServer
-
-__all__ = ["STATIC_DIR", "HttpEndpoints", "add_security_headers", "bearer", "revalidate_page"]
+__all__ = [
+    "STATIC_DIR",
+    "HttpEndpoints",
+    "ServerView",
+    "add_security_headers",
+    "bearer",
+    "revalidate_page",
+]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -44,22 +50,36 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     response.headers.update(security_headers(request.headers.get("Host")))
 
 
-class HttpEndpoints:
-    """The HTTP handlers of one :class:`signaling.server.SignalingServer`."""
+class ServerView(Protocol):
+    """What the endpoints read of the server (:class:`signaling.server.SignalingServer`)."""
 
-    def __init__(self, server: SignalingServer) -> None:
+    shutting_down: bool
+    verifier: TokenVerifier | None
+    metrics_registry: CollectorRegistry
+
+    def metrics_state(self) -> ServerState: ...
+
+    def ice_servers_for(
+        self, peer: PeerId, now: float, until: float | None = None
+    ) -> tuple[IceServer, ...]: ...
+
+
+class HttpEndpoints:
+    """The HTTP handlers of one server."""
+
+    def __init__(self, server: ServerView) -> None:
         self._server = server
 
     async def health(self, request: web.Request) -> web.Response:
-        rooms, peers = self._server.registry.counts()
+        state = self._server.metrics_state()
         health: dict[str, object] = {
             "status": "stopping" if self._server.shutting_down else "ok",
-            "rooms": rooms,
-            "peers": peers,
-            "connections": len(self._server.connections),
-            "uptime": round(time.monotonic() - self._server.started, 3),
+            "rooms": state.rooms,
+            "peers": state.peers,
+            "connections": state.connections,
+            "uptime": round(state.uptime, 3),
         }
-        cluster = self._server.registry.cluster_stats()
+        cluster = state.cluster
         if cluster is not None:
             rtt = cluster.redis_rtt
             health["redis"] = {
